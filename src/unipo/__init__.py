@@ -1,0 +1,1 @@
+"""unipo: policy optimization for language models as compositions of parts."""

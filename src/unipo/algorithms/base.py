@@ -1,0 +1,135 @@
+"""An algorithm is a frozen preset of parts; ``policy_loss`` is the one place they meet."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from unipo.parts.base import Advantage, Aggregate, LossInputs, Metrics, Regularizer, Selection, Surrogate
+from unipo.parts.base import TokenWeight, masked_mean, scalar
+from unipo.parts.registry import part_name
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """A named composition of parts. Swap one with ``dataclasses.replace(algo, aggregate=...)``."""
+
+    name: str
+    paper: str
+    advantage: Advantage
+    surrogate: Surrogate
+    aggregate: Aggregate
+    selections: tuple[Selection, ...] = ()
+    token_weights: tuple[TokenWeight, ...] = ()
+    regularizers: tuple[Regularizer, ...] = ()
+    rewards: tuple[Any, ...] = ()  # reward-shaping terms added to the task reward (RewardFn)
+    notes: str = ""  # defaults the paper uses beyond the parts (G, lr, temperature, ...)
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        for part in self.parts():
+            check = getattr(part, "check", None)
+            if check is not None and (why := check(self)):
+                raise ValueError(f"algorithm {self.name!r}: {part_name(part)} cannot be used here: {why}")
+
+    def parts(self) -> Iterator[Any]:
+        yield self.advantage
+        yield from self.selections
+        yield from self.token_weights
+        yield self.surrogate
+        yield from self.regularizers
+        yield self.aggregate
+        yield from self.rewards
+
+    def any_part(self, attribute: str) -> bool:
+        return any(bool(getattr(p, attribute, False)) for p in self.parts())
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.any_part("needs_reference")
+
+    @property
+    def needs_entropy_grad(self) -> bool:
+        return self.any_part("needs_entropy_grad")
+
+    def replace(self, **changes: Any) -> Algorithm:
+        return dataclasses.replace(self, **changes)
+
+    # ----------------------------------------------------------- part state
+    def _stateful(self) -> Iterator[tuple[str, Any]]:
+        for i, part in enumerate(self.parts()):
+            if hasattr(part, "state_dict"):
+                yield f"{i}:{part_name(part)}", part
+
+    def state_dict(self) -> dict[str, Any]:
+        return {key: part.state_dict() for key, part in self._stateful()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key, part in self._stateful():
+            if key in state:
+                part.load_state_dict(state[key])
+
+    def on_step_end(self, metrics: dict[str, float]) -> None:
+        for part in self.parts():
+            hook = getattr(part, "on_step_end", None)
+            if hook is not None:
+                hook(metrics)
+
+    def describe(self) -> dict[str, Any]:
+        """Name, paper and every part with its parameters (what ``unipo algorithms`` prints)."""
+
+        def one(p: Any) -> str:
+            params = (
+                ", ".join(f"{f.name}={getattr(p, f.name)!r}" for f in dataclasses.fields(p) if not f.name.startswith("_"))
+                if dataclasses.is_dataclass(p)
+                else ""
+            )
+            return f"{part_name(p)}({params})"
+
+        return {
+            "name": self.name,
+            "paper": self.paper,
+            "advantage": one(self.advantage),
+            "selections": [one(p) for p in self.selections],
+            "token_weights": [one(p) for p in self.token_weights],
+            "surrogate": one(self.surrogate),
+            "regularizers": [one(p) for p in self.regularizers],
+            "aggregate": one(self.aggregate),
+            "rewards": [one(p) for p in self.rewards],
+            "notes": self.notes,
+        }
+
+
+def policy_loss(algorithm: Algorithm, x: LossInputs) -> tuple[Tensor, Metrics]:
+    """The policy-gradient core: token weights × surrogate + regularizers, then aggregation.
+
+        ℓ_{i,t} = w_{i,t} · surrogate_{i,t} + Σ_k reg^k_{i,t}        L = aggregate(ℓ, mask)
+
+    where w is the product of every TokenWeight part (1 when there are none). Returns the
+    scalar loss and the metrics of every part.
+    """
+    metrics: Metrics = {}
+    weight = torch.ones_like(x.logprobs)  # [B, T]
+    for part in algorithm.token_weights:
+        w, m = part(x)
+        weight = weight * w.detach()
+        metrics.update(m)
+    pg, m = algorithm.surrogate(x)  # [B, T]
+    metrics.update(m)
+    token_loss = weight * pg
+    for part in algorithm.regularizers:
+        r, m = part(x)
+        token_loss = token_loss + r
+        metrics.update(m)
+    loss = algorithm.aggregate(token_loss, x)
+    metrics["loss/policy"] = scalar(algorithm.aggregate(weight * pg, x))
+    metrics["policy/ratio_mean"] = scalar(masked_mean(x.ratio.detach(), x.mask))
+    metrics["policy/approx_kl_old"] = scalar(masked_mean((x.ratio - 1 - x.log_ratio).detach(), x.mask))
+    if algorithm.token_weights:
+        metrics["token_weight/active_frac"] = scalar(masked_mean((weight > 0).float(), x.mask))
+    return loss, metrics

@@ -1,0 +1,173 @@
+"""Typed batch containers shared by every stage of the pipeline.
+
+Shape letters used throughout unipo:
+    B  completions in the batch (prompts × G samples per prompt)
+    P  prompt length (left-padded)
+    T  completion length (right-padded)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+import torch
+from torch import Tensor
+
+_PER_ITEM_TENSORS = (
+    "prompt_ids",
+    "prompt_mask",
+    "completion_ids",
+    "completion_mask",
+    "group_ids",
+    "rewards",
+    "truncated",
+    "old_logprobs",
+    "ref_logprobs",
+    "entropies",
+    "advantages",
+    "values",
+)
+
+
+@dataclass
+class RolloutBatch:
+    """One batch of sampled completions and everything computed about them.
+
+    Rows are completions; completions of the same prompt share a ``group_id``. Optional
+    fields are filled in as the pipeline runs (rewards → advantages → log-probs).
+    """
+
+    prompt_ids: Tensor  # [B, P] long, left-padded with the pad token
+    prompt_mask: Tensor  # [B, P] long, 1 on real prompt tokens
+    completion_ids: Tensor  # [B, T] long, right-padded
+    completion_mask: Tensor  # [B, T] float, 1 on generated tokens (EOS included), 0 on padding
+    group_ids: Tensor  # [B] long, one id per prompt
+    truncated: Tensor  # [B] bool, hit max_new_tokens before EOS / a stop string
+    rewards: Tensor | None = None  # [B] float, total scalar reward per completion
+    old_logprobs: Tensor | None = None  # [B, T] log π_old (the policy that sampled), no grad
+    ref_logprobs: Tensor | None = None  # [B, T] log π_ref (reference model), no grad
+    entropies: Tensor | None = None  # [B, T] full-vocabulary entropy of π_old at each token
+    advantages: Tensor | None = None  # [B, T] per-token advantage
+    values: Tensor | None = None  # [B, T] critic values (PPO) when a value head exists
+    metadata: list[dict[str, Any]] = field(default_factory=list)  # per item: texts, answer, task entry
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ---------------------------------------------------------------- structure
+    @property
+    def size(self) -> int:
+        return int(self.completion_ids.shape[0])
+
+    def __len__(self) -> int:
+        return self.size
+
+    @property
+    def input_ids(self) -> Tensor:  # [B, P+T]
+        return torch.cat([self.prompt_ids, self.completion_ids], dim=1)
+
+    @property
+    def attention_mask(self) -> Tensor:  # [B, P+T]
+        return torch.cat([self.prompt_mask.long(), self.completion_mask.long()], dim=1)
+
+    @property
+    def completion_lengths(self) -> Tensor:  # [B] long
+        return self.completion_mask.sum(dim=1).long()
+
+    def validate(self) -> None:
+        """Check that every present tensor agrees with the documented shapes."""
+        b, t = self.completion_ids.shape
+        p = self.prompt_ids.shape[1]
+        expect = {
+            "prompt_ids": (b, p),
+            "prompt_mask": (b, p),
+            "completion_mask": (b, t),
+            "group_ids": (b,),
+            "truncated": (b,),
+            "rewards": (b,),
+            "old_logprobs": (b, t),
+            "ref_logprobs": (b, t),
+            "entropies": (b, t),
+            "advantages": (b, t),
+            "values": (b, t),
+        }
+        for name, shape in expect.items():
+            value = getattr(self, name)
+            if value is not None and tuple(value.shape) != shape:
+                raise ValueError(
+                    f"RolloutBatch.{name} has shape {tuple(value.shape)}, expected {shape} "
+                    f"(B={b} completions, P={p} prompt tokens, T={t} completion tokens)"
+                )
+        if self.metadata and len(self.metadata) != b:
+            raise ValueError(f"RolloutBatch.metadata has {len(self.metadata)} items, expected {b}")
+
+    # ---------------------------------------------------------------- transforms
+    def select(self, index: Tensor | list[int]) -> RolloutBatch:
+        """Rows ``index`` (a list of ints, a long tensor, or a bool mask [B]) as a new batch."""
+        idx = torch.as_tensor(index, device=self.completion_ids.device)
+        if idx.dtype == torch.bool:
+            idx = idx.nonzero(as_tuple=True)[0]
+        kept = {
+            name: (getattr(self, name)[idx] if getattr(self, name) is not None else None)
+            for name in _PER_ITEM_TENSORS
+        }
+        meta = [self.metadata[i] for i in idx.tolist()] if self.metadata else []
+        return RolloutBatch(**kept, metadata=meta)
+
+    def replace(self, **changes: Any) -> RolloutBatch:
+        return replace(self, **changes)
+
+    def to(self, device: torch.device | str) -> RolloutBatch:
+        moved = {
+            f.name: (getattr(self, f.name).to(device) if isinstance(getattr(self, f.name), Tensor) else None)
+            for f in fields(self)
+            if f.name in _PER_ITEM_TENSORS
+        }
+        return RolloutBatch(**moved, metadata=self.metadata)
+
+    def trim(self) -> RolloutBatch:
+        """Drop all-padding columns: leading prompt columns and trailing completion columns."""
+        keep_p = self.prompt_mask.bool().any(dim=0).nonzero()
+        p0 = int(keep_p[0]) if len(keep_p) else self.prompt_ids.shape[1]
+        keep_t = self.completion_mask.bool().any(dim=0).nonzero()
+        t1 = int(keep_t[-1]) + 1 if len(keep_t) else 0
+        out = {}
+        for name in _PER_ITEM_TENSORS:
+            v = getattr(self, name)
+            if v is None or v.dim() == 1:
+                out[name] = v
+            elif name.startswith("prompt"):
+                out[name] = v[:, p0:]
+            else:
+                out[name] = v[:, :t1]
+        return RolloutBatch(**out, metadata=self.metadata)
+
+    @staticmethod
+    def concat(batches: list[RolloutBatch], pad_token_id: int = 0) -> RolloutBatch:
+        """Stack batches row-wise, re-padding prompts on the left and completions on the right."""
+        if not batches:
+            raise ValueError("RolloutBatch.concat needs at least one batch")
+        if len(batches) == 1:
+            return batches[0]
+        p = max(b.prompt_ids.shape[1] for b in batches)
+        t = max(b.completion_ids.shape[1] for b in batches)
+        out: dict[str, Any] = {}
+        for name in _PER_ITEM_TENSORS:
+            vals = [getattr(b, name) for b in batches]
+            if any(v is None for v in vals):
+                out[name] = None
+                continue
+            if vals[0].dim() == 1:
+                out[name] = torch.cat(vals)
+                continue
+            width = p if name.startswith("prompt") else t
+            fill = pad_token_id if name in ("prompt_ids", "completion_ids") else 0
+            padded = []
+            for v in vals:
+                extra = width - v.shape[1]
+                pad = (extra, 0) if name.startswith("prompt") else (0, extra)
+                padded.append(torch.nn.functional.pad(v, pad, value=fill))
+            out[name] = torch.cat(padded)
+        meta = [m for b in batches for m in (b.metadata or [{}] * b.size)]
+        return RolloutBatch(**out, metadata=meta)

@@ -1,0 +1,156 @@
+"""The part kinds and their one signature each, plus the few helpers every part shares.
+
+| kind        | call                              | returns                                  |
+| ----------- | --------------------------------- | ---------------------------------------- |
+| Advantage   | ``adv(batch: RolloutBatch)``      | (advantages [B, T], metrics)             |
+| Selection   | ``sel(batch: RolloutBatch)``      | (smaller/reweighted batch, metrics)      |
+| TokenWeight | ``w(x: LossInputs)``              | (weights [B, T] ≥ 0, no grad, metrics)   |
+| Surrogate   | ``s(x: LossInputs)``              | (per-token policy loss [B, T], metrics)  |
+| Regularizer | ``r(x: LossInputs)``              | (per-token loss term [B, T], metrics)    |
+| Aggregate   | ``agg(loss [B, T], x: LossInputs)`` | scalar loss                            |
+
+All losses are quantities to *minimize*. Metrics are dicts of 0-dim tensors or floats,
+named ``kind/what`` (``surrogate/clip_frac_low``); the trainer averages and logs them.
+
+Optional part attributes the trainer reads (never part names):
+    needs_reference: bool      ref log-probs must be computed for the batch
+    needs_entropy_grad: bool   the current policy's entropy must carry gradient
+    needs_old_logprobs: bool   old log-probs must exist before the advantage is computed
+    refill: bool               (Selection) generate more groups when this part drops some
+Optional methods:
+    state_dict() / load_state_dict(d)   stateful parts (adaptive coefficients, anchors)
+    on_step_end(metrics)                update state once per optimizer step
+    check(algorithm) -> str | None      reject an incompatible composition, saying why
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from unipo.batch import RolloutBatch
+
+Metrics = dict[str, Any]
+
+LOG_RATIO_CLAMP = 20.0  # |log ρ| ≤ 20 before exp, as verl does; ρ itself is never clamped here
+
+
+@dataclass
+class LossInputs:
+    """What a per-token loss part may read for one micro-batch of B sequences × T tokens.
+
+    ``num_tokens`` / ``num_seqs`` are counted over the *whole accumulated batch* that
+    makes one optimizer step, so summing micro-batch losses gives the full-batch loss.
+    """
+
+    logprobs: Tensor  # [B, T] log π_θ of the sampled tokens, requires grad
+    old_logprobs: Tensor  # [B, T] log π_old (behaviour policy), no grad
+    advantages: Tensor  # [B, T]
+    mask: Tensor  # [B, T] float, 1 on completion tokens
+    entropies: Tensor | None = None  # [B, T] entropy of π_θ (grad only if a part asks for it)
+    ref_logprobs: Tensor | None = None  # [B, T] log π_ref, no grad
+    old_entropies: Tensor | None = None  # [B, T] entropy of π_old at rollout time
+    group_ids: Tensor | None = None  # [B]
+    rewards: Tensor | None = None  # [B]
+    num_tokens: float = 0.0  # valid completion tokens in the accumulated batch
+    num_seqs: float = 0.0  # sequences in the accumulated batch
+    max_len: int = 0  # maximum completion length (constant normalizers, Dr. GRPO)
+    step: int = 0  # optimizer step (schedules)
+
+    def __post_init__(self) -> None:
+        if self.num_tokens <= 0:
+            self.num_tokens = float(self.mask.sum().clamp(min=1).item())
+        if self.num_seqs <= 0:
+            self.num_seqs = float(self.mask.shape[0])
+        if self.max_len <= 0:
+            self.max_len = int(self.mask.shape[1])
+
+    @property
+    def log_ratio(self) -> Tensor:  # [B, T] log ρ = log π_θ − log π_old, clamped to ±20
+        return (self.logprobs - self.old_logprobs).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+
+    @property
+    def ratio(self) -> Tensor:  # [B, T] ρ = π_θ / π_old
+        return torch.exp(self.log_ratio)
+
+
+# ------------------------------------------------------------------ the part kinds
+@runtime_checkable
+class Advantage(Protocol):
+    def __call__(self, batch: RolloutBatch) -> tuple[Tensor, Metrics]: ...
+
+
+@runtime_checkable
+class Selection(Protocol):
+    def __call__(self, batch: RolloutBatch) -> tuple[RolloutBatch, Metrics]: ...
+
+
+@runtime_checkable
+class TokenWeight(Protocol):
+    def __call__(self, x: LossInputs) -> tuple[Tensor, Metrics]: ...
+
+
+@runtime_checkable
+class Surrogate(Protocol):
+    def __call__(self, x: LossInputs) -> tuple[Tensor, Metrics]: ...
+
+
+@runtime_checkable
+class Regularizer(Protocol):
+    def __call__(self, x: LossInputs) -> tuple[Tensor, Metrics]: ...
+
+
+@runtime_checkable
+class Aggregate(Protocol):
+    def __call__(self, loss: Tensor, x: LossInputs) -> Tensor: ...
+
+
+# ------------------------------------------------------------------ shared helpers
+def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """Mean of ``values`` where ``mask`` is 1 (0 when the mask is empty)."""
+    return (values * mask).sum() / mask.sum().clamp(min=1)
+
+
+def masked_quantile(values: Tensor, mask: Tensor, q: float) -> Tensor:
+    """The q-quantile of ``values`` over masked positions (linear interpolation)."""
+    picked = values[mask.bool()].float()
+    if picked.numel() == 0:
+        return torch.zeros((), device=values.device)
+    return torch.quantile(picked, q)
+
+
+def group_index(group_ids: Tensor) -> tuple[Tensor, int]:
+    """Map arbitrary group ids [B] to dense indices 0..n_groups-1; returns (index [B], n_groups)."""
+    uniq, inverse = torch.unique(group_ids, return_inverse=True)
+    return inverse, int(uniq.numel())
+
+
+def group_stats(values: Tensor, group_ids: Tensor, unbiased: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-item group mean, group std and group size of scalar ``values`` [B].
+
+    ``unbiased`` uses the N−1 denominator (torch.std, as verl); a group of size 1 then
+    has std 0 here; callers decide what that means.
+    """
+    idx, n = group_index(group_ids)
+    v = values.float()
+    count = torch.zeros(n, device=v.device).index_add_(0, idx, torch.ones_like(v))
+    total = torch.zeros(n, device=v.device).index_add_(0, idx, v)
+    mean = total / count
+    sq = torch.zeros(n, device=v.device).index_add_(0, idx, (v - mean[idx]) ** 2)
+    denom = (count - 1).clamp(min=1) if unbiased else count
+    std = torch.where(count > 1, (sq / denom).sqrt(), torch.zeros_like(sq)) if unbiased else (sq / denom).sqrt()
+    return mean[idx], std[idx], count[idx]
+
+
+def broadcast_to_tokens(per_seq: Tensor, mask: Tensor) -> Tensor:
+    """[B] → [B, T]: the same value on every valid token, 0 on padding."""
+    return per_seq[:, None].to(mask.dtype) * mask
+
+
+def scalar(x: Tensor | float) -> Tensor:
+    """A detached 0-dim tensor for metrics (no host sync until the trainer logs)."""
+    return x.detach().float() if isinstance(x, Tensor) else torch.tensor(float(x))

@@ -1,0 +1,55 @@
+"""One registry of part classes by kind and name, used only at the edge (config / CLI)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+KINDS = ("advantage", "selection", "token_weight", "surrogate", "regularizer", "aggregate", "reward")
+
+PARTS: dict[str, dict[str, type]] = {k: {} for k in KINDS}
+
+T = TypeVar("T", bound=type)
+
+
+def register(kind: str, name: str) -> Callable[[T], T]:
+    """Class decorator: make a part constructible by ``name`` from config."""
+    if kind not in PARTS:
+        raise ValueError(f"unknown part kind {kind!r}; allowed: {', '.join(KINDS)}")
+
+    def deco(cls: T) -> T:
+        if name in PARTS[kind] and PARTS[kind][name] is not cls:
+            raise ValueError(f"{kind} part {name!r} registered twice")
+        PARTS[kind][name] = cls
+        cls.part_name = name  # type: ignore[attr-defined]
+        cls.part_kind = kind  # type: ignore[attr-defined]
+        return cls
+
+    return deco
+
+
+def part_class(kind: str, name: str) -> type:
+    _load_builtin_parts()
+    try:
+        return PARTS[kind][name]
+    except KeyError:
+        allowed = ", ".join(sorted(PARTS[kind])) or "(none)"
+        raise ValueError(f"unknown {kind} part {name!r}; allowed: {allowed}") from None
+
+
+def make_part(kind: str, name: str, **params: Any) -> Any:
+    cls = part_class(kind, name)
+    try:
+        return cls(**params)
+    except TypeError as e:
+        raise ValueError(f"bad parameters for {kind} part {name!r}: {e}") from None
+
+
+def part_name(part: Any) -> str:
+    return getattr(part, "part_name", type(part).__name__)
+
+
+def _load_builtin_parts() -> None:
+    # Importing the modules runs their @register decorators.
+    from unipo.parts import advantages, aggregate, regularizers, selection, surrogates, weights  # noqa: F401
+    from unipo.rewards import shaping  # noqa: F401

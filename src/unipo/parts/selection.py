@@ -1,0 +1,1 @@
+"""Selections: ``sel(batch) -> (smaller or reweighted batch, metrics)``."""

@@ -1,0 +1,1 @@
+"""Token weights: ``w(x: LossInputs) -> (weights [B, T] >= 0, metrics)``."""
