@@ -10,8 +10,18 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from unipo.parts.base import Advantage, Aggregate, LossInputs, Metrics, Regularizer, Selection, Surrogate
-from unipo.parts.base import TokenWeight, masked_mean, scalar
+from unipo.parts.base import (
+    Advantage,
+    Aggregate,
+    LossInputs,
+    Metrics,
+    Regularizer,
+    Selection,
+    Surrogate,
+    TokenWeight,
+    masked_mean,
+    scalar,
+)
 from unipo.parts.registry import part_name
 
 
@@ -85,7 +95,11 @@ class Algorithm:
 
         def one(p: Any) -> str:
             params = (
-                ", ".join(f"{f.name}={getattr(p, f.name)!r}" for f in dataclasses.fields(p) if not f.name.startswith("_"))
+                ", ".join(
+                    f"{f.name}={getattr(p, f.name)!r}"
+                    for f in dataclasses.fields(p)
+                    if not f.name.startswith("_")
+                )
                 if dataclasses.is_dataclass(p)
                 else ""
             )

@@ -1,22 +1,38 @@
-"""Built-in presets. Each is a few lines: parts, paper, and the defaults the paper uses."""
+"""Built-in presets. Each is a few lines: parts, paper, and the defaults the paper uses.
+
+The presets live in small files by family and are all registered by importing this module:
+``presets_grpo`` (group/batch advantages, GSPO, PPO with a critic, REINFORCE) and
+``presets_entropy`` (Clip-Cov, KL-Cov, forking tokens).
+"""
 
 from __future__ import annotations
 
-from unipo.algorithms.base import Algorithm
-from unipo.algorithms.registry import register_algorithm
-from unipo.parts.advantages import GroupNorm
-from unipo.parts.aggregate import SeqMeanTokenMean
-from unipo.parts.regularizers import KLPenalty
-from unipo.parts.surrogates import PPOClip
-
-grpo = register_algorithm(
-    Algorithm(
-        name="grpo",
-        paper="Shao et al., DeepSeekMath (GRPO), arXiv 2402.03300",
-        advantage=GroupNorm(scale_by_std=True, eps=1e-6),
-        surrogate=PPOClip(eps_low=0.2, eps_high=0.2),
-        regularizers=(KLPenalty(coef=0.04, estimator="k3"),),
-        aggregate=SeqMeanTokenMean(),
-        notes="paper: G=64, β=0.04, lr 1e-6, one update per rollout (μ=1)",
-    )
+from unipo.algorithms.presets_entropy import clip_cov, forking_tokens, kl_cov
+from unipo.algorithms.presets_grpo import (
+    dapo,
+    dr_grpo,
+    grpo,
+    gspo,
+    lite_ppo,
+    ppo,
+    reinforce,
+    reinforce_pp,
+    reinforce_pp_baseline,
+    rloo,
 )
+
+__all__ = [
+    "clip_cov",
+    "dapo",
+    "dr_grpo",
+    "forking_tokens",
+    "grpo",
+    "gspo",
+    "kl_cov",
+    "lite_ppo",
+    "ppo",
+    "reinforce",
+    "reinforce_pp",
+    "reinforce_pp_baseline",
+    "rloo",
+]

@@ -33,3 +33,36 @@ class SeqMeanTokenMean:
     def __call__(self, loss: Tensor, x: LossInputs) -> Tensor:
         per_seq = (loss * x.mask).sum(dim=1) / x.mask.sum(dim=1).clamp(min=1)  # [B]
         return per_seq.sum() / x.num_seqs
+
+
+@register("aggregate", "seq_mean_token_sum")
+@dataclass(frozen=True)
+class SeqMeanTokenSum:
+    """L = (1/N_seq) Σ_i Σ_t ℓ_{i,t}: per-sequence token *sum*, then mean over sequences
+    (verl ``seq-mean-token-sum``; CANON's aggregation). Longer sequences weigh more."""
+
+    def __call__(self, loss: Tensor, x: LossInputs) -> Tensor:
+        return (loss * x.mask).sum() / x.num_seqs
+
+
+@register("aggregate", "seq_mean_token_sum_const")
+@dataclass(frozen=True)
+class SeqMeanTokenSumConst:
+    """Dr. GRPO's constant normalizer (arXiv 2503.20783): L = Σ_i Σ_t ℓ_{i,t} / (L_max·N_seq).
+
+    L_max is ``constant`` when set, else ``x.max_len`` (the trainer sets it to the generation
+    limit ``max_new_tokens``; left at its default it is the micro-batch's padded width, which
+    varies). Source: sail-sg/understand-r1-zero ``masked_sum(..., constant_normalizer=
+    generate_max_length)`` then a batch mean; TRL ``loss_type="dr_grpo"`` is the same. verl's
+    ``seq-mean-token-sum-norm`` divides by the padded length and does not divide by N_seq.
+    """
+
+    constant: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.constant is not None and self.constant <= 0:
+            raise ValueError(f"seq_mean_token_sum_const constant must be > 0 (or None), got {self.constant}")
+
+    def __call__(self, loss: Tensor, x: LossInputs) -> Tensor:
+        norm = self.constant if self.constant is not None else x.max_len
+        return (loss * x.mask).sum() / (norm * x.num_seqs)

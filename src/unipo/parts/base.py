@@ -60,6 +60,7 @@ class LossInputs:
     num_seqs: float = 0.0  # sequences in the accumulated batch
     max_len: int = 0  # maximum completion length (constant normalizers, Dr. GRPO)
     step: int = 0  # optimizer step (schedules)
+    truncated: Tensor | None = None  # [B] bool, hit the generation limit (overlong filtering)
 
     def __post_init__(self) -> None:
         if self.num_tokens <= 0:
@@ -142,7 +143,9 @@ def group_stats(values: Tensor, group_ids: Tensor, unbiased: bool = True) -> tup
     mean = total / count
     sq = torch.zeros(n, device=v.device).index_add_(0, idx, (v - mean[idx]) ** 2)
     denom = (count - 1).clamp(min=1) if unbiased else count
-    std = torch.where(count > 1, (sq / denom).sqrt(), torch.zeros_like(sq)) if unbiased else (sq / denom).sqrt()
+    std = (
+        torch.where(count > 1, (sq / denom).sqrt(), torch.zeros_like(sq)) if unbiased else (sq / denom).sqrt()
+    )
     return mean[idx], std[idx], count[idx]
 
 

@@ -1,0 +1,21 @@
+"""Tasks: where examples come from, how they become prompts, and which reward scores them."""
+
+from unipo.tasks.sources import (
+    TASK_SOURCES,
+    JsonlTask,
+    ReasoningGymTask,
+    Task,
+    make_task,
+    split_overlap,
+)
+from unipo.tasks.templates import render_prompt
+
+__all__ = [
+    "TASK_SOURCES",
+    "JsonlTask",
+    "ReasoningGymTask",
+    "Task",
+    "make_task",
+    "render_prompt",
+    "split_overlap",
+]

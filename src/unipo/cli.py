@@ -1,0 +1,107 @@
+"""Command line: ``unipo train | algorithms | demo | config-help``."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="unipo: policy optimization for language models.")
+console = Console()
+
+
+def _fail(msg: str) -> None:
+    console.print(f"[bold red]error:[/] {msg}")
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def train(
+    config: Annotated[str | None, typer.Argument(help="YAML config file (optional).")] = None,
+    overrides: Annotated[list[str] | None, typer.Argument(help="dotted key=value overrides")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Write into a non-empty run directory.")] = False,
+) -> None:
+    """Train a policy: ``unipo train CONFIG.yaml model.path=DIR algorithm.name=dapo``."""
+    from unipo.config import ConfigError, load_config
+    from unipo.train.run_dir import RunDirError
+    from unipo.train.trainer import Trainer, TrainingError
+
+    args = list(overrides or [])
+    if config is not None and "=" in config:  # no file, only overrides
+        args.insert(0, config)
+        config = None
+    if overwrite:
+        args.append("train.overwrite=true")
+    try:
+        cfg = load_config(config, args)
+        summary = Trainer(cfg, console=console).train()
+    except (ConfigError, RunDirError, TrainingError, FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+        return
+    console.print(
+        {k: round(v, 4) if isinstance(v, float) else v for k, v in summary.items() if k != "last"},
+    )
+
+
+@app.command()
+def algorithms(
+    name: Annotated[str | None, typer.Argument(help="Show one preset in full.")] = None,
+) -> None:
+    """List every preset: its parts, their defaults and its paper."""
+    from unipo.algorithms import get_algorithm, list_algorithms
+
+    algos = [get_algorithm(name)] if name else list_algorithms()
+    table = Table(show_lines=True, title="unipo algorithms")
+    for col in ("name", "parts (defaults)", "paper / notes"):
+        table.add_column(col, overflow="fold")
+    for a in algos:
+        d = a.describe()
+        parts = [f"advantage: {d['advantage']}"]
+        parts += [f"selection: {s}" for s in d["selections"]]
+        parts += [f"token weight: {s}" for s in d["token_weights"]]
+        parts += [f"surrogate: {d['surrogate']}"]
+        parts += [f"regularizer: {s}" for s in d["regularizers"]]
+        parts += [f"aggregate: {d['aggregate']}"]
+        parts += [f"reward: {s}" for s in d["rewards"]]
+        table.add_row(a.name, "\n".join(parts), d["paper"] + (f"\n{d['notes']}" if d["notes"] else ""))
+    console.print(table)
+
+
+@app.command("config-help")
+def config_help() -> None:
+    """Every config key with its default and help text."""
+    from unipo.config import describe_fields
+
+    table = Table(title="unipo config keys")
+    for col in ("key", "default", "help"):
+        table.add_column(col, overflow="fold")
+    for key, default, text in describe_fields():
+        table.add_row(key, default, text)
+    console.print(table)
+
+
+@app.command()
+def demo(
+    output_dir: Annotated[str, typer.Option(help="Run directory.")] = "runs/demo",
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing demo run directory.")] = True,
+    quick: Annotated[bool, typer.Option(help="A tiny budget (smoke test), not the real demo.")] = False,
+) -> None:
+    """Build the tiny model, warm-start it, train it with GRPO and show before/after."""
+    from unipo.demo import run_demo
+
+    run_demo(output_dir=output_dir, overwrite=overwrite, quick=quick, console=console)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

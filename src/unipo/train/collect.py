@@ -1,0 +1,156 @@
+"""The rollout phase: prompts → G completions each → rewards → selections (with refill)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from unipo.batch import RolloutBatch
+from unipo.rollout.base import RolloutEngine, SamplingParams
+
+log = logging.getLogger("unipo")
+
+
+@dataclass
+class PromptSampler:
+    """Deterministic, resumable walk over the training examples: a fresh permutation per epoch."""
+
+    n: int
+    seed: int
+    position: int = 0  # examples drawn so far (the resume point)
+    _perm: list[int] = field(default_factory=list, repr=False)
+    _epoch: int = -1
+
+    def _order(self, epoch: int) -> list[int]:
+        if epoch != self._epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perm = torch.randperm(self.n, generator=g).tolist()
+            self._epoch = epoch
+        return self._perm
+
+    def take(self, k: int) -> list[int]:
+        out = []
+        for _ in range(k):
+            epoch, i = divmod(self.position, self.n)
+            out.append(self._order(epoch)[i])
+            self.position += 1
+        return out
+
+    def state_dict(self) -> dict[str, int]:
+        return {"position": self.position, "n": self.n, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if state["n"] != self.n or state["seed"] != self.seed:
+            raise ValueError(
+                f"sampler state is for n={state['n']}, seed={state['seed']}; run has {self.n}, {self.seed}"
+            )
+        self.position = state["position"]
+
+
+def score(
+    reward_set: Any,
+    examples: list[dict[str, Any]],
+    prompts: list[str],
+    completions: list[str],
+    extra_columns: dict[str, list[Any]],
+) -> tuple[list[float | None], dict[str, float], str | None]:
+    """Run the reward set; returns (totals with None for excluded items, metrics, first traceback)."""
+    columns: dict[str, list[Any]] = {}
+    keys = {k for ex in examples for k in ex if k != "question"}
+    for k in keys:
+        columns[k] = [ex.get(k) for ex in examples]
+    columns.update(extra_columns)
+    result = reward_set(prompts, completions, **columns)
+    return result.total, result.metrics(), result.first_traceback
+
+
+def collect(
+    *,
+    engine: RolloutEngine,
+    reward_set: Any,
+    selections: tuple[Any, ...],
+    examples: list[dict[str, Any]],
+    prompt_ids: list[list[int]],
+    prompt_texts: list[str],
+    group_size: int,
+    sampling: SamplingParams,
+    max_refill_rounds: int,
+    more: Any,  # callable k -> (examples, prompt_ids, prompt_texts) for refills
+    next_group_id: int = 0,
+) -> tuple[RolloutBatch, dict[str, float], dict[str, float], str | None]:
+    """Generate, score and select until enough groups survive. Returns (batch, metrics, times, traceback)."""
+    target_groups = len(examples)
+    kept: list[RolloutBatch] = []
+    metrics: dict[str, float] = {}
+    times = {"time/generate": 0.0, "time/reward": 0.0}
+    traceback = None
+    n_kept_groups = 0
+    refills_used = 0
+    rounds = 0
+    while True:
+        t0 = time.perf_counter()
+        gen = engine.generate(prompt_ids, group_size, sampling)
+        times["time/generate"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        rows_ex = [ex for ex in examples for _ in range(group_size)]
+        rows_prompt = [p for p in prompt_texts for _ in range(group_size)]
+        lengths = gen.completion_mask.sum(1).long().tolist()
+        extra = {
+            "completion_length": lengths,
+            "truncated": gen.truncated.tolist(),
+            "max_new_tokens": [sampling.max_new_tokens] * len(lengths),
+        }
+        totals, rmetrics, tb = score(reward_set, rows_ex, rows_prompt, gen.completions, extra)
+        traceback = traceback or tb
+        times["time/reward"] += time.perf_counter() - t0
+        if rounds == 0:
+            metrics.update(rmetrics)
+        else:  # refill rounds only add to the failure counts
+            for k in ("rewards/errors", "rewards/excluded"):
+                metrics[k] = metrics.get(k, 0.0) + rmetrics.get(k, 0.0)
+        rewards = torch.tensor([math.nan if r is None else float(r) for r in totals], dtype=torch.float32)
+        group_ids = torch.arange(len(examples)).repeat_interleave(group_size) + next_group_id
+        next_group_id += len(examples)
+        batch = RolloutBatch(
+            prompt_ids=gen.prompt_ids.cpu(),
+            prompt_mask=gen.prompt_mask.cpu(),
+            completion_ids=gen.completion_ids.cpu(),
+            completion_mask=gen.completion_mask.cpu(),
+            group_ids=group_ids,
+            truncated=gen.truncated.cpu(),
+            rewards=rewards,
+            metadata=[
+                {"prompt": p, "completion": c, "answer": ex.get("answer"), "reward_components": None}
+                for p, c, ex in zip(rows_prompt, gen.completions, rows_ex)
+            ],
+        )
+        if rounds == 0:
+            metrics["rollout/completions"] = float(batch.size)
+            metrics["rollout/excluded"] = float(torch.isnan(rewards).sum())
+            metrics["rollout/reward_mean_all"] = float(torch.nanmean(rewards)) if batch.size else 0.0
+        finite = ~torch.isnan(rewards)
+        batch = batch.select(finite)  # excluded items (reward None / failed) leave the batch here
+        for sel in selections:
+            batch, smetrics = sel(batch)
+            metrics.update({k: float(v) for k, v in smetrics.items()})
+        kept.append(batch)
+        n_kept_groups += int(torch.unique(batch.group_ids).numel()) if batch.size else 0
+        rounds += 1
+        wants_refill = any(getattr(s, "refill", False) for s in selections)
+        if not wants_refill or n_kept_groups >= target_groups or refills_used >= max_refill_rounds:
+            break
+        refills_used += 1
+        examples, prompt_ids, prompt_texts = more(target_groups - n_kept_groups)
+    out = RolloutBatch.concat([b for b in kept if b.size] or kept[:1])
+    if wants_refill:
+        # keep exactly the target number of groups (verl truncates to train_batch_size as well)
+        groups = torch.unique_consecutive(out.group_ids)[:target_groups]
+        out = out.select(torch.isin(out.group_ids, groups))
+    metrics["rollout/refill_rounds"] = float(refills_used)
+    metrics["rollout/kept_groups"] = float(torch.unique(out.group_ids).numel()) if out.size else 0.0
+    return out, metrics, times, traceback

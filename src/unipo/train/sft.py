@@ -1,0 +1,73 @@
+"""Supervised fine-tuning on (prompt, answer) pairs: the warm start before RL.
+
+Loss: mean cross-entropy of the answer tokens (and EOS) given the prompt; prompt tokens
+are not trained on.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from unipo.rollout.hf import left_pad
+from unipo.train.logprobs import completion_logprobs
+
+
+def sft_rows(
+    tokenizer: PreTrainedTokenizerBase, prompt_ids: list[list[int]], answers: list[str]
+) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, answer ids + EOS) per example."""
+    eos = tokenizer.eos_token_id
+    rows = []
+    for p, a in zip(prompt_ids, answers):
+        target = tokenizer(a, add_special_tokens=False)["input_ids"] + ([eos] if eos is not None else [])
+        rows.append((p, target))
+    return rows
+
+
+def sft(
+    model: nn.Module,
+    rows: list[tuple[list[int], list[int]]],
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int = 0,
+    pad_id: int = 0,
+    warmup: int = 10,
+    on_step: Callable[[int, float], None] | None = None,
+) -> list[float]:
+    """AdamW on the answer-token NLL for ``steps`` minibatches; returns the loss per step."""
+    device = next(model.parameters()).device
+    rng = random.Random(seed)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / max(1, warmup)))
+    model.train()
+    losses = []
+    for step in range(steps):
+        picked = [rows[rng.randrange(len(rows))] for _ in range(batch_size)]
+        p_ids, p_mask = left_pad([p for p, _ in picked], pad_id, device)  # [b, P]
+        width = max(len(t) for _, t in picked)
+        c_ids = torch.full((batch_size, width), pad_id, dtype=torch.long)
+        c_mask = torch.zeros((batch_size, width))
+        for i, (_, t) in enumerate(picked):
+            c_ids[i, : len(t)] = torch.tensor(t)
+            c_mask[i, : len(t)] = 1
+        c_ids, c_mask = c_ids.to(device), c_mask.to(device)
+        logp, _ = completion_logprobs(
+            model, torch.cat([p_ids, c_ids], 1), torch.cat([p_mask, c_mask.long()], 1), c_mask
+        )  # [b, T]
+        loss = -(logp * c_mask).sum() / c_mask.sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(float(loss))
+        if on_step is not None:
+            on_step(step, losses[-1])
+    return losses

@@ -1,0 +1,356 @@
+"""The on-policy loop. It holds no algorithm-specific branch: every choice lives in parts.
+
+for step:  prompts → G completions → rewards → selections (refill) → old/ref log-probs
+           → advantage → μ epochs × minibatches of optimizer steps → metrics / eval
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import random
+import resource
+import time
+import traceback as tb_module
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from rich.console import Console
+
+from unipo.algorithms.base import Algorithm
+from unipo.batch import RolloutBatch
+from unipo.config import Config, build_algorithm
+from unipo.rollout.hf import HFEngine
+from unipo.train.collect import PromptSampler, collect
+from unipo.train.evaluate import EvalSet, evaluate
+from unipo.train.logprobs import batched_logprobs
+from unipo.train.run_dir import MetricsLog, environment_info, prepare_run_dir, write_json
+from unipo.train.update import UpdateSettings, update_policy
+
+log = logging.getLogger("unipo")
+
+RewardFn = Callable[..., list[float | None]]
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (too many reward failures, repeated non-finite losses)."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+class Trainer:
+    """Builds everything a config names, then ``train()`` runs the loop and returns the summary."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        console: Console | None = None,
+        extra_rewards: list[tuple[str, RewardFn, float]] | None = None,
+    ) -> None:
+        from unipo.models import LoraSettings, load_model
+        from unipo.rewards import RewardSet, get_reward_fn
+        from unipo.tasks import make_task, render_prompt
+
+        self.cfg = cfg
+        self.console = console or Console()
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        seed_everything(cfg.train.seed)
+        self.device = resolve_device(cfg.model.device)
+        if not cfg.model.path:
+            raise ValueError("model.path is empty: give a local Hugging Face causal-LM directory")
+        self.algorithm: Algorithm = copy.deepcopy(build_algorithm(cfg.algorithm))  # stateful parts: own copy
+        # -- task and rewards (errors surface here, before any model is loaded)
+        task_kwargs: dict[str, Any] = (
+            {"name": cfg.task.name, "config": cfg.task.config}
+            if cfg.task.source == "reasoning_gym"
+            else {
+                "path": cfg.task.path,
+                "prompt_column": cfg.task.prompt_column,
+                "answer_column": cfg.task.answer_column,
+            }
+        )
+        self.task = make_task(cfg.task.source, **task_kwargs)
+        self.task_reward = self.task.reward_fn()
+        terms: list[tuple[str, RewardFn, float]] = []
+        for term in cfg.rewards or []:
+            fn = self.task_reward if term.name == "task" else get_reward_fn(term.name, **term.params)
+            terms.append((term.name, fn, term.weight))
+        if not terms:
+            terms.append(("task", self.task_reward, 1.0))
+        for part in self.algorithm.rewards:
+            terms.append((getattr(part, "part_name", type(part).__name__), part, 1.0))
+        terms.extend(extra_rewards or [])
+        self.reward_set = RewardSet(terms)
+        # -- model
+        lora = (
+            LoraSettings(**cfg.model.lora.model_dump(exclude={"enabled"})) if cfg.model.lora.enabled else None
+        )
+        self.model, self.tokenizer = load_model(
+            cfg.model.path,
+            dtype=cfg.model.dtype,
+            device=str(self.device),
+            trust_remote_code=cfg.model.trust_remote_code,
+            attn_implementation=cfg.model.attn_implementation,
+            lora=lora,
+            gradient_checkpointing=cfg.model.gradient_checkpointing,
+        )
+        self.ref_model = None
+        if self.algorithm.needs_reference:  # created only when a part reads π_ref
+            self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.engine = HFEngine(self.model, self.tokenizer, max_batch=cfg.rollout.max_batch)
+
+        def encode(examples: list[dict[str, Any]]) -> tuple[list[list[int]], list[str]]:
+            texts = [
+                render_prompt(
+                    self.tokenizer, ex["question"], cfg.task.template, cfg.task.chat, cfg.task.system_prompt
+                )
+                for ex in examples
+            ]
+            chat = (
+                cfg.task.chat
+                if cfg.task.chat is not None
+                else bool(getattr(self.tokenizer, "chat_template", None))
+            )
+            ids = [self.tokenizer(t, add_special_tokens=not chat)["input_ids"] for t in texts]
+            return ids, texts
+
+        self._encode = encode
+        self.train_examples = self.task.examples(cfg.task.train_size, cfg.task.train_seed)
+        if not self.train_examples:
+            raise ValueError("the task produced no training examples")
+        eval_examples = (
+            self.task.examples(cfg.task.eval_size, cfg.task.eval_seed) if cfg.task.eval_size else []
+        )
+        self.eval_set = EvalSet(eval_examples, *encode(eval_examples)) if eval_examples else None
+        self.sampler = PromptSampler(len(self.train_examples), seed=cfg.train.seed)
+        # -- optimization
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            trainable, lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay
+        )
+        total = cfg.train.steps * cfg.optim.epochs * cfg.optim.minibatches
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _schedule(cfg, total))
+        self.update_rng = torch.Generator().manual_seed(cfg.train.seed + 17)
+        self.step = 0
+        self.next_group_id = 0
+        self.run_dir: Path | None = None
+        self._reported_traceback = False
+        self._nonfinite_run = 0
+
+    # ------------------------------------------------------------------ phases
+    def _prompts(self, k: int) -> tuple[list[dict[str, Any]], list[list[int]], list[str]]:
+        examples = [self.train_examples[i] for i in self.sampler.take(k)]
+        ids, texts = self._encode(examples)
+        return examples, ids, texts
+
+    def _logprob_pass(self, model: torch.nn.Module, batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        b = batch.trim().to(self.device)
+        t_full = batch.completion_ids.shape[1]
+        lp, ent = batched_logprobs(
+            model,
+            b.input_ids,
+            b.attention_mask,
+            b.completion_mask,
+            micro_batch=self.cfg.optim.micro_batch_size,
+            temperature=self.cfg.rollout.sampling.temperature,
+        )
+        pad = t_full - lp.shape[1]
+        return torch.nn.functional.pad(lp.cpu(), (0, pad)), torch.nn.functional.pad(ent.cpu(), (0, pad))
+
+    def run_step(self) -> dict[str, float]:
+        cfg = self.cfg
+        t_step = time.perf_counter()
+        examples, ids, texts = self._prompts(cfg.rollout.prompts_per_step)
+        batch, metrics, times, traceback = collect(
+            engine=self.engine,
+            reward_set=self.reward_set,
+            selections=self.algorithm.selections,
+            examples=examples,
+            prompt_ids=ids,
+            prompt_texts=texts,
+            group_size=cfg.rollout.group_size,
+            sampling=cfg.rollout.sampling,
+            max_refill_rounds=cfg.rollout.max_refill_rounds,
+            more=self._prompts,
+            next_group_id=self.next_group_id,
+        )
+        self.next_group_id = (
+            int(batch.group_ids.max()) + 1 if batch.size else self.next_group_id + len(examples)
+        )
+        self._check_reward_failures(metrics, traceback)
+        metrics.update(_batch_metrics(batch))
+        if batch.size == 0:
+            self.console.print(f"[yellow]step {self.step}: no usable completions; skipping the update[/]")
+            metrics.update(times)
+            return metrics
+        t0 = time.perf_counter()
+        off_policy = cfg.optim.epochs > 1 or cfg.optim.minibatches > 1
+        if off_policy or self.algorithm.any_part("needs_old_logprobs"):  # else π_old = sg(π_θ): no extra pass
+            old_lp, old_ent = self._logprob_pass(self.model, batch)
+            batch = batch.replace(old_logprobs=old_lp, entropies=old_ent)
+        if self.ref_model is not None:
+            ref_lp, _ = self._logprob_pass(self.ref_model, batch)
+            batch = batch.replace(ref_logprobs=ref_lp)
+        times["time/logprobs"] = time.perf_counter() - t0
+        advantages, adv_metrics = self.algorithm.advantage(batch)
+        batch = batch.replace(advantages=advantages)
+        metrics.update({k: float(v) for k, v in adv_metrics.items()})
+        t0 = time.perf_counter()
+        settings = UpdateSettings(
+            epochs=cfg.optim.epochs,
+            minibatches=min(cfg.optim.minibatches, batch.size),
+            micro_batch_size=cfg.optim.micro_batch_size,
+            max_grad_norm=cfg.optim.max_grad_norm,
+            temperature=cfg.rollout.sampling.temperature,
+            max_len=cfg.rollout.sampling.max_new_tokens,
+        )
+        upd, skipped = update_policy(
+            self.model, self.optimizer, self.scheduler, self.algorithm, batch, settings,
+            step=self.step, generator=self.update_rng,
+        )  # fmt: skip
+        times["time/update"] = time.perf_counter() - t0
+        metrics.update(upd)
+        self._nonfinite_run = self._nonfinite_run + 1 if skipped else 0
+        if self._nonfinite_run >= cfg.train.max_nonfinite_steps:
+            raise TrainingError(
+                f"{self._nonfinite_run} consecutive steps had a non-finite loss or gradient "
+                f"(train.max_nonfinite_steps={cfg.train.max_nonfinite_steps}); stopping"
+            )
+        self.algorithm.on_step_end(metrics)
+        metrics.update(times)
+        metrics["time/step"] = time.perf_counter() - t_step
+        metrics["optim/lr"] = self.scheduler.get_last_lr()[0]
+        metrics["memory/peak_mb"] = peak_memory_mb(self.device)
+        return metrics
+
+    def _check_reward_failures(self, metrics: dict[str, float], traceback: str | None) -> None:
+        if traceback and not self._reported_traceback:
+            self._reported_traceback = True
+            self.console.print(f"[red]a reward function failed (shown once; items excluded):[/]\n{traceback}")
+        errors = metrics.get("rewards/errors", 0.0)
+        total = max(metrics.get("rollout/completions", 1.0), 1.0)
+        if errors / total > self.cfg.train.reward_error_rate:
+            raise TrainingError(
+                f"{errors:.0f} of {total:.0f} rewards failed this step, above "
+                f"train.reward_error_rate={self.cfg.train.reward_error_rate}"
+                + (f"; first failure:\n{traceback}" if traceback else "")
+            )
+
+    def evaluate(self, tag: str = "eval") -> dict[str, float]:
+        if self.eval_set is None:
+            return {}
+        cfg = self.cfg
+        sampling = cfg.rollout.sampling.model_copy(update={"temperature": cfg.eval.temperature})
+        path = self.run_dir / "samples.jsonl" if self.run_dir else None
+        return evaluate(
+            self.model, self.engine, self.task_reward, self.eval_set,
+            samples=cfg.eval.samples, sampling=sampling, ks=cfg.eval.ks, greedy=cfg.eval.greedy,
+            micro_batch=cfg.optim.micro_batch_size, samples_path=path, tag=tag,
+        )  # fmt: skip
+
+    # ------------------------------------------------------------------ the loop
+    def train(self) -> dict[str, Any]:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        from unipo.diagnostics.plots import plot_run
+        from unipo.models import save_model
+
+        cfg = self.cfg
+        self.run_dir = prepare_run_dir(cfg.train.output_dir, overwrite=cfg.train.overwrite)
+        (self.run_dir / "config.yaml").write_text(
+            yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+        )
+        write_json(self.run_dir / "env.json", environment_info())
+        metrics_log = MetricsLog(self.run_dir / "metrics.jsonl")
+        t_start = time.perf_counter()
+        before = self.evaluate("eval")
+        if before:
+            metrics_log.write({"step": 0, **before})
+        columns = [
+            TextColumn("[bold]GRPO-family step"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+        ]
+        last: dict[str, float] = {}
+        try:
+            with Progress(*columns, TextColumn("{task.description}"), console=self.console) as progress:
+                bar = progress.add_task("", total=cfg.train.steps)
+                while self.step < cfg.train.steps:
+                    metrics = self.run_step()
+                    self.step += 1
+                    if cfg.eval.every and self.step % cfg.eval.every == 0 and self.step < cfg.train.steps:
+                        metrics.update(self.evaluate("eval"))
+                    metrics_log.write({"step": self.step, **metrics})
+                    last = metrics
+                    r, h = (metrics.get(k, float("nan")) for k in ("reward/mean", "policy/entropy"))
+                    desc = f"reward {r:.3f}  entropy {h:.3f}"
+                    progress.update(bar, advance=1, description=desc)
+        except BaseException:
+            metrics_log.write({"step": self.step, "event": "error", "traceback": tb_module.format_exc()})
+            raise
+        after = self.evaluate("eval")
+        if after:
+            metrics_log.write({"step": self.step, "event": "final_eval", **after})
+        metrics_log.close()
+        wall = time.perf_counter() - t_start
+        if cfg.train.save_final:
+            save_model(self.model, self.tokenizer, self.run_dir / "final")
+        plot_run(self.run_dir)
+        summary = {"steps": self.step, "wall_seconds": wall, "algorithm": self.algorithm.name, "last": last}
+        summary.update({f"before/{k.split('/', 1)[1]}": v for k, v in before.items()})
+        summary.update({f"after/{k.split('/', 1)[1]}": v for k, v in after.items()})
+        write_json(self.run_dir / "summary.json", summary)
+        return summary
+
+
+def _schedule(cfg: Config, total: int) -> Callable[[int], float]:
+    warm = cfg.optim.warmup_steps
+    kind = cfg.optim.schedule
+
+    def factor(i: int) -> float:
+        if warm and i < warm:
+            return (i + 1) / warm
+        if kind == "constant":
+            return 1.0
+        frac = min(1.0, (i - warm) / max(1, total - warm))
+        return 0.5 * (1 + np.cos(np.pi * frac)) if kind == "cosine" else 1.0 - frac
+
+    return factor
+
+
+def _batch_metrics(batch: RolloutBatch) -> dict[str, float]:
+    if batch.size == 0:
+        return {"reward/mean": float("nan")}
+    r = batch.rewards
+    lengths = batch.completion_mask.sum(1)
+    return {
+        "reward/mean": float(r.mean()),
+        "reward/std": float(r.std()) if r.numel() > 1 else 0.0,
+        "response/length_mean": float(lengths.mean()),
+        "response/length_max": float(lengths.max()),
+        "response/truncated_frac": float(batch.truncated.float().mean()),
+        "rollout/train_completions": float(batch.size),
+    }

@@ -1,0 +1,127 @@
+"""The update phase: μ epochs of minibatch optimizer steps with gradient accumulation.
+
+Nothing here knows which algorithm runs: the loss is ``policy_loss(algorithm, LossInputs)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from unipo.algorithms.base import Algorithm, policy_loss
+from unipo.batch import RolloutBatch
+from unipo.parts.base import LossInputs
+from unipo.train.logprobs import completion_logprobs
+
+
+@dataclass
+class UpdateSettings:
+    epochs: int
+    minibatches: int
+    micro_batch_size: int
+    max_grad_norm: float
+    temperature: float
+    max_len: int
+    chunk_tokens: int = 2048
+
+
+class NonFiniteLoss(RuntimeError):
+    """A loss or gradient was NaN/inf; the optimizer step was skipped."""
+
+
+def _mean_metrics(acc: dict[str, list[Tensor]]) -> dict[str, float]:
+    if not acc:
+        return {}
+    keys = list(acc)
+    stacked = torch.stack([torch.stack([v.float().cpu() for v in acc[k]]).mean() for k in keys]).tolist()
+    return dict(zip(keys, stacked))
+
+
+def update_policy(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    algorithm: Algorithm,
+    batch: RolloutBatch,
+    settings: UpdateSettings,
+    *,
+    step: int,
+    generator: torch.Generator,
+) -> tuple[dict[str, float], int]:
+    """Run the optimizer steps for one rollout batch. Returns (metrics, skipped non-finite steps)."""
+    device = next(model.parameters()).device
+    acc: dict[str, list[Tensor]] = defaultdict(list)
+    skipped = 0
+    params = [p for p in model.parameters() if p.requires_grad]
+    model.train()
+    for _epoch in range(settings.epochs):
+        order = torch.randperm(batch.size, generator=generator)
+        for mb_idx in order.chunk(settings.minibatches):
+            minibatch = batch.select(mb_idx)
+            num_tokens = float(minibatch.completion_mask.sum().clamp(min=1))
+            num_seqs = float(minibatch.size)
+            optimizer.zero_grad(set_to_none=True)
+            finite = True
+            for start in range(0, minibatch.size, settings.micro_batch_size):
+                micro = minibatch.select(
+                    list(range(start, min(start + settings.micro_batch_size, minibatch.size)))
+                )
+                micro = micro.trim().to(device)
+                logp, ent = completion_logprobs(
+                    model,
+                    micro.input_ids,
+                    micro.attention_mask,
+                    micro.completion_mask,
+                    temperature=settings.temperature,
+                    chunk_tokens=settings.chunk_tokens,
+                    entropy_grad=algorithm.needs_entropy_grad,
+                )
+                x = LossInputs(
+                    logprobs=logp,
+                    old_logprobs=micro.old_logprobs if micro.old_logprobs is not None else logp.detach(),
+                    advantages=micro.advantages,
+                    mask=micro.completion_mask,
+                    entropies=ent,
+                    ref_logprobs=micro.ref_logprobs,
+                    old_entropies=micro.entropies,
+                    group_ids=micro.group_ids,
+                    rewards=micro.rewards,
+                    truncated=micro.truncated,
+                    num_tokens=num_tokens,
+                    num_seqs=num_seqs,
+                    max_len=settings.max_len,
+                    step=step,
+                )
+                loss, metrics = policy_loss(algorithm, x)
+                if not torch.isfinite(loss):
+                    finite = False
+                    break
+                loss.backward()
+                acc["loss/total"].append(loss.detach())
+                acc["policy/entropy"].append(
+                    (ent.detach() * micro.completion_mask).sum() / micro.completion_mask.sum().clamp(min=1)
+                )
+                for k, v in metrics.items():
+                    acc[k].append(torch.as_tensor(v).detach())
+            grad_norm = (
+                torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
+                if finite
+                else torch.tensor(math.nan)
+            )
+            if not finite or not torch.isfinite(grad_norm):
+                optimizer.zero_grad(set_to_none=True)
+                skipped += 1
+                continue
+            acc["optim/grad_norm"].append(grad_norm.detach())
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    out = _mean_metrics(acc)
+    out["optim/skipped_steps"] = float(skipped)
+    return out, skipped
