@@ -9,7 +9,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="unipo: policy optimization for language models.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="unipo: policy optimization for language models."
+)
 console = Console()
 
 

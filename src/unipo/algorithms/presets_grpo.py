@@ -125,7 +125,7 @@ ppo = register_algorithm(
 reinforce = register_algorithm(
     Algorithm(
         name="reinforce",
-        paper="Group-Relative REINFORCE Is Secretly an Off-Policy Algorithm (Trinity-RFT REC, examples/rec_gsm8k)",
+        paper="Group-Relative REINFORCE Is Secretly an Off-Policy Algorithm (Trinity-RFT REC recipe)",
         advantage=GroupNorm(scale_by_std=False),
         surrogate=PolicyGradient(),
         aggregate=TokenMean(),

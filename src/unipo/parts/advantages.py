@@ -137,7 +137,9 @@ class RLOO:
         r = _rewards(batch)  # [B]
         mean, _, count = group_stats(r, batch.group_ids)  # [B]
         adv = (count / (count - 1).clamp(min=1)) * (r - mean) * (count > 1)
-        return broadcast_to_tokens(adv, batch.completion_mask), {"advantage/abs_mean": scalar(adv.abs().mean())}
+        return broadcast_to_tokens(adv, batch.completion_mask), {
+            "advantage/abs_mean": scalar(adv.abs().mean())
+        }
 
 
 @register("advantage", "group_mean_batch_std")
@@ -262,7 +264,9 @@ class GAE:
     def advantages_and_returns(self, batch: RolloutBatch) -> tuple[Tensor, Tensor]:
         """(advantages [B, T] as ``__call__`` returns them, value targets [B, T])."""
         if batch.values is None:
-            raise ValueError("gae advantage needs batch.values [B, T] from a critic (ValueHead) at rollout time")
+            raise ValueError(
+                "gae advantage needs batch.values [B, T] from a critic (ValueHead) at rollout time"
+            )
         mask = batch.completion_mask.float()
         r_tok = token_rewards(batch, self.kl_coef, self.kl_estimator)
         adv, returns = gae_returns(r_tok, batch.values.float(), mask, self.gamma, self.lam)

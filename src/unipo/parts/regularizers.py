@@ -57,7 +57,9 @@ class KLPenalty:
 
     def __post_init__(self) -> None:
         if self.estimator not in KL_ESTIMATORS:
-            raise ValueError(f"kl estimator must be one of {', '.join(KL_ESTIMATORS)}, got {self.estimator!r}")
+            raise ValueError(
+                f"kl estimator must be one of {', '.join(KL_ESTIMATORS)}, got {self.estimator!r}"
+            )
 
     @property
     def needs_reference(self) -> bool:
@@ -84,7 +86,9 @@ class EntropyBonus:
     def __call__(self, x: LossInputs) -> tuple[Tensor, Metrics]:
         if x.entropies is None:
             raise ValueError("entropy regularizer needs current-policy entropies with grad")
-        return -self.coef * x.entropies, {"regularizer/entropy": scalar(masked_mean(x.entropies.detach(), x.mask))}
+        return -self.coef * x.entropies, {
+            "regularizer/entropy": scalar(masked_mean(x.entropies.detach(), x.mask))
+        }
 
 
 @register("regularizer", "adaptive_entropy")
@@ -115,7 +119,9 @@ class AdaptiveEntropy:
 
     def __post_init__(self) -> None:
         if self.coef_max < 0 or not 0 <= self.coef_init <= self.coef_max:
-            raise ValueError(f"adaptive_entropy needs 0 ≤ coef_init ≤ coef_max, got {self.coef_init}, {self.coef_max}")
+            raise ValueError(
+                f"adaptive_entropy needs 0 ≤ coef_init ≤ coef_max, got {self.coef_init}, {self.coef_max}"
+            )
         self._state["coef"] = float(self.coef_init)
 
     @property

@@ -40,7 +40,9 @@ class DropZeroVariance:
                 raise ValueError("drop_zero_variance needs batch.rewards (or key= a metadata field)")
             return batch.rewards.float()
         if not batch.metadata or any(self.key not in m for m in batch.metadata):
-            raise ValueError(f"drop_zero_variance key={self.key!r} must be present in every batch.metadata item")
+            raise ValueError(
+                f"drop_zero_variance key={self.key!r} must be present in every batch.metadata item"
+            )
         return torch.tensor([float(m[self.key]) for m in batch.metadata], device=batch.group_ids.device)
 
     def keep_mask(self, batch: RolloutBatch) -> Tensor:  # [B] bool, True where the group has spread

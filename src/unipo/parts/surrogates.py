@@ -61,7 +61,9 @@ class PPOClip:
         metrics = _clip_metrics(ratio.detach(), adv, x.mask, self.eps_low, self.eps_high)
         if self.dual_clip is not None:
             capped = torch.minimum(loss, -self.dual_clip * adv)
-            metrics["surrogate/dual_clip_frac"] = scalar(masked_mean(((capped < loss) & (adv < 0)).float(), x.mask))
+            metrics["surrogate/dual_clip_frac"] = scalar(
+                masked_mean(((capped < loss) & (adv < 0)).float(), x.mask)
+            )
             loss = torch.where(adv < 0, capped, loss)
         return loss, metrics
 

@@ -60,7 +60,9 @@ class ForkingTokens:
         if not 0 < self.rho <= 1:
             raise ValueError(f"forking_tokens rho must be in (0, 1], got {self.rho}")
         if self.denominator not in ("all", "selected"):
-            raise ValueError(f"forking_tokens denominator must be 'all' or 'selected', got {self.denominator!r}")
+            raise ValueError(
+                f"forking_tokens denominator must be 'all' or 'selected', got {self.denominator!r}"
+            )
 
     def __call__(self, x: LossInputs) -> tuple[Tensor, Metrics]:
         ent = x.entropies if x.entropies is not None else x.old_entropies

@@ -15,7 +15,7 @@ from unipo.parts.registry import register
 @register("reward", "dapo_overlong")
 @dataclass(frozen=True)
 class DapoOverlong:
-    """DAPO soft overlong punishment (arXiv 2503.14476, eq. 13), added to the task reward:
+    """DAPO soft overlong punishment (arXiv 2503.14476): a length penalty added to the task reward.
 
         R_len(y) = 0                                 if |y| ≤ L_max − L_cache
                  = ((L_max − L_cache) − |y|)/L_cache  if L_max − L_cache < |y| ≤ L_max
@@ -36,7 +36,8 @@ class DapoOverlong:
     def __post_init__(self) -> None:
         if not 0 < self.cache_length <= self.max_length:
             raise ValueError(
-                f"dapo_overlong needs 0 < cache_length ≤ max_length, got {self.cache_length}, {self.max_length}"
+                "dapo_overlong needs 0 < cache_length ≤ max_length, "
+                f"got {self.cache_length}, {self.max_length}"
             )
 
     def penalty(self, length: int) -> float:

@@ -6,7 +6,9 @@ for step:  prompts → G completions → rewards → selections (refill) → old
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 import logging
 import random
 import resource
@@ -68,7 +70,7 @@ class Trainer:
         console: Console | None = None,
         extra_rewards: list[tuple[str, RewardFn, float]] | None = None,
     ) -> None:
-        from unipo.models import LoraSettings, load_model
+        from unipo.models import LoraSettings, is_peft_model, load_model
         from unipo.rewards import RewardSet, get_reward_fn
         from unipo.tasks import make_task, render_prompt
 
@@ -95,7 +97,9 @@ class Trainer:
         self.task_reward = self.task.reward_fn()
         terms: list[tuple[str, RewardFn, float]] = []
         for term in cfg.rewards or []:
-            fn = self.task_reward if term.name == "task" else get_reward_fn(term.name, **term.params)
+            fn = self.task_reward if term.name == "task" else get_reward_fn(term.name)
+            if term.params:
+                fn = functools.partial(fn, **term.params)
             terms.append((term.name, fn, term.weight))
         if not terms:
             terms.append(("task", self.task_reward, 1.0))
@@ -118,7 +122,12 @@ class Trainer:
         )
         self.ref_model = None
         if self.algorithm.needs_reference:  # created only when a part reads π_ref
-            self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
+            # LoRA: the adapter-disabled policy is the reference (no second copy of the weights)
+            self.ref_model = (
+                self.model
+                if is_peft_model(self.model)
+                else copy.deepcopy(self.model).eval().requires_grad_(False)
+            )
         self.engine = HFEngine(self.model, self.tokenizer, max_batch=cfg.rollout.max_batch)
 
         def encode(examples: list[dict[str, Any]]) -> tuple[list[list[int]], list[str]]:
@@ -211,7 +220,8 @@ class Trainer:
             old_lp, old_ent = self._logprob_pass(self.model, batch)
             batch = batch.replace(old_logprobs=old_lp, entropies=old_ent)
         if self.ref_model is not None:
-            ref_lp, _ = self._logprob_pass(self.ref_model, batch)
+            with self.model.disable_adapter() if self.ref_model is self.model else contextlib.nullcontext():
+                ref_lp, _ = self._logprob_pass(self.ref_model, batch)
             batch = batch.replace(ref_logprobs=ref_lp)
         times["time/logprobs"] = time.perf_counter() - t0
         advantages, adv_metrics = self.algorithm.advantage(batch)

@@ -1,0 +1,181 @@
+"""unipo's objectives as two plain functions, for your own training loop (no trainer needed).
+
+    import unipo.functional as UF
+
+    logprobs = ...          # [B, T] log π_θ of the sampled tokens, with grad
+    loss, metrics = UF.compute_loss("dapo", logprobs, mask, old_logprobs=old, rewards=r, group_ids=g)
+    loss.backward()
+
+``compute_loss`` computes advantages from ``rewards`` + ``group_ids`` through the algorithm's
+advantage part (or takes yours), then runs ``unipo.algorithms.policy_loss``: token weights ×
+surrogate + regularizers, aggregated. What it does **not** do:
+
+- selections (dynamic sampling, ...) are skipped: they drop groups and need a generator to
+  refill the batch. Filter your batch yourself first if you want them
+  (``algorithm.selections[i].keep_mask(batch)`` for ``drop_zero_variance``).
+- reward-shaping terms (``algorithm.rewards``, e.g. DAPO's overlong penalty) are not added:
+  pass rewards that already include them.
+- stateful parts (``adaptive_entropy``) update only when you call
+  ``algorithm.on_step_end(metrics)`` after your optimizer step.
+
+Denominators (token_mean's token count, ...) are those of the tensors you pass: call it once
+per optimizer step on the whole batch, or build ``LossInputs`` yourself for micro-batching.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from unipo.algorithms.base import Algorithm, policy_loss
+from unipo.algorithms.registry import get_algorithm
+from unipo.batch import RolloutBatch
+from unipo.parts.base import LossInputs, broadcast_to_tokens
+from unipo.parts.registry import part_name
+
+__all__ = ["compute_advantages", "compute_loss"]
+
+
+def _resolve(algorithm: str | Algorithm) -> Algorithm:
+    return get_algorithm(algorithm) if isinstance(algorithm, str) else algorithm
+
+
+def compute_advantages(
+    algorithm: str | Algorithm,
+    rewards: Tensor,
+    group_ids: Tensor | None,
+    mask: Tensor,
+    *,
+    old_logprobs: Tensor | None = None,
+    ref_logprobs: Tensor | None = None,
+    values: Tensor | None = None,
+    truncated: Tensor | None = None,
+) -> Tensor:
+    """Per-token advantages [B, T] from scalar rewards [B] via the algorithm's advantage part.
+
+    group_ids [B] (same id = same prompt) is required by group estimators (group_norm, rloo,
+    ...); estimators that declare ``uses_groups = False`` (reinforce_pp, gae) accept None.
+    REINFORCE++ with a KL coefficient needs old_logprobs and ref_logprobs [B, T]; GAE needs
+    the critic's values [B, T]. The result carries no gradient.
+    """
+    algo = _resolve(algorithm)
+    adv_part = algo.advantage
+    name = part_name(adv_part)
+    b = mask.shape[0]
+    if rewards.shape != (b,):
+        raise ValueError(f"rewards must have shape [B]=({b},), got {tuple(rewards.shape)}")
+    if group_ids is None:
+        if getattr(adv_part, "uses_groups", True):
+            raise ValueError(
+                f"advantage {name!r} compares completions of the same prompt: pass group_ids [B]"
+            )
+        group_ids = torch.arange(b, device=mask.device)
+    if getattr(adv_part, "needs_old_logprobs", False) and old_logprobs is None:
+        raise ValueError(f"advantage {name!r} puts a KL term in the reward: pass old_logprobs [B, T]")
+    if getattr(adv_part, "needs_reference", False) and ref_logprobs is None:
+        raise ValueError(f"advantage {name!r} puts a KL term in the reward: pass ref_logprobs [B, T]")
+    if getattr(adv_part, "needs_values", False) and values is None:
+        raise ValueError(f"advantage {name!r} needs critic values [B, T]: pass values=")
+    batch = RolloutBatch(
+        prompt_ids=torch.zeros(b, 0, dtype=torch.long, device=mask.device),
+        prompt_mask=torch.zeros(b, 0, dtype=torch.long, device=mask.device),
+        completion_ids=torch.zeros(mask.shape, dtype=torch.long, device=mask.device),
+        completion_mask=mask.float(),
+        group_ids=group_ids,
+        truncated=truncated
+        if truncated is not None
+        else torch.zeros(b, dtype=torch.bool, device=mask.device),
+        rewards=rewards.float(),
+        old_logprobs=None if old_logprobs is None else old_logprobs.detach(),
+        ref_logprobs=None if ref_logprobs is None else ref_logprobs.detach(),
+        values=None if values is None else values.detach(),
+    )
+    with torch.no_grad():
+        adv, _ = adv_part(batch)
+    return adv
+
+
+def compute_loss(
+    algorithm: str | Algorithm,
+    logprobs: Tensor,
+    mask: Tensor,
+    *,
+    old_logprobs: Tensor | None = None,
+    ref_logprobs: Tensor | None = None,
+    entropies: Tensor | None = None,
+    advantages: Tensor | None = None,
+    rewards: Tensor | None = None,
+    group_ids: Tensor | None = None,
+    truncated: Tensor | None = None,
+    values: Tensor | None = None,
+    step: int = 0,
+) -> tuple[Tensor, dict[str, float]]:
+    """The algorithm's policy loss (a scalar to minimize) and its metrics as floats.
+
+    Args:
+        algorithm: a preset name (``"grpo"``, ``"dapo"``, ...) or an ``Algorithm``.
+        logprobs: [B, T] log π_θ of the sampled tokens, with grad.
+        mask: [B, T] 1 on completion tokens, 0 on padding.
+        old_logprobs: [B, T] log π_old of the sampling policy; defaults to ``logprobs.detach()``
+            (on-policy: ratio 1 in value, gradient ∇log π_θ).
+        ref_logprobs: [B, T] reference-model log-probs; required when a part uses the KL to π_ref.
+        entropies: [B, T] current-policy token entropies (with grad for entropy bonuses).
+        advantages: [B] or [B, T]; when None they are computed from ``rewards`` and ``group_ids``.
+        rewards, group_ids: [B] scalar rewards and prompt ids (see ``compute_advantages``).
+        truncated: [B] bool, for overlong filtering.
+        values: [B, T] critic values, for the GAE advantage.
+        step: optimizer step (seeds Clip-Cov's random choice).
+    """
+    algo = _resolve(algorithm)
+    if logprobs.shape != mask.shape:
+        raise ValueError(f"logprobs {tuple(logprobs.shape)} and mask {tuple(mask.shape)} must both be [B, T]")
+    mask = mask.to(logprobs.dtype)
+    old = logprobs.detach() if old_logprobs is None else old_logprobs.detach()
+    if algo.needs_reference and ref_logprobs is None:
+        users = [part_name(p) for p in algo.parts() if getattr(p, "needs_reference", False)]
+        raise ValueError(
+            f"algorithm {algo.name!r} uses the KL to a reference model ({', '.join(users)}): "
+            "pass ref_logprobs [B, T]"
+        )
+    if algo.needs_entropy_grad and entropies is None:
+        users = [part_name(p) for p in algo.parts() if getattr(p, "needs_entropy_grad", False)]
+        raise ValueError(
+            f"algorithm {algo.name!r} regularizes entropy ({', '.join(users)}): pass entropies [B, T]"
+        )
+    if advantages is None:
+        if rewards is None:
+            raise ValueError(
+                "pass either advantages ([B] or [B, T]) or rewards [B] (+ group_ids) to compute them"
+            )
+        adv = compute_advantages(
+            algo,
+            rewards,
+            group_ids,
+            mask,
+            old_logprobs=old,
+            ref_logprobs=ref_logprobs,
+            values=values,
+            truncated=truncated,
+        )
+    elif advantages.dim() == 1:
+        adv = broadcast_to_tokens(advantages.detach(), mask)
+    elif advantages.shape == mask.shape:
+        adv = advantages.detach() * mask
+    else:
+        raise ValueError(
+            f"advantages must be [B] or [B, T]={tuple(mask.shape)}, got {tuple(advantages.shape)}"
+        )
+    x = LossInputs(
+        logprobs=logprobs,
+        old_logprobs=old,
+        advantages=adv.to(logprobs.dtype),
+        mask=mask,
+        entropies=entropies,
+        ref_logprobs=None if ref_logprobs is None else ref_logprobs.detach(),
+        group_ids=group_ids,
+        rewards=rewards,
+        step=step,
+        truncated=truncated,
+    )
+    loss, metrics = policy_loss(algo, x)
+    return loss, {k: float(v) for k, v in metrics.items()}
