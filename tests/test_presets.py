@@ -49,7 +49,7 @@ def test_dapo_composition():
     assert (dapo.surrogate.eps_low, dapo.surrogate.eps_high) == (0.2, 0.28)
     assert dapo.aggregate == TokenMean()
     assert dapo.selections == (DropZeroVariance(),) and dapo.selections[0].refill
-    assert dapo.rewards == (DapoOverlong(max_length=20480, cache_length=4096),)
+    assert dapo.rewards == (DapoOverlong(cache_fraction=0.2),)  # L_max = max_new_tokens
     assert dapo.regularizers == () and not dapo.needs_reference
 
 

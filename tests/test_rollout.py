@@ -26,7 +26,10 @@ def test_generate_groups_and_flags(tiny):
     model, tok = tiny
     torch.manual_seed(0)
     engine = HFEngine(model, tok)
-    prompts = [tok("1+1=", add_special_tokens=False)["input_ids"], tok("22+3=", add_special_tokens=False)["input_ids"]]
+    prompts = [
+        tok("1+1=", add_special_tokens=False)["input_ids"],
+        tok("22+3=", add_special_tokens=False)["input_ids"],
+    ]
     gen = engine.generate(prompts, n=3, params=SamplingParams(max_new_tokens=5, temperature=1.0))
     assert gen.completion_ids.shape[0] == 6 and gen.prompt_ids.shape[0] == 6
     # rows 0..2 belong to prompt 0 (left-padded by one), rows 3..5 to prompt 1

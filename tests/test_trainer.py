@@ -41,7 +41,9 @@ def test_tiny_run_writes_metrics_and_changes_params(tiny_model_dir, tmp_path):
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if "loss/total" in r]
     assert len(steps) == 2 and all(math.isfinite(r["loss/total"]) for r in steps)
-    assert {"reward/mean", "policy/entropy", "time/generate", "time/update", "regularizer/kl_ref"} <= set(steps[0])
+    assert {"reward/mean", "policy/entropy", "time/generate", "time/update", "regularizer/kl_ref"} <= set(
+        steps[0]
+    )
     assert (tmp_path / "run" / "final" / "config.json").exists()
     assert (tmp_path / "run" / "plots" / "reward.png").exists()
     assert "after/accuracy" in summary and "before/pass@2" in summary

@@ -6,8 +6,10 @@ python -m unipo.algorithms.docs > docs/algorithms.md
 from __future__ import annotations
 
 import inspect
+import sys
 from typing import Any
 
+from unipo.algorithms.base import Algorithm
 from unipo.algorithms.registry import list_algorithms
 from unipo.parts.registry import KINDS, PARTS, _load_builtin_parts, part_name
 
@@ -28,10 +30,27 @@ def _summary(cls: type) -> str:
     return first.replace("|", "\\|")
 
 
+def _builtin_presets() -> list[Algorithm]:
+    """Registered presets defined in ``unipo.algorithms.presets*`` modules, by name.
+
+    Algorithms registered elsewhere (a user's script, a test) are left out, so the render
+    does not depend on what else the process imported.
+    """
+    algos = list_algorithms()  # imports the built-in presets
+    defined = {
+        id(v)
+        for name, mod in list(sys.modules.items())
+        if name.startswith("unipo.algorithms.presets") and mod is not None
+        for v in vars(mod).values()
+        if isinstance(v, Algorithm)
+    }
+    return [a for a in algos if id(a) in defined]
+
+
 def _builtin_parts() -> dict[str, dict[str, type]]:
     """Registered parts defined inside unipo (a stable set, whatever else was imported)."""
     _load_builtin_parts()
-    used = {type(p) for a in list_algorithms() for p in a.parts()}
+    used = {type(p) for a in _builtin_presets() for p in a.parts()}
     out: dict[str, dict[str, type]] = {}
     for kind in KINDS:
         out[kind] = {
@@ -55,7 +74,7 @@ def render_algorithms_markdown() -> str:
         "| preset | paper |",
         "| --- | --- |",
     ]
-    algos = list_algorithms()
+    algos = _builtin_presets()
     lines += [f"| [`{a.name}`](#{a.name}) | {a.paper} |" for a in algos]
     for a in algos:
         d: dict[str, Any] = a.describe()

@@ -43,10 +43,11 @@ dapo = register_algorithm(
         selections=(DropZeroVariance(),),
         surrogate=PPOClip(eps_low=0.2, eps_high=0.28),
         aggregate=TokenMean(),
-        rewards=(DapoOverlong(max_length=20480, cache_length=4096),),
+        rewards=(DapoOverlong(cache_fraction=0.2),),
         notes="clip-higher 0.2/0.28, token-level loss, dynamic sampling (refill), soft overlong "
-        "punishment (set max_length to max_new_tokens), no KL; G=16, 512 prompts, mini-batch 32 "
-        "(16 updates per rollout), lr 1e-6 with 20-step warmup, reward ±1",
+        "punishment over the last 20% of max_new_tokens (paper: L_max 20480, L_cache 4096), no KL; "
+        "G=16, 512 prompts, mini-batch 32 (16 updates per rollout), lr 1e-6 with 20-step warmup, "
+        "reward ±1",
     )
 )
 
