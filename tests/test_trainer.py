@@ -53,7 +53,7 @@ def test_refuses_non_empty_run_dir(tiny_model_dir, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     (out / "something").write_text("keep me")
-    with pytest.raises(RunDirError, match="not empty; pass --resume .* or --overwrite"):
+    with pytest.raises(RunDirError, match=r"not empty; pass --resume .* or --overwrite"):
         Trainer(cfg_for(tiny_model_dir, out)).train()
     assert (out / "something").read_text() == "keep me"
 
@@ -64,7 +64,7 @@ def test_missing_model_path(tmp_path):
 
 
 def test_unknown_reasoning_gym_dataset(tiny_model_dir, tmp_path):
-    with pytest.raises(ValueError, match="task.name"):
+    with pytest.raises(ValueError, match=r"task\.name"):
         Trainer(cfg_for(tiny_model_dir, tmp_path / "run", "task.name=chain_summ"))
 
 

@@ -72,10 +72,11 @@ def warm_start(run_dir: Path, budget: dict[str, int], console: Console) -> Path:
     ids = [tok(ex["question"], add_special_tokens=False)["input_ids"] for ex in examples]
     rows = sft_rows(tok, ids, [ex["answer"] for ex in examples])
     t0 = time.perf_counter()
+    n = budget["sft_steps"]
     with console.status("[bold]supervised warm start") as status:
         losses = sft(
-            model, rows, steps=budget["sft_steps"], batch_size=64, lr=1e-3, seed=0, pad_id=tok.pad_token_id,
-            on_step=lambda i, loss: status.update(f"[bold]warm start[/] step {i + 1}/{budget['sft_steps']} loss {loss:.3f}"),
+            model, rows, steps=n, batch_size=64, lr=1e-3, seed=0, pad_id=tok.pad_token_id,
+            on_step=lambda i, loss: status.update(f"[bold]warm start[/] {i + 1}/{n} loss {loss:.3f}"),
         )  # fmt: skip
     console.print(f"warm start: {budget['sft_steps']} steps, loss {losses[0]:.3f} → {losses[-1]:.3f} "
                   f"in {time.perf_counter() - t0:.0f}s")  # fmt: skip
