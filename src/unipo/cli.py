@@ -25,10 +25,14 @@ def train(
     config: Annotated[str | None, typer.Argument(help="YAML config file (optional).")] = None,
     overrides: Annotated[list[str] | None, typer.Argument(help="dotted key=value overrides")] = None,
     overwrite: Annotated[bool, typer.Option(help="Write into a non-empty run directory.")] = False,
+    resume: Annotated[
+        bool, typer.Option(help="Continue from the newest checkpoint in the run directory.")
+    ] = False,
 ) -> None:
     """Train a policy: ``unipo train CONFIG.yaml model.path=DIR algorithm.name=dapo``."""
     from unipo.config import ConfigError, load_config
     from unipo.train.run_dir import RunDirError
+    from unipo.train.signals import Interrupted
     from unipo.train.trainer import Trainer, TrainingError
 
     args = list(overrides or [])
@@ -37,9 +41,14 @@ def train(
         config = None
     if overwrite:
         args.append("train.overwrite=true")
+    if resume:
+        args.append("train.resume=true")
     try:
         cfg = load_config(config, args)
         summary = Trainer(cfg, console=console).train()
+    except Interrupted as e:
+        console.print(f"[yellow]{e}[/]")
+        raise typer.Exit(code=130) from None
     except (ConfigError, RunDirError, TrainingError, FileNotFoundError, ValueError) as e:
         _fail(str(e))
         return

@@ -135,6 +135,9 @@ class TrainConfig(_Strict):
     seed: int = Field(0, description="Seed for sampling, parts and initialization.")
     log_every: int = Field(1, gt=0, description="Console log interval (metrics.jsonl gets every step).")
     save_final: bool = Field(True, description="Save the final model as an HF directory.")
+    save_every: int = Field(0, ge=0, description="Checkpoint every N steps (0: never; signals still save one).")
+    keep_last: int = Field(3, ge=1, description="Checkpoints kept (older ones are deleted).")
+    resume: bool = Field(False, description="Continue from the newest complete checkpoint in output_dir.")
     reward_error_rate: float = Field(
         0.5, ge=0, le=1, description="Fail the run when this share of a step's rewards errors."
     )

@@ -88,3 +88,42 @@ def environment_info() -> dict[str, Any]:
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "packages": versions,
     }
+
+
+RUN_OUTPUTS = (
+    "metrics.jsonl",
+    "samples.jsonl",
+    "summary.json",
+    "checkpoints",
+    "plots",
+    "final",
+    "report.html",
+)
+
+
+def clear_run_outputs(run_dir: Path) -> None:
+    """Remove what an earlier run wrote (only reached with overwrite=true or an empty directory)."""
+    import shutil
+
+    for name in RUN_OUTPUTS:
+        p = run_dir / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+
+
+def truncate_metrics(run_dir: Path, step: int) -> None:
+    """Keep the records of steps ≤ ``step`` (a resumed run rewrites the rest exactly)."""
+    path = run_dir / "metrics.jsonl"
+    drop = {"error", "interrupted", "final_eval"}
+    kept = [r for r in read_metrics(path) if r.get("step", 0) <= step and r.get("event") not in drop]
+    atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
+
+
+def first_eval(run_dir: Path) -> dict[str, Any]:
+    """The step-0 evaluation record of a run (empty if there was none)."""
+    for r in read_metrics(run_dir / "metrics.jsonl"):
+        if r.get("step") == 0 and "event" not in r:
+            return r
+    return {}

@@ -27,10 +27,26 @@ from unipo.algorithms.base import Algorithm
 from unipo.batch import RolloutBatch
 from unipo.config import Config, build_algorithm
 from unipo.rollout.hf import HFEngine
+from unipo.train.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from unipo.train.collect import PromptSampler, collect
 from unipo.train.evaluate import EvalSet, evaluate
 from unipo.train.logprobs import batched_logprobs
-from unipo.train.run_dir import MetricsLog, environment_info, prepare_run_dir, write_json
+from unipo.train.run_dir import (
+    MetricsLog,
+    clear_run_outputs,
+    environment_info,
+    first_eval,
+    prepare_run_dir,
+    truncate_metrics,
+    write_json,
+)
+from unipo.train.signals import Interrupted, StopOnSignal, step_progress
 from unipo.train.update import UpdateSettings, update_policy
 
 log = logging.getLogger("unipo")
@@ -281,33 +297,79 @@ class Trainer:
         )  # fmt: skip
 
     # ------------------------------------------------------------------ the loop
-    def train(self) -> dict[str, Any]:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    # ------------------------------------------------------------------ checkpoints
+    def state(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(optimizer/scheduler state, everything else a resumed run needs to continue exactly)."""
+        optim = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+        state = {
+            "step": self.step,
+            "next_group_id": self.next_group_id,
+            "sampler": self.sampler.state_dict(),
+            "rng": rng_state(),
+            "update_rng": self.update_rng.get_state(),
+            "algorithm": self.algorithm.state_dict(),
+            "nonfinite_run": self._nonfinite_run,
+        }
+        return optim, state
 
+    def save_checkpoint(self) -> Path | None:
+        """Write a checkpoint; a failure (e.g. disk full) is reported and the previous one kept."""
+        assert self.run_dir is not None
+        optim, state = self.state()
+        try:
+            return save_checkpoint(
+                self.run_dir, self.step, self.model, optim, state, self.cfg.train.keep_last
+            )
+        except OSError as e:
+            self.console.print(
+                f"[red]checkpoint at step {self.step} failed ({e}); the previous one is intact[/]"
+            )
+            return None
+
+    def restore(self, path: Path) -> None:
+        optim, state = load_checkpoint(path, self.model)
+        self.optimizer.load_state_dict(optim["optimizer"])
+        self.scheduler.load_state_dict(optim["scheduler"])
+        self.step = int(state["step"])
+        self.next_group_id = int(state["next_group_id"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.update_rng.set_state(state["update_rng"])
+        self.algorithm.load_state_dict(state["algorithm"])
+        self._nonfinite_run = int(state["nonfinite_run"])
+        set_rng_state(state["rng"])
+
+    # ------------------------------------------------------------------ the loop
+    def train(self) -> dict[str, Any]:
+        """Run (or resume) the loop; returns the summary also written to ``summary.json``."""
         from unipo.diagnostics.plots import plot_run
         from unipo.models import save_model
 
         cfg = self.cfg
-        self.run_dir = prepare_run_dir(cfg.train.output_dir, overwrite=cfg.train.overwrite)
+        self.run_dir = prepare_run_dir(
+            cfg.train.output_dir, overwrite=cfg.train.overwrite, resume=cfg.train.resume
+        )
+        ckpt = latest_checkpoint(self.run_dir) if cfg.train.resume else None
+        if ckpt is None:
+            clear_run_outputs(self.run_dir)
         (self.run_dir / "config.yaml").write_text(
             yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
         )
         write_json(self.run_dir / "env.json", environment_info())
-        metrics_log = MetricsLog(self.run_dir / "metrics.jsonl")
         t_start = time.perf_counter()
-        before = self.evaluate("eval")
-        if before:
-            metrics_log.write({"step": 0, **before})
-        columns = [
-            TextColumn("[bold]GRPO-family step"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-        ]
+        if ckpt is not None:
+            self.restore(ckpt)
+            truncate_metrics(self.run_dir, self.step)
+            self.console.print(f"resumed from {ckpt} (step {self.step})")
+            before = {k: v for k, v in first_eval(self.run_dir).items() if k.startswith("eval/")}
+            metrics_log = MetricsLog(self.run_dir / "metrics.jsonl")
+        else:
+            metrics_log = MetricsLog(self.run_dir / "metrics.jsonl")
+            before = self.evaluate("eval")
+            if before:
+                metrics_log.write({"step": 0, **before})
         last: dict[str, float] = {}
-        try:
-            with Progress(*columns, TextColumn("{task.description}"), console=self.console) as progress:
-                bar = progress.add_task("", total=cfg.train.steps)
+        with StopOnSignal() as stop, step_progress(self.console, cfg.train.steps, self.step) as advance:
+            try:
                 while self.step < cfg.train.steps:
                     metrics = self.run_step()
                     self.step += 1
@@ -315,17 +377,29 @@ class Trainer:
                         metrics.update(self.evaluate("eval"))
                     metrics_log.write({"step": self.step, **metrics})
                     last = metrics
-                    r, h = (metrics.get(k, float("nan")) for k in ("reward/mean", "policy/entropy"))
-                    desc = f"reward {r:.3f}  entropy {h:.3f}"
-                    progress.update(bar, advance=1, description=desc)
-        except BaseException:
-            metrics_log.write({"step": self.step, "event": "error", "traceback": tb_module.format_exc()})
-            raise
+                    if (cfg.train.save_every and self.step % cfg.train.save_every == 0) or stop.requested:
+                        self.save_checkpoint()
+                    advance(metrics)
+                    if stop.requested:
+                        metrics_log.write(
+                            {"step": self.step, "event": "interrupted", "signal": stop.signal_name}
+                        )
+                        raise Interrupted(f"stopped by {stop.signal_name} after step {self.step}; "
+                                          f"checkpoint saved, continue with --resume")  # fmt: skip
+            except Interrupted:
+                metrics_log.close()
+                raise
+            except BaseException:
+                metrics_log.write({"step": self.step, "event": "error", "traceback": tb_module.format_exc()})
+                metrics_log.close()
+                raise
         after = self.evaluate("eval")
         if after:
             metrics_log.write({"step": self.step, "event": "final_eval", **after})
         metrics_log.close()
         wall = time.perf_counter() - t_start
+        if cfg.train.save_every:
+            self.save_checkpoint()
         if cfg.train.save_final:
             save_model(self.model, self.tokenizer, self.run_dir / "final")
         plot_run(self.run_dir)
