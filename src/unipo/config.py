@@ -133,9 +133,12 @@ class TrainConfig(_Strict):
     overwrite: bool = Field(False, description="Allow writing into a non-empty run directory.")
     steps: int = Field(100, gt=0, description="Training steps (one rollout batch each).")
     seed: int = Field(0, description="Seed for sampling, parts and initialization.")
-    log_every: int = Field(1, gt=0, description="Console log interval (metrics.jsonl gets every step).")
+    loggers: list[str] = Field(
+        default_factory=list,
+        description="Extra metric sinks besides metrics.jsonl: tensorboard, wandb, mlflow, trackio.",
+    )
     save_final: bool = Field(True, description="Save the final model as an HF directory.")
-    save_every: int = Field(0, ge=0, description="Checkpoint every N steps (0: never; signals still save one).")
+    save_every: int = Field(0, ge=0, description="Checkpoint every N steps (0: never; a signal still saves).")
     keep_last: int = Field(3, ge=1, description="Checkpoints kept (older ones are deleted).")
     resume: bool = Field(False, description="Continue from the newest complete checkpoint in output_dir.")
     reward_error_rate: float = Field(
