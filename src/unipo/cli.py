@@ -1,4 +1,4 @@
-"""Command line: ``unipo train | algorithms | demo | config-help``."""
+"""Command line: ``unipo train | eval | report | algorithms | demo | config-help``."""
 
 from __future__ import annotations
 
@@ -55,6 +55,54 @@ def train(
     console.print(
         {k: round(v, 4) if isinstance(v, float) else v for k, v in summary.items() if k != "last"},
     )
+
+
+@app.command("eval")
+def eval_cmd(
+    model_dir: Annotated[str, typer.Argument(help="Local HF model directory to evaluate.")],
+    overrides: Annotated[
+        list[str] | None, typer.Argument(help="dotted key=value (task.*, eval.*, rollout.*)")
+    ] = None,
+    config: Annotated[str | None, typer.Option(help="YAML config to take task/eval settings from.")] = None,
+    out: Annotated[str | None, typer.Option(help="Output directory (default MODEL_DIR/eval).")] = None,
+) -> None:
+    """Accuracy, mean reward, pass@k / maj@k, length and entropy on held-out prompts.
+
+    ``unipo eval runs/demo/final task.name=chain_sum eval.samples=8 eval.ks=[1,4,8]``
+    """
+    from unipo.config import ConfigError, load_config
+    from unipo.train.evaluate import run_eval
+
+    try:
+        cfg = load_config(config, [f"model.path={model_dir}", *(overrides or [])])
+        metrics = run_eval(cfg, out or f"{model_dir.rstrip('/')}/eval")
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+        return
+    table = Table(title=f"eval of {model_dir}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in metrics.items():
+        table.add_row(k, f"{v:.4f}")
+    console.print(table)
+
+
+@app.command()
+def report(
+    run_dirs: Annotated[list[str], typer.Argument(help="Run directories (several are overlaid).")],
+    out: Annotated[
+        str | None, typer.Option(help="Where to write report.html and plots/ (default: first run).")
+    ] = None,
+) -> None:
+    """PNG plots and an HTML page for one or several runs."""
+    from unipo.diagnostics.report import report_main
+
+    try:
+        path = report_main(run_dirs, out)
+    except (FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+        return
+    console.print(f"report: {path}")
 
 
 @app.command()

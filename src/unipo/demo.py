@@ -83,28 +83,20 @@ def warm_start(run_dir: Path, budget: dict[str, int], console: Console) -> Path:
     return save_model(model, tok, run_dir / "warm_start")
 
 
-def paired_stderr(run_dir: Path, n_prompts: int, samples: int) -> float:
-    """Standard error of (after − before) sampled accuracy, paired by prompt, from samples.jsonl."""
+def before_after(run_dir: Path, n_prompts: int, samples: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-prompt sampled accuracy [N] of the first and the last evaluation in samples.jsonl."""
     import json
 
     rows = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
-    per_tag: dict[int, list[float]] = {}
-    order: list[int] = []
-    for i, r in enumerate(rows):
-        block = i // (n_prompts * samples)  # evaluations are written in order: before, ..., after
-        per_tag.setdefault(block, []).append(1.0 if r["reward"] >= 0.999 else 0.0)
-        if block not in order:
-            order.append(block)
-    before = torch.tensor(per_tag[order[0]]).view(n_prompts, samples).mean(1)
-    after = torch.tensor(per_tag[order[-1]]).view(n_prompts, samples).mean(1)
-    d = after - before
-    return float(d.std(unbiased=True) / math.sqrt(n_prompts))
+    block = n_prompts * samples  # evaluations are appended in order: before, (during), after
+    correct = torch.tensor([1.0 if r["reward"] >= 0.999 else 0.0 for r in rows])
+    return correct[:block].view(n_prompts, samples).mean(1), correct[-block:].view(n_prompts, samples).mean(1)
 
 
 def run_demo(
     output_dir: str = "runs/demo", overwrite: bool = True, quick: bool = False, console: Console | None = None
 ) -> dict[str, Any]:
-    from unipo.tasks import ReasoningGymTask, split_overlap
+    from unipo.tasks import ReasoningGymTask
     from unipo.train.trainer import Trainer
 
     console = console or Console()
@@ -112,21 +104,25 @@ def run_demo(
     budget = QUICK if quick else FULL
     t_start = time.perf_counter()
     run_dir = prepare_run_dir(output_dir, overwrite=overwrite)
-    for stale in ("metrics.jsonl", "samples.jsonl"):
-        (run_dir / stale).unlink(missing_ok=True)
     model_dir = warm_start(run_dir, budget, console)
     cfg = load_config(None, demo_overrides(run_dir, model_dir, budget))
     trainer = Trainer(cfg, console=console)
     summary = trainer.train()
     task = ReasoningGymTask(TASK["name"], TASK["config"])
-    overlap = split_overlap(
-        task.examples(budget["train_size"], TRAIN_SEED), task.examples(budget["eval_size"], EVAL_SEED)
-    )
+    train_q = {ex["question"] for ex in task.examples(budget["train_size"], TRAIN_SEED)}
+    held = task.examples(budget["eval_size"], EVAL_SEED)
+    seen = torch.tensor([ex["question"] in train_q for ex in held])  # [N] held-out prompt also in training
+    acc_before, acc_after = before_after(run_dir, budget["eval_size"], budget["eval_samples"])
+    delta = acc_after - acc_before  # paired by prompt
     metrics = read_metrics(run_dir / "metrics.jsonl")
     out = {
         "accuracy_before": summary["before/accuracy"],
         "accuracy_after": summary["after/accuracy"],
-        "accuracy_delta_stderr": paired_stderr(run_dir, budget["eval_size"], budget["eval_samples"]),
+        "accuracy_delta_stderr": float(delta.std(unbiased=True) / math.sqrt(len(delta))),
+        "accuracy_before_seen": float(acc_before[seen].mean()) if seen.any() else None,
+        "accuracy_after_seen": float(acc_after[seen].mean()) if seen.any() else None,
+        "accuracy_before_unseen": float(acc_before[~seen].mean()) if (~seen).any() else None,
+        "accuracy_after_unseen": float(acc_after[~seen].mean()) if (~seen).any() else None,
         "greedy_before": summary["before/greedy_accuracy"],
         "greedy_after": summary["after/greedy_accuracy"],
         "entropy_before": summary["before/entropy"],
@@ -137,7 +133,7 @@ def run_demo(
         "reward_after": summary["after/reward_mean"],
         "train_reward_first": next((m["reward/mean"] for m in metrics if "reward/mean" in m), None),
         "train_reward_last": summary["last"].get("reward/mean"),
-        "train_prompt_overlap": overlap,
+        "train_prompt_overlap": float(seen.float().mean()),
         "eval_prompts": budget["eval_size"],
         "eval_samples_per_prompt": budget["eval_samples"],
         "steps": summary["steps"],
@@ -169,6 +165,13 @@ def _print_table(console: Console, s: dict[str, Any]) -> None:
         fmt = (lambda v: f"{100 * v:.1f}%") if pct else (lambda v: f"{v:.3f}")
         table.add_row(label, fmt(b), fmt(a), (f"{100 * (a - b):+.1f} pts" if pct else f"{a - b:+.3f}"))
     console.print(table)
+    if s["accuracy_after_unseen"] is not None and s["accuracy_after_seen"] is not None:
+        console.print(
+            f"held-out prompts also in the training pool ({100 * s['train_prompt_overlap']:.0f}%): "
+            f"{100 * s['accuracy_before_seen']:.1f}% → {100 * s['accuracy_after_seen']:.1f}%; "
+            f"never seen in training: {100 * s['accuracy_before_unseen']:.1f}% → "
+            f"{100 * s['accuracy_after_unseen']:.1f}%"
+        )
     console.print(
         f"sampled accuracy change: {100 * (s['accuracy_after'] - s['accuracy_before']):+.1f} pts "
         f"± {100 * s['accuracy_delta_stderr']:.1f} (paired s.e.); held-out/train overlap "

@@ -25,6 +25,63 @@ class EvalSet:
     prompt_texts: list[str]
 
 
+def encode_prompts(
+    tokenizer: Any, task_cfg: Any, examples: list[dict[str, Any]]
+) -> tuple[list[list[int]], list[str]]:
+    """Render each example's question with the task template (chat or plain) and tokenize it."""
+    from unipo.tasks import render_prompt
+
+    texts = [
+        render_prompt(tokenizer, ex["question"], task_cfg.template, task_cfg.chat, task_cfg.system_prompt)
+        for ex in examples
+    ]
+    chat = task_cfg.chat if task_cfg.chat is not None else bool(getattr(tokenizer, "chat_template", None))
+    ids = [tokenizer(t, add_special_tokens=not chat)["input_ids"] for t in texts]  # chat templates add BOS
+    return ids, texts
+
+
+def run_eval(cfg: Any, out_dir: str | Path) -> dict[str, float]:
+    """``unipo eval``: evaluate ``cfg.model.path`` on ``cfg.task``'s held-out prompts.
+
+    Writes ``eval.json`` (the metrics) and ``samples.jsonl`` (every sampled completion) to out_dir.
+    """
+    from unipo.models import load_model
+    from unipo.rollout.hf import HFEngine
+    from unipo.tasks import make_task
+    from unipo.train.run_dir import write_json
+    from unipo.train.trainer import resolve_device, seed_everything
+
+    seed_everything(cfg.train.seed)
+    if cfg.task.eval_size <= 0:
+        raise ValueError("task.eval_size must be > 0 for evaluation")
+    device = resolve_device(cfg.model.device)
+    model, tok = load_model(cfg.model.path, dtype=cfg.model.dtype, device=str(device),
+                            trust_remote_code=cfg.model.trust_remote_code)  # fmt: skip
+    kwargs: dict[str, Any] = (
+        {"name": cfg.task.name, "config": cfg.task.config}
+        if cfg.task.source == "reasoning_gym"
+        else {
+            "path": cfg.task.path,
+            "prompt_column": cfg.task.prompt_column,
+            "answer_column": cfg.task.answer_column,
+        }
+    )
+    task = make_task(cfg.task.source, **kwargs)
+    examples = task.examples(cfg.task.eval_size, cfg.task.eval_seed)
+    data = EvalSet(examples, *encode_prompts(tok, cfg.task, examples))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "samples.jsonl").unlink(missing_ok=True)
+    sampling = cfg.rollout.sampling.model_copy(update={"temperature": cfg.eval.temperature})
+    metrics = evaluate(
+        model, HFEngine(model, tok, max_batch=cfg.rollout.max_batch), task.reward_fn(), data,
+        samples=cfg.eval.samples, sampling=sampling, ks=cfg.eval.ks, greedy=cfg.eval.greedy,
+        micro_batch=cfg.optim.micro_batch_size, samples_path=out / "samples.jsonl",
+    )  # fmt: skip
+    write_json(out / "eval.json", {"model": cfg.model.path, "task": cfg.task.model_dump(), **metrics})
+    return metrics
+
+
 def _answer_key(text: str) -> str:
     from unipo.rewards import extract_answer
 

@@ -35,7 +35,7 @@ from unipo.train.checkpoint import (
     set_rng_state,
 )
 from unipo.train.collect import PromptSampler, collect
-from unipo.train.evaluate import EvalSet, evaluate
+from unipo.train.evaluate import EvalSet, encode_prompts, evaluate
 from unipo.train.logprobs import batched_logprobs
 from unipo.train.run_dir import (
     MetricsLog,
@@ -88,7 +88,7 @@ class Trainer:
     ) -> None:
         from unipo.models import LoraSettings, is_peft_model, load_model
         from unipo.rewards import RewardSet, get_reward_fn
-        from unipo.tasks import make_task, render_prompt
+        from unipo.tasks import make_task
 
         self.cfg = cfg
         self.console = console or Console()
@@ -146,29 +146,14 @@ class Trainer:
             )
         self.engine = HFEngine(self.model, self.tokenizer, max_batch=cfg.rollout.max_batch)
 
-        def encode(examples: list[dict[str, Any]]) -> tuple[list[list[int]], list[str]]:
-            texts = [
-                render_prompt(
-                    self.tokenizer, ex["question"], cfg.task.template, cfg.task.chat, cfg.task.system_prompt
-                )
-                for ex in examples
-            ]
-            chat = (
-                cfg.task.chat
-                if cfg.task.chat is not None
-                else bool(getattr(self.tokenizer, "chat_template", None))
-            )
-            ids = [self.tokenizer(t, add_special_tokens=not chat)["input_ids"] for t in texts]
-            return ids, texts
-
-        self._encode = encode
+        self._encode = functools.partial(encode_prompts, self.tokenizer, cfg.task)
         self.train_examples = self.task.examples(cfg.task.train_size, cfg.task.train_seed)
         if not self.train_examples:
             raise ValueError("the task produced no training examples")
         eval_examples = (
             self.task.examples(cfg.task.eval_size, cfg.task.eval_seed) if cfg.task.eval_size else []
         )
-        self.eval_set = EvalSet(eval_examples, *encode(eval_examples)) if eval_examples else None
+        self.eval_set = EvalSet(eval_examples, *self._encode(eval_examples)) if eval_examples else None
         self.sampler = PromptSampler(len(self.train_examples), seed=cfg.train.seed)
         # -- optimization
         trainable = [p for p in self.model.parameters() if p.requires_grad]
