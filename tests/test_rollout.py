@@ -49,3 +49,16 @@ def test_greedy_is_deterministic(tiny):
     a = engine.generate(p, 2, SamplingParams(max_new_tokens=4, greedy=True))
     b = engine.generate(p, 1, SamplingParams(max_new_tokens=4, greedy=True))
     assert a.completions[0] == a.completions[1] == b.completions[0]
+
+
+def test_stop_string_ends_completion_without_truncation(tiny):
+    model, tok = tiny
+    engine = HFEngine(model, tok)
+    p = [tok("3+4=", add_special_tokens=False)["input_ids"]]
+    free = engine.generate(p, 1, SamplingParams(max_new_tokens=6, greedy=True, min_new_tokens=6))
+    text = free.completions[0]
+    stop = text[2]  # greedy decoding emits this character third: stop there
+    gen = engine.generate(p, 1, SamplingParams(max_new_tokens=6, greedy=True, stop=[stop]))
+    assert gen.completions[0].endswith(stop) and len(gen.completions[0]) <= 3
+    assert not bool(gen.truncated[0])
+    assert int(gen.completion_mask[0].sum()) == len(tok(gen.completions[0], add_special_tokens=False)["input_ids"])

@@ -113,3 +113,34 @@ def test_nonfinite_loss_skips_then_stops(tiny_model_dir, tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
     with pytest.raises(TrainingError, match="2 consecutive steps"):
         trainer.run_step()
+
+
+def _slow(prompts, completions, **kw):
+    import time
+
+    time.sleep(2.0)
+    return [1.0] * len(completions)
+
+
+def test_reward_timeout_counts_as_failure(tiny_model_dir, tmp_path):
+    cfg = cfg_for(tiny_model_dir, tmp_path / "run", "task.eval_size=0", "train.reward_timeout_s=0.2")
+    trainer = Trainer(cfg, extra_rewards=[("slow", _slow, 1.0)])
+    with pytest.raises(TrainingError, match="8 of 8 rewards failed"):
+        trainer.run_step()
+
+
+def test_empty_completion_is_scored_and_trained(tiny_model_dir, tmp_path):
+    # force EOS as the only token: every completion is empty text ("" after removing EOS)
+    cfg = cfg_for(tiny_model_dir, tmp_path / "run", "task.eval_size=0")
+    trainer = Trainer(cfg, extra_rewards=[("parity", _parity, 1.0)])
+    eos = trainer.tokenizer.eos_token_id
+    head = torch.nn.Linear(trainer.model.config.hidden_size, trainer.model.config.vocab_size, bias=True)
+    with torch.no_grad():
+        head.weight.zero_()  # every logit is its bias: EOS at 50, the rest at 0
+        head.bias.zero_()
+        head.bias[eos] = 50.0
+    trainer.model.lm_head = head
+    metrics = trainer.run_step()
+    assert metrics["response/length_mean"] == 1.0  # just the EOS token
+    assert metrics["rewards/task_mean"] == 0.0 and metrics["rewards/errors"] == 0.0
+    assert math.isfinite(metrics["loss/total"])

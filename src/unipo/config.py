@@ -118,6 +118,7 @@ class OptimConfig(_Strict):
     epochs: int = Field(1, gt=0, description="μ: passes over each rollout batch.")
     minibatches: int = Field(1, gt=0, description="Optimizer steps per epoch (the batch is split evenly).")
     micro_batch_size: int = Field(64, gt=0, description="Rows per forward/backward (gradient accumulation).")
+    critic_lr: float = Field(1e-5, gt=0, description="Critic learning rate (presets with a critic: ppo).")
 
 
 class EvalConfig(_Strict):
@@ -143,6 +144,9 @@ class TrainConfig(_Strict):
     resume: bool = Field(False, description="Continue from the newest complete checkpoint in output_dir.")
     reward_error_rate: float = Field(
         0.5, ge=0, le=1, description="Fail the run when this share of a step's rewards errors."
+    )
+    reward_timeout_s: float | None = Field(
+        None, gt=0, description="A reward-function call running longer fails its items (None: no limit)."
     )
     max_nonfinite_steps: int = Field(
         3, gt=0, description="Stop after this many consecutive non-finite losses."

@@ -1,63 +1,169 @@
-"""PNG plots of a run's metrics against step (matplotlib, headless)."""
+"""PNG plots of one or several runs' metrics against step (matplotlib, headless).
+
+Each panel is a list of metric keys (``fnmatch`` patterns, so ``eval/pass@*`` picks up every k).
+Several runs are overlaid: one colour per run, one line style per key. The step-time panel is a
+stacked area per phase for a single run and lines for several.
+"""
 
 from __future__ import annotations
 
+import json
+import math
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from unipo.train.run_dir import read_metrics
 
-PANELS: dict[str, list[str]] = {
-    "reward": ["reward/mean"],
-    "accuracy": ["eval/accuracy", "eval/greedy_accuracy"],
-    "entropy": ["policy/entropy", "eval/entropy"],
-    "length": ["response/length_mean", "eval/length_mean"],
-    "kl": ["regularizer/kl_ref", "policy/approx_kl_old"],
-    "clip": ["surrogate/clip_frac_low", "surrogate/clip_frac_high"],
-    "time": ["time/generate", "time/reward", "time/logprobs", "time/update"],
+@dataclass(frozen=True)
+class Panel:
+    """One PNG: ``keys`` are fnmatch patterns over metric names; ``stacked`` stacks a single run."""
+
+    title: str
+    keys: tuple[str, ...]
+    ylabel: str = ""
+    stacked: bool = False
+
+
+PANELS: dict[str, Panel] = {
+    "reward": Panel("reward", ("reward/mean", "eval/reward_mean"), "mean reward"),
+    "accuracy": Panel("accuracy (held-out)", ("eval/accuracy", "eval/greedy_accuracy"), "accuracy"),
+    "pass_at_k": Panel("pass@k / maj@k (held-out)", ("eval/pass@*", "eval/maj@*"), "fraction"),
+    "entropy": Panel("token entropy", ("policy/entropy", "eval/entropy"), "nats / token"),
+    "kl": Panel("KL", ("regularizer/kl_ref", "policy/approx_kl_old"), "KL"),
+    "clip": Panel("clip fraction", ("surrogate/clip_frac_low", "surrogate/clip_frac_high"), "fraction"),
+    "length": Panel("response length", ("response/length_mean", "eval/length_mean"), "tokens"),
+    "time": Panel(
+        "step time by phase",
+        ("time/generate", "time/reward", "time/logprobs", "time/update"),
+        "seconds",
+        stacked=True,
+    ),
 }
+
+STYLES = ("-", "--", ":", "-.")
+
+Series = tuple[str, str, list[int], list[float]]  # (run name, metric key, steps, values)
+
+
+def load_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """Records of a ``metrics.jsonl``; a torn last line (a crash mid-write) is skipped."""
+    p = Path(path)
+    if not p.exists():
+        return []
+    records = []
+    for line in p.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def run_names(run_dirs: list[Path]) -> list[str]:
+    """Labels for runs: the directory name, or ``parent/name`` where two names collide."""
+    paths = [Path(r).resolve() for r in run_dirs]
+    names = [p.name for p in paths]
+    return [f"{p.parent.name}/{p.name}" if names.count(p.name) > 1 else p.name for p in paths]
 
 
 def series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
+    """(steps, values) of ``key`` over the records that carry a finite number for it."""
     xs, ys = [], []
     for r in records:
         v = r.get(key)
-        if isinstance(v, (int, float)) and "step" in r:
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and "step" in r and math.isfinite(v):
             xs.append(int(r["step"]))
             ys.append(float(v))
     return xs, ys
 
 
-def plot_run(run_dir: str | Path, runs: list[str | Path] | None = None) -> list[Path]:
-    """Write ``plots/<panel>.png`` for every panel with data; several runs are overlaid."""
-    run_dir = Path(run_dir)
-    sources = [Path(r) for r in (runs or [run_dir])]
-    data = {s.name: read_metrics(s / "metrics.jsonl") for s in sources}
-    out_dir = run_dir / "plots"
-    out_dir.mkdir(parents=True, exist_ok=True)
+def _matching_keys(data: dict[str, list[dict]], patterns: tuple[str, ...]) -> list[str]:
+    names = {k for recs in data.values() for r in recs for k in r}
+    found: list[str] = []
+    for pat in patterns:
+        found += sorted(k for k in names if fnmatchcase(k, pat) and k not in found)
+    return found
+
+
+def panel_series(data: dict[str, list[dict]], panel: Panel) -> list[Series]:
+    """Every non-empty (run, key) line of ``panel``."""
+    out = []
+    keys = _matching_keys(data, panel.keys)
+    for name, records in data.items():
+        for key in keys:
+            xs, ys = series(records, key)
+            if xs:
+                out.append((name, key, xs, ys))
+    return out
+
+
+def panel_points(data: dict[str, list[dict]]) -> dict[str, int]:
+    """Number of plotted points per panel (panels with none are left out)."""
+    counts = {name: sum(len(s[2]) for s in panel_series(data, p)) for name, p in PANELS.items()}
+    return {k: v for k, v in counts.items() if v}
+
+
+def _stack(ax: Any, lines: list[Series]) -> None:
+    steps = sorted({x for _, _, xs, _ in lines for x in xs})
+    stacked = [[dict(zip(xs, ys)).get(s, 0.0) for s in steps] for _, _, xs, ys in lines]
+    ax.stackplot(steps, stacked, labels=[key.split("/", 1)[1] for _, key, _, _ in lines], alpha=0.8)
+
+
+def _draw(ax: Any, lines: list[Series], names: list[str]) -> None:
+    keys = list(dict.fromkeys(key for _, key, _, _ in lines))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for name, key, xs, ys in lines:
+        if len(names) == 1:
+            color, style, label = colors[keys.index(key) % len(colors)], "-", key
+        else:
+            color = colors[names.index(name) % len(colors)]
+            style, label = STYLES[keys.index(key) % len(STYLES)], f"{name}: {key}"
+        ax.plot(xs, ys, style, color=color, marker="o" if len(xs) < 12 else None, ms=3, label=label)
+
+
+def plot_panels(data: dict[str, list[dict]], out_dir: str | Path) -> list[Path]:
+    """Write ``out_dir/<panel>.png`` for each panel with data; ``data`` maps run name → records."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     written = []
-    for panel, keys in PANELS.items():
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        drawn = 0
-        for name, records in data.items():
-            for key in keys:
-                xs, ys = series(records, key)
-                if xs:
-                    label = key if len(data) == 1 else f"{name}: {key}"
-                    ax.plot(xs, ys, marker="o" if len(xs) < 12 else None, ms=3, label=label)
-                    drawn += 1
-        if drawn:
-            ax.set_xlabel("step")
-            ax.set_title(panel)
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
-            fig.tight_layout()
-            path = out_dir / f"{panel}.png"
-            fig.savefig(path, dpi=110)
-            written.append(path)
+    names = list(data)
+    for panel_name, panel in PANELS.items():
+        lines = panel_series(data, panel)
+        if not lines:
+            continue
+        fig, ax = plt.subplots(figsize=(7, 4))
+        if panel.stacked and len(names) == 1:
+            _stack(ax, lines)
+        else:
+            _draw(ax, lines, names)
+        ax.set_xlabel("step")
+        ax.set_ylabel(panel.ylabel)
+        ax.set_title(panel.title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+        fig.tight_layout()
+        path = out / f"{panel_name}.png"
+        fig.savefig(path, dpi=110)
         plt.close(fig)
+        written.append(path)
     return written
+
+
+def load_runs(run_dirs: list[str | Path]) -> dict[str, list[dict]]:
+    """Run name → metrics records, for each run directory (in order)."""
+    paths = [Path(r) for r in run_dirs]
+    return {name: load_metrics(p / "metrics.jsonl") for name, p in zip(run_names(paths), paths)}
+
+
+def plot_run(run_dir: str | Path, runs: list[str | Path] | None = None) -> list[Path]:
+    """Write ``run_dir/plots/<panel>.png`` for every panel with data; several ``runs`` are overlaid."""
+    run_dir = Path(run_dir)
+    return plot_panels(load_runs(list(runs or [run_dir])), run_dir / "plots")

@@ -261,6 +261,10 @@ class GAE:
     def needs_old_logprobs(self) -> bool:
         return self.kl_coef != 0
 
+    def value_targets(self, batch: RolloutBatch) -> Tensor:
+        """Returns G_t = A_t + V_t [B, T]: what the critic regresses to (parts with ``needs_values``)."""
+        return self.advantages_and_returns(batch)[1]
+
     def advantages_and_returns(self, batch: RolloutBatch) -> tuple[Tensor, Tensor]:
         """(advantages [B, T] as ``__call__`` returns them, value targets [B, T])."""
         if batch.values is None:

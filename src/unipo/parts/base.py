@@ -16,6 +16,8 @@ Optional part attributes the trainer reads (never part names):
     needs_reference: bool      ref log-probs must be computed for the batch
     needs_entropy_grad: bool   the current policy's entropy must carry gradient
     needs_old_logprobs: bool   old log-probs must exist before the advantage is computed
+    needs_values: bool         (Advantage) a critic must fill batch.values; the part then also
+                               offers value_targets(batch) -> [B, T] for the critic's loss
     refill: bool               (Selection) generate more groups when this part drops some
 Optional methods:
     state_dict() / load_state_dict(d)   stateful parts (adaptive coefficients, anchors)

@@ -35,6 +35,7 @@ from unipo.train.checkpoint import (
     set_rng_state,
 )
 from unipo.train.collect import PromptSampler, collect
+from unipo.train.critic import Critic
 from unipo.train.evaluate import EvalSet, encode_prompts, evaluate
 from unipo.train.logprobs import batched_logprobs
 from unipo.train.run_dir import (
@@ -122,7 +123,7 @@ class Trainer:
         for part in self.algorithm.rewards:
             terms.append((getattr(part, "part_name", type(part).__name__), part, 1.0))
         terms.extend(extra_rewards or [])
-        self.reward_set = RewardSet(terms)
+        self.reward_set = RewardSet(terms, timeout_s=cfg.train.reward_timeout_s)
         # -- model
         lora = (
             LoraSettings(**cfg.model.lora.model_dump(exclude={"enabled"})) if cfg.model.lora.enabled else None
@@ -162,6 +163,11 @@ class Trainer:
         )
         total = cfg.train.steps * cfg.optim.epochs * cfg.optim.minibatches
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _schedule(cfg, total))
+        self.critic = None  # a value model, only when a part asks for values (PPO's GAE)
+        if self.algorithm.any_part("needs_values"):
+            o = cfg.optim
+            self.critic = Critic.from_policy(self.model, lr=o.critic_lr, micro_batch_size=o.micro_batch_size,
+                                             max_grad_norm=o.max_grad_norm, epochs=o.epochs)  # fmt: skip
         self.update_rng = torch.Generator().manual_seed(cfg.train.seed + 17)
         self.step = 0
         self.next_group_id = 0
@@ -225,8 +231,12 @@ class Trainer:
                 ref_lp, _ = self._logprob_pass(self.ref_model, batch)
             batch = batch.replace(ref_logprobs=ref_lp)
         times["time/logprobs"] = time.perf_counter() - t0
+        if self.critic is not None:
+            batch = batch.replace(values=self.critic.values(batch))
         advantages, adv_metrics = self.algorithm.advantage(batch)
         batch = batch.replace(advantages=advantages)
+        if self.critic is not None:
+            metrics.update(self.critic.update(batch, self.algorithm.advantage.value_targets(batch)))
         metrics.update({k: float(v) for k, v in adv_metrics.items()})
         t0 = time.perf_counter()
         settings = UpdateSettings(
@@ -286,6 +296,8 @@ class Trainer:
     def state(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """(optimizer/scheduler state, everything else a resumed run needs to continue exactly)."""
         optim = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+        if self.critic is not None:
+            optim["critic"] = self.critic.state_dict()
         state = {
             "step": self.step,
             "next_group_id": self.next_group_id,
@@ -315,6 +327,8 @@ class Trainer:
         optim, state = load_checkpoint(path, self.model)
         self.optimizer.load_state_dict(optim["optimizer"])
         self.scheduler.load_state_dict(optim["scheduler"])
+        if self.critic is not None:
+            self.critic.load_state_dict(optim["critic"])
         self.step = int(state["step"])
         self.next_group_id = int(state["next_group_id"])
         self.sampler.load_state_dict(state["sampler"])
