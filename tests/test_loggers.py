@@ -61,7 +61,9 @@ def test_make_loggers_always_includes_jsonl(tmp_path):
     assert [type(lg).__name__ for lg in loggers] == ["JsonlLogger", "TensorBoardLogger"]
     log_steps(MultiLogger(loggers))
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
-    assert [type(lg).__name__ for lg in make_loggers([], tmp_path / "b", CONFIG)] == ["JsonlLogger"]
+    only = make_loggers([], tmp_path / "b", CONFIG)
+    assert [type(lg).__name__ for lg in only] == ["JsonlLogger"]
+    MultiLogger(only).close()
 
 
 def test_unknown_logger_lists_the_allowed(tmp_path):
@@ -87,8 +89,9 @@ def test_wandb_offline(tmp_path, monkeypatch):
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
 
 
-def test_mlflow_file_store(tmp_path):
+def test_mlflow_file_store(tmp_path, monkeypatch):
     pytest.importorskip("mlflow")
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # what the logger sets when unset
     from unipo.train.loggers import MlflowLogger
 
     lg = MlflowLogger(tmp_path, CONFIG)

@@ -61,4 +61,5 @@ def test_stop_string_ends_completion_without_truncation(tiny):
     gen = engine.generate(p, 1, SamplingParams(max_new_tokens=6, greedy=True, stop=[stop]))
     assert gen.completions[0].endswith(stop) and len(gen.completions[0]) <= 3
     assert not bool(gen.truncated[0])
-    assert int(gen.completion_mask[0].sum()) == len(tok(gen.completions[0], add_special_tokens=False)["input_ids"])
+    n_tokens = len(tok(gen.completions[0], add_special_tokens=False)["input_ids"])
+    assert int(gen.completion_mask[0].sum()) == n_tokens

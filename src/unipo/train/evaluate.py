@@ -49,7 +49,7 @@ def run_eval(cfg: Any, out_dir: str | Path) -> dict[str, float]:
     from unipo.rollout.hf import HFEngine
     from unipo.tasks import make_task
     from unipo.train.run_dir import write_json
-    from unipo.train.trainer import resolve_device, seed_everything
+    from unipo.train.utils import resolve_device, seed_everything
 
     seed_everything(cfg.train.seed)
     if cfg.task.eval_size <= 0:

@@ -15,7 +15,7 @@ The optional ones import their package only when asked for.
 from __future__ import annotations
 
 import importlib
-import math
+import os
 import re
 import time
 from collections.abc import Callable
@@ -68,6 +68,7 @@ class JsonlLogger:
 
     def __init__(self, run_dir: str | Path, filename: str = "metrics.jsonl") -> None:
         self.path = Path(run_dir) / filename
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._log = MetricsLog(self.path)
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
@@ -130,21 +131,31 @@ _MLFLOW_BAD = re.compile(r"[^\w\-. /]")  # MLflow keys: alphanumerics, _ - . spa
 
 
 class MlflowLogger:
-    """MLflow file store at ``run_dir/mlruns``; the flattened config is logged as parameters.
+    """MLflow, by default a file store at ``run_dir/mlruns``; the flattened config becomes parameters.
 
-    Keys with characters MLflow refuses (``eval/pass@4``) are logged with them replaced by ``_``.
+    MLflow ≥ 3.7 refuses file stores unless ``MLFLOW_ALLOW_FILE_STORE`` is set; this sets it to
+    ``true`` when unset (the store works, it only gets no new features). Pass ``tracking_uri``
+    (e.g. ``sqlite:///path/mlflow.db``, which needs the full ``mlflow`` package) to log elsewhere.
+    Keys with characters MLflow refuses (``eval/pass@4``) are logged with ``_`` in their place.
     """
 
     def __init__(
-        self, run_dir: str | Path, config: dict[str, Any] | None = None, experiment: str = "unipo"
+        self,
+        run_dir: str | Path,
+        config: dict[str, Any] | None = None,
+        experiment: str = "unipo",
+        tracking_uri: str | None = None,
     ) -> None:
         _require("mlflow", "mlflow")
         from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
         run_dir = Path(run_dir)
-        self.tracking_uri = (run_dir / "mlruns").resolve().as_uri()
-        self.client = MlflowClient(tracking_uri=self.tracking_uri)
+        if tracking_uri is None:
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+            tracking_uri = (run_dir / "mlruns").resolve().as_uri()
+        self.tracking_uri = tracking_uri
+        self.client = MlflowClient(tracking_uri=tracking_uri)
         exp = self.client.get_experiment_by_name(experiment)
         exp_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
         self.run_id = self.client.create_run(exp_id, run_name=run_dir.name).info.run_id
@@ -160,9 +171,7 @@ class MlflowLogger:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        batch = [
-            Metric(self._key(k), v, now, step) for k, v in numeric(metrics).items() if not math.isinf(v)
-        ]
+        batch = [Metric(self._key(k), v, now, step) for k, v in numeric(metrics).items() if not math.isinf(v)]
         for i in range(0, len(batch), 1000):  # log_batch takes at most 1000 metrics
             self.client.log_batch(self.run_id, metrics=batch[i : i + 1000])
 

@@ -10,15 +10,12 @@ import contextlib
 import copy
 import functools
 import logging
-import random
-import resource
 import time
 import traceback as tb_module
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import yaml
 from rich.console import Console
@@ -49,6 +46,7 @@ from unipo.train.run_dir import (
 )
 from unipo.train.signals import Interrupted, StopOnSignal, step_progress
 from unipo.train.update import UpdateSettings, update_policy
+from unipo.train.utils import batch_metrics, lr_schedule, peak_memory_mb, resolve_device, seed_everything
 
 log = logging.getLogger("unipo")
 
@@ -57,24 +55,6 @@ RewardFn = Callable[..., list[float | None]]
 
 class TrainingError(RuntimeError):
     """The run cannot go on (too many reward failures, repeated non-finite losses)."""
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 class Trainer:
@@ -162,7 +142,7 @@ class Trainer:
             trainable, lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay
         )
         total = cfg.train.steps * cfg.optim.epochs * cfg.optim.minibatches
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _schedule(cfg, total))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_schedule(cfg, total))
         self.critic = None  # a value model, only when a part asks for values (PPO's GAE)
         if self.algorithm.any_part("needs_values"):
             o = cfg.optim
@@ -216,7 +196,7 @@ class Trainer:
             int(batch.group_ids.max()) + 1 if batch.size else self.next_group_id + len(examples)
         )
         self._check_reward_failures(metrics, traceback)
-        metrics.update(_batch_metrics(batch))
+        metrics.update(batch_metrics(batch))
         if batch.size == 0:
             self.console.print(f"[yellow]step {self.step}: no usable completions; skipping the update[/]")
             metrics.update(times)
@@ -407,33 +387,3 @@ class Trainer:
         summary.update({f"after/{k.split('/', 1)[1]}": v for k, v in after.items()})
         write_json(self.run_dir / "summary.json", summary)
         return summary
-
-
-def _schedule(cfg: Config, total: int) -> Callable[[int], float]:
-    warm = cfg.optim.warmup_steps
-    kind = cfg.optim.schedule
-
-    def factor(i: int) -> float:
-        if warm and i < warm:
-            return (i + 1) / warm
-        if kind == "constant":
-            return 1.0
-        frac = min(1.0, (i - warm) / max(1, total - warm))
-        return 0.5 * (1 + np.cos(np.pi * frac)) if kind == "cosine" else 1.0 - frac
-
-    return factor
-
-
-def _batch_metrics(batch: RolloutBatch) -> dict[str, float]:
-    if batch.size == 0:
-        return {"reward/mean": float("nan")}
-    r = batch.rewards
-    lengths = batch.completion_mask.sum(1)
-    return {
-        "reward/mean": float(r.mean()),
-        "reward/std": float(r.std()) if r.numel() > 1 else 0.0,
-        "response/length_mean": float(lengths.mean()),
-        "response/length_max": float(lengths.max()),
-        "response/truncated_frac": float(batch.truncated.float().mean()),
-        "rollout/train_completions": float(batch.size),
-    }
