@@ -43,7 +43,6 @@ def test_jsonl_logger_keeps_every_value(tmp_path):
 
 
 def test_tensorboard_logger_writes_scalars(tmp_path):
-    pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     log_steps(TensorBoardLogger(tmp_path, CONFIG))
@@ -56,7 +55,6 @@ def test_tensorboard_logger_writes_scalars(tmp_path):
 
 
 def test_make_loggers_always_includes_jsonl(tmp_path):
-    pytest.importorskip("tensorboard")
     loggers = make_loggers(["tensorboard", "jsonl", "tensorboard"], tmp_path, CONFIG)
     assert [type(lg).__name__ for lg in loggers] == ["JsonlLogger", "TensorBoardLogger"]
     log_steps(MultiLogger(loggers))

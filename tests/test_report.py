@@ -97,7 +97,7 @@ def test_missing_metrics_is_a_clear_error(tmp_path):
     good = fake_run(tmp_path, "good", (0.2, 0.5))
     empty = tmp_path / "not-a-run"
     empty.mkdir()
-    with pytest.raises(ValueError, match="not-a-run has no metrics.jsonl"):
+    with pytest.raises(ValueError, match=r"not-a-run has no metrics\.jsonl"):
         write_report(tmp_path / "out", [good, empty])
     with pytest.raises(FileNotFoundError, match="does not exist"):
         report_main([str(tmp_path / "nowhere")], None)

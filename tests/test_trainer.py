@@ -144,3 +144,13 @@ def test_empty_completion_is_scored_and_trained(tiny_model_dir, tmp_path):
     assert metrics["response/length_mean"] == 1.0  # just the EOS token
     assert metrics["rewards/task_mean"] == 0.0 and metrics["rewards/errors"] == 0.0
     assert math.isfinite(metrics["loss/total"])
+
+
+def test_tensorboard_logger_and_report(tiny_model_dir, tmp_path):
+    cfg = cfg_for(tiny_model_dir, tmp_path / "run", "train.loggers=[tensorboard]")
+    Trainer(cfg, extra_rewards=[("parity", _parity, 1.0)]).train()
+    run = tmp_path / "run"
+    events = list((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+    html = (run / "report.html").read_text()
+    assert "run" in html and (run / "plots" / "reward.png").stat().st_size > 5000

@@ -96,6 +96,7 @@ def before_after(run_dir: Path, n_prompts: int, samples: int) -> tuple[torch.Ten
 def run_demo(
     output_dir: str = "runs/demo", overwrite: bool = True, quick: bool = False, console: Console | None = None
 ) -> dict[str, Any]:
+    from unipo.diagnostics.report import write_report
     from unipo.tasks import ReasoningGymTask
     from unipo.train.trainer import Trainer
 
@@ -143,6 +144,7 @@ def run_demo(
         "model": MODEL,
     }
     write_json(run_dir / "summary.json", {**summary, **out})
+    write_report(run_dir, [run_dir])  # the HTML page now shows the demo's numbers too
     _print_table(console, out)
     console.print(f"run directory: [bold]{run_dir}[/] (metrics.jsonl, plots/, final/, summary.json)")
     return out

@@ -18,6 +18,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
 
 @dataclass(frozen=True)
@@ -148,10 +149,13 @@ def plot_panels(data: dict[str, list[dict]], out_dir: str | Path) -> list[Path]:
         ax.set_ylabel(panel.ylabel)
         ax.set_title(panel.title)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
-        fig.tight_layout()
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if len(names) > 1 or len(lines) > 3:  # many lines: keep the legend off the data
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        else:
+            ax.legend(fontsize=7, loc="best")
         path = out / f"{panel_name}.png"
-        fig.savefig(path, dpi=110)
+        fig.savefig(path, dpi=110, bbox_inches="tight")
         plt.close(fig)
         written.append(path)
     return written

@@ -81,7 +81,7 @@ def _fmt(v: Any) -> str:
 def _fmt_time(seconds: float | None) -> str:
     if seconds is None:
         return "—"
-    s = int(round(seconds))
+    s = round(seconds)
     if s < 60:
         return f"{seconds:.1f} s"
     if s < 3600:
@@ -126,9 +126,7 @@ def _details(summary: str, path: Path) -> str:
     return f"<details><summary>{html.escape(summary)}</summary><pre>{html.escape(body)}</pre></details>"
 
 
-def render_html(
-    names: list[str], run_dirs: list[Path], rows: list[dict[str, Any]], images: list[str]
-) -> str:
+def render_html(names: list[str], run_dirs: list[Path], rows: list[dict[str, Any]], images: list[str]) -> str:
     """The report page; ``images`` are paths relative to the page."""
     esc = html.escape
     header, cells = table_rows(names, rows)

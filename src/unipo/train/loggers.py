@@ -42,13 +42,12 @@ def numeric(metrics: dict[str, Any]) -> dict[str, float]:
     }
 
 
-def _require(module: str, extra: str) -> ModuleType:
+def _require(module: str, install: str) -> ModuleType:
+    """Import ``module`` or say how to install it (``install``: the pip argument)."""
     try:
         return importlib.import_module(module)
     except ImportError as e:
-        raise ImportError(
-            f"the {extra} logger needs the '{module}' package: pip install unipo[{extra}]"
-        ) from e
+        raise ImportError(f"this logger needs the '{module}' package: pip install {install}") from e
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -82,7 +81,7 @@ class TensorBoardLogger:
     """Scalars to ``run_dir/tensorboard`` via ``torch.utils.tensorboard.SummaryWriter``."""
 
     def __init__(self, run_dir: str | Path, config: dict[str, Any] | None = None) -> None:
-        _require("tensorboard", "tensorboard")
+        _require("tensorboard", "tensorboard")  # a core dependency
         from torch.utils.tensorboard import SummaryWriter
 
         self.log_dir = Path(run_dir) / "tensorboard"
@@ -113,7 +112,7 @@ class WandbLogger:
         mode: str = "offline",
         **init_kwargs: Any,
     ) -> None:
-        wandb = _require("wandb", "wandb")
+        wandb = _require("wandb", "unipo[wandb]")
         run_dir = Path(run_dir)
         init_kwargs.setdefault("name", run_dir.name)
         self.run = wandb.init(
@@ -146,7 +145,7 @@ class MlflowLogger:
         experiment: str = "unipo",
         tracking_uri: str | None = None,
     ) -> None:
-        _require("mlflow", "mlflow")
+        _require("mlflow", "unipo[mlflow]")
         from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
@@ -171,7 +170,7 @@ class MlflowLogger:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        batch = [Metric(self._key(k), v, now, step) for k, v in numeric(metrics).items() if not math.isinf(v)]
+        batch = [Metric(self._key(k), v, now, step) for k, v in numeric(metrics).items()]
         for i in range(0, len(batch), 1000):  # log_batch takes at most 1000 metrics
             self.client.log_batch(self.run_id, metrics=batch[i : i + 1000])
 
@@ -183,10 +182,15 @@ class TrackioLogger:
     """Trackio, local (no Space): writes to trackio's local store; view with ``trackio show``."""
 
     def __init__(
-        self, run_dir: str | Path, config: dict[str, Any] | None = None, project: str = "unipo"
+        self,
+        run_dir: str | Path,
+        config: dict[str, Any] | None = None,
+        project: str = "unipo",
+        **init_kwargs: Any,
     ) -> None:
-        self.trackio = _require("trackio", "trackio")
-        self.run = self.trackio.init(project=project, name=Path(run_dir).name, config=config or {})
+        trackio = _require("trackio", "unipo[trackio]")
+        init_kwargs.setdefault("name", Path(run_dir).name)
+        self.run = trackio.init(project=project, config=config or {}, **init_kwargs)
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
         self.run.log(numeric(metrics), step=step)

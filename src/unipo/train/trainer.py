@@ -34,9 +34,9 @@ from unipo.train.checkpoint import (
 from unipo.train.collect import PromptSampler, collect
 from unipo.train.critic import Critic
 from unipo.train.evaluate import EvalSet, encode_prompts, evaluate
+from unipo.train.loggers import MultiLogger, make_loggers
 from unipo.train.logprobs import batched_logprobs
 from unipo.train.run_dir import (
-    MetricsLog,
     clear_run_outputs,
     environment_info,
     first_eval,
@@ -320,7 +320,7 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
     def train(self) -> dict[str, Any]:
         """Run (or resume) the loop; returns the summary also written to ``summary.json``."""
-        from unipo.diagnostics.plots import plot_run
+        from unipo.diagnostics.report import write_report
         from unipo.models import save_model
 
         cfg = self.cfg
@@ -340,12 +340,12 @@ class Trainer:
             truncate_metrics(self.run_dir, self.step)
             self.console.print(f"resumed from {ckpt} (step {self.step})")
             before = {k: v for k, v in first_eval(self.run_dir).items() if k.startswith("eval/")}
-            metrics_log = MetricsLog(self.run_dir / "metrics.jsonl")
+            metrics_log = self._loggers()
         else:
-            metrics_log = MetricsLog(self.run_dir / "metrics.jsonl")
+            metrics_log = self._loggers()
             before = self.evaluate("eval")
             if before:
-                metrics_log.write({"step": 0, **before})
+                metrics_log.log(before, 0)
         last: dict[str, float] = {}
         with StopOnSignal() as stop, step_progress(self.console, cfg.train.steps, self.step) as advance:
             try:
@@ -354,36 +354,40 @@ class Trainer:
                     self.step += 1
                     if cfg.eval.every and self.step % cfg.eval.every == 0 and self.step < cfg.train.steps:
                         metrics.update(self.evaluate("eval"))
-                    metrics_log.write({"step": self.step, **metrics})
+                    metrics_log.log(metrics, self.step)
                     last = metrics
                     if (cfg.train.save_every and self.step % cfg.train.save_every == 0) or stop.requested:
                         self.save_checkpoint()
                     advance(metrics)
                     if stop.requested:
-                        metrics_log.write(
-                            {"step": self.step, "event": "interrupted", "signal": stop.signal_name}
-                        )
+                        metrics_log.log({"event": "interrupted", "signal": stop.signal_name}, self.step)
                         raise Interrupted(f"stopped by {stop.signal_name} after step {self.step}; "
                                           f"checkpoint saved, continue with --resume")  # fmt: skip
             except Interrupted:
                 metrics_log.close()
                 raise
             except BaseException:
-                metrics_log.write({"step": self.step, "event": "error", "traceback": tb_module.format_exc()})
+                metrics_log.log({"event": "error", "traceback": tb_module.format_exc()}, self.step)
                 metrics_log.close()
                 raise
         after = self.evaluate("eval")
         if after:
-            metrics_log.write({"step": self.step, "event": "final_eval", **after})
+            metrics_log.log({"event": "final_eval", **after}, self.step)
         metrics_log.close()
         wall = time.perf_counter() - t_start
         if cfg.train.save_every:
             self.save_checkpoint()
         if cfg.train.save_final:
             save_model(self.model, self.tokenizer, self.run_dir / "final")
-        plot_run(self.run_dir)
         summary = {"steps": self.step, "wall_seconds": wall, "algorithm": self.algorithm.name, "last": last}
         summary.update({f"before/{k.split('/', 1)[1]}": v for k, v in before.items()})
         summary.update({f"after/{k.split('/', 1)[1]}": v for k, v in after.items()})
         write_json(self.run_dir / "summary.json", summary)
+        write_report(self.run_dir, [self.run_dir])  # plots/*.png and report.html
         return summary
+
+    def _loggers(self) -> MultiLogger:
+        """metrics.jsonl always, plus the sinks named in train.loggers (TensorBoard, W&B, ...)."""
+        assert self.run_dir is not None
+        config = self.cfg.model_dump(mode="json")
+        return MultiLogger(make_loggers(["jsonl", *self.cfg.train.loggers], self.run_dir, config))
