@@ -7,6 +7,7 @@ from unipo.tasks.sources import (
     Task,
     make_task,
     split_overlap,
+    task_from_config,
 )
 from unipo.tasks.templates import render_prompt
 
@@ -18,4 +19,5 @@ __all__ = [
     "make_task",
     "render_prompt",
     "split_overlap",
+    "task_from_config",
 ]

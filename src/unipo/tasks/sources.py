@@ -214,6 +214,18 @@ def make_task(source: str, **kwargs: Any) -> ReasoningGymTask | JsonlTask:
     return cls(**kwargs)
 
 
+def task_from_config(task_cfg: Any) -> ReasoningGymTask | JsonlTask:
+    """The task a ``unipo.config.TaskConfig`` names (only the fields of its source are read)."""
+    if task_cfg.source == "reasoning_gym":
+        return make_task("reasoning_gym", name=task_cfg.name, config=task_cfg.config)
+    return make_task(
+        task_cfg.source,
+        path=task_cfg.path,
+        prompt_column=task_cfg.prompt_column,
+        answer_column=task_cfg.answer_column,
+    )
+
+
 def split_overlap(train: list[dict[str, Any]], held_out: list[dict[str, Any]]) -> float:
     """Share of held-out examples whose ``"question"`` also occurs in ``train`` (exact string match).
 

@@ -47,7 +47,7 @@ def run_eval(cfg: Any, out_dir: str | Path) -> dict[str, float]:
     """
     from unipo.models import load_model
     from unipo.rollout.hf import HFEngine
-    from unipo.tasks import make_task
+    from unipo.tasks import task_from_config
     from unipo.train.run_dir import write_json
     from unipo.train.utils import resolve_device, seed_everything
 
@@ -57,16 +57,7 @@ def run_eval(cfg: Any, out_dir: str | Path) -> dict[str, float]:
     device = resolve_device(cfg.model.device)
     model, tok = load_model(cfg.model.path, dtype=cfg.model.dtype, device=str(device),
                             trust_remote_code=cfg.model.trust_remote_code)  # fmt: skip
-    kwargs: dict[str, Any] = (
-        {"name": cfg.task.name, "config": cfg.task.config}
-        if cfg.task.source == "reasoning_gym"
-        else {
-            "path": cfg.task.path,
-            "prompt_column": cfg.task.prompt_column,
-            "answer_column": cfg.task.answer_column,
-        }
-    )
-    task = make_task(cfg.task.source, **kwargs)
+    task = task_from_config(cfg.task)
     examples = task.examples(cfg.task.eval_size, cfg.task.eval_seed)
     data = EvalSet(examples, *encode_prompts(tok, cfg.task, examples))
     out = Path(out_dir)

@@ -69,7 +69,7 @@ class Trainer:
     ) -> None:
         from unipo.models import LoraSettings, is_peft_model, load_model
         from unipo.rewards import RewardSet, get_reward_fn
-        from unipo.tasks import make_task
+        from unipo.tasks import task_from_config
 
         self.cfg = cfg
         self.console = console or Console()
@@ -81,16 +81,7 @@ class Trainer:
             raise ValueError("model.path is empty: give a local Hugging Face causal-LM directory")
         self.algorithm: Algorithm = copy.deepcopy(build_algorithm(cfg.algorithm))  # stateful parts: own copy
         # -- task and rewards (errors surface here, before any model is loaded)
-        task_kwargs: dict[str, Any] = (
-            {"name": cfg.task.name, "config": cfg.task.config}
-            if cfg.task.source == "reasoning_gym"
-            else {
-                "path": cfg.task.path,
-                "prompt_column": cfg.task.prompt_column,
-                "answer_column": cfg.task.answer_column,
-            }
-        )
-        self.task = make_task(cfg.task.source, **task_kwargs)
+        self.task = task_from_config(cfg.task)
         self.task_reward = self.task.reward_fn()
         terms: list[tuple[str, RewardFn, float]] = []
         for term in cfg.rewards or []:
