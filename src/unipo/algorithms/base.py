@@ -67,6 +67,35 @@ class Algorithm:
     def needs_entropy_grad(self) -> bool:
         return self.any_part("needs_entropy_grad")
 
+    def _stat_names(self, attribute: str) -> tuple[str, ...]:
+        return tuple(sorted({name for p in self.parts() for name in getattr(p, attribute, ())}))
+
+    @property
+    def token_stats(self) -> tuple[str, ...]:
+        """Per-token statistics of π_θ that some part reads (``LossInputs.stats``), sorted."""
+        return self._stat_names("token_stats")
+
+    @property
+    def old_token_stats(self) -> tuple[str, ...]:
+        """Per-token statistics of π_old that some part reads (``LossInputs.old_stats``), sorted."""
+        return self._stat_names("old_token_stats")
+
+    def sampling_temperature(self, metrics: dict[str, Any]) -> float | None:
+        """The rollout temperature parts ask for next step (None: keep the configured one).
+
+        ``metrics`` are the previous step's metrics ({} before the first step). Two parts
+        asking for different temperatures is an error rather than a silent choice.
+        """
+        asked = {
+            part_name(p): t
+            for p in self.parts()
+            if (hook := getattr(p, "sampling_temperature", None)) is not None
+            and (t := hook(metrics)) is not None
+        }
+        if len(set(asked.values())) > 1:
+            raise ValueError(f"algorithm {self.name!r}: parts ask for different rollout temperatures {asked}")
+        return next(iter(asked.values()), None)
+
     def replace(self, **changes: Any) -> Algorithm:
         return dataclasses.replace(self, **changes)
 

@@ -19,15 +19,22 @@ Optional part attributes the trainer reads (never part names):
     needs_values: bool         (Advantage) a critic must fill batch.values; the part then also
                                offers value_targets(batch) -> [B, T] for the critic's loss
     refill: bool               (Selection) generate more groups when this part drops some
+    token_stats: tuple[str, ...]      per-token statistics of π_θ's full distribution the part reads
+                                      from ``LossInputs.stats`` (names of ``unipo.train.logprobs.
+                                      TOKEN_STATS``, e.g. "topp_entropy:0.8"); they carry gradient
+    old_token_stats: tuple[str, ...]  the same for π_old, read from ``LossInputs.old_stats`` (no grad)
 Optional methods:
     state_dict() / load_state_dict(d)   stateful parts (adaptive coefficients, anchors)
     on_step_end(metrics)                update state once per optimizer step
     check(algorithm) -> str | None      reject an incompatible composition, saying why
+    sampling_temperature(metrics) -> float | None
+                                        the rollout temperature for the next step (None: keep the
+                                        configured one); ``metrics`` are the previous step's
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
@@ -63,6 +70,8 @@ class LossInputs:
     max_len: int = 0  # maximum completion length (constant normalizers, Dr. GRPO)
     step: int = 0  # optimizer step (schedules)
     truncated: Tensor | None = None  # [B] bool, hit the generation limit (overlong filtering)
+    stats: dict[str, Tensor] = field(default_factory=dict)  # name -> [B, T] stat of π_θ (token_stats)
+    old_stats: dict[str, Tensor] = field(default_factory=dict)  # name -> [B, T] stat of π_old, no grad
 
     def __post_init__(self) -> None:
         if self.num_tokens <= 0:
@@ -154,6 +163,17 @@ def group_stats(values: Tensor, group_ids: Tensor, unbiased: bool = True) -> tup
 def broadcast_to_tokens(per_seq: Tensor, mask: Tensor) -> Tensor:
     """[B] → [B, T]: the same value on every valid token, 0 on padding."""
     return per_seq[:, None].to(mask.dtype) * mask
+
+
+def token_stat(stats: dict[str, Tensor], name: str, part: str) -> Tensor:
+    """``stats[name]`` ([B, T]), or a clear error naming the part that declared it."""
+    if name not in stats:
+        raise ValueError(
+            f"{part} reads the per-token statistic {name!r}, which LossInputs does not carry: the "
+            "update loop fills LossInputs.stats / old_stats from token_stats / old_token_stats; "
+            "pass them yourself when building LossInputs by hand"
+        )
+    return stats[name]
 
 
 def scalar(x: Tensor | float) -> Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -53,3 +54,6 @@ def _load_builtin_parts() -> None:
     # Importing the modules runs their @register decorators.
     from unipo.parts import advantages, aggregate, regularizers, selection, surrogates, weights  # noqa: F401
     from unipo.rewards import shaping  # noqa: F401
+
+    for module in ("clipping_t2", "entropy_t2", "selection_t2", "tokens_t2"):  # T2 seed methods
+        importlib.import_module(f"unipo.parts.{module}")

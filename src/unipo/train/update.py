@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from unipo.algorithms.base import Algorithm, policy_loss
 from unipo.batch import RolloutBatch
 from unipo.parts.base import LossInputs
-from unipo.train.logprobs import completion_logprobs
+from unipo.train.logprobs import completion_logprobs, completion_logprobs_with_stats
 
 
 @dataclass
@@ -52,9 +52,27 @@ def update_policy(
     *,
     step: int,
     generator: torch.Generator,
+    old_stats: dict[str, Tensor] | None = None,
 ) -> tuple[dict[str, float], int]:
-    """Run the optimizer steps for one rollout batch. Returns (metrics, skipped non-finite steps)."""
+    """Run the optimizer steps for one rollout batch. Returns (metrics, skipped non-finite steps).
+
+    ``old_stats`` ({name: [B, T]} over the rows of ``batch``, from the trainer's old-logprob
+    pass) feeds ``LossInputs.old_stats`` for parts with ``old_token_stats``. Without it, and
+    only when the update is a single optimizer step (π_old = π_θ at every micro-batch), they
+    are taken from the current forward pass, detached; otherwise it is an error.
+    """
     device = next(model.parameters()).device
+    cur_names, old_names = algorithm.token_stats, algorithm.old_token_stats
+    single_step = settings.epochs == 1 and settings.minibatches == 1
+    if old_names and old_stats is None and not single_step:
+        raise ValueError(
+            f"parts read statistics of π_old {list(old_names)}: pass update_policy(old_stats=...) from "
+            "the old-logprob pass (batched_logprobs_with_stats) when there are several optimizer steps"
+        )
+    missing = sorted(set(old_names) - set(old_stats)) if old_stats is not None else []
+    if missing:
+        raise ValueError(f"update_policy(old_stats=...) lacks the π_old statistics {missing} that parts read")
+    forward_names = tuple(sorted(set(cur_names) | (set(old_names) if old_stats is None else set())))
     acc: dict[str, list[Tensor]] = defaultdict(list)
     skipped = 0
     params = [p for p in model.parameters() if p.requires_grad]
@@ -68,19 +86,40 @@ def update_policy(
             optimizer.zero_grad(set_to_none=True)
             finite = True
             for start in range(0, minibatch.size, settings.micro_batch_size):
+                rows = mb_idx[start : min(start + settings.micro_batch_size, minibatch.size)]
                 micro = minibatch.select(
                     list(range(start, min(start + settings.micro_batch_size, minibatch.size)))
                 )
                 micro = micro.trim().to(device)
-                logp, ent = completion_logprobs(
-                    model,
-                    micro.input_ids,
-                    micro.attention_mask,
-                    micro.completion_mask,
-                    temperature=settings.temperature,
-                    chunk_tokens=settings.chunk_tokens,
-                    entropy_grad=algorithm.needs_entropy_grad,
-                )
+                stats: dict[str, Tensor] = {}
+                if forward_names:
+                    logp, ent, stats = completion_logprobs_with_stats(
+                        model,
+                        micro.input_ids,
+                        micro.attention_mask,
+                        micro.completion_mask,
+                        temperature=settings.temperature,
+                        chunk_tokens=settings.chunk_tokens,
+                        entropy_grad=algorithm.needs_entropy_grad,
+                        stats=forward_names,
+                    )
+                else:
+                    logp, ent = completion_logprobs(
+                        model,
+                        micro.input_ids,
+                        micro.attention_mask,
+                        micro.completion_mask,
+                        temperature=settings.temperature,
+                        chunk_tokens=settings.chunk_tokens,
+                        entropy_grad=algorithm.needs_entropy_grad,
+                    )
+                width = micro.completion_mask.shape[1]
+                if old_stats is not None:  # [B, T_full] rows of the batch → this micro-batch, trimmed
+                    micro_old = {
+                        k: old_stats[k][rows.to(old_stats[k].device)][:, :width].to(device) for k in old_names
+                    }
+                else:
+                    micro_old = {k: stats[k].detach() for k in old_names}
                 x = LossInputs(
                     logprobs=logp,
                     old_logprobs=micro.old_logprobs if micro.old_logprobs is not None else logp.detach(),
@@ -96,6 +135,8 @@ def update_policy(
                     num_seqs=num_seqs,
                     max_len=settings.max_len,
                     step=step,
+                    stats={k: stats[k] for k in cur_names},
+                    old_stats=micro_old,
                 )
                 loss, metrics = policy_loss(algorithm, x)
                 if not torch.isfinite(loss):

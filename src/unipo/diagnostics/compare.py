@@ -1,0 +1,398 @@
+"""``unipo compare SPEC.yaml``: every (variant, seed) cell as an ordinary run, then one report.
+
+The spec (``CompareSpec``: base, variants, seeds, output_dir, parallel, steps) is described in
+docs/diagnostics.md; examples/compare/entropy.yaml is a full one.
+
+Each cell is ``sys.executable -m unipo.cli train OUTPUT_DIR/base.yaml <variant overrides>
+train.seed=k train.output_dir=OUTPUT_DIR/<variant>/seed<k> train.resume=true ...``, logged to
+``OUTPUT_DIR/logs/<variant>-seed<k>.log``. A cell whose ``summary.json`` exists is skipped and an
+unfinished one resumes from its newest checkpoint, so re-running a comparison finishes it.
+Relative paths (model.path, output_dir) are read from the directory you run it in.
+
+The report (``compare.html``, ``compare.json``, ``plots/``) shows, per variant, curves averaged
+over seeds with a 95% t-band, a table of final numbers with 95% bootstrap intervals across seeds,
+and the entropy–performance law R = −a·exp(H) + b fitted on (policy/entropy, reward/mean) pairs.
+The training reward is ``rollout/reward_mean_all`` where logged (every sampled completion, before
+selections such as dynamic sampling, which bias ``reward/mean`` towards 0.5), else ``reward/mean``.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from matplotlib.ticker import MaxNLocator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from rich.console import Console
+
+from unipo.config import build_algorithm, format_validation_error, load_config
+from unipo.diagnostics.law import fit_entropy_law
+from unipo.diagnostics.plots import load_metrics, plt
+from unipo.diagnostics.stats import bootstrap_ci, mean_band
+from unipo.train.run_dir import atomic_write_text, write_json
+
+CURVES = {  # plot name → (metric key, y label)
+    "reward": ("reward/mean", "training reward (all samples)"),
+    "accuracy": ("eval/accuracy", "held-out accuracy"),
+    "entropy": ("policy/entropy", "token entropy (nats)"),
+    "length": ("response/length_mean", "response length (tokens)"),
+}
+FINALS = {  # table column → summary.json key (held-out eval after training) or last:<training metric>
+    "accuracy": "after/accuracy",
+    "greedy_accuracy": "after/greedy_accuracy",  # the after/pass@k columns follow this one
+    "entropy_eval": "after/entropy",
+    "entropy_last": "last:policy/entropy",
+    "length": "after/length_mean",
+    "reward_last": "last:reward/mean",
+    "wall_seconds": "wall_seconds",
+}
+RESERVED = {"logs", "plots"}
+ALIASES = {"reward/mean": ("rollout/reward_mean_all", "reward/mean")}  # first one logged wins
+
+
+class CompareError(ValueError):
+    """The comparison spec is invalid, or some of its cells failed."""
+
+
+class CompareSpec(BaseModel):
+    """A comparison: one base config, named variants of it, the seeds each variant runs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base: dict[str, Any] = Field(default_factory=dict, description="unipo config mapping for all cells.")
+    variants: dict[str, list[str]] = Field(
+        min_length=1, description="Variant name → dotted overrides of base, e.g. [algorithm.name=grpo]."
+    )
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1, description="train.seed values")
+    output_dir: str = Field(description="Root folder: <variant>/seed<k> run dirs and the report.")
+    parallel: int = Field(1, ge=1, description="Cells run at the same time.")
+    steps: int | None = Field(None, gt=0, description="train.steps of every cell (None: base's value).")
+
+    @field_validator("variants")
+    @classmethod
+    def _names(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        for name in v:
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) or name in RESERVED:
+                raise ValueError(f"variant name {name!r} must be a plain folder name (letters, digits, "
+                                 f"_ . -), not one of {sorted(RESERVED)}")  # fmt: skip
+        return v
+
+    @field_validator("seeds")
+    @classmethod
+    def _unique(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"seeds must be distinct, got {v}")
+        return v
+
+
+@dataclass
+class Cell:
+    variant: str
+    seed: int
+    run_dir: str
+    args: list[str]  # `unipo train` arguments after the base config file
+    status: str = "pending"  # pending | skipped | finished | failed | interrupted
+    returncode: int | None = None
+    seconds: float | None = None
+
+
+def load_spec(path: str | Path) -> CompareSpec:
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"comparison spec not found: {p}")
+    data = yaml.safe_load(p.read_text()) or {}
+    if not isinstance(data, dict):
+        raise CompareError(f"{p} must hold a mapping (base, variants, seeds, output_dir, ...)")
+    try:
+        return CompareSpec.model_validate(data)
+    except ValidationError as e:
+        raise CompareError(
+            f"{p}: " + format_validation_error(e, CompareSpec).replace("config", "spec", 1)
+        ) from None
+
+
+def child_threads(spec: CompareSpec) -> int:
+    """torch threads per cell: cores // parallel, and no more than base's train.threads if set."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    share = max(1, cores // spec.parallel)
+    train = spec.base.get("train")
+    asked = train.get("threads") if isinstance(train, dict) else None
+    asked = asked if isinstance(asked, int) and asked > 0 else 0
+    return min(asked, share) if asked else share
+
+
+def plan_cells(spec: CompareSpec) -> list[Cell]:
+    """One cell per (variant, seed), each checked as `unipo train` would check it, before any run."""
+    threads, root = child_threads(spec), Path(spec.output_dir)
+    steps = [f"train.steps={spec.steps}"] if spec.steps else []
+    cells = []
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp) / "base.yaml"
+        base.write_text(yaml.safe_dump(spec.base, sort_keys=False))
+        for variant, overrides in spec.variants.items():
+            for seed in spec.seeds:
+                run_dir = root / variant / f"seed{seed}"
+                args = [*overrides, f"train.seed={seed}", f"train.output_dir={run_dir}", "train.resume=true",
+                        f"train.threads={threads}", *steps]  # fmt: skip
+                try:
+                    cfg = load_config(base, args)
+                    build_algorithm(cfg.algorithm)
+                except ValueError as e:  # ConfigError, or an unknown algorithm / part name
+                    raise CompareError(f"variant {variant!r}: {e}") from None
+                if cfg.model.path and not Path(cfg.model.path).exists():
+                    raise CompareError(f"variant {variant!r}: model.path {cfg.model.path!r} does not exist "
+                                       f"(relative to {Path.cwd()})")  # fmt: skip
+                cells.append(Cell(variant, seed, str(run_dir), args))
+    return cells
+
+
+def run_cells(cells: list[Cell], base_yaml: Path, parallel: int, threads: int, console: Console) -> None:
+    """Run the pending cells, ``parallel`` at a time, each in its own session. Ctrl-C (or a SIGTERM)
+    reaches only this process, which sends each running cell one SIGTERM: it checkpoints and stops."""
+    logs = base_yaml.parent / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    pending = [c for c in cells if c.status == "pending"]
+    running: list[tuple[Cell, subprocess.Popen, Any, float]] = []
+    in_main = threading.current_thread() is threading.main_thread()
+    # a SIGTERM to this process (a scheduler stopping the job) takes the Ctrl-C path below
+    old = signal.signal(signal.SIGTERM, signal.default_int_handler) if in_main else None
+    try:
+        while pending or running:
+            while pending and len(running) < parallel:
+                cell = pending.pop(0)
+                log = open(logs / f"{cell.variant}-seed{cell.seed}.log", "a")  # noqa: SIM115 (closed below)
+                cmd = [sys.executable, "-m", "unipo.cli", "train", str(base_yaml), *cell.args]
+                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                        start_new_session=True)  # fmt: skip
+                console.print(f"[bold]{cell.variant}/seed{cell.seed}[/] started (pid {proc.pid})")
+                running.append((cell, proc, log, time.perf_counter()))
+            time.sleep(0.2)
+            for item in [i for i in running if i[1].poll() is not None]:
+                running.remove(item)
+                cell, proc, log, t0 = item
+                log.close()
+                cell.returncode, cell.seconds = proc.returncode, time.perf_counter() - t0
+                done = proc.returncode == 0 and (Path(cell.run_dir) / "summary.json").exists()
+                cell.status = "finished" if done else "interrupted" if proc.returncode == 130 else "failed"
+                tag = f"[{'green' if done else 'red'}]{cell.variant}/seed{cell.seed} {cell.status}[/]"
+                console.print(f"{tag} (exit {proc.returncode}, {cell.seconds:.0f}s)")
+    except KeyboardInterrupt:
+        for _, proc, _, _ in running:
+            proc.terminate()  # SIGTERM: checkpoint after the current step, then exit
+        try:
+            for _, proc, _, _ in running:
+                proc.wait()
+        except KeyboardInterrupt:  # a second Ctrl-C: stop them now
+            for _, proc, _, _ in running:
+                proc.kill()
+        raise
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
+
+
+# ------------------------------------------------------------------ the report
+def _records(run_dir: Path) -> list[dict[str, Any]]:
+    return [r for r in load_metrics(run_dir / "metrics.jsonl") if r.get("event") in (None, "final_eval")]
+
+
+def _num(v: Any) -> float | None:
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    return float(v) if ok else None
+
+
+def _get(record: dict[str, Any], key: str) -> float | None:
+    return next((v for k in ALIASES.get(key, (key,)) if (v := _num(record.get(k))) is not None), None)
+
+
+def _last(records: list[dict[str, Any]], key: str) -> float | None:
+    return next((v for r in reversed(records) if "event" not in r and (v := _get(r, key)) is not None), None)
+
+
+def variant_numbers(run_dirs: list[Path]) -> dict[str, Any]:
+    """Curves, final-number intervals and the entropy-law fit of one variant's seed runs."""
+    recs = [_records(p) for p in run_dirs]
+    sums = [json.loads((p / "summary.json").read_text()) for p in run_dirs if (p / "summary.json").exists()]
+    curves = {}
+    for name, (key, _) in CURVES.items():
+        per_seed = [{int(r["step"]): v for r in rs if "step" in r and (v := _get(r, key)) is not None}
+                    for rs in recs]  # fmt: skip
+        curves[name] = mean_band([c for c in per_seed if c])
+    ks = sorted(
+        {k for s in sums for k in s if re.fullmatch(r"after/pass@\d+", k)}, key=lambda k: int(k.split("@")[1])
+    )
+    cols = list(FINALS.items())
+    cols[2:2] = [(k.split("/")[1], k) for k in ks]
+    finals = {m: [_last(rs, k[5:]) for rs in recs] if k.startswith("last:") else [s.get(k) for s in sums]
+              for m, k in cols}  # fmt: skip
+    table = {}
+    for metric, vals in finals.items():
+        clean = [v for v in map(_num, vals) if v is not None]
+        mean, lo, hi = bootstrap_ci(clean)
+        table[metric] = {"mean": mean, "lo": lo, "hi": hi, "n": len(clean)}
+    H, R = [], []  # (policy/entropy, reward/mean) of every training step of every seed
+    for r in (r for rs in recs for r in rs if "event" not in r):
+        h, rw = _get(r, "policy/entropy"), _get(r, "reward/mean")
+        if h is not None and rw is not None:
+            H.append(h)
+            R.append(rw)
+    return {"curves": curves, "table": table, "law": fit_entropy_law(H, R), "points": [H, R]}
+
+
+def _save(fig: Any, ax: Any, path: Path, **labels: str) -> None:
+    ax.set(**labels)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+
+
+def _plots(numbers: dict[str, dict[str, Any]], out: Path) -> list[str]:
+    """plots/<curve>.png (mean over seeds with its 95% band, one colour per variant) and
+    plots/entropy_law.png (the (H, R) points and each variant's fitted law)."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, (_, ylabel) in CURVES.items():
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for variant, nums in numbers.items():
+            c = nums["curves"][name]
+            if c["steps"]:
+                (line,) = ax.plot(c["steps"], c["mean"], marker="o" if len(c["steps"]) < 12 else None,
+                                  ms=3, label=f"{variant} (n≤{int(max(c['n']))})")  # fmt: skip
+                ax.fill_between(c["steps"], c["lo"], c["hi"], color=line.get_color(), alpha=0.2, lw=0)
+        if ax.lines:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            _save(fig, ax, out / f"{name}.png", xlabel="step", ylabel=ylabel, title="seed mean, 95% band")
+            written.append(f"plots/{name}.png")
+        plt.close(fig)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for variant, nums in numbers.items():
+        (H, R), law = nums["points"], nums["law"]
+        if H:
+            (dots,) = ax.plot(H, R, ".", alpha=0.4, label=variant)
+            if math.isfinite(law["a"]):
+                xs = [min(H) + (max(H) - min(H)) * i / 50 for i in range(51)]
+                ax.plot(xs, [law["b"] - law["a"] * math.exp(x) for x in xs], color=dots.get_color())
+    if ax.lines:
+        _save(fig, ax, out / "entropy_law.png", xlabel="policy/entropy H", ylabel="training reward R",
+              title="R = −a·exp(H) + b per variant")  # fmt: skip
+        written.append("plots/entropy_law.png")
+    plt.close(fig)
+    return written
+
+
+def _ci(e: dict[str, float]) -> str:
+    if e["n"] == 0:
+        return "—"
+    if not math.isfinite(e["lo"]):
+        return f"{e['mean']:.3f} (n=1)"
+    return f"{e['mean']:.3f} [{e['lo']:.3f}, {e['hi']:.3f}] (n={e['n']})"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    """An HTML table; cells are raw HTML (escape text before)."""
+    head = "".join(f"<th>{h}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>\n" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>\n{body}</tbody></table>\n"
+
+
+_CSS = """body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+table { border-collapse: collapse; font-size: 0.9em; margin-bottom: 1em; }
+th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; }
+th:first-child, td:first-child { text-align: left; } th { background: #f3f3f3; }
+.plots { display: flex; flex-wrap: wrap; gap: 1em; } img { max-width: 580px; }
+.note { color: #666; font-size: 0.85em; }"""
+
+
+def render_html(spec: CompareSpec, cells: list[Cell], numbers: dict[str, Any], images: list[str]) -> str:
+    esc = html.escape
+    metrics = list(dict.fromkeys(m for n in numbers.values() for m in n["table"]))
+    finals = _table(
+        ["variant", *map(esc, metrics)],
+        [[esc(v), *(esc(_ci(n["table"][m])) if m in n["table"] else "—" for m in metrics)]
+         for v, n in numbers.items()],
+    )  # fmt: skip
+    laws = _table(
+        ["variant", "a", "b", "R²", "ceiling −a+b", "points"],
+        [[esc(v), *(f"{n['law'][k]:.4g}" for k in ("a", "b", "r2", "ceiling")), str(int(n["law"]["n"]))]
+         for v, n in numbers.items()],
+    )  # fmt: skip
+    links = "<a href='{0}/seed{1}/report.html'>report</a> · <a href='logs/{0}-seed{1}.log'>log</a>"
+    runs = _table(
+        ["variant", "seed", "status", "run"],
+        [[esc(c.variant), str(c.seed), esc(c.status), links.format(esc(c.variant), c.seed)] for c in cells],
+    )
+    variants = "".join(
+        f"<li><b>{esc(v)}</b>: <code>{esc(' '.join(o))}</code></li>" for v, o in spec.variants.items()
+    )
+    figures = "".join(f"<figure><img src='{esc(s)}' alt='{esc(s)}'></figure>\n" for s in images)
+    return (
+        f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>unipo compare: "
+        f"{esc(spec.output_dir)}</title><style>{_CSS}</style></head><body>\n<h1>unipo compare</h1>\n"
+        f"<p>seeds {esc(str(spec.seeds))}; variants:</p><ul>{variants}</ul>\n"
+        f"<h2>Final numbers: mean [95% bootstrap CI] over seeds</h2>\n{finals}"
+        "<p class='note'>accuracy, greedy_accuracy, pass@k, entropy_eval, length: held-out evaluation after "
+        "training (summary.json); entropy_last, reward_last: the last training step. With few seeds the "
+        "interval is narrow and itself uncertain.</p>\n"
+        f"<h2>Entropy–performance law R = −a·exp(H) + b</h2>\n{laws}"
+        f"<h2>Curves</h2>\n<div class='plots'>\n{figures or '<p>no data</p>'}</div>\n"
+        f"<h2>Cells</h2>\n{runs}</body></html>\n"
+    )
+
+
+def write_compare_report(spec: CompareSpec, cells: list[Cell]) -> Path:
+    """``compare.json``, ``compare.html`` and ``plots/*.png`` under ``spec.output_dir``."""
+    root = Path(spec.output_dir)
+    numbers = {}
+    for variant in spec.variants:
+        dirs = [Path(c.run_dir) for c in cells if c.variant == variant]
+        numbers[variant] = variant_numbers([p for p in dirs if (p / "metrics.jsonl").exists()])
+    images = _plots(numbers, root / "plots")
+    summary = {
+        "spec": spec.model_dump(),
+        "cells": [asdict(c) for c in cells],
+        **{k: {v: n[k] for v, n in numbers.items()} for k in ("table", "law", "curves")},
+    }
+    strict = json.loads(json.dumps(summary, default=str), parse_constant=lambda _: None)  # NaN → null
+    write_json(root / "compare.json", strict)
+    page = root / "compare.html"
+    atomic_write_text(page, render_html(spec, cells, numbers, images))
+    return page
+
+
+def run_compare(spec: CompareSpec, console: Console | None = None) -> tuple[Path, list[Cell]]:
+    """Run (or finish) every cell of ``spec``, then write the report; returns (page, cells)."""
+    console = console or Console()
+    cells = plan_cells(spec)
+    base_yaml = Path(spec.output_dir) / "base.yaml"
+    atomic_write_text(base_yaml, yaml.safe_dump(spec.base, sort_keys=False))
+    for c in cells:
+        if (Path(c.run_dir) / "summary.json").exists():
+            c.status = "skipped"
+            console.print(f"{c.variant}/seed{c.seed} skipped (summary.json exists)")
+    run_cells(cells, base_yaml, spec.parallel, child_threads(spec), console)
+    return write_compare_report(spec, cells), cells
+
+
+def compare_main(spec_path: str | Path, console: Console | None = None) -> Path:
+    """CLI entry: run the spec, write the report; raise CompareError (after the report) if cells failed."""
+    page, cells = run_compare(load_spec(spec_path), console)
+    bad = [c for c in cells if c.status in ("failed", "interrupted")]
+    if bad:
+        names = ", ".join(f"{c.variant}/seed{c.seed} (exit {c.returncode})" for c in bad)
+        raise CompareError(f"{len(bad)} cell(s) did not finish: {names}; see {page.parent / 'logs'}; "
+                           f"report written to {page}; run the same command again to resume")  # fmt: skip
+    return page

@@ -1,0 +1,44 @@
+"""The entropy–performance law of Cui et al. (arXiv 2505.22617): R = −a·exp(H) + b.
+
+With x = exp(H) the law is linear, R = b − a·x, so ordinary least squares has a closed form:
+
+    a = −Σ(x − x̄)(R − R̄) / Σ(x − x̄)²,   b = R̄ + a·x̄,   R² = 1 − Σ(R − R̂)² / Σ(R − R̄)²
+
+The predicted ceiling is the reward when entropy is exhausted, R(H = 0) = −a + b
+(PRIME-RL/Entropy-Mechanism-of-RL README; FORMULAS-rlvr §6). Fit it on (policy entropy,
+training reward) pairs over steps; a > 0 means reward is bought with entropy.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+NAN = float("nan")
+
+
+def fit_entropy_law(H: Sequence[float], R: Sequence[float]) -> dict[str, float]:
+    """Least-squares fit of R = −a·exp(H) + b; returns {a, b, r2, ceiling, n}.
+
+    Pairs with a non-finite H or R are dropped; ``n`` counts the pairs used. Fewer than 3
+    pairs, or a constant H (no slope to fit), give NaN for a, b, r2 and ceiling. A constant R
+    gives a = 0, b = R and r2 = NaN (no variance to explain).
+    """
+    if len(H) != len(R):
+        raise ValueError(f"fit_entropy_law needs as many H as R values, got {len(H)} and {len(R)}")
+    pairs = [(math.exp(h), r) for h, r in zip(H, R) if math.isfinite(h) and math.isfinite(r) and h < 700]
+    n = len(pairs)
+    out = {"a": NAN, "b": NAN, "r2": NAN, "ceiling": NAN, "n": float(n)}
+    if n < 3:
+        return out
+    mx = sum(x for x, _ in pairs) / n
+    my = sum(r for _, r in pairs) / n
+    sxx = sum((x - mx) ** 2 for x, _ in pairs)
+    if sxx <= 1e-12 * max(1.0, mx * mx):  # H constant (up to rounding): the slope is undefined
+        return out
+    a = -sum((x - mx) * (r - my) for x, r in pairs) / sxx
+    b = my + a * mx
+    ss_res = sum((r - (b - a * x)) ** 2 for x, r in pairs)
+    ss_tot = sum((r - my) ** 2 for _, r in pairs)
+    out.update(a=a, b=b, r2=1.0 - ss_res / ss_tot if ss_tot > 0 else NAN, ceiling=b - a)
+    return out

@@ -1,0 +1,371 @@
+"""Entropy-control parts of the T2 seeds: Lp-Reg, SIREN, Light-IF (TEA-RL), SPINE's entropy
+band, STEER token weights and AEPO's temperature-regulated REINFORCE advantage.
+
+Statistics of the full next-token distribution beyond the entropy (the min-p proxy, top-p
+entropy) come from ``LossInputs.stats`` / ``old_stats``, filled by the update loop for the
+names a part lists in ``token_stats`` / ``old_token_stats`` (``unipo.train.logprobs.TOKEN_STATS``).
+Selections inside the loss are made within the micro-batch, as the official (verl) codes do.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from unipo.batch import RolloutBatch
+from unipo.parts.advantages import GroupNorm
+from unipo.parts.base import LossInputs, Metrics, masked_mean, scalar, token_stat
+from unipo.parts.registry import register
+from unipo.parts.regularizers import kl_estimate
+from unipo.parts.weights import token_covariance
+
+
+def _lowest_k(values: Tensor, cand: Tensor, ratio: float) -> Tensor:  # [B, T] bool
+    """The k = max(1, ⌊ratio·N⌋) lowest ``values`` among the N candidate positions (none if ratio = 0)."""
+    out = torch.zeros_like(cand)
+    n = int(cand.sum())
+    if ratio <= 0 or n == 0:
+        return out
+    k = max(1, int(n * ratio))
+    idx = cand.nonzero()  # [N, 2]
+    low = torch.topk(values[cand], k, largest=False).indices
+    out[idx[low, 0], idx[low, 1]] = True
+    return out
+
+
+@register("regularizer", "lp_reg")
+@dataclass(frozen=True)
+class LpReg:
+    """Lp-Reg low-probability regularization (Huang et al., arXiv 2510.03222).
+
+    Proxy: π_proxy = π_old filtered by min-p (keep π ≥ κ·max π, renormalize), read as the
+    statistic ``minp_logprob:<κ>`` of π_old. Selected tokens, within the micro-batch: among the
+    valid tokens with A < 0 (``neg_ratio``; A > 0 with ``pos_ratio``, off by default), the
+    k = max(1, ⌊ratio·N⌋) lowest by log π_θ, then only those with π_θ(o_t) < π_proxy(o_t)
+    (filtered "noise" tokens have π_proxy ≈ 0 and are not protected). On them:
+
+        term_t = β·k3(π_θ, π_proxy) = β·(π_proxy/π_θ − log(π_proxy/π_θ) − 1)   (verl low_var_kl)
+
+    With the ``ppo_clip`` surrogate at ε_low = 1, ε_high = 9 (the scripts' [0, 10] bounds) the
+    surrogate of an A < 0 token is exactly −A·ρ, so surrogate + term equals the official
+    ``compute_policy_loss_lp_reg`` (−A·ρ + β·KL on selected tokens, clipped loss elsewhere).
+    Source: CarlanLark/Lp-Reg-dev core_algos.py / dp_actor.py ``apply_min_p``; defaults κ = 0.02,
+    ρ⁻ = 0.01 (14B; 0.005 for 32B), ρ⁺ = 0, β = 1. Deviation: the code skips a class when
+    k = 1 (its guard ``k > 1`` is also how ρ⁺ = 0 turns positives off); here ratio 0 turns a
+    class off and k = 1 is applied, so small batches still regularize.
+    """
+
+    kappa: float = 0.02
+    neg_ratio: float = 0.01
+    pos_ratio: float = 0.0
+    coef: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.kappa < 1:
+            raise ValueError(f"lp_reg kappa (min-p threshold) must be in (0, 1), got {self.kappa}")
+        if not (0 <= self.neg_ratio <= 1 and 0 <= self.pos_ratio <= 1):
+            raise ValueError(f"lp_reg ratios must be in [0, 1], got {self.neg_ratio}, {self.pos_ratio}")
+
+    @property
+    def old_token_stats(self) -> tuple[str, ...]:
+        return (f"minp_logprob:{self.kappa}",)
+
+    def __call__(self, x: LossInputs) -> tuple[Tensor, Metrics]:
+        proxy = token_stat(x.old_stats, self.old_token_stats[0], "lp_reg")  # [B, T] log π_proxy(o_t)
+        valid = x.mask.bool()
+        logp = x.logprobs.detach()
+        sel = _lowest_k(logp, valid & (x.advantages < 0), self.neg_ratio)
+        sel |= _lowest_k(logp, valid & (x.advantages > 0), self.pos_ratio)
+        sel &= logp < proxy  # only tokens the proxy keeps (π_θ < π_proxy)
+        kl = kl_estimate(x.logprobs, proxy, "k3")  # [B, T] k3(π_θ ‖ π_proxy)
+        term = torch.where(sel, self.coef * kl, torch.zeros_like(kl))
+        n_sel = sel.sum().clamp(min=1)
+        return term, {
+            "regularizer/lp_reg_frac": scalar(sel.sum() / valid.sum().clamp(min=1)),
+            "regularizer/lp_reg_kl": scalar((kl.detach() * sel).sum() / n_sel),
+        }
+
+
+@register("regularizer", "siren")
+@dataclass(frozen=True)
+class Siren:
+    """SIREN selective, self-anchored entropy regularization (arXiv 2509.25133).
+
+        H^p_t = top-p entropy (top-10 000 logits, nucleus of cumulative mass < p, renormalized)
+        M_t   = 1[H^p_t > q_{mask_ratio}(H^p of the same response)]   (peak-entropy mask)
+        H̄     = seq-mean-token-mean of H^p over M (responses with no masked token left out)
+        L_reg = λ·(H̄ − H_anchor)²
+
+    H^p is the statistic ``topp_entropy:<p>`` of π_θ (with gradient). Source: Linn3a/siren
+    dp_actor.py (``efficient_top_p_sampling``, ``mask_by_quantile`` with ``nanquantile``) and
+    ray_trainer.py; defaults p = 0.8, mask_ratio = 0.8, λ = ``entropy_coeff`` = 0.005.
+    Anchor: the official trainer measures H̄ on the initial policy in the step-1 old-logprob
+    pass; here it is the step-0 mean of H̄ over micro-batches (``on_step_end``), and during
+    step 0 the micro-batch's own detached H̄ stands in (term 0, gradient 0). Stateful: the
+    anchor is saved by ``state_dict()``. The term is returned as the constant λ(H̄ − a)² on
+    every valid token, so a mean-type aggregate adds it once per batch (token- or
+    sequence-share weighted across micro-batches, as verl's /grad-accumulation); under
+    ``seq_mean_token_sum_const`` it is scaled by the fill fraction |o|/L_max.
+    """
+
+    p: float = 0.8
+    mask_ratio: float = 0.8
+    coef: float = 0.005
+    _state: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        if not (0 < self.p <= 1 and 0 <= self.mask_ratio < 1):
+            raise ValueError(f"siren needs 0 < p ≤ 1 and 0 ≤ mask_ratio < 1, got {self.p}, {self.mask_ratio}")
+        self._state["anchor"] = None
+
+    @property
+    def token_stats(self) -> tuple[str, ...]:
+        return (f"topp_entropy:{self.p}",)
+
+    @property
+    def anchor(self) -> float | None:
+        return self._state["anchor"]
+
+    def selected_entropy(self, h: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """(H̄ with grad, peak mask [B, T] bool) for top-p entropies ``h`` [B, T]."""
+        valid = mask.bool()
+        q = torch.nanquantile(h.detach().masked_fill(~valid, math.nan), self.mask_ratio, dim=-1, keepdim=True)
+        sel = valid & (h.detach() > q)  # [B, T]; rows without valid tokens have q = nan → none
+        per_row = (h * sel).sum(-1) / sel.sum(-1).clamp(min=1)  # [B]
+        rows = sel.any(-1)
+        h_bar = per_row[rows].mean() if rows.any() else h.sum() * 0
+        return h_bar, sel
+
+    def on_step_end(self, metrics: dict[str, Any]) -> None:
+        if self._state["anchor"] is None and "regularizer/siren_entropy" in metrics:
+            self._state["anchor"] = float(metrics["regularizer/siren_entropy"])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"anchor": self.anchor}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._state["anchor"] = None if state["anchor"] is None else float(state["anchor"])
+
+    def __call__(self, x: LossInputs) -> tuple[Tensor, Metrics]:
+        h = token_stat(x.stats, self.token_stats[0], "siren")  # [B, T] top-p entropy of π_θ, with grad
+        h_bar, sel = self.selected_entropy(h, x.mask)
+        anchor = h_bar.detach() if self.anchor is None else torch.tensor(self.anchor, device=h.device)
+        term = self.coef * (h_bar - anchor) ** 2 * x.mask  # [B, T], the same value on every valid token
+        metrics: Metrics = {
+            "regularizer/siren_entropy": scalar(h_bar),
+            "regularizer/siren_frac": scalar(sel.sum() / x.mask.sum().clamp(min=1)),
+        }
+        if self.anchor is not None:
+            metrics["regularizer/siren_anchor"] = scalar(self.anchor)
+        return term, metrics
+
+
+@register("regularizer", "light_if_entropy")
+@dataclass(frozen=True)
+class LightIFEntropy:
+    """Light-IF TEA-RL token-wise entropy-adaptive bonus (arXiv 2508.03178).
+
+        Cov_t = (A_t − mean A)·(log π_t − mean log π)      (means over the micro-batch's valid tokens)
+        c_t   = clamp(α·softmax_t(Cov of the same response), 0, c_max)
+        term_t = −c_t·H_t       (maximizes entropy where the token covaries most with A)
+
+    Source: Qihoo360/Light-IF rl/verl core_algos.py ``compute_entropy_with_cov`` (α =
+    ``cov_alpha`` = 10, c_max = ``clip_cov_ub`` = 5; the actor subtracts the aggregated term
+    from the PG loss with no further coefficient). Deviations: the coefficient c_t is detached
+    (the code lets gradient flow through log π inside the softmax, which the paper's
+    "entropy-adaptive coefficient" does not call for), and the dispatch bug in the released
+    dp_actor.py (an undefined ``entropy_mode``) is not reproduced. The paper's Entropy-SFT
+    stage is an SFT-trainer change and is not part of this term.
+    """
+
+    alpha: float = 10.0
+    coef_max: float = 5.0
+
+    needs_entropy_grad = True
+
+    def coefficients(self, x: LossInputs) -> Tensor:  # [B, T], no grad, 0 on padding
+        cov = token_covariance(x).masked_fill(~x.mask.bool(), -math.inf)
+        soft = torch.softmax(cov, dim=-1).nan_to_num(0.0)  # rows with no valid token → 0
+        return (self.alpha * soft).clamp(0.0, self.coef_max) * x.mask
+
+    def __call__(self, x: LossInputs) -> tuple[Tensor, Metrics]:
+        if x.entropies is None:
+            raise ValueError("light_if_entropy needs current-policy entropies with grad")
+        c = self.coefficients(x)
+        return -c * x.entropies, {
+            "regularizer/light_if_coef": scalar(masked_mean(c, x.mask)),
+            "regularizer/entropy": scalar(masked_mean(x.entropies.detach(), x.mask)),
+        }
+
+
+@register("regularizer", "entropy_band")
+@dataclass(frozen=True)
+class EntropyBand:
+    """SPINE entropy-band regularizer at forking tokens (arXiv 2511.17938).
+
+        F_t    = 1[H_t among the top ⌈ρ·N⌉ entropies of the micro-batch]    (as ``forking_tokens``)
+        term_t = λ·F_t·[(h_low − H_t)₊² + (H_t − h_high)₊²]
+
+    raising entropy that fell below the band and lowering entropy above it. UNVERIFIED: only
+    the abstract was readable (the code was announced, not found); the squared hinge, the band
+    [0.5, 2.0] nats and λ = 0.01 are this library's choices, not the paper's.
+    """
+
+    h_low: float = 0.5
+    h_high: float = 2.0
+    coef: float = 0.01
+    rho: float = 0.2
+
+    needs_entropy_grad = True
+
+    def __post_init__(self) -> None:
+        if self.h_low > self.h_high or not 0 < self.rho <= 1:
+            raise ValueError(f"entropy_band needs h_low ≤ h_high and 0 < rho ≤ 1, got {self}")
+
+    def __call__(self, x: LossInputs) -> tuple[Tensor, Metrics]:
+        if x.entropies is None:
+            raise ValueError("entropy_band needs current-policy entropies with grad")
+        h = x.entropies  # [B, T]
+        valid = x.mask.bool()
+        fork = torch.zeros_like(valid)
+        n = int(valid.sum())
+        if n:
+            k = max(1, math.ceil(n * self.rho - 1e-9))
+            idx = valid.nonzero()
+            top = torch.topk(h.detach()[valid], k).indices
+            fork[idx[top, 0], idx[top, 1]] = True
+        band = (self.h_low - h).clamp(min=0) ** 2 + (h - self.h_high).clamp(min=0) ** 2
+        term = self.coef * band * fork
+        return term, {
+            "regularizer/band_below_frac": scalar(
+                masked_mean((h.detach() < self.h_low).float(), fork.float())
+            ),
+            "regularizer/band_above_frac": scalar(
+                masked_mean((h.detach() > self.h_high).float(), fork.float())
+            ),
+        }
+
+
+@register("token_weight", "steer")
+@dataclass(frozen=True)
+class Steer:
+    """STEER entropy-change-aware token reweighting (arXiv 2510.10150).
+
+        Ω_t = (A_t/π_old(o_t))·π_θ(o_t)(1 − π_θ(o_t))·(log π_θ(o_t) + H_t)    (token's entropy change)
+        exp mode:    k = −ln(w_min)/max(max|Ω|, 0.02),  w = clamp(exp(−k|Ω|), w_min, 1)
+        linear mode: w = w_max − (|Ω| − min|Ω|)/(max|Ω| − min|Ω|)·(w_max − w_min), clamped
+
+    max/min over the micro-batch's valid tokens; π clamped to [1e-8, 1 − 1e-8], π_old ≥ 1e-8,
+    non-finite Ω → 0. Source: zz-haooo/STEER core_algos.py ``compute_token_weights`` (verified);
+    H is the current policy's entropy (``x.entropies``, else the rollout's). Defaults: the main
+    script's exponential mode with w_min = 0.8 (linear mode: 0.8 / 1.2).
+    """
+
+    w_min: float = 0.8
+    w_max: float = 1.2
+    mode: Literal["exp", "linear"] = "exp"
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("exp", "linear") or not 0 < self.w_min <= self.w_max:
+            raise ValueError(f"steer needs mode exp|linear and 0 < w_min ≤ w_max, got {self}")
+
+    def omega(self, x: LossInputs) -> Tensor:  # [B, T] |Ω|, no grad
+        ent = x.entropies if x.entropies is not None else x.old_entropies
+        if ent is None:
+            raise ValueError("steer needs token entropies (LossInputs.entropies or old_entropies)")
+        p = x.logprobs.detach().exp().clamp(1e-8, 1 - 1e-8)
+        p_old = x.old_logprobs.detach().exp().clamp(1e-8, 1.0)
+        om = (x.advantages / p_old) * p * (1 - p) * (p.log() + ent.detach())
+        return torch.where(torch.isfinite(om), om, torch.zeros_like(om)).abs()
+
+    def __call__(self, x: LossInputs) -> tuple[Tensor, Metrics]:
+        om = self.omega(x)
+        valid = x.mask.bool()
+        w = torch.zeros_like(x.mask)
+        if not valid.any():
+            return w, {"token_weight/steer_mean": scalar(0.0)}
+        v = om[valid]
+        if self.mode == "linear":
+            lo, hi = v.min(), v.max()
+            if hi > lo:
+                vw = self.w_max - (v - lo) * (self.w_max - self.w_min) / (hi - lo)
+            else:
+                vw = torch.full_like(v, (self.w_min + self.w_max) / 2)
+            vw = vw.clamp(self.w_min, self.w_max)
+        else:
+            k = -math.log(self.w_min) / v.max().clamp(min=0.02)
+            vw = torch.exp(-k * v).clamp(self.w_min, 1.0)
+        w[valid] = vw.to(w.dtype)
+        return w, {
+            "token_weight/steer_mean": scalar(vw.mean()),
+            "token_weight/steer_omega_max": scalar(v.max()),
+        }
+
+
+@register("advantage", "aepo")
+@dataclass(frozen=True)
+class AEPOAdvantage:
+    """AEPO: GRPO advantages plus a REINFORCE term at an entropy-regulated temperature
+    (Arbitrary Entropy Policy Optimization, arXiv 2510.08141).
+
+    Temperature rule (``sampling_temperature``): T = T_high if H ≤ H_base else T_low, with H
+    the previous step's mean policy entropy (``policy/entropy``; 0 before the first step, so
+    step 1 samples at T_high, as the code). Advantage: GRPO's; then the first n rows (batch
+    order) with A > 0.05 get A = 1 on every token (one-sided REINFORCE), n = min(60, available),
+    halved when H > H_base.
+
+    Source: 597358816/AEPO ray_trainer.py (defaults T_high = 1.2, T_low = 0.8, H_base =
+    ``entropy_base`` = 0.5, ``reinforce_sample_num`` = 60). Adaptation: the code draws a *second*
+    rollout at T and swaps its positive samples (A := 1) for the first n samples of the T = 1
+    batch; here one rollout is drawn at the hook's temperature and n of its positive samples
+    carry A = 1, so the GRPO samples also come from π^T (the trainer must call the hook before
+    generation). Stateful: the last entropy is saved by ``state_dict()``.
+    """
+
+    scale_by_std: bool = True
+    eps: float = 1e-6
+    threshold: float = 0.05
+    sample_num: int = 60
+    entropy_base: float = 0.5
+    t_high: float = 1.2
+    t_low: float = 0.8
+    _state: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        self._state["entropy"] = 0.0
+
+    @property
+    def entropy(self) -> float:
+        return self._state["entropy"]
+
+    def sampling_temperature(self, metrics: dict[str, Any]) -> float:
+        h = float(metrics.get("policy/entropy", self.entropy))
+        return self.t_high if h <= self.entropy_base else self.t_low
+
+    def on_step_end(self, metrics: dict[str, Any]) -> None:
+        if "policy/entropy" in metrics:
+            self._state["entropy"] = float(metrics["policy/entropy"])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"entropy": self.entropy}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._state["entropy"] = float(state["entropy"])
+
+    def __call__(self, batch: RolloutBatch) -> tuple[Tensor, Metrics]:
+        adv, metrics = GroupNorm(scale_by_std=self.scale_by_std, eps=self.eps)(batch)  # [B, T]
+        mask = batch.completion_mask.float()
+        seq_adv = (adv * mask).sum(1) / mask.sum(1).clamp(min=1)  # [B]
+        pos = (seq_adv > self.threshold).nonzero(as_tuple=True)[0]
+        n = min(self.sample_num, int(pos.numel()))
+        if self.entropy > self.entropy_base:
+            n //= 2
+        chosen = pos[:n]
+        adv = adv.clone()
+        adv[chosen] = mask[chosen]  # A = 1 on every valid token of the REINFORCE samples
+        metrics["advantage/aepo_reinforce_frac"] = scalar(n / max(batch.size, 1))
+        return adv, metrics

@@ -1,0 +1,252 @@
+"""Sample selection of the T2 seeds: D³S sample-level down-sampling (with its schedule), PF-PPO
+policy filtration, and HPT's SFT/RL switch (with the advantage that gives its SFT rows A = 1).
+
+Selections run after rewards and before the advantage: ``sel(batch) -> (batch, metrics)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+from torch import Tensor
+
+from unipo.batch import RolloutBatch
+from unipo.parts.advantages import GroupNorm
+from unipo.parts.base import Metrics, group_index, scalar
+from unipo.parts.registry import part_name, register
+
+if TYPE_CHECKING:
+    from unipo.algorithms.base import Algorithm
+
+
+def _scores(batch: RolloutBatch, key: str | None, name: str) -> Tensor:  # [B]
+    if key is None:
+        if batch.rewards is None:
+            raise ValueError(f"{name} needs batch.rewards (or key= a metadata field)")
+        return batch.rewards.float()
+    if not batch.metadata or any(key not in m for m in batch.metadata):
+        raise ValueError(f"{name} key={key!r} must be present in every batch.metadata item")
+    return torch.tensor([float(m[key]) for m in batch.metadata])
+
+
+def linear_schedule(start: float, end: float, steps: int, step: int) -> float:
+    """start → end linearly over ``steps`` steps, then end (end at once when steps ≤ 0)."""
+    if steps <= 0:
+        return end
+    return start + (end - start) * min(step / steps, 1.0)
+
+
+def max_variance_subset(values: Tensor, k: int) -> Tensor:
+    """Indices of the size-k subset of ``values`` [G] with the largest (population) variance.
+
+    The optimum takes the j largest and k − j smallest values for some j (moving any chosen
+    value toward the extremes never lowers the variance), so j = 0..k is searched; ties go to
+    the smallest j. Values are ranked with a stable sort, so equal values keep index order.
+    """
+    g = values.numel()
+    k = min(k, g)
+    order = torch.sort(values, descending=True, stable=True).indices  # [G]
+    best, best_var = order[:k], -1.0
+    for j in range(k + 1):
+        idx = torch.cat([order[:j], order[g - (k - j) :]]) if k - j > 0 else order[:j]
+        var = float(values[idx].var(unbiased=False)) if idx.numel() > 1 else 0.0
+        if var > best_var + 1e-12:
+            best, best_var = idx, var
+    return torch.sort(best).values
+
+
+@register("selection", "d3s_samples")
+@dataclass(frozen=True)
+class D3SSamples:
+    """D³S sample-level down-sampling (Learning More with Less, arXiv 2509.22115).
+
+    Per group of G rollouts keep the k = max(min_keep, round(f·G)) whose advantages have the
+    largest variance Var(A). With the GRPO advantage A = (r − mean)/std of the group, Var(A)
+    of a subset is Var(r)/std², so the subset maximizing Var(r) is kept (see
+    ``max_variance_subset``). Schedule: f goes linearly from ``keep_start`` (aggressive) to
+    ``keep_end`` over ``schedule_steps`` steps, counted by ``on_step_end`` (stateful, saved by
+    ``state_dict()``). The advantage part then normalizes within the kept subset (the paper's
+    advantages come from the full group: same subset, different scale).
+    UNVERIFIED: abstract verified; the schedule's shape and the ratios (0.5 → 1.0 over 100
+    steps) are this library's choice, the paper's were not available.
+    """
+
+    keep_start: float = 0.5
+    keep_end: float = 1.0
+    schedule_steps: int = 100
+    min_keep: int = 2
+    key: str | None = None
+    _state: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        if not (0 < self.keep_start <= 1 and 0 < self.keep_end <= 1) or self.min_keep < 1:
+            raise ValueError(f"d3s_samples keep fractions must be in (0, 1] and min_keep ≥ 1, got {self}")
+        self._state["step"] = 0
+
+    @property
+    def keep_fraction(self) -> float:
+        return linear_schedule(self.keep_start, self.keep_end, self.schedule_steps, self._state["step"])
+
+    def on_step_end(self, metrics: dict[str, Any]) -> None:
+        self._state["step"] += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self._state["step"]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._state["step"] = int(state["step"])
+
+    def __call__(self, batch: RolloutBatch) -> tuple[RolloutBatch, Metrics]:
+        scores = _scores(batch, self.key, "d3s_samples")
+        idx, n = group_index(batch.group_ids)
+        frac = self.keep_fraction
+        keep: list[Tensor] = []
+        for g in range(n):
+            members = (idx == g).nonzero(as_tuple=True)[0]  # [G] row indices, batch order
+            k = max(self.min_keep, round(frac * members.numel()))
+            keep.append(members[max_variance_subset(scores[members], k)])
+        kept = torch.sort(torch.cat(keep)).values if keep else torch.zeros(0, dtype=torch.long)
+        return batch.select(kept), {
+            "selection/d3s_keep_fraction": scalar(frac),
+            "selection/d3s_kept_frac": scalar(kept.numel() / max(batch.size, 1)),
+        }
+
+
+@register("selection", "pf_filter")
+@dataclass(frozen=True)
+class PFFilter:
+    """PF-PPO policy filtration by reward reliability (Policy Filtration in RLHF to Fine-Tune LLM
+    for Code Generation, arXiv 2409.06957).
+
+    The reward model is most reliable at the extremes of its scale, so per prompt keep only:
+      "best_worst" (BW, default): the highest- and the lowest-reward response;
+      "best_random" (BR): the highest and one other drawn uniformly at random;
+      "best_of_n" (BoN): the highest only.
+    Ties go to the first row. BR's draw uses a CPU generator seeded with seed·1_000_003 +
+    group id (reruns select the same rows). Source: the paper's filtering strategies as recalled
+    (PAPER-recall; BR and BW were its strongest variants). verl implements PF-PPO instead as
+    batch-level resampling (``compute_pf_ppo_reweight_data``: "max_min" = BW-like weights 1/0,
+    "max_random" = 0.4/0.1, "pow" = |r|²), with replacement, over the whole batch.
+    """
+
+    rule: Literal["best_worst", "best_random", "best_of_n"] = "best_worst"
+    key: str | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.rule not in ("best_worst", "best_random", "best_of_n"):
+            raise ValueError(f"pf_filter rule must be best_worst|best_random|best_of_n, got {self.rule!r}")
+
+    def __call__(self, batch: RolloutBatch) -> tuple[RolloutBatch, Metrics]:
+        scores = _scores(batch, self.key, "pf_filter")
+        idx, n = group_index(batch.group_ids)
+        keep: list[int] = []
+        for g in range(n):
+            members = (idx == g).nonzero(as_tuple=True)[0].tolist()
+            s = scores[members]
+            best = members[int(torch.argmax(s))]
+            keep.append(best)
+            others = [m for m in members if m != best]
+            if not others or self.rule == "best_of_n":
+                continue
+            if self.rule == "best_worst":
+                keep.append(others[int(torch.argmin(scores[others]))])
+            else:
+                gid = int(batch.group_ids[members[0]])
+                gen = torch.Generator().manual_seed(self.seed * 1_000_003 + gid)
+                keep.append(others[int(torch.randint(len(others), (1,), generator=gen))])
+        keep.sort()
+        return batch.select(keep), {"selection/pf_kept_frac": scalar(len(keep) / max(batch.size, 1))}
+
+
+# ------------------------------------------------------------------ HPT
+SFT_KEY = "sft_target_ids"
+
+
+@register("selection", "hpt_switch")
+@dataclass(frozen=True)
+class HPTSwitch:
+    """HPT's switch between RL and SFT per prompt ("Towards a Unified View of LLM Post-Training",
+    arXiv 2509.04419, Hybrid Post-Training).
+
+    For each group, P = mean score of its G rollouts. If P > γ (``gate``) the group stays (RL,
+    α = 1); otherwise, when the items carry a demonstration, the rollouts are replaced by one
+    row whose completion is the demonstration (SFT, β = 1) and that the ``hpt`` advantage gives
+    A = 1 on every token: the surrogate's gradient is then −∇log π(y*), the SFT gradient
+    (on-policy ρ = 1; the paper's unified estimator with π_ref = 1 in the denominator).
+
+    Data contract: the demonstration is read from ``batch.metadata[i]["sft_target_ids"]``, a
+    list of token ids (parts cannot tokenize; the collect step must put it there). Without it
+    a failing group stays RL, so the part is a no-op on tasks without demonstrations.
+    Default γ = 0 (SFT only when all rollouts fail), as the paper's main runs (PAPER-recall).
+    """
+
+    gate: float = 0.0
+    key: str | None = None
+    sft_reward: float = 1.0
+
+    def check(self, algorithm: Algorithm) -> str | None:
+        if part_name(algorithm.advantage) != "hpt":
+            return "hpt_switch's SFT rows need advantage=hpt (A = 1 on demonstration tokens)"
+        return None
+
+    def _sft_row(self, batch: RolloutBatch, row: int, ids: list[int]) -> RolloutBatch:
+        one = batch.select([row])
+        comp = torch.tensor([ids], dtype=one.completion_ids.dtype)  # [1, L]
+        meta = dict(one.metadata[0]) if one.metadata else {}
+        meta.update(hpt_sft=True, completion=None)
+        return RolloutBatch(
+            prompt_ids=one.prompt_ids,
+            prompt_mask=one.prompt_mask,
+            completion_ids=comp,
+            completion_mask=torch.ones(comp.shape, dtype=torch.float32),
+            group_ids=one.group_ids,
+            truncated=torch.zeros(1, dtype=torch.bool),
+            rewards=torch.tensor([self.sft_reward]),
+            metadata=[meta],
+        )
+
+    def __call__(self, batch: RolloutBatch) -> tuple[RolloutBatch, Metrics]:
+        scores = _scores(batch, self.key, "hpt_switch")
+        idx, n = group_index(batch.group_ids)
+        keep: list[int] = []
+        sft_rows: list[RolloutBatch] = []
+        for g in range(n):
+            members = (idx == g).nonzero(as_tuple=True)[0].tolist()
+            demo = batch.metadata[members[0]].get(SFT_KEY) if batch.metadata else None
+            if float(scores[members].mean()) <= self.gate and demo:
+                sft_rows.append(self._sft_row(batch, members[0], list(demo)))
+            else:
+                keep.extend(members)
+        out = batch.select(keep)
+        if sft_rows:
+            out = RolloutBatch.concat([b for b in [out, *sft_rows] if b.size])
+        return out, {
+            "selection/hpt_sft_groups": scalar(float(len(sft_rows))),
+            "selection/hpt_rl_frac": scalar(1 - len(sft_rows) / max(n, 1)),
+        }
+
+
+@register("advantage", "hpt")
+@dataclass(frozen=True)
+class HPTAdvantage:
+    """HPT's advantage: GRPO's on RL rows, A = 1 on every token of an SFT row (``hpt_switch``).
+
+    A = (r − mean_G r)/(std_G r + ε) for rollouts (``group_norm``); A_t = 1 where
+    ``metadata["hpt_sft"]`` so that −A·ρ differentiates to the SFT gradient −∇log π(y*_t).
+    """
+
+    scale_by_std: bool = True
+    eps: float = 1e-6
+
+    def __call__(self, batch: RolloutBatch) -> tuple[Tensor, Metrics]:
+        adv, metrics = GroupNorm(scale_by_std=self.scale_by_std, eps=self.eps)(batch)
+        sft = torch.tensor(
+            [bool(m.get("hpt_sft")) for m in batch.metadata] if batch.metadata else [False] * batch.size
+        )
+        if sft.any():
+            adv = torch.where(sft[:, None].to(adv.device), batch.completion_mask.float(), adv)
+        metrics["advantage/hpt_sft_frac"] = scalar(sft.float().mean())
+        return adv, metrics

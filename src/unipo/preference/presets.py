@@ -1,0 +1,167 @@
+"""Preference presets: name → (loss with its defaults, optional data ordering, paper).
+
+A preset is a frozen composition like ``unipo.algorithms``'s: swap a parameter with
+``preset.with_params(loss={"beta": 0.05})``. Names are resolved here only (config / CLI edge).
+The trainer reads the parts' attributes (``needs_reference``, ``listwise``, ...), never names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from unipo.preference.losses import CDPO, DPO, FDPO, IPO, ORPO, RobustDPO, SimPO
+from unipo.preference.losses_t2 import CPL, INPO, SPPO, XPO, LiPOLambda, SparsePO
+from unipo.preference.pairs import CurriculumOrdering
+
+
+@dataclass(frozen=True)
+class PreferencePreset:
+    """A named preference method: its loss, an optional data ordering, the paper and its defaults."""
+
+    name: str
+    paper: str
+    loss: Any
+    ordering: Any = None  # callable examples -> stages (Curry-DPO), None: one shuffled stage
+    notes: str = ""
+
+    def parts(self) -> Iterator[Any]:
+        yield self.loss
+        if self.ordering is not None:
+            yield self.ordering
+
+    def any_part(self, attribute: str) -> bool:
+        return any(bool(getattr(p, attribute, False)) for p in self.parts())
+
+    @property
+    def needs_reference_model(self) -> bool:
+        """A π_ref copy must exist: for log-probs, reference samples, or an iterated reference."""
+        return self.any_part("needs_reference") or self.any_part("needs_reference_samples")
+
+    @property
+    def needs_lists(self) -> bool:
+        """On-policy data must come as ranked lists (listwise loss, or an ordering that pairs them)."""
+        return self.any_part("listwise") or self.any_part("needs_lists")
+
+    def with_params(
+        self, loss: dict[str, Any] | None = None, ordering: dict[str, Any] | None = None
+    ) -> PreferencePreset:
+        """This preset with loss / ordering parameters replaced (unknown names are errors)."""
+        changes: dict[str, Any] = {}
+        for attr, params in (("loss", loss), ("ordering", ordering)):
+            part = getattr(self, attr)
+            if not params:
+                continue
+            if part is None:
+                raise ValueError(f"preset {self.name!r} has no {attr} to set {sorted(params)} on")
+            allowed = {f.name for f in dataclasses.fields(part)}
+            bad = set(params) - allowed
+            if bad:
+                raise ValueError(
+                    f"preset {self.name!r}: unknown {attr} parameters {sorted(bad)}; "
+                    f"allowed: {sorted(allowed)}"
+                )
+            changes[attr] = dataclasses.replace(part, **params)
+        return dataclasses.replace(self, **changes)
+
+    def describe(self) -> dict[str, str]:
+        def one(p: Any) -> str:
+            params = ", ".join(f"{f.name}={getattr(p, f.name)!r}" for f in dataclasses.fields(p))
+            return f"{getattr(p, 'loss_name', type(p).__name__)}({params})"
+
+        out = {"name": self.name, "loss": one(self.loss), "paper": self.paper, "notes": self.notes}
+        if self.ordering is not None:
+            out["ordering"] = one(self.ordering)
+        return out
+
+
+PRESETS: dict[str, PreferencePreset] = {}
+
+
+def _add(*presets: PreferencePreset) -> None:
+    for p in presets:
+        if p.name in PRESETS:
+            raise ValueError(f"preference preset {p.name!r} registered twice")
+        PRESETS[p.name] = p
+
+
+_F = "Wang et al. 2023, Beyond Reverse KL (f-DPO), arXiv:2309.16240"
+_add(
+    PreferencePreset("dpo", "Rafailov et al. 2023, DPO, arXiv:2305.18290", DPO(0.1)),
+    PreferencePreset(
+        "cdpo", "Mitchell 2023, cDPO note (label-smoothed DPO)", CDPO(0.1, eps=0.1),
+        notes="ε = 0.1 is ours; biased towards h = 0, see robust_dpo",
+    ),
+    PreferencePreset(
+        "robust_dpo", "Chowdhury et al. 2024, Provably Robust DPO, arXiv:2403.00409",
+        RobustDPO(0.1, eps=0.1), notes="ε = label-flip probability; TRL suggests 0.1",
+    ),
+    PreferencePreset(
+        "ipo", "Azar et al. 2023, A General Theoretical Paradigm (IPO), arXiv:2310.12036", IPO(0.1),
+        notes="paper convention: per-sequence (summed) log-ratios",
+    ),
+    PreferencePreset(
+        "ipo_mean", "Azar et al. 2023 (IPO), TRL's ipo loss", IPO(0.1, length_normalized=True),
+        notes="TRL convention: log-ratios averaged over each response's tokens",
+    ),
+    PreferencePreset("f_dpo_reverse_kl", _F, FDPO(0.1, "reverse_kl"), notes="identical to dpo"),
+    PreferencePreset("f_dpo_forward_kl", _F, FDPO(0.1, "forward_kl")),
+    PreferencePreset("f_dpo_js", _F, FDPO(0.1, "js")),
+    PreferencePreset(
+        "f_dpo_alpha", _F, FDPO(0.1, "alpha", alpha=0.5),
+        notes="the paper's α (TRL's coefficient a = 1 − α); authors' default 0.5",
+    ),
+    PreferencePreset(
+        "simpo", "Meng et al. 2024, SimPO, arXiv:2405.14734", SimPO(2.0, 0.25),
+        notes="no reference model; β = 2.0, γ/β = 0.25 (authors' config)",
+    ),
+    PreferencePreset(
+        "orpo", "Hong et al. 2024, ORPO, arXiv:2403.07691", ORPO(0.1),
+        notes="no reference model; λ = 0.1 (Mistral-ORPO-β script, TRL)",
+    ),
+    PreferencePreset(
+        "sppo", "Wu et al. 2024, Self-Play Preference Optimization, arXiv:2405.00675", SPPO(0.001),
+        notes="reference = previous round's policy; paper: K = 5, 3 iterations, RMSprop lr 5e-7",
+    ),
+    PreferencePreset(
+        "inpo", "Zhang et al. 2024, Iterative Nash Policy Optimization, arXiv:2407.00617",
+        INPO(0.1, tau=0.01),
+        notes="reference = previous round's policy, anchor = initial model; β, τ ours (UNVERIFIED)",
+    ),
+    PreferencePreset(
+        "xpo", "Xie et al. 2024, Exploratory Preference Optimization, arXiv:2405.21046",
+        XPO(0.1, alpha=1e-5), notes="online: each pair = one policy and one reference sample",
+    ),
+    PreferencePreset(
+        "lipo", "Liu et al. 2024, LiPO: Listwise Preference Optimization, arXiv:2402.01878",
+        LiPOLambda(0.1), notes="listwise (ranked lists of K responses); β is ours",
+    ),
+    PreferencePreset(
+        "curry_dpo", "Pattnaik et al. 2024, Curry-DPO, arXiv:2403.07230", DPO(0.1),
+        ordering=CurriculumOrdering(3),
+        notes="DPO over curriculum stages, largest score gap first; reference = previous stage",
+    ),
+    PreferencePreset(
+        "sparse_po", "Christopoulou et al. 2024, SparsePO, arXiv:2410.05102", SparsePO(0.1),
+        notes="activation-mask variant without the sequence-KL term (see the loss docstring)",
+    ),
+    PreferencePreset(
+        "cpl", "Hejna et al. 2023, Contrastive Preference Learning, arXiv:2310.13639",
+        CPL(0.1, lam=0.5), notes="no reference model; α = 0.1, λ = 0.5 (authors' defaults)",
+    ),
+)  # fmt: skip
+
+
+def get_preset(name: str) -> PreferencePreset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown preference preset {name!r}; allowed: {', '.join(sorted(PRESETS))}"
+        ) from None
+
+
+def list_presets() -> list[PreferencePreset]:
+    return [PRESETS[k] for k in sorted(PRESETS)]
