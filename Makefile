@@ -24,5 +24,15 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks examples
 
+TRL_VENV ?= benchmarks/.venv-trl
+
+$(TRL_VENV)/.installed: benchmarks/setup_trl_env.sh $(STAMP)
+	VENV=$(TRL_VENV) UNIPO_PY=$(PY) bash benchmarks/setup_trl_env.sh
+	touch $@
+
+# CPU benchmarks side by side with TRL's GRPOTrainer; results in benchmarks/results/*.json
+bench: $(STAMP) $(TRL_VENV)/.installed
+	$(PY) benchmarks/vs_trl.py --trl-python $(TRL_VENV)/bin/python
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(TRL_VENV) runs .pytest_cache

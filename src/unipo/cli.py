@@ -1,4 +1,4 @@
-"""Command line: ``unipo train | eval | report | algorithms | demo | config-help``."""
+"""Command line: ``unipo train | preference | eval | report | compare | algorithms | demo | config-help``."""
 
 from __future__ import annotations
 
@@ -103,6 +103,57 @@ def report(
         _fail(str(e))
         return
     console.print(f"report: {path}")
+
+
+@app.command()
+def compare(spec: Annotated[str, typer.Argument(help="Spec YAML: base, variants, seeds, output_dir.")]) -> None:
+    """Run each (variant, seed) as a run directory; write compare.html/.json with 95% intervals."""
+    from unipo.diagnostics.compare import CompareError, compare_main
+
+    try:
+        console.print(f"comparison report: {compare_main(spec, console=console)}")
+    except (CompareError, FileNotFoundError) as e:
+        _fail(str(e))
+
+
+@app.command()
+def preference(
+    config: Annotated[str | None, typer.Argument(help="YAML config file (optional).")] = None,
+    overrides: Annotated[list[str] | None, typer.Argument(help="dotted key=value overrides")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Write into a non-empty run directory.")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue from the newest checkpoint (round ends).")] = False,
+    presets: Annotated[bool, typer.Option("--presets", help="List the preference presets and exit.")] = False,
+) -> None:
+    """Preference optimization: ``unipo preference CONFIG.yaml model.path=DIR loss.preset=ipo``."""
+    from unipo.config import ConfigError
+    from unipo.preference import list_presets, load_preference_config
+    from unipo.preference.trainer import PreferenceTrainer, PreferenceTrainingError
+    from unipo.train.run_dir import RunDirError
+
+    if presets:
+        table = Table(show_lines=True, title="unipo preference presets")
+        for col in ("name", "loss (defaults)", "paper / notes"):
+            table.add_column(col, overflow="fold")
+        for p in list_presets():
+            d = p.describe()
+            loss = d["loss"] + (f"\nordering: {d['ordering']}" if "ordering" in d else "")
+            table.add_row(d["name"], loss, d["paper"] + (f"\n{d['notes']}" if d["notes"] else ""))
+        console.print(table)
+        return
+    args = list(overrides or [])
+    if config is not None and "=" in config:  # no file, only overrides
+        args.insert(0, config)
+        config = None
+    if overwrite:
+        args.append("train.overwrite=true")
+    if resume:
+        args.append("train.resume=true")
+    try:
+        summary = PreferenceTrainer(load_preference_config(config, args), console=console).train()
+    except (ConfigError, RunDirError, PreferenceTrainingError, FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+        return
+    console.print({k: round(v, 4) if isinstance(v, float) else v for k, v in summary.items() if k != "last"})
 
 
 @app.command()

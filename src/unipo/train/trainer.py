@@ -10,6 +10,7 @@ import contextlib
 import copy
 import functools
 import logging
+import math
 import time
 import traceback as tb_module
 from collections.abc import Callable
@@ -23,6 +24,8 @@ from rich.console import Console
 from unipo.algorithms.base import Algorithm
 from unipo.batch import RolloutBatch
 from unipo.config import Config, build_algorithm
+from unipo.diagnostics.entropy import EntropyDynamics
+from unipo.parts.base import masked_mean
 from unipo.rollout.hf import HFEngine
 from unipo.train.checkpoint import (
     latest_checkpoint,
@@ -35,7 +38,7 @@ from unipo.train.collect import PromptSampler, collect
 from unipo.train.critic import Critic
 from unipo.train.evaluate import EvalSet, encode_prompts, evaluate
 from unipo.train.loggers import MultiLogger, make_loggers
-from unipo.train.logprobs import batched_logprobs
+from unipo.train.logprobs import batched_logprobs_with_stats
 from unipo.train.run_dir import (
     clear_run_outputs,
     environment_info,
@@ -145,6 +148,8 @@ class Trainer:
         self.run_dir: Path | None = None
         self._reported_traceback = False
         self._nonfinite_run = 0
+        self._last_metrics: dict[str, float] = {}
+        self.entropy_dynamics = EntropyDynamics()
 
     # ------------------------------------------------------------------ phases
     def _prompts(self, k: int) -> tuple[list[dict[str, Any]], list[list[int]], list[str]]:
@@ -152,24 +157,31 @@ class Trainer:
         ids, texts = self._encode(examples)
         return examples, ids, texts
 
-    def _logprob_pass(self, model: torch.nn.Module, batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    def _logprob_pass(
+        self, model: torch.nn.Module, batch: RolloutBatch, stats: tuple[str, ...] = ()
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """No-grad log-probs [B, T], entropies [B, T] and named per-token stats, on the CPU."""
         b = batch.trim().to(self.device)
         t_full = batch.completion_ids.shape[1]
-        lp, ent = batched_logprobs(
-            model,
-            b.input_ids,
-            b.attention_mask,
-            b.completion_mask,
+        lp, ent, st = batched_logprobs_with_stats(
+            model, b.input_ids, b.attention_mask, b.completion_mask,
             micro_batch=self.cfg.optim.micro_batch_size,
-            temperature=self.cfg.rollout.sampling.temperature,
-        )
+            temperature=self.cfg.rollout.sampling.temperature, stats=stats,
+        )  # fmt: skip
         pad = t_full - lp.shape[1]
-        return torch.nn.functional.pad(lp.cpu(), (0, pad)), torch.nn.functional.pad(ent.cpu(), (0, pad))
+
+        def padded(v: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.pad(v.cpu(), (0, pad))  # [B, T_full]
+
+        return padded(lp), padded(ent), {k: padded(v) for k, v in st.items()}
 
     def run_step(self) -> dict[str, float]:
         cfg = self.cfg
         t_step = time.perf_counter()
         examples, ids, texts = self._prompts(cfg.rollout.prompts_per_step)
+        sampling = cfg.rollout.sampling  # a part may steer the rollout temperature (AEPO)
+        if (temperature := self.algorithm.sampling_temperature(self._last_metrics)) is not None:
+            sampling = sampling.model_copy(update={"temperature": temperature})
         batch, metrics, times, traceback = collect(
             engine=self.engine,
             reward_set=self.reward_set,
@@ -178,7 +190,7 @@ class Trainer:
             prompt_ids=ids,
             prompt_texts=texts,
             group_size=cfg.rollout.group_size,
-            sampling=cfg.rollout.sampling,
+            sampling=sampling,
             max_refill_rounds=cfg.rollout.max_refill_rounds,
             more=self._prompts,
             next_group_id=self.next_group_id,
@@ -187,19 +199,22 @@ class Trainer:
             int(batch.group_ids.max()) + 1 if batch.size else self.next_group_id + len(examples)
         )
         self._check_reward_failures(metrics, traceback)
+        metrics["rollout/temperature"] = sampling.temperature
         metrics.update(batch_metrics(batch))
         if batch.size == 0:
             self.console.print(f"[yellow]step {self.step}: no usable completions; skipping the update[/]")
             metrics.update(times)
+            self._last_metrics = metrics
             return metrics
         t0 = time.perf_counter()
         off_policy = cfg.optim.epochs > 1 or cfg.optim.minibatches > 1
+        old_stats = None
         if off_policy or self.algorithm.any_part("needs_old_logprobs"):  # else π_old = sg(π_θ): no extra pass
-            old_lp, old_ent = self._logprob_pass(self.model, batch)
+            old_lp, old_ent, old_stats = self._logprob_pass(self.model, batch, self.algorithm.old_token_stats)
             batch = batch.replace(old_logprobs=old_lp, entropies=old_ent)
         if self.ref_model is not None:
             with self.model.disable_adapter() if self.ref_model is self.model else contextlib.nullcontext():
-                ref_lp, _ = self._logprob_pass(self.ref_model, batch)
+                ref_lp, _, _ = self._logprob_pass(self.ref_model, batch)
             batch = batch.replace(ref_logprobs=ref_lp)
         times["time/logprobs"] = time.perf_counter() - t0
         if self.critic is not None:
@@ -220,10 +235,15 @@ class Trainer:
         )
         upd, skipped = update_policy(
             self.model, self.optimizer, self.scheduler, self.algorithm, batch, settings,
-            step=self.step, generator=self.update_rng,
+            step=self.step, generator=self.update_rng, old_stats=old_stats,
         )  # fmt: skip
         times["time/update"] = time.perf_counter() - t0
         metrics.update(upd)
+        # first-order predicted entropy change (Cui et al.) beside the measured one, paired over steps
+        h_before = upd.get("entropy/mean", math.nan)  # one on-policy step: the update's first pass is π_old
+        if batch.entropies is not None:
+            h_before = float(masked_mean(batch.entropies, batch.completion_mask))
+        metrics.update(self.entropy_dynamics.step(h_before, upd.get("entropy/pred_change", math.nan), None))
         self._nonfinite_run = self._nonfinite_run + 1 if skipped else 0
         if self._nonfinite_run >= cfg.train.max_nonfinite_steps:
             raise TrainingError(
@@ -235,6 +255,7 @@ class Trainer:
         metrics["time/step"] = time.perf_counter() - t_step
         metrics["optim/lr"] = self.scheduler.get_last_lr()[0]
         metrics["memory/peak_mb"] = peak_memory_mb(self.device)
+        self._last_metrics = metrics
         return metrics
 
     def _check_reward_failures(self, metrics: dict[str, float], traceback: str | None) -> None:
@@ -277,6 +298,8 @@ class Trainer:
             "update_rng": self.update_rng.get_state(),
             "algorithm": self.algorithm.state_dict(),
             "nonfinite_run": self._nonfinite_run,
+            "entropy_dynamics": self.entropy_dynamics.state_dict(),
+            "last_metrics": self._last_metrics,
         }
         return optim, state
 
@@ -306,6 +329,8 @@ class Trainer:
         self.update_rng.set_state(state["update_rng"])
         self.algorithm.load_state_dict(state["algorithm"])
         self._nonfinite_run = int(state["nonfinite_run"])
+        self.entropy_dynamics.load_state_dict(state["entropy_dynamics"])
+        self._last_metrics = dict(state["last_metrics"])
         set_rng_state(state["rng"])
 
     # ------------------------------------------------------------------ the loop

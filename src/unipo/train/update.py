@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from unipo.algorithms.base import Algorithm, policy_loss
 from unipo.batch import RolloutBatch
+from unipo.diagnostics.entropy import entropy_diagnostics, ratio_stats
 from unipo.parts.base import LossInputs
 from unipo.train.logprobs import completion_logprobs, completion_logprobs_with_stats
 
@@ -77,6 +78,8 @@ def update_policy(
     skipped = 0
     params = [p for p in model.parameters() if p.requires_grad]
     model.train()
+    eps_low = getattr(algorithm.surrogate, "eps_low", math.inf)  # for the clip-fraction diagnostics
+    eps_high = getattr(algorithm.surrogate, "eps_high", math.inf)
     for _epoch in range(settings.epochs):
         order = torch.randperm(batch.size, generator=generator)
         for mb_idx in order.chunk(settings.minibatches):
@@ -147,6 +150,13 @@ def update_policy(
                 acc["policy/entropy"].append(
                     (ent.detach() * micro.completion_mask).sum() / micro.completion_mask.sum().clamp(min=1)
                 )
+                with torch.no_grad():
+                    diag = ratio_stats(x.ratio, x.mask, x.advantages, eps_low, eps_high)
+                    if _epoch == 0:  # nearest π_old: the state the first-order prediction is about
+                        diag.update(entropy_diagnostics(ent.detach(), logp.detach(), x.advantages, x.mask))
+                for k, v in diag.items():
+                    if math.isfinite(v):  # e.g. pos_share is NaN when every advantage is 0
+                        acc[k].append(torch.tensor(v))
                 for k, v in metrics.items():
                     acc[k].append(torch.as_tensor(v).detach())
             grad_norm = (
