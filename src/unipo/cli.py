@@ -106,7 +106,9 @@ def report(
 
 
 @app.command()
-def compare(spec: Annotated[str, typer.Argument(help="Spec YAML: base, variants, seeds, output_dir.")]) -> None:
+def compare(
+    spec: Annotated[str, typer.Argument(help="Spec YAML: base, variants, seeds, output_dir.")],
+) -> None:
     """Run each (variant, seed) as a run directory; write compare.html/.json with 95% intervals."""
     from unipo.diagnostics.compare import CompareError, compare_main
 
