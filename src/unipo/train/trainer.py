@@ -277,11 +277,13 @@ class Trainer:
         cfg = self.cfg
         sampling = cfg.rollout.sampling.model_copy(update={"temperature": cfg.eval.temperature})
         path = self.run_dir / "samples.jsonl" if self.run_dir else None
-        return evaluate(
-            self.model, self.engine, self.task_reward, self.eval_set,
-            samples=cfg.eval.samples, sampling=sampling, ks=cfg.eval.ks, greedy=cfg.eval.greedy,
-            micro_batch=cfg.optim.micro_batch_size, samples_path=path, tag=tag,
-        )  # fmt: skip
+        n = len(self.eval_set.examples)
+        with self.console.status(f"[bold]evaluating[/] {n} held-out prompts × {cfg.eval.samples} samples"):
+            return evaluate(
+                self.model, self.engine, self.task_reward, self.eval_set,
+                samples=cfg.eval.samples, sampling=sampling, ks=cfg.eval.ks, greedy=cfg.eval.greedy,
+                micro_batch=cfg.optim.micro_batch_size, samples_path=path, tag=tag,
+            )  # fmt: skip
 
     # ------------------------------------------------------------------ the loop
     # ------------------------------------------------------------------ checkpoints
@@ -308,9 +310,10 @@ class Trainer:
         assert self.run_dir is not None
         optim, state = self.state()
         try:
-            return save_checkpoint(
-                self.run_dir, self.step, self.model, optim, state, self.cfg.train.keep_last
-            )
+            with self.console.status(f"[bold]checkpointing[/] step {self.step}"):
+                return save_checkpoint(
+                    self.run_dir, self.step, self.model, optim, state, self.cfg.train.keep_last
+                )
         except OSError as e:
             self.console.print(
                 f"[red]checkpoint at step {self.step} failed ({e}); the previous one is intact[/]"
