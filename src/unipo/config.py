@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from unipo.rollout.base import SamplingParams
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class _Strict(BaseModel):
@@ -214,7 +216,8 @@ def apply_override(data: dict[str, Any], dotted: str) -> None:
     cur[parts[-1]] = value
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+def validate_yaml(model: type[M], path: str | Path | None, overrides: list[str] | None) -> M:
+    """YAML file (optional) + dotted ``key=value`` overrides → a validated ``model`` instance."""
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
@@ -227,9 +230,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     for o in overrides or []:
         apply_override(data, o)
     try:
-        cfg = Config.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(format_validation_error(e)) from None
+        raise ConfigError(format_validation_error(e, model)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    cfg = validate_yaml(Config, path, overrides)
     if cfg.task.eval_size and cfg.task.eval_seed == cfg.task.train_seed:
         raise ConfigError(
             "task.eval_seed must differ from task.train_seed (held-out prompts need another seed)"

@@ -10,8 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from unipo.config import (
     ConfigError,
@@ -19,8 +18,7 @@ from unipo.config import (
     ModelConfig,
     RewardTerm,
     TaskConfig,
-    apply_override,
-    format_validation_error,
+    validate_yaml,
 )
 from unipo.rollout.base import SamplingParams
 
@@ -146,21 +144,7 @@ def load_preference_config(
     path: str | Path | None = None, overrides: list[str] | None = None
 ) -> PreferenceConfig:
     """YAML file (optional) + dotted ``key=value`` overrides → a validated ``PreferenceConfig``."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        loaded = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {p} must hold a mapping at the top level")
-        data = loaded
-    for o in overrides or []:
-        apply_override(data, o)
-    try:
-        cfg = PreferenceConfig.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(format_validation_error(e, PreferenceConfig)) from None
+    cfg = validate_yaml(PreferenceConfig, path, overrides)
     if cfg.task is not None and cfg.task.eval_size and cfg.task.eval_seed == cfg.task.train_seed:
         raise ConfigError(
             "task.eval_seed must differ from task.train_seed (held-out prompts need another seed)"
