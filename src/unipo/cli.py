@@ -15,6 +15,21 @@ app = typer.Typer(
 console = Console()
 
 
+def _run_args(
+    config: str | None, overrides: list[str] | None, *, overwrite: bool, resume: bool
+) -> tuple[str | None, list[str]]:
+    """(config file or None, dotted overrides): a first argument with '=' is an override, not a file."""
+    args = list(overrides or [])
+    if config is not None and "=" in config:
+        args.insert(0, config)
+        config = None
+    if overwrite:
+        args.append("train.overwrite=true")
+    if resume:
+        args.append("train.resume=true")
+    return config, args
+
+
 def _fail(msg: str) -> None:
     console.print(f"[bold red]error:[/] {msg}")
     raise typer.Exit(code=2)
@@ -35,14 +50,7 @@ def train(
     from unipo.train.signals import Interrupted
     from unipo.train.trainer import Trainer, TrainingError
 
-    args = list(overrides or [])
-    if config is not None and "=" in config:  # no file, only overrides
-        args.insert(0, config)
-        config = None
-    if overwrite:
-        args.append("train.overwrite=true")
-    if resume:
-        args.append("train.resume=true")
+    config, args = _run_args(config, overrides, overwrite=overwrite, resume=resume)
     try:
         cfg = load_config(config, args)
         summary = Trainer(cfg, console=console).train()
@@ -142,14 +150,7 @@ def preference(
             table.add_row(d["name"], loss, d["paper"] + (f"\n{d['notes']}" if d["notes"] else ""))
         console.print(table)
         return
-    args = list(overrides or [])
-    if config is not None and "=" in config:  # no file, only overrides
-        args.insert(0, config)
-        config = None
-    if overwrite:
-        args.append("train.overwrite=true")
-    if resume:
-        args.append("train.resume=true")
+    config, args = _run_args(config, overrides, overwrite=overwrite, resume=resume)
     try:
         summary = PreferenceTrainer(load_preference_config(config, args), console=console).train()
     except (ConfigError, RunDirError, PreferenceTrainingError, FileNotFoundError, ValueError) as e:

@@ -19,13 +19,13 @@ Bad data, handled the same way for every source:
 
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from unipo.preference.batch import PreferenceExample
+from unipo.tasks.sources import read_jsonl
 
 Row = tuple[str, dict[str, Any]]  # (where the row came from, e.g. "pairs.jsonl line 3", the row)
 
@@ -38,21 +38,7 @@ def read_rows(path: str | Path, fmt: str = "auto", split: str | None = None) -> 
     if fmt == "auto":
         fmt = "disk" if p.is_dir() else "parquet" if p.suffix == ".parquet" else "jsonl"
     if fmt == "jsonl":
-        rows = []
-        with p.open(encoding="utf-8") as f:
-            for lineno, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{p.name} line {lineno}: invalid JSON: {err}") from err
-                if not isinstance(row, dict):
-                    raise ValueError(
-                        f"{p.name} line {lineno}: expected a JSON object, got {type(row).__name__}"
-                    )
-                rows.append((f"{p.name} line {lineno}", row))
-        return rows
+        return [(f"{p.name} line {lineno}", row) for lineno, row in read_jsonl(p)]
     if fmt == "parquet":
         try:
             import pyarrow.parquet as pq

@@ -140,6 +140,23 @@ class ReasoningGymTask:
         return score
 
 
+def read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line; bad JSON or a non-object names the line."""
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{lineno}: invalid JSON: {err}") from err
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+            rows.append((lineno, row))
+    return rows
+
+
 @dataclass
 class JsonlTask:
     """Examples from a JSON-lines file, one object per line, scored by math equivalence."""
@@ -161,25 +178,16 @@ class JsonlTask:
         if not path.is_file():
             raise FileNotFoundError(f"JSONL task file not found: {str(path)!r}")
         rows = []
-        with path.open(encoding="utf-8") as f:
-            for lineno, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}:{lineno}: invalid JSON: {err}") from err
-                if not isinstance(row, dict):
-                    raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-                for column in (self.prompt_column, self.answer_column):
-                    if column not in row:
-                        raise ValueError(
-                            f"{path}:{lineno}: missing column {column!r}; columns present: {sorted(row)}"
-                        )
-                question, answer = row.pop(self.prompt_column), row.pop(self.answer_column)
-                if not isinstance(question, str):
-                    raise ValueError(f"{path}:{lineno}: column {self.prompt_column!r} must be a string")
-                rows.append({**row, "question": question, "answer": str(answer)})
+        for lineno, row in read_jsonl(path):
+            for column in (self.prompt_column, self.answer_column):
+                if column not in row:
+                    raise ValueError(
+                        f"{path}:{lineno}: missing column {column!r}; columns present: {sorted(row)}"
+                    )
+            question, answer = row.pop(self.prompt_column), row.pop(self.answer_column)
+            if not isinstance(question, str):
+                raise ValueError(f"{path}:{lineno}: column {self.prompt_column!r} must be a string")
+            rows.append({**row, "question": question, "answer": str(answer)})
         return rows
 
     def examples(self, n: int, seed: int) -> list[dict[str, Any]]:
