@@ -116,6 +116,7 @@ def run_unipo(spec: dict) -> dict:
         f"optim.lr={s['lr']}", "optim.epochs=1", "optim.minibatches=1",
         f"optim.micro_batch_size={s['micro']}", f"optim.max_grad_norm={s['max_grad_norm']}",
         f"train.seed={s['seed']}", f"train.output_dir={s['scratch']}",
+        "train.entropy_change=lagged",  # TRL has no post-update re-scoring pass; lagged pairing is free
     ]  # fmt: skip
     t0 = time.perf_counter()
     trainer = Trainer(load_config(None, overrides), extra_rewards=[("bench", bench_reward, 1.0)])

@@ -46,7 +46,7 @@ def base_config(model_dir: Path) -> dict:
 def test_spec_rejects_unknown_keys_clearly(tmp_path):
     p = write_spec(tmp_path / "s.yaml", variants={"a": []}, output_dir="out", paralel=2)
     with pytest.raises(
-        CompareError, match=r"unknown key 'paralel'; allowed here: base, output_dir, parallel"
+        CompareError, match=r"unknown key 'paralel'; allowed here: base, baseline, output_dir, parallel"
     ):
         load_spec(p)
     with pytest.raises(CompareError, match="seeds must be distinct"):
@@ -117,7 +117,7 @@ def test_report_table_law_and_plots(tmp_path):
     cells = [fake_cell(tmp_path, "grpo", 0, 0.2, (0.1, 0.9)), fake_cell(tmp_path, "grpo", 1, 0.4, (0.1, 0.9)),
              fake_cell(tmp_path, "kl_cov", 0, 0.5, (0.2, 1.0), selected=True)]  # fmt: skip
     variants = {"grpo": ["algorithm.name=grpo"], "kl_cov": ["algorithm.name=kl_cov"]}
-    spec = CompareSpec(output_dir=str(tmp_path), seeds=[0, 1], variants=variants)
+    spec = CompareSpec(output_dir=str(tmp_path), seeds=[0, 1], variants=variants, baseline="grpo")
     page = write_compare_report(spec, cells)
     data = json.loads((tmp_path / "compare.json").read_text())
     acc = data["table"]["grpo"]["accuracy"]
@@ -141,6 +141,13 @@ def test_report_table_law_and_plots(tmp_path):
             f"src='plots/{name}.png'" in text and (tmp_path / "plots" / f"{name}.png").stat().st_size > 5000
         )
     assert "grpo/seed1/report.html" in text
+    # kl_cov's one seed (0.5) minus grpo's mean accuracy (0.3): +0.2, no interval from one seed
+    gap = data["baseline_gaps"]["kl_cov"]["accuracy"]
+    assert gap["diff"] == pytest.approx(0.2) and gap["lo"] is None and "Difference from grpo" in text
+    # entropy falls 0.1 per step over 6 steps: the last 3 steps' mean is 0.3 below the first 3's
+    assert data["dynamics"]["grpo"]["entropy_change"]["mean"] == pytest.approx(-0.3)
+    with pytest.raises(ValueError, match="baseline 'ppo' is not a variant"):
+        CompareSpec(output_dir="o", variants=variants, baseline="ppo")
 
 
 # ------------------------------------------------------------------ end to end (subprocesses)

@@ -154,3 +154,22 @@ def test_tensorboard_logger_and_report(tiny_model_dir, tmp_path):
     assert events and events[0].stat().st_size > 0
     html = (run / "report.html").read_text()
     assert "run" in html and (run / "plots" / "reward.png").stat().st_size > 5000
+
+
+@pytest.mark.parametrize("mode", ["exact", "lagged", "none"])
+def test_entropy_change_modes(tiny_model_dir, tmp_path, mode):
+    # lr ≈ 0 leaves π_θ unchanged, so the exact mode (same batch re-scored after the update)
+    # must measure ΔH = 0 up to float noise; lagged pairs two different batches (a nonzero ΔH).
+    cfg = cfg_for(tiny_model_dir, tmp_path / "run", "optim.lr=1e-12", f"train.entropy_change={mode}",
+                  "train.save_final=false", "task.eval_size=0")  # fmt: skip
+    Trainer(cfg, extra_rewards=[("parity", _parity, 1.0)]).train()
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "loss/total" in r]
+    measured = [r.get("entropy/change_measured") for r in steps]
+    if mode == "exact":
+        assert all(m is not None and abs(m) < 1e-5 for m in measured), measured
+        assert all("time/entropy_rescore" in r for r in steps)
+    elif mode == "lagged":
+        assert measured[0] is None and measured[1] is not None and abs(measured[1]) > 1e-4
+    else:
+        assert measured == [None, None] and "entropy/dyn_corr" not in steps[0]

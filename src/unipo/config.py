@@ -120,6 +120,14 @@ class OptimConfig(_Strict):
     epochs: int = Field(1, gt=0, description="μ: passes over each rollout batch.")
     minibatches: int = Field(1, gt=0, description="Optimizer steps per epoch (the batch is split evenly).")
     micro_batch_size: int = Field(64, gt=0, description="Rows per forward/backward (gradient accumulation).")
+    shared_prompt: bool = Field(
+        True,
+        description="Run each prompt once per micro-batch and share its KV cache with the group's G "
+        "completions, in the training, old and reference log-prob passes (same log-probs, less compute). "
+        "Minibatches then shuffle whole groups instead of rows. Unsupported models (gradient "
+        "checkpointing while training, sliding-window or flash attention, untested architectures) "
+        "run the plain pass.",
+    )
     critic_lr: float = Field(1e-5, gt=0, description="Critic learning rate (presets with a critic: ppo).")
 
 
@@ -154,6 +162,12 @@ class TrainConfig(_Strict):
         3, gt=0, description="Stop after this many consecutive non-finite losses."
     )
     threads: int = Field(0, ge=0, description="torch CPU threads (0: leave torch's default).")
+    entropy_change: Literal["exact", "lagged", "none"] = Field(
+        "exact",
+        description="Measured entropy change beside the predicted one (entropy/change_*): 'exact' "
+        "re-scores the step's batch after the update (one extra no-grad forward pass); 'lagged' "
+        "compares consecutive steps' batches (free, noisier: different prompts); 'none' skips it.",
+    )
 
 
 class Config(_Strict):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,6 +67,12 @@ class Algorithm:
     def needs_entropy_grad(self) -> bool:
         return self.any_part("needs_entropy_grad")
 
+    @property
+    def needs_demonstrations(self) -> bool:
+        """Some part (HPT's switch) reads ``metadata["sft_target_ids"]``: the task's demonstration
+        tokens (answer + EOS), which the collect step then fills for every row."""
+        return self.any_part("needs_demonstrations")
+
     def _stat_names(self, attribute: str) -> tuple[str, ...]:
         return tuple(sorted({name for p in self.parts() for name in getattr(p, attribute, ())}))
 
@@ -95,6 +101,32 @@ class Algorithm:
         if len(set(asked.values())) > 1:
             raise ValueError(f"algorithm {self.name!r}: parts ask for different rollout temperatures {asked}")
         return next(iter(asked.values()), None)
+
+    def token_temperature_fn(self, base_temperature: float) -> Callable[[Tensor], Tensor] | None:
+        """The per-token rollout temperature rule of the part that has one, bound to T₀.
+
+        A part's ``token_temperature(entropy [N], base_temperature) -> temperature [N]`` (HAPO's
+        adaptive temperature sampling) becomes ``entropy -> temperature``, the shape of
+        ``SamplingParams.token_temperature``; a part switches it off with a false
+        ``adaptive_temperature`` attribute. None when no part has an active rule; two parts
+        with one is an error (their rules would not compose).
+        """
+        parts = [
+            p
+            for p in self.parts()
+            if callable(getattr(p, "token_temperature", None)) and getattr(p, "adaptive_temperature", True)
+        ]
+        if len(parts) > 1:
+            names = [part_name(p) for p in parts]
+            raise ValueError(f"algorithm {self.name!r}: several parts set per-token temperatures {names}")
+        if not parts:
+            return None
+        rule = parts[0].token_temperature
+
+        def token_temperature(entropy: Tensor) -> Tensor:  # [N] → [N]
+            return rule(entropy, base_temperature)
+
+        return token_temperature
 
     def replace(self, **changes: Any) -> Algorithm:
         return dataclasses.replace(self, **changes)

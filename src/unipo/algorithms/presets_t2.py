@@ -114,8 +114,9 @@ hpt = register_algorithm(
         selections=(HPTSwitch(gate=0.0),),
         surrogate=PPOClip(eps_low=0.2, eps_high=0.2),
         aggregate=TokenMean(),
-        notes="per prompt: RL (GRPO) when the group's accuracy > γ=0, else SFT on the demonstration "
-        "(metadata 'sft_target_ids'); without demonstrations it is GRPO",
+        notes="per prompt: RL (GRPO) when the group's accuracy > γ=0, else one SFT row on the task's "
+        "demonstration (its reference answer or 'demonstration' column + EOS, tokenized as the SFT warm "
+        "start and cut to max_new_tokens) with A=1; examples without one stay RL",
     )
 )
 
@@ -150,14 +151,15 @@ bapo_code = register_algorithm(
 hapo = register_algorithm(
     dapo.replace(
         name="hapo",
-        paper="From Uniform to Heterogeneous: Tailoring Policy Optimization to Every Token's Nature (HAPO)",
+        paper="From Uniform to Heterogeneous: Tailoring Policy Optimization to Every Token's Nature "
+        "(HAPO), arXiv 2509.16591",
         surrogate=HAPOClip(eps_low=0.2, eps_high=0.2, pivot=0.8, dual_clip=10.0),
-        notes="DAPO base (dynamic sampling, overlong buffer) with entropy-adaptive asymmetric clipping "
-        "and advantage redistribution (α=β=1, pivot 0.8, ε 0.2/0.2, dual clip 10; script: G=16, 512 "
-        "prompts, mini-batch 32, lr 1e-6, 10 warmup steps, weight decay 0.1); not carried: the "
-        "token-level group-average advantage (an advantage part) and adaptive temperature "
-        "sampling (needs a per-token temperature hook in the rollout engine); the authors note "
-        "sensitivity to the overlong penalty",
+        notes="DAPO base (dynamic sampling, overlong buffer) with entropy-adaptive asymmetric clipping, "
+        "advantage redistribution and adaptive temperature sampling of training rollouts "
+        "(T_t = T₀(1 + 0.05·ĥ_t) from the last step's entropy normalization; π_old stays at T₀, as the "
+        "code) (α=β=1, pivot 0.8, ε 0.2/0.2, dual clip 10; script: T₀=1, G=16, 512 prompts, mini-batch "
+        "32, lr 1e-6, 10 warmup steps, weight decay 0.1); not carried: the token-level group-average "
+        "advantage (an advantage part); the authors note sensitivity to the overlong penalty",
     )
 )
 

@@ -18,7 +18,6 @@ selections such as dynamic sampling, which bias ``reward/mean`` towards 0.5), el
 
 from __future__ import annotations
 
-import html
 import json
 import math
 import os
@@ -34,22 +33,17 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from matplotlib.ticker import MaxNLocator
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from rich.console import Console
 
 from unipo.config import build_algorithm, format_validation_error, load_config
+from unipo.diagnostics.compare_report import CURVES, plots, render_html
+from unipo.diagnostics.findings import baseline_gaps, variant_dynamics
 from unipo.diagnostics.law import fit_entropy_law
-from unipo.diagnostics.plots import load_metrics, plt
+from unipo.diagnostics.plots import load_metrics
 from unipo.diagnostics.stats import bootstrap_ci, mean_band
 from unipo.train.run_dir import atomic_write_text, write_json
 
-CURVES = {  # plot name → (metric key, y label)
-    "reward": ("reward/mean", "training reward (all samples)"),
-    "accuracy": ("eval/accuracy", "held-out accuracy"),
-    "entropy": ("policy/entropy", "token entropy (nats)"),
-    "length": ("response/length_mean", "response length (tokens)"),
-}
 FINALS = {  # table column → summary.json key (held-out eval after training) or last:<training metric>
     "accuracy": "after/accuracy",
     "greedy_accuracy": "after/greedy_accuracy",  # the after/pass@k columns follow this one
@@ -80,6 +74,16 @@ class CompareSpec(BaseModel):
     output_dir: str = Field(description="Root folder: <variant>/seed<k> run dirs and the report.")
     parallel: int = Field(1, ge=1, description="Cells run at the same time.")
     steps: int | None = Field(None, gt=0, description="train.steps of every cell (None: base's value).")
+    baseline: str | None = Field(
+        None, description="Variant the others are compared with (differences of means, bootstrap CI)."
+    )
+
+    @model_validator(mode="after")
+    def _baseline_known(self) -> CompareSpec:
+        if self.baseline is not None and self.baseline not in self.variants:
+            known = sorted(self.variants)
+            raise ValueError(f"baseline {self.baseline!r} is not a variant; variants: {known}")
+        return self
 
     @field_validator("variants")
     @classmethod
@@ -250,107 +254,8 @@ def variant_numbers(run_dirs: list[Path]) -> dict[str, Any]:
         if h is not None and rw is not None:
             H.append(h)
             R.append(rw)
-    return {"curves": curves, "table": table, "law": fit_entropy_law(H, R), "points": [H, R]}
-
-
-def _save(fig: Any, ax: Any, path: Path, **labels: str) -> None:
-    ax.set(**labels)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-
-
-def _plots(numbers: dict[str, dict[str, Any]], out: Path) -> list[str]:
-    """plots/<curve>.png (mean over seeds with its 95% band, one colour per variant) and
-    plots/entropy_law.png (the (H, R) points and each variant's fitted law)."""
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, (_, ylabel) in CURVES.items():
-        fig, ax = plt.subplots(figsize=(7, 4))
-        for variant, nums in numbers.items():
-            c = nums["curves"][name]
-            if c["steps"]:
-                (line,) = ax.plot(c["steps"], c["mean"], marker="o" if len(c["steps"]) < 12 else None,
-                                  ms=3, label=f"{variant} (n≤{int(max(c['n']))})")  # fmt: skip
-                ax.fill_between(c["steps"], c["lo"], c["hi"], color=line.get_color(), alpha=0.2, lw=0)
-        if ax.lines:
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            _save(fig, ax, out / f"{name}.png", xlabel="step", ylabel=ylabel, title="seed mean, 95% band")
-            written.append(f"plots/{name}.png")
-        plt.close(fig)
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for variant, nums in numbers.items():
-        (H, R), law = nums["points"], nums["law"]
-        if H:
-            (dots,) = ax.plot(H, R, ".", alpha=0.4, label=variant)
-            if math.isfinite(law["a"]):
-                xs = [min(H) + (max(H) - min(H)) * i / 50 for i in range(51)]
-                ax.plot(xs, [law["b"] - law["a"] * math.exp(x) for x in xs], color=dots.get_color())
-    if ax.lines:
-        _save(fig, ax, out / "entropy_law.png", xlabel="policy/entropy H", ylabel="training reward R",
-              title="R = −a·exp(H) + b per variant")  # fmt: skip
-        written.append("plots/entropy_law.png")
-    plt.close(fig)
-    return written
-
-
-def _ci(e: dict[str, float]) -> str:
-    if e["n"] == 0:
-        return "—"
-    if not math.isfinite(e["lo"]):
-        return f"{e['mean']:.3f} (n=1)"
-    return f"{e['mean']:.3f} [{e['lo']:.3f}, {e['hi']:.3f}] (n={e['n']})"
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    """An HTML table; cells are raw HTML (escape text before)."""
-    head = "".join(f"<th>{h}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>\n" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>\n{body}</tbody></table>\n"
-
-
-_CSS = """body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
-table { border-collapse: collapse; font-size: 0.9em; margin-bottom: 1em; }
-th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; }
-th:first-child, td:first-child { text-align: left; } th { background: #f3f3f3; }
-.plots { display: flex; flex-wrap: wrap; gap: 1em; } img { max-width: 580px; }
-.note { color: #666; font-size: 0.85em; }"""
-
-
-def render_html(spec: CompareSpec, cells: list[Cell], numbers: dict[str, Any], images: list[str]) -> str:
-    esc = html.escape
-    metrics = list(dict.fromkeys(m for n in numbers.values() for m in n["table"]))
-    finals = _table(
-        ["variant", *map(esc, metrics)],
-        [[esc(v), *(esc(_ci(n["table"][m])) if m in n["table"] else "—" for m in metrics)]
-         for v, n in numbers.items()],
-    )  # fmt: skip
-    laws = _table(
-        ["variant", "a", "b", "R²", "ceiling −a+b", "points"],
-        [[esc(v), *(f"{n['law'][k]:.4g}" for k in ("a", "b", "r2", "ceiling")), str(int(n["law"]["n"]))]
-         for v, n in numbers.items()],
-    )  # fmt: skip
-    links = "<a href='{0}/seed{1}/report.html'>report</a> · <a href='logs/{0}-seed{1}.log'>log</a>"
-    runs = _table(
-        ["variant", "seed", "status", "run"],
-        [[esc(c.variant), str(c.seed), esc(c.status), links.format(esc(c.variant), c.seed)] for c in cells],
-    )
-    variants = "".join(
-        f"<li><b>{esc(v)}</b>: <code>{esc(' '.join(o))}</code></li>" for v, o in spec.variants.items()
-    )
-    figures = "".join(f"<figure><img src='{esc(s)}' alt='{esc(s)}'></figure>\n" for s in images)
-    return (
-        f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>unipo compare: "
-        f"{esc(spec.output_dir)}</title><style>{_CSS}</style></head><body>\n<h1>unipo compare</h1>\n"
-        f"<p>seeds {esc(str(spec.seeds))}; variants:</p><ul>{variants}</ul>\n"
-        f"<h2>Final numbers: mean [95% bootstrap CI] over seeds</h2>\n{finals}"
-        "<p class='note'>accuracy, greedy_accuracy, pass@k, entropy_eval, length: held-out evaluation after "
-        "training (summary.json); entropy_last, reward_last: the last training step. With few seeds the "
-        "interval is narrow and itself uncertain.</p>\n"
-        f"<h2>Entropy–performance law R = −a·exp(H) + b</h2>\n{laws}"
-        f"<h2>Curves</h2>\n<div class='plots'>\n{figures or '<p>no data</p>'}</div>\n"
-        f"<h2>Cells</h2>\n{runs}</body></html>\n"
-    )
+    return {"curves": curves, "table": table, "law": fit_entropy_law(H, R), "points": [H, R],
+            "values": finals, "dynamics": variant_dynamics(recs)}  # fmt: skip
 
 
 def write_compare_report(spec: CompareSpec, cells: list[Cell]) -> Path:
@@ -360,16 +265,19 @@ def write_compare_report(spec: CompareSpec, cells: list[Cell]) -> Path:
     for variant in spec.variants:
         dirs = [Path(c.run_dir) for c in cells if c.variant == variant]
         numbers[variant] = variant_numbers([p for p in dirs if (p / "metrics.jsonl").exists()])
-    images = _plots(numbers, root / "plots")
+    images = plots(numbers, root / "plots")
+    gaps = baseline_gaps({v: n["values"] for v, n in numbers.items()}, spec.baseline) if spec.baseline else {}
     summary = {
         "spec": spec.model_dump(),
         "cells": [asdict(c) for c in cells],
-        **{k: {v: n[k] for v, n in numbers.items()} for k in ("table", "law", "curves")},
+        **{k: {v: n[k] for v, n in numbers.items()} for k in ("table", "law", "curves", "values")},
+        "dynamics": {v: n["dynamics"] for v, n in numbers.items()},
+        "baseline_gaps": gaps,
     }
     strict = json.loads(json.dumps(summary, default=str), parse_constant=lambda _: None)  # NaN → null
     write_json(root / "compare.json", strict)
     page = root / "compare.html"
-    atomic_write_text(page, render_html(spec, cells, numbers, images))
+    atomic_write_text(page, render_html(spec, cells, numbers, images, gaps))
     return page
 
 

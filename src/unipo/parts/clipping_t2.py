@@ -161,7 +161,8 @@ class BAPOCode:
 @dataclass(frozen=True)
 class HAPOClip:
     """HAPO asymmetric adaptive clipping + differential advantage redistribution
-    ("From Uniform to Heterogeneous", HAPO; arXiv id UNVERIFIED).
+    ("From Uniform to Heterogeneous: Tailoring Policy Optimization to Every Token's Nature",
+    Liu et al., arXiv 2509.16591).
 
     Normalized entropy over the micro-batch's valid tokens, from H = current entropy (detached):
         h = (log H − q_pivot(log H)) / sqrt(mean (log H − q_pivot)²),  q "nearest"-interpolated
@@ -175,10 +176,22 @@ class HAPOClip:
     ``ada_advantage``, ``compute_policy_loss``) and recipe/qwen3_8b.sh: α = β = 1, pivot 0.8,
     ε 0.2/0.2, dual clip c = 10, on the DAPO recipe. The released code scales h ≤ 0 by 1/min(h)
     (a negative number), which flips low-entropy tokens to ĥ > 0; ``repo_sign=True`` reproduces
-    that, the default follows the paper's ĥ ∈ [−1, 1]. Adaptive temperature sampling,
-    T_t = T₀(1 + ĥ_t·τ) with τ = 0.05, is a per-token rule at generation time:
-    ``token_temperature`` computes it from the last step's normalization (state), for a rollout
-    engine with a per-token temperature hook (none yet).
+    that, the default follows the paper's ĥ ∈ [−1, 1].
+
+    Adaptive temperature sampling (``adaptive_temperature``, on in the recipes), per token at
+    generation time: T_t = T₀(1 + clamp(ĥ_t, −1, 1)·τ), τ = 0.05, with ĥ_t from the entropy of
+    the next-token distribution normalized by the last step's pivot/scale/max/min (state, saved
+    with checkpoints; T₀ before the first step). The trainer hands ``token_temperature`` to the
+    rollout engine for training rollouts only (``SamplingParams.token_temperature``; evaluation
+    samples at its own fixed temperature). The code (vllm/v1/sample/sampler.py) takes the entropy
+    of the raw logits (T = 1) and its normalization from the old-log-prob pass of the previous
+    step, whose entropies are at T₀; this part uses the entropy at T₀ for both (the same at the
+    recipes' T₀ = 1) and the normalization the update's micro-batches computed, averaged.
+    Old log-probs: the code recomputes π_old with the actor at the one rollout temperature T₀
+    (dp_actor.compute_log_prob, ``meta_info["temperature"]``; vLLM's rollout log-probs, taken
+    from the raw logits, enter only a logged difference), so ρ = π_θ/π_old is not the exact
+    importance ratio to the per-token-tempered sampling distribution; unipo does the same
+    (π_old and π_θ at T₀), which keeps ρ = 1 on-policy.
     """
 
     eps_low: float = 0.2
@@ -188,12 +201,17 @@ class HAPOClip:
     adv_beta: float = 1.0
     dual_clip: float | None = 10.0
     temperature_tau: float = 0.05
+    adaptive_temperature: bool = True
     repo_sign: bool = False
     _state: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         if not 0 <= self.pivot <= 1:
             raise ValueError(f"hapo_clip pivot is a quantile in [0, 1], got {self.pivot}")
+        if not 0 <= self.temperature_tau < 1:
+            raise ValueError(
+                f"hapo_clip temperature_tau must be in [0, 1) (T > 0), got {self.temperature_tau}"
+            )
         self._state.update(pivot=None, scale=1.0, pos_max=1.0, neg_min=-1.0)
 
     def _scale_h(self, h: Tensor, pos_max: Tensor | float, neg_min: Tensor | float) -> Tensor:

@@ -178,10 +178,16 @@ class HPTSwitch:
     (on-policy ρ = 1; the paper's unified estimator with π_ref = 1 in the denominator).
 
     Data contract: the demonstration is read from ``batch.metadata[i]["sft_target_ids"]``, a
-    list of token ids (parts cannot tokenize; the collect step must put it there). Without it
-    a failing group stays RL, so the part is a no-op on tasks without demonstrations.
+    list of token ids (parts cannot tokenize). ``needs_demonstrations`` makes the collect step
+    put it there: the task's demonstration (its reference answer, or a ``"demonstration"``
+    column) + EOS, tokenized as the SFT warm start does (``unipo.train.sft.demonstration_ids``).
+    The SFT row's completion is those ids with completion_mask 1 on each, so the log-prob pass
+    and the loss see exactly the demonstration tokens. Without a demonstration a failing group
+    stays RL (a no-op on tasks without reference answers).
     Default γ = 0 (SFT only when all rollouts fail), as the paper's main runs (PAPER-recall).
     """
+
+    needs_demonstrations = True  # class attribute, not a field: read by Algorithm.needs_demonstrations
 
     gate: float = 0.0
     key: str | None = None
@@ -220,7 +226,7 @@ class HPTSwitch:
                 sft_rows.append(self._sft_row(batch, members[0], list(demo)))
             else:
                 keep.extend(members)
-        out = batch.select(keep)
+        out = batch.select(torch.tensor(keep, dtype=torch.long))  # may be empty: every group SFT
         if sft_rows:
             out = RolloutBatch.concat([b for b in [out, *sft_rows] if b.size])
         return out, {

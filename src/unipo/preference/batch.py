@@ -37,6 +37,7 @@ class PreferenceExample:
     ref_logprobs: list[Tensor] | None = None  # K × [len_k] log π_ref per token
     anchor_logprobs: list[Tensor] | None = None  # K × [len_k] log π_ref0 (INPO's fixed anchor)
     ref_weights: list[Tensor] | None = None  # K × [len_k] token masks from π_ref activations (SparsePO)
+    variants: list[list[list[int]]] | None = None  # K × V: response k, v+1 key contents removed (SPO)
 
     def __post_init__(self) -> None:
         k = len(self.responses)
@@ -46,7 +47,7 @@ class PreferenceExample:
             raise ValueError(f"{len(self.scores)} scores for {k} responses")
         if any(a < b for a, b in zip(self.scores, self.scores[1:])):
             raise ValueError(f"responses must be sorted best first; scores {self.scores} are not")
-        for name in ("win_prob", "from_reference"):
+        for name in ("win_prob", "from_reference", "variants"):
             v = getattr(self, name)
             if v is not None and len(v) != k:
                 raise ValueError(f"{name} has {len(v)} values for {k} responses")

@@ -13,6 +13,8 @@ Attributes a loss declares (class-level, read by the trainer; never the loss's n
     iterative_reference_update   π_ref ← π_θ at the start of every round/stage (SPPO, INPO)
     needs_anchor                 also needs log-probs of the *initial* model (INPO)
     needs_reference_activations  needs token masks from π_ref's hidden activations (SparsePO)
+    response_variants            V > 0: each response also comes with V key-content-removed variants
+                                 whose sequence log-probs are in the inputs (SPO; ``variants.py``)
 
 This file holds the T1 losses (DPO, cDPO, robust DPO, IPO, f-DPO, SimPO, ORPO); the seed papers'
 variants are in ``losses_t2.py``. Metrics: ``pref/chosen_reward``, ``pref/rejected_reward``,
@@ -70,6 +72,9 @@ class PreferenceInputs:
     win_prob: Tensor | None = None  # [N, K] estimated win rate P̂(y_k ≻ π_t) (SPPO)
     from_reference: Tensor | None = None  # [N, K] bool, response was sampled from π_ref (XPO)
     ref_weights: Tensor | None = None  # [N, K, T] token masks in [0, 1] from π_ref (SparsePO)
+    variant_logps: Tensor | None = None  # [N, K, V] Σ_t log π_θ of response k, v+1 key contents removed
+    variant_ref_logps: Tensor | None = None  # [N, K, V] Σ_t log π_ref of the same variants
+    variant_valid: Tensor | None = None  # [N, K, V] bool, False where response k has ≤ v key contents
 
     def __post_init__(self) -> None:
         if self.valid is None:

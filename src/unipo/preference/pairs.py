@@ -117,7 +117,7 @@ def subset(example: PreferenceExample, idx: list[int]) -> PreferenceExample:
     """The example restricted to responses ``idx`` (in that order), with every per-response field."""
     fields: dict[str, Any] = {"responses": [example.responses[k] for k in idx],
                               "scores": [example.scores[k] for k in idx]}  # fmt: skip
-    for name in ("win_prob", "from_reference", "ref_logprobs", "anchor_logprobs", "ref_weights"):
+    for name in ("win_prob", "from_reference", "ref_logprobs", "anchor_logprobs", "ref_weights", "variants"):
         v = getattr(example, name)
         fields[name] = [v[k] for k in idx] if v is not None else None
     return example.replace(**fields)

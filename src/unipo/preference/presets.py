@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from unipo.preference.losses import CDPO, DPO, FDPO, IPO, ORPO, RobustDPO, SimPO
-from unipo.preference.losses_t2 import CPL, INPO, SPPO, XPO, LiPOLambda, SparsePO
+from unipo.preference.losses_t2 import CPL, INPO, SPO, SPPO, XPO, LiPOLambda, SparsePO
 from unipo.preference.pairs import CurriculumOrdering
 
 
@@ -150,6 +150,12 @@ _add(
     PreferencePreset(
         "cpl", "Hejna et al. 2023, Contrastive Preference Learning, arXiv:2310.13639",
         CPL(0.1, lam=0.5), notes="no reference model; α = 0.1, λ = 0.5 (authors' defaults)",
+    ),
+    PreferencePreset(
+        "spo", "Li et al. 2024, Self-supervised Preference Optimization, arXiv:2409.17791 (EMNLP Findings)",
+        SPO(0.1, lam=0.1, removals=2),
+        notes="DPO + λ·preference-degree loss on RAKE key-content-removed copies; classifier form, "
+        "λ and V are ours (authors' code not seen, UNVERIFIED)",
     ),
 )  # fmt: skip
 

@@ -2,7 +2,8 @@
 
 for round in rounds:
     data   = the offline examples (reshuffled)  |  on-policy: prompts → G samples (+ G from π_ref when
-             the loss needs_reference_samples) → scores → pairs, or ranked lists when the preset needs lists
+             the loss needs_reference_samples) → scores → pairs, or ranked lists when the preset needs lists;
+             + V key-content-removed copies of every response when a part asks for response_variants
     stages = preset.ordering(data) (Curry-DPO) or [data]
     for stage:
         π_ref ← π_θ first, if a part has iterative_reference_update (not before the run's first stage)
@@ -31,11 +32,8 @@ from unipo.preference.config import PreferenceConfig
 from unipo.preference.losses import PreferenceInputs
 from unipo.preference.pairs import expand_list, sample_preferences
 from unipo.preference.presets import get_preset
-from unipo.preference.reference import (
-    attach_reference,
-    batch_reference,
-    policy_logprobs,
-)
+from unipo.preference.reference import attach_reference, batch_reference, policy_logprobs
+from unipo.preference.variants import add_variants, variant_inputs
 from unipo.train.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -99,6 +97,7 @@ class PreferenceTrainer:
         self.ref_engine = None
         if self.preset.any_part("needs_reference_samples"):
             self.ref_engine = HFEngine(self.ref_model, self.tokenizer, max_batch=cfg.pairs.max_batch)
+        self.variants = max((int(getattr(p, "response_variants", 0)) for p in self.preset.parts()), default=0)
         self.data_stats: dict[str, float] = {}
         self.offline: list[PreferenceExample] = []
         if not self.online:
@@ -140,11 +139,12 @@ class PreferenceTrainer:
 
     def _as_needed(self, examples: list[PreferenceExample]) -> list[PreferenceExample]:
         """Ranked lists become pairs (``data.list_pairs``) unless the preset takes lists."""
-        if self.preset.needs_lists:
-            return examples
-        return [
-            p for ex in examples for p in (expand_list(ex, self.cfg.data.list_pairs) if ex.size > 2 else [ex])
-        ]
+        if not self.preset.needs_lists:
+            lists = self.cfg.data.list_pairs
+            examples = [p for ex in examples for p in (expand_list(ex, lists) if ex.size > 2 else [ex])]
+        if self.variants:  # key-content-removed copies of every response (SPO)
+            add_variants(examples, self.tokenizer, self.variants)
+        return examples
 
     def _collect(self) -> tuple[list[PreferenceExample], dict[str, float]]:
         """One on-policy round of data: sample, score, pair (see ``pairs.sample_preferences``)."""
@@ -189,10 +189,14 @@ class PreferenceTrainer:
                 )
             if self.anchor_model is not None:
                 anchor, _ = batch_reference(self.anchor_model, batch)
+        extra = {} if not self.variants else variant_inputs(
+            self.model, self.ref_model, examples, pad_id=self.pad_id, device=self.device,
+            ref_context=self._ref_context,
+        )  # fmt: skip
         return PreferenceInputs(
             logprobs=policy_logprobs(self.model, batch), mask=batch.response_mask, ref_logprobs=ref,
             anchor_logprobs=anchor, valid=batch.valid, scores=batch.scores, win_prob=batch.win_prob,
-            from_reference=batch.from_reference, ref_weights=weights,
+            from_reference=batch.from_reference, ref_weights=weights, **extra,
         )  # fmt: skip
 
     # ------------------------------------------------------------------ one optimizer step

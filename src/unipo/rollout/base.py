@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -21,6 +22,13 @@ class SamplingParams(BaseModel):
     min_new_tokens: int = Field(0, ge=0, description="Force at least this many tokens (benchmarks).")
     stop: list[str] = Field(default_factory=list, description="Stop strings (besides EOS).")
     greedy: bool = Field(False, description="Greedy decoding (evaluation).")
+    token_temperature: Callable[[Tensor], Tensor] | None = Field(
+        None,
+        exclude=True,
+        description="Python only, set by the trainer from the algorithm's parts (HAPO): maps the "
+        "entropy [N] of each row's next-token distribution at `temperature` to that row's "
+        "sampling temperature [N]; None samples every token at `temperature`.",
+    )
 
 
 @dataclass

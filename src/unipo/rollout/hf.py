@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
-from transformers import PreTrainedTokenizerBase
+from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedTokenizerBase
 
 from unipo.rollout.base import Generation, SamplingParams
 
@@ -42,6 +44,39 @@ def completion_mask_from_ids(
     if stopped_on_string is not None:
         truncated = truncated & ~stopped_on_string
     return mask.float(), truncated
+
+
+class TokenTemperature(LogitsProcessor):
+    """Per-row temperature chosen from the entropy of each row's next-token distribution.
+
+        z = s / T₀,   H = −Σ_v softmax(z)_v · log softmax(z)_v   [N],   T = f(H) [N],   out = s / T
+
+    where s [N, V] are the logits that reach the processor and f is
+    ``SamplingParams.token_temperature``. HAPO's adaptive temperature sampling (starriver030515/
+    HAPO, ``vllm/v1/sample/sampler.py``: ``compute_entropy_based_temperature`` replaces vLLM's
+    temperature step) is f(H) = T₀(1 + clamp(ĥ(H), −1, 1)·τ); see ``HAPOClip.token_temperature``.
+    Tokens already masked to −inf (e.g. EOS under ``min_new_tokens``) count 0 toward H.
+    ``last_mean`` keeps the mean temperature of the last call, for tests and diagnostics.
+    """
+
+    def __init__(self, fn: Callable[[Tensor], Tensor], base_temperature: float) -> None:
+        self.fn = fn
+        self.base_temperature = base_temperature
+        self.last_mean: float | None = None
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        z = scores.float() / self.base_temperature  # [N, V]
+        logp = torch.log_softmax(z, dim=-1)
+        entropy = -(logp.exp() * logp.masked_fill(torch.isinf(logp), 0.0)).sum(-1)  # [N]
+        temperature = self.fn(entropy).to(scores.device, scores.dtype)  # [N]
+        if temperature.shape != entropy.shape or not bool((temperature > 0).all()):
+            raise ValueError(
+                f"SamplingParams.token_temperature must return positive temperatures of shape "
+                f"{tuple(entropy.shape)} (one per row), got shape {tuple(temperature.shape)} "
+                f"with min {float(temperature.min()) if temperature.numel() else float('nan')}"
+            )
+        self.last_mean = float(temperature.mean())
+        return scores / temperature[:, None]  # [N, V]
 
 
 class HFEngine:
@@ -101,6 +136,17 @@ class HFEngine:
         )
         if params.greedy:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        elif params.token_temperature is not None:
+            # generate() runs custom logits processors after its own (min_new_tokens, ...) and before
+            # its sampling warpers (temperature → top-k → top-p). With temperature=1.0 it adds no
+            # temperature warper, so TokenTemperature is the only temperature step and top-k/top-p
+            # act on the per-token-tempered logits: vLLM's order, where HAPO's code sets it.
+            kwargs.update(
+                do_sample=True, temperature=1.0, top_p=params.top_p, top_k=params.top_k or None,
+                logits_processor=LogitsProcessorList(
+                    [TokenTemperature(params.token_temperature, params.temperature)]
+                ),
+            )  # fmt: skip
         else:
             kwargs.update(
                 do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k or None

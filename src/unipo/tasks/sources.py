@@ -234,6 +234,22 @@ def task_from_config(task_cfg: Any) -> ReasoningGymTask | JsonlTask:
     )
 
 
+def demonstration(example: dict[str, Any]) -> str | None:
+    """The text of a correct completion of ``example``: what SFT targets are made of (the warm
+    start, HPT's SFT branch).
+
+    The example's ``"demonstration"`` column when it has a non-empty one (e.g. a worked solution
+    kept as an extra column of a JSONL file), else its reference ``"answer"``: both tasks' verifiers
+    score the bare answer as correct, since ``extract_answer`` falls back to the whole completion.
+    None when neither is a non-empty string (reasoning-gym datasets without a reference answer).
+    """
+    for key in ("demonstration", "answer"):
+        text = example.get(key)
+        if isinstance(text, str) and text.strip():
+            return text
+    return None
+
+
 def split_overlap(train: list[dict[str, Any]], held_out: list[dict[str, Any]]) -> float:
     """Share of held-out examples whose ``"question"`` also occurs in ``train`` (exact string match).
 

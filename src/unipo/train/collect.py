@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from unipo.batch import RolloutBatch
+from unipo.parts.selection_t2 import SFT_KEY
 from unipo.rollout.base import RolloutEngine, SamplingParams
 
 log = logging.getLogger("unipo")
@@ -82,8 +84,14 @@ def collect(
     max_refill_rounds: int,
     more: Any,  # callable k -> (examples, prompt_ids, prompt_texts) for refills
     next_group_id: int = 0,
+    demonstrations: Callable[[list[dict[str, Any]]], list[list[int] | None]] | None = None,
 ) -> tuple[RolloutBatch, dict[str, float], dict[str, float], str | None]:
-    """Generate, score and select until enough groups survive. Returns (batch, metrics, times, traceback)."""
+    """Generate, score and select until enough groups survive. Returns (batch, metrics, times, traceback).
+
+    ``demonstrations`` (given when a part ``needs_demonstrations``, e.g. HPT's switch) maps the
+    examples to their SFT target ids (``unipo.train.sft.demonstration_ids``); every row of an
+    example that has one carries them in ``metadata["sft_target_ids"]`` before the selections run.
+    """
     target_groups = len(examples)
     kept: list[RolloutBatch] = []
     metrics: dict[str, float] = {}
@@ -116,6 +124,8 @@ def collect(
         rewards = torch.tensor([math.nan if r is None else float(r) for r in totals], dtype=torch.float32)
         group_ids = torch.arange(len(examples)).repeat_interleave(group_size) + next_group_id
         next_group_id += len(examples)
+        demos = demonstrations(examples) if demonstrations is not None else [None] * len(examples)
+        rows_demo = [d for d in demos for _ in range(group_size)]
         batch = RolloutBatch(
             prompt_ids=gen.prompt_ids.cpu(),
             prompt_mask=gen.prompt_mask.cpu(),
@@ -126,11 +136,14 @@ def collect(
             rewards=rewards,
             metadata=[
                 {"prompt": p, "completion": c, "answer": ex.get("answer"), "reward_components": None}
-                for p, c, ex in zip(rows_prompt, gen.completions, rows_ex)
+                | ({SFT_KEY: d} if d is not None else {})
+                for p, c, ex, d in zip(rows_prompt, gen.completions, rows_ex, rows_demo)
             ],
         )
         if rounds == 0:
             metrics["rollout/completions"] = float(batch.size)
+            if demonstrations is not None:
+                metrics["rollout/demonstration_frac"] = sum(d is not None for d in demos) / max(len(demos), 1)
             metrics["rollout/excluded"] = float(torch.isnan(rewards).sum())
             metrics["rollout/reward_mean_all"] = float(torch.nanmean(rewards)) if batch.size else 0.0
         finite = ~torch.isnan(rewards)

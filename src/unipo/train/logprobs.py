@@ -13,10 +13,20 @@ small registry, ``TOKEN_STATS``: a name ``kind`` or ``kind:arg`` (``minp_logprob
 read (``token_stats`` for π_θ, ``old_token_stats`` for π_old); ``completion_logprobs_with_stats``
 returns them as ``{name: [B, T]}`` next to the log-probs, computed in the same checkpointed
 chunk pass (so a statistic of π_θ carries gradient).
+
+Shared prompts (``shared_prompt=True``): in GRPO each prompt is sampled G times, so a batch
+holds every prompt G times. The decoder then runs once on the U unique prompts of the rows
+(``use_cache=True``), the KV cache is gathered to the B rows (a differentiable index, so
+gradients of all G rows flow back into the one prompt computation), and the completions
+[B, T] run on top of it with the full [prompt ‖ completion] mask and the positions of the
+plain pass. The first completion token is predicted from the prompt pass's last hidden state.
+Outputs equal the plain pass up to float rounding; unsupported models fall back to it
+(``shared_prompt_fallback`` says why).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from typing import Any
@@ -24,6 +34,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
+
+log = logging.getLogger("unipo")
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -198,6 +210,118 @@ def token_stats_from_hidden(
     return merged[0], merged[1], dict(zip(stats, merged[2:]))
 
 
+# ------------------------------------------------------------------ shared prompts
+# Decoder-only architectures whose cache/mask/position handling the shared-prompt pass is
+# tested against (tests/test_shared_prompt.py); anything else takes the plain pass.
+SHARED_PROMPT_MODEL_TYPES = frozenset({"llama", "qwen2", "qwen3", "mistral"})
+SHARED_PROMPT_ATTENTION = frozenset({"sdpa", "eager"})
+_fallbacks_logged: set[str] = set()
+
+
+def shared_prompt_fallback(model: nn.Module) -> str | None:
+    """Why the shared-prompt pass cannot run on ``model`` in its current mode (None: it can)."""
+    base = _unwrap(model)
+    cfg = getattr(base, "config", None)
+    model_type = getattr(cfg, "model_type", None)
+    if model_type not in SHARED_PROMPT_MODEL_TYPES:
+        return f"model type {model_type!r} is not one the shared-prompt pass is tested on"
+    impl = getattr(cfg, "_attn_implementation", None)
+    if impl not in SHARED_PROMPT_ATTENTION:
+        return f"attention implementation {impl!r} (supported: {', '.join(sorted(SHARED_PROMPT_ATTENTION))})"
+    if getattr(cfg, "sliding_window", None) is not None or any(
+        kind != "full_attention" for kind in (getattr(cfg, "layer_types", None) or ())
+    ):
+        return "sliding-window attention (its cache layers drop old keys)"
+    # transformers' GradientCheckpointingLayer replaces past_key_values with None in train mode
+    # (a recomputed layer would append to the cache twice), so the prompt's KV never arrives.
+    if base.training and any(getattr(m, "gradient_checkpointing", False) is True for m in base.modules()):
+        return "gradient checkpointing drops the KV cache in train mode"
+    return None
+
+
+def prompt_groups(prompt_ids: Tensor, prompt_mask: Tensor) -> tuple[Tensor, Tensor] | None:
+    """Rows that share a prompt: (first row of each unique prompt [U], row → unique index [B]).
+
+    prompt_ids, prompt_mask: [B, P], left-padded. None when sharing would not pay: fewer than
+    two rows per prompt on average (two decoder calls then cost more than they save).
+    """
+    b = prompt_ids.shape[0]
+    key = torch.cat([prompt_ids * prompt_mask, prompt_mask], dim=1)  # [B, 2P]: pad ids ignored
+    _, inverse = torch.unique(key, dim=0, return_inverse=True)  # [B] in 0..U-1
+    u = int(inverse.max()) + 1 if b else 0
+    if 2 * u > b:
+        return None
+    rows = torch.arange(b, device=inverse.device)
+    first = torch.full((u,), b, dtype=torch.long, device=inverse.device)
+    first = first.scatter_reduce(0, inverse, rows, reduce="amin")  # [U]
+    return first, inverse
+
+
+def _shared_prompt_hidden(
+    base: nn.Module, decoder: nn.Module, input_ids: Tensor, attention_mask: Tensor, t: int,
+    first: Tensor, inverse: Tensor,
+) -> Tensor | None:  # fmt: skip
+    """Hidden states predicting the T completion tokens, [B, T, H], with each prompt run once.
+
+    None if the model did not return a plain ``DynamicCache`` (the caller runs the plain pass).
+    """
+    from transformers.cache_utils import DynamicCache, DynamicLayer
+
+    positions = position_ids_from_mask(attention_mask)  # [B, P+T], as the plain pass
+    cache = DynamicCache(config=base.config)
+    prompt = decoder(
+        input_ids=input_ids[first, :-t],  # [U, P]
+        attention_mask=attention_mask[first, :-t],
+        position_ids=positions[first, :-t],
+        past_key_values=cache,
+        use_cache=True,
+    )
+    cache = prompt.past_key_values
+    layers = getattr(cache, "layers", None)
+    if type(cache) is not DynamicCache or not layers or any(type(la) is not DynamicLayer for la in layers):
+        return None
+    cache.batch_select_indices(inverse)  # every layer's K, V: [U, h, P, d] → [B, h, P, d]
+    out = decoder(
+        input_ids=input_ids[:, -t:],  # [B, T]
+        attention_mask=attention_mask,  # [B, P+T]: the prompt part carries the left padding
+        position_ids=positions[:, -t:],
+        past_key_values=cache,
+        use_cache=True,
+    )
+    h_first = prompt.last_hidden_state[:, -1][inverse]  # [B, H]: the last prompt token predicts o_1
+    return torch.cat([h_first[:, None], out.last_hidden_state[:, :-1]], dim=1)  # [B, T, H]
+
+
+def completion_hidden(
+    model: nn.Module, input_ids: Tensor, attention_mask: Tensor, t: int, *, shared_prompt: bool = False
+) -> Tensor:
+    """Final hidden states at the positions that predict the last ``t`` tokens: [B, t, H].
+
+    input_ids, attention_mask: [B, P+t], prompts left-padded. With ``shared_prompt`` rows with
+    the same prompt share one prompt computation when the model supports it (see module doc).
+    """
+    base = _unwrap(model)
+    decoder = base.get_decoder() if hasattr(base, "get_decoder") else base.model
+    if shared_prompt and input_ids.shape[1] > t:
+        groups = prompt_groups(input_ids[:, :-t], attention_mask[:, :-t])
+        reason = shared_prompt_fallback(base) if groups is not None else None
+        if groups is not None and reason is None:
+            hidden = _shared_prompt_hidden(base, decoder, input_ids, attention_mask, t, *groups)
+            if hidden is not None:
+                return hidden
+            reason = "the model did not return a plain DynamicCache"
+        if reason is not None and reason not in _fallbacks_logged:
+            _fallbacks_logged.add(reason)
+            log.info("shared-prompt pass off (%s): running the plain pass", reason)
+    out = decoder(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),
+        use_cache=False,
+    )
+    return out.last_hidden_state[:, -t - 1 : -1, :]  # [B, t, H]: position p predicts token p+1
+
+
 def completion_logprobs(
     model: nn.Module,
     input_ids: Tensor,
@@ -207,6 +331,7 @@ def completion_logprobs(
     temperature: float = 1.0,
     chunk_tokens: int = 2048,
     entropy_grad: bool = False,
+    shared_prompt: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Log-probs and entropies of the completion tokens of left-padded prompt+completion rows.
 
@@ -214,6 +339,7 @@ def completion_logprobs(
     completion). Returns (logprobs [B, T], entropies [B, T]) in float32, zero on padding.
     Logits are divided by ``temperature`` (the sampling temperature), as verl and TRL do.
     Entropies carry gradient only when ``entropy_grad`` (an entropy regularizer needs it).
+    ``shared_prompt``: compute each distinct prompt once (see the module docstring).
     """
     logp, ent, _ = completion_logprobs_with_stats(
         model,
@@ -223,6 +349,7 @@ def completion_logprobs(
         temperature=temperature,
         chunk_tokens=chunk_tokens,
         entropy_grad=entropy_grad,
+        shared_prompt=shared_prompt,
     )
     return logp, ent
 
@@ -237,6 +364,7 @@ def completion_logprobs_with_stats(
     chunk_tokens: int = 2048,
     entropy_grad: bool = False,
     stats: tuple[str, ...] = (),
+    shared_prompt: bool = False,
 ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
     """``completion_logprobs`` plus the named per-token statistics ``{name: [B, T]}`` (0 on padding).
 
@@ -245,14 +373,7 @@ def completion_logprobs_with_stats(
     """
     base = _unwrap(model)
     b, t = completion_mask.shape
-    decoder = base.get_decoder() if hasattr(base, "get_decoder") else base.model
-    out = decoder(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids_from_mask(attention_mask),
-        use_cache=False,
-    )
-    hidden = out.last_hidden_state[:, -t - 1 : -1, :]  # [B, T, H]: position p predicts token p+1
+    hidden = completion_hidden(model, input_ids, attention_mask, t, shared_prompt=shared_prompt)  # [B, T, H]
     targets = input_ids[:, -t:]  # [B, T]
     valid = completion_mask.bool()
     softcap = getattr(base.config, "final_logit_softcapping", None)

@@ -1,4 +1,5 @@
-"""Supervised fine-tuning on (prompt, answer) pairs: the warm start before RL.
+"""Supervised fine-tuning on (prompt, answer) pairs: the warm start before RL, and the SFT
+targets (demonstrations) that HPT trains on when a prompt's rollouts all fail.
 
 Loss: mean cross-entropy of the answer tokens (and EOS) given the prompt; prompt tokens
 are not trained on.
@@ -8,25 +9,47 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from unipo.rollout.hf import left_pad
+from unipo.tasks.sources import demonstration
 from unipo.train.logprobs import completion_logprobs
+
+
+def target_ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    """An SFT target: the tokens of ``text`` (no special tokens added), then EOS if the tokenizer has one."""
+    eos = tokenizer.eos_token_id
+    return tokenizer(text, add_special_tokens=False)["input_ids"] + ([eos] if eos is not None else [])
 
 
 def sft_rows(
     tokenizer: PreTrainedTokenizerBase, prompt_ids: list[list[int]], answers: list[str]
 ) -> list[tuple[list[int], list[int]]]:
     """(prompt ids, answer ids + EOS) per example."""
-    eos = tokenizer.eos_token_id
-    rows = []
-    for p, a in zip(prompt_ids, answers):
-        target = tokenizer(a, add_special_tokens=False)["input_ids"] + ([eos] if eos is not None else [])
-        rows.append((p, target))
-    return rows
+    return [(p, target_ids(tokenizer, a)) for p, a in zip(prompt_ids, answers)]
+
+
+def demonstration_ids(
+    tokenizer: PreTrainedTokenizerBase, examples: list[dict[str, Any]], max_tokens: int | None = None
+) -> list[list[int] | None]:
+    """Per example, the SFT target of its demonstration (``unipo.tasks.demonstration``: the
+    reference answer unless the example has a ``"demonstration"`` column), formed as the warm
+    start forms its targets (``target_ids``: text + EOS); None for an example without one.
+
+    ``max_tokens`` (the rollout's ``max_new_tokens``) keeps the first that many tokens, so a
+    demonstration is never longer than a sampled completion could be (the EOS is then cut).
+    """
+    if max_tokens is not None and max_tokens <= 0:
+        raise ValueError(f"demonstration_ids max_tokens must be positive or None, got {max_tokens}")
+    out: list[list[int] | None] = []
+    for ex in examples:
+        text = demonstration(ex)
+        out.append(None if text is None else target_ids(tokenizer, text)[:max_tokens])
+    return out
 
 
 def sft(

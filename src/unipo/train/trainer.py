@@ -47,6 +47,7 @@ from unipo.train.run_dir import (
     truncate_metrics,
     write_json,
 )
+from unipo.train.sft import demonstration_ids
 from unipo.train.signals import Interrupted, StopOnSignal, step_progress
 from unipo.train.update import UpdateSettings, update_policy
 from unipo.train.utils import batch_metrics, lr_schedule, peak_memory_mb, resolve_device, seed_everything
@@ -120,6 +121,13 @@ class Trainer:
                 else copy.deepcopy(self.model).eval().requires_grad_(False)
             )
         self.engine = HFEngine(self.model, self.tokenizer, max_batch=cfg.rollout.max_batch)
+        self._demonstrations = (  # SFT targets in the batch metadata, only when a part reads them (HPT)
+            functools.partial(
+                demonstration_ids, self.tokenizer, max_tokens=cfg.rollout.sampling.max_new_tokens
+            )
+            if self.algorithm.needs_demonstrations
+            else None
+        )
 
         self._encode = functools.partial(encode_prompts, self.tokenizer, cfg.task)
         self.train_examples = self.task.examples(cfg.task.train_size, cfg.task.train_seed)
@@ -167,6 +175,7 @@ class Trainer:
             model, b.input_ids, b.attention_mask, b.completion_mask,
             micro_batch=self.cfg.optim.micro_batch_size,
             temperature=self.cfg.rollout.sampling.temperature, stats=stats,
+            shared_prompt=self.cfg.optim.shared_prompt,
         )  # fmt: skip
         pad = t_full - lp.shape[1]
 
@@ -182,6 +191,8 @@ class Trainer:
         sampling = cfg.rollout.sampling  # a part may steer the rollout temperature (AEPO)
         if (temperature := self.algorithm.sampling_temperature(self._last_metrics)) is not None:
             sampling = sampling.model_copy(update={"temperature": temperature})
+        if (token_temp := self.algorithm.token_temperature_fn(sampling.temperature)) is not None:
+            sampling = sampling.model_copy(update={"token_temperature": token_temp})  # HAPO; training only
         batch, metrics, times, traceback = collect(
             engine=self.engine,
             reward_set=self.reward_set,
@@ -194,6 +205,7 @@ class Trainer:
             max_refill_rounds=cfg.rollout.max_refill_rounds,
             more=self._prompts,
             next_group_id=self.next_group_id,
+            demonstrations=self._demonstrations,
         )
         self.next_group_id = (
             int(batch.group_ids.max()) + 1 if batch.size else self.next_group_id + len(examples)
@@ -232,6 +244,7 @@ class Trainer:
             max_grad_norm=cfg.optim.max_grad_norm,
             temperature=cfg.rollout.sampling.temperature,
             max_len=cfg.rollout.sampling.max_new_tokens,
+            shared_prompt=cfg.optim.shared_prompt,
         )
         upd, skipped = update_policy(
             self.model, self.optimizer, self.scheduler, self.algorithm, batch, settings,
@@ -243,7 +256,14 @@ class Trainer:
         h_before = upd.get("entropy/mean", math.nan)  # one on-policy step: the update's first pass is π_old
         if batch.entropies is not None:
             h_before = float(masked_mean(batch.entropies, batch.completion_mask))
-        metrics.update(self.entropy_dynamics.step(h_before, upd.get("entropy/pred_change", math.nan), None))
+        if cfg.train.entropy_change != "none":
+            h_after = None
+            if cfg.train.entropy_change == "exact" and not skipped:  # the same tokens under π_θ after
+                t0 = time.perf_counter()
+                h_after = float(masked_mean(self._logprob_pass(self.model, batch)[1], batch.completion_mask))
+                times["time/entropy_rescore"] = time.perf_counter() - t0
+            pred = upd.get("entropy/pred_change", math.nan)
+            metrics.update(self.entropy_dynamics.step(h_before, pred, h_after))
         self._nonfinite_run = self._nonfinite_run + 1 if skipped else 0
         if self._nonfinite_run >= cfg.train.max_nonfinite_steps:
             raise TrainingError(

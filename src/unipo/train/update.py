@@ -1,6 +1,12 @@
 """The update phase: μ epochs of minibatch optimizer steps with gradient accumulation.
 
 Nothing here knows which algorithm runs: the loss is ``policy_loss(algorithm, LossInputs)``.
+
+With ``shared_prompt`` (``optim.shared_prompt``) each epoch shuffles *groups* instead of
+rows: minibatches hold whole groups and a group's rows are contiguous, so the micro-batches
+(consecutive rows) see each prompt G times and the forward pass runs it once
+(``logprobs.completion_hidden``). A micro-batch boundary may still cut a group; its prompt is
+then computed once on each side.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ class UpdateSettings:
     temperature: float
     max_len: int
     chunk_tokens: int = 2048
+    shared_prompt: bool = True  # run each prompt once per micro-batch; shuffle groups, not rows
 
 
 class NonFiniteLoss(RuntimeError):
@@ -41,6 +48,29 @@ def _mean_metrics(acc: dict[str, list[Tensor]]) -> dict[str, float]:
     keys = list(acc)
     stacked = torch.stack([torch.stack([v.float().cpu() for v in acc[k]]).mean() for k in keys]).tolist()
     return dict(zip(keys, stacked))
+
+
+def minibatch_rows(
+    group_ids: Tensor, minibatches: int, generator: torch.Generator, *, by_group: bool
+) -> list[Tensor]:
+    """Row indices of each minibatch for one epoch, from group_ids [B].
+
+    ``by_group=False``: a random permutation of the rows, cut into ``minibatches`` chunks.
+    ``by_group=True``: a random permutation of the groups; each group's rows stay together (in
+    batch order) and minibatches hold whole groups, ``minibatches`` parts as even in group count
+    as they can be. With fewer groups than minibatches the group-ordered rows are cut evenly.
+    """
+    if not by_group:
+        return list(torch.randperm(group_ids.numel(), generator=generator).chunk(minibatches))
+    _, inverse = torch.unique(group_ids.cpu(), return_inverse=True)  # [B] group index
+    n_groups = int(inverse.max()) + 1 if inverse.numel() else 0
+    rank = torch.empty(n_groups, dtype=torch.long)
+    rank[torch.randperm(n_groups, generator=generator)] = torch.arange(n_groups)  # group → its place
+    row_rank, order = torch.sort(rank[inverse], stable=True)  # rows by shuffled group, [B]
+    if n_groups < minibatches:
+        return list(order.tensor_split(minibatches))
+    starts = torch.tensor([int(c[0]) for c in torch.arange(n_groups).tensor_split(minibatches)[1:]])
+    return list(order.tensor_split(torch.searchsorted(row_rank, starts).tolist()))
 
 
 def update_policy(
@@ -81,8 +111,10 @@ def update_policy(
     eps_low = getattr(algorithm.surrogate, "eps_low", math.inf)  # for the clip-fraction diagnostics
     eps_high = getattr(algorithm.surrogate, "eps_high", math.inf)
     for _epoch in range(settings.epochs):
-        order = torch.randperm(batch.size, generator=generator)
-        for mb_idx in order.chunk(settings.minibatches):
+        parts = minibatch_rows(
+            batch.group_ids, settings.minibatches, generator, by_group=settings.shared_prompt
+        )
+        for mb_idx in parts:
             minibatch = batch.select(mb_idx)
             num_tokens = float(minibatch.completion_mask.sum().clamp(min=1))
             num_seqs = float(minibatch.size)
@@ -104,6 +136,7 @@ def update_policy(
                         temperature=settings.temperature,
                         chunk_tokens=settings.chunk_tokens,
                         entropy_grad=algorithm.needs_entropy_grad,
+                        shared_prompt=settings.shared_prompt,
                         stats=forward_names,
                     )
                 else:
@@ -115,6 +148,7 @@ def update_policy(
                         temperature=settings.temperature,
                         chunk_tokens=settings.chunk_tokens,
                         entropy_grad=algorithm.needs_entropy_grad,
+                        shared_prompt=settings.shared_prompt,
                     )
                 width = micro.completion_mask.shape[1]
                 if old_stats is not None:  # [B, T_full] rows of the batch → this micro-batch, trimmed

@@ -1,0 +1,471 @@
+"""Peak memory and time of completion log-probs + entropies: unipo's chunked LM head vs the naive path.
+
+    python benchmarks/logprob_memory.py                 # tokens 4096 and 8192, chunks 256..2048
+    python benchmarks/logprob_memory.py --quick         # `make bench`: 4096 tokens, chunks 256 and 2048
+    python benchmarks/logprob_memory.py --tokens 512 --chunks 128 --repeats 1   # smoke run
+    python benchmarks/logprob_memory.py --show          # table of the JSON
+
+The inputs are what the LM head sees in ``completion_logprobs``: N hidden states [N, H] (H = 896,
+Qwen2-0.5B's), the head's weight [V, H] (V = 151,936, Qwen2's vocabulary) and N target ids.
+
+- naive: ``logits = hidden @ W.T`` ([N, V]), ``log_softmax``, ``gather`` the targets, entropy
+  ``-(exp(logp) * logp).sum(-1)``, all over the full [N, V] at once.
+- unipo: ``unipo.train.logprobs.token_logprobs_from_hidden(hidden, lm_head, targets,
+  chunk_tokens=c)``: the head, log-softmax and entropy over chunks of ``c`` tokens; under autograd
+  each chunk is checkpointed (its logits are recomputed in backward).
+
+Two modes: ``fwd`` (no grad, as for old / reference log-probs) and ``fwd_bwd`` (as in training:
+loss = Σ a·logp + Σ b·entropy with fixed random a, b; gradients w.r.t. the hidden states and W).
+
+Every case runs in a fresh worker process (this file with ``--worker``). Memory is the peak
+*extra* memory above the inputs: on CPU the worker allocates the inputs, reads its resident set
+size (VmRSS), resets the kernel's high-water mark (``echo 5 > /proc/self/clear_refs``), runs the
+case once and reads the high-water mark (VmHWM); peak extra = VmHWM − VmRSS before. glibc serves
+these large tensors with mmap and unmaps them on free, and torch's CPU allocator caches nothing,
+so RSS follows live tensors. On CUDA it is ``max_memory_allocated() − memory_allocated()`` after
+``reset_peak_memory_stats()``. A small untimed warm-up of the same path runs first, so library
+initialisation (oneDNN / cuBLAS workspaces) is not counted. Gradients of W and of the hidden
+states are created by the backward pass and count as extra memory in both paths
+(``grad_buffers_mb`` says how much of it they are).
+
+Time is the median over ``--repeats`` runs in the same worker. Each worker saves its outputs
+(log-probs, entropies, and for fwd_bwd both gradients); the orchestrator reports the max
+absolute difference of every unipo case from the naive one (same seeded inputs).
+
+The naive path at 8192 tokens needs ~20 GB (fwd) / ~25 GB (fwd_bwd): a case whose estimated
+peak does not fit in the machine's available memory is skipped and marked so in the JSON.
+Results are merged into ``benchmarks/results/logprob_memory.json``, one entry per
+``device/tokens/mode``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+DEFAULT_OUT = HERE / "results" / "logprob_memory.json"
+TARGET_RATIO = 0.10  # the issue: unipo's peak extra memory ≤ 10% of the naive path's
+TOLERANCE = 1e-5  # ... and within 1e-5 of it (float32)
+# Estimated peak of the naive path in [N, V] float32 tensors (logits, log-softmax, exp, product;
+# in backward the saved log-softmax and exp plus three gradients of that size). Used only to skip
+# cases that would not fit; the measured values are ~3.3 and ~4.3 on CPU.
+NAIVE_PEAK_TENSORS = {"fwd": 4.0, "fwd_bwd": 5.0}
+
+
+# ---------------------------------------------------------------------------------- the two paths
+def naive_logprobs(hidden, weight, targets):
+    """The plain way: full logits, full log-softmax, gather; entropy -Σ p log p. [N] and [N]."""
+    import torch
+
+    logits = torch.nn.functional.linear(hidden, weight).float()  # [N, V]
+    logsm = torch.log_softmax(logits, dim=-1)  # [N, V]
+    logp = logsm.gather(-1, targets[:, None]).squeeze(-1)
+    entropy = -(logsm.exp() * logsm).sum(-1)
+    return logp, entropy
+
+
+def unipo_logprobs(hidden, lm_head, targets, chunk_tokens: int):
+    from unipo.train.logprobs import token_logprobs_from_hidden
+
+    return token_logprobs_from_hidden(hidden, lm_head, targets, chunk_tokens=chunk_tokens)
+
+
+def default_chunk_tokens() -> int | None:
+    """The library's default ``chunk_tokens`` (None when it cannot be read)."""
+    import inspect
+
+    from unipo.train.logprobs import token_logprobs_from_hidden
+
+    default = inspect.signature(token_logprobs_from_hidden).parameters["chunk_tokens"].default
+    return default if isinstance(default, int) else None
+
+
+# ---------------------------------------------------------------------------------- memory probes
+def _status_kib(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _reset_hwm() -> bool:
+    """Reset this process's peak RSS (VmHWM) to its current RSS (Linux ≥ 4.0)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+class MemoryProbe:
+    """Peak extra memory (bytes) of what runs between ``start()`` and ``stop()``."""
+
+    def __init__(self, device: str):
+        self.device = device
+        self.method = ""
+
+    def start(self) -> None:
+        import torch
+
+        gc.collect()
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+            self.method = "torch.cuda.max_memory_allocated - memory_allocated"
+            return
+        self.base = (_status_kib("VmRSS") or 0) * 1024
+        if _reset_hwm() and _status_kib("VmHWM") is not None:
+            self.method = "VmHWM after clear_refs=5, minus VmRSS"
+        else:  # the high-water mark cannot be reset: ru_maxrss (valid when the case is the peak)
+            self.method = "ru_maxrss minus VmRSS (high-water mark not resettable)"
+
+    def stop(self) -> int:
+        import torch
+
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+            return torch.cuda.max_memory_allocated() - self.base
+        hwm = _status_kib("VmHWM") if self.method.startswith("VmHWM") else None
+        peak = hwm * 1024 if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        return peak - self.base
+
+
+# ---------------------------------------------------------------------------------- worker
+def make_inputs(spec: dict, tokens: int, grad: bool):
+    """Seeded hidden [N, H], LM head (weight [V, H]), targets [N] and loss coefficients a, b [N].
+
+    hidden ~ N(0, 1) and W ~ N(0, 0.1²): logits have std ≈ 3 (H = 896), a peaked distribution."""
+    import torch
+
+    dtype = getattr(torch, spec["dtype"])
+    dev = spec["device"]
+    g = torch.Generator().manual_seed(spec["seed"])
+    vocab, hid = spec["vocab"], spec["hidden"]
+    hidden = torch.randn(tokens, hid, generator=g).to(dev, dtype)
+    weight = (torch.randn(vocab, hid, generator=g) * 0.1).to(dev, dtype)
+    targets = torch.randint(0, vocab, (tokens,), generator=g).to(dev)
+    coef = torch.randn(2, tokens, generator=g).to(dev)
+    head = torch.nn.Linear(hid, vocab, bias=False, device=dev, dtype=dtype)
+    with torch.no_grad():
+        head.weight.copy_(weight)
+    del weight
+    head.weight.requires_grad_(grad)
+    hidden.requires_grad_(grad)
+    return hidden, head, targets, coef
+
+
+def run_case(spec: dict, hidden, head, targets, coef):
+    """One evaluation of the case (and its backward in fwd_bwd). Returns (logp, entropy)."""
+    import torch
+
+    grad = spec["mode"] == "fwd_bwd"
+    with torch.set_grad_enabled(grad):
+        if spec["path"] == "naive":
+            logp, ent = naive_logprobs(hidden, head.weight, targets)
+        else:
+            logp, ent = unipo_logprobs(hidden, head, targets, spec["chunk_tokens"])
+        if grad:
+            hidden.grad = head.weight.grad = None
+            ((logp * coef[0]).sum() + (ent * coef[1]).sum()).backward()
+    return logp.detach(), ent.detach()
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def worker_main(spec_path: str, result_path: str) -> None:
+    import torch
+
+    spec = json.loads(Path(spec_path).read_text())
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    sys.path.insert(0, str(ROOT / "src"))
+    grad = spec["mode"] == "fwd_bwd"
+    dev = spec["device"]
+    # untimed warm-up of the same path on 64 tokens: library initialisation is not counted
+    warm = make_inputs(spec, 64, grad)
+    run_case({**spec, "chunk_tokens": min(spec.get("chunk_tokens") or 64, 32)}, *warm)
+    del warm
+    hidden, head, targets, coef = make_inputs(spec, spec["tokens"], grad)
+    probe = MemoryProbe(dev)
+    probe.start()
+    _sync(dev)
+    t0 = time.perf_counter()
+    logp, ent = run_case(spec, hidden, head, targets, coef)
+    _sync(dev)
+    times = [time.perf_counter() - t0]
+    peak_extra = probe.stop()
+    for _ in range(spec["repeats"] - 1):
+        _sync(dev)
+        t0 = time.perf_counter()
+        run_case(spec, hidden, head, targets, coef)
+        _sync(dev)
+        times.append(time.perf_counter() - t0)
+    out = {"logp": logp.cpu(), "entropy": ent.cpu()}
+    if grad:
+        out["grad_hidden"] = hidden.grad.cpu()
+        out["grad_weight"] = head.weight.grad.cpu()
+    torch.save(out, spec["outputs"])
+    elem = torch.finfo(getattr(torch, spec["dtype"])).bits // 8
+    grad_bytes = (hidden.numel() + head.weight.numel()) * elem if grad else 0
+    res = {
+        "peak_extra_mb": peak_extra / 2**20,
+        "time_s": statistics.median(times),
+        "times_s": times,
+        "grad_buffers_mb": grad_bytes / 2**20,
+        "memory_method": probe.method,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
+    if dev.startswith("cuda"):
+        res["gpu"] = torch.cuda.get_device_name()
+    Path(result_path).write_text(json.dumps(res))
+
+
+# ---------------------------------------------------------------------------------- orchestrator
+def available_bytes() -> float:
+    """MemAvailable on Linux (inf when unknown)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return math.inf
+
+
+def estimate_peak_bytes(path: str, mode: str, tokens: int, vocab: int, hidden: int, chunk: int | None) -> float:
+    """Rough upper estimate of a case's extra memory (to skip what cannot fit)."""
+    rows = tokens if path == "naive" else min(chunk or tokens, tokens)
+    est = NAIVE_PEAK_TENSORS[mode] * rows * vocab * 4
+    if mode == "fwd_bwd":
+        est += (tokens + vocab) * hidden * 4
+    return est
+
+
+def run_worker(spec: dict, workdir: Path, tag: str, max_wait: float) -> dict:
+    from vs_trl import cpu_jiffies, wait_for_quiet
+
+    spec_path, result_path = workdir / f"{tag}.spec.json", workdir / f"{tag}.result.json"
+    spec = {**spec, "outputs": str(workdir / f"{tag}.pt")}
+    spec_path.write_text(json.dumps(spec))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH")]))
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(spec_path), str(result_path)]
+    busy = wait_for_quiet(max_wait) if spec["device"] == "cpu" and max_wait > 0 else math.nan
+    ru0, (b0, _) = resource.getrusage(resource.RUSAGE_CHILDREN), cpu_jiffies()
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    ru1, (b1, _) = resource.getrusage(resource.RUSAGE_CHILDREN), cpu_jiffies()
+    own = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
+    foreign = max(0.0, (b1 - b0) - own) / (wall * (os.cpu_count() or 1))
+    if proc.returncode != 0 or not result_path.exists():
+        tail = (proc.stdout + proc.stderr)[-2000:]
+        return {"error": f"worker exited with {proc.returncode}:\n{tail}", "wall_s": wall}
+    res = json.loads(result_path.read_text())
+    return {**res, "wall_s": wall, "busy_before": busy, "foreign_cpu_share": round(foreign, 3),
+            "outputs": spec["outputs"]}  # fmt: skip
+
+
+def max_abs_diffs(ref_file: str, other_file: str) -> dict[str, float]:
+    """max |unipo − naive| per output, and the largest |naive| of each for scale."""
+    import torch
+
+    ref, other = torch.load(ref_file), torch.load(other_file)
+    out = {}
+    for key, r in ref.items():
+        out[key] = float((other[key].double() - r.double()).abs().max())
+        out[f"{key}_max_abs"] = float(r.abs().max())
+    return out
+
+
+def recommend(entries: dict, target: float = TARGET_RATIO) -> dict:
+    """Largest chunk (the fastest, usually) whose memory ratio meets ``target`` in every measured
+    entry with ≥ 4096 tokens, and its time relative to the naive path there."""
+    relevant = [e for e in entries.values() if e.get("tokens", 0) >= 4096 and e.get("naive", {}).get("peak_extra_mb")]
+    chunks = sorted({int(c) for e in relevant for c in e.get("unipo", {})})
+    ok = []
+    for c in chunks:
+        ratios = [e["unipo"].get(str(c), {}).get("memory_ratio") for e in relevant]
+        if ratios and all(r is not None and r <= target for r in ratios):
+            ok.append(c)
+    if not ok:
+        return {"chunk_tokens": None, "why": f"no chunk size meets {target:.0%} in every entry with >= 4096 tokens"}
+    best = max(ok)
+    return {
+        "chunk_tokens": best,
+        "meets_target_in": sorted(f"{e['tokens']}/{e['mode']}" for e in relevant),
+        "max_memory_ratio": max(e["unipo"][str(best)]["memory_ratio"] for e in relevant),
+        "time_ratio_vs_naive": {f"{e['tokens']}/{e['mode']}": e["unipo"][str(best)].get("time_ratio")
+                                for e in relevant},
+    }  # fmt: skip
+
+
+def machine_info() -> dict:
+    import torch
+
+    from vs_trl import machine_info as base_info
+
+    info = base_info([])
+    info["torch"] = torch.__version__
+    info["threads"] = torch.get_num_threads()
+    info["memory_gb"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def measure(a: argparse.Namespace, tokens: int, mode: str, workdir: Path) -> dict:
+    base = {"device": a.device, "dtype": a.dtype, "vocab": a.vocab, "hidden": a.hidden, "seed": a.seed,
+            "tokens": tokens, "mode": mode, "repeats": a.repeats, "threads": a.threads}  # fmt: skip
+    tag = f"{tokens}-{mode}"
+    avail = available_bytes() if a.device == "cpu" else math.inf
+    entry: dict = {"tokens": tokens, "mode": mode, "naive": {}, "unipo": {}}
+    need = estimate_peak_bytes("naive", mode, tokens, a.vocab, a.hidden, None)
+    if a.device == "cpu" and need > 0.9 * avail:
+        entry["naive"] = {"skipped": f"needs ~{need / 2**30:.1f} GB, {avail / 2**30:.1f} GB available"}
+        print(f"[{tag}] naive: skipped ({entry['naive']['skipped']})", flush=True)
+    else:
+        entry["naive"] = run_worker({**base, "path": "naive"}, workdir, f"{tag}-naive", a.max_wait)
+        _print_case(tag, "naive", entry["naive"])
+    naive = entry["naive"]
+    for c in a.chunks:
+        res = run_worker({**base, "path": "unipo", "chunk_tokens": c}, workdir, f"{tag}-unipo{c}", a.max_wait)
+        if "error" not in res and "peak_extra_mb" in naive:
+            res["memory_ratio"] = res["peak_extra_mb"] / naive["peak_extra_mb"]
+            res["time_ratio"] = res["time_s"] / naive["time_s"]
+            res["max_abs_diff"] = max_abs_diffs(naive["outputs"], res["outputs"])
+        entry["unipo"][str(c)] = res
+        _print_case(tag, f"unipo c={c}", res)
+        Path(res.get("outputs", workdir / "none")).unlink(missing_ok=True)
+    if "outputs" in naive:
+        Path(naive["outputs"]).unlink(missing_ok=True)
+    for r in (naive, *entry["unipo"].values()):
+        r.pop("outputs", None)
+    diffs = [r["max_abs_diff"] for r in entry["unipo"].values() if "max_abs_diff" in r]
+    if diffs:
+        keys = [k for k in diffs[0] if not k.endswith("_max_abs")]
+        entry["max_abs_diff"] = {k: max(d[k] for d in diffs) for k in keys}
+        entry["within_tolerance"] = all(v <= TOLERANCE for v in entry["max_abs_diff"].values())
+    return entry
+
+
+def _print_case(tag: str, name: str, r: dict) -> None:
+    if "error" in r:
+        print(f"[{tag}] {name}: FAILED {r['error'].splitlines()[0]}", flush=True)
+        return
+    extra = ""
+    if "memory_ratio" in r:
+        d = r["max_abs_diff"]
+        worst = max(v for k, v in d.items() if not k.endswith("_max_abs"))
+        extra = f"  = {r['memory_ratio']:.1%} of naive, time x{r['time_ratio']:.2f}, max|diff| {worst:.1e}"
+    print(f"[{tag}] {name:12s}: peak extra {r['peak_extra_mb']:9,.0f} MB, {r['time_s']:7.2f} s{extra}"
+          f"  (other processes {r['foreign_cpu_share']:.0%})", flush=True)  # fmt: skip
+
+
+def print_table(results: dict) -> None:
+    rows = [("entry", "path", "peak extra MB", "time s", "vs naive: memory", "time", "max |diff|")]
+    for key, e in results.get("entries", {}).items():
+        n = e.get("naive", {})
+        rows.append((key, "naive", _num(n.get("peak_extra_mb"), ",.0f", n.get("skipped", "failed")),
+                     _num(n.get("time_s"), ".2f"), "", "", ""))  # fmt: skip
+        for c, r in e.get("unipo", {}).items():
+            worst = max((v for k, v in r.get("max_abs_diff", {}).items() if not k.endswith("_max_abs")), default=None)
+            rows.append((key, f"unipo c={c}", _num(r.get("peak_extra_mb"), ",.0f", "failed"),
+                         _num(r.get("time_s"), ".2f"), _num(r.get("memory_ratio"), ".1%"),
+                         _num(r.get("time_ratio"), ".2f"), _num(worst, ".1e")))  # fmt: skip
+    widths = [max(len(str(x)) for x in col) for col in zip(*rows)]
+    for i, row in enumerate(rows):
+        print("  ".join(str(x).ljust(w) for x, w in zip(row, widths)))
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+    for device, rec in results.get("recommendation", {}).items():
+        print(f"{device}: recommended chunk_tokens {rec.get('chunk_tokens')} {rec.get('why', '')}".rstrip())
+
+
+def _num(x, spec: str, missing: str = "—") -> str:
+    return format(x, spec) if isinstance(x, (int, float)) else missing
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--worker"]:
+        return worker_main(*argv[1:3])
+    sys.path.insert(0, str(ROOT / "src"))
+    sys.path.insert(0, str(HERE))
+    import torch
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tokens", default="4096,8192", help="comma-separated token counts N")
+    p.add_argument("--chunks", default="256,512,1024,2048", help="comma-separated unipo chunk_tokens")
+    p.add_argument("--modes", default="fwd,fwd_bwd", help="fwd (no grad) and/or fwd_bwd")
+    p.add_argument("--quick", action="store_true", help="`make bench` sizes: --tokens 4096 --chunks 256,2048")
+    p.add_argument("--vocab", type=int, default=151_936)
+    p.add_argument("--hidden", type=int, default=896)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", default="float32", help="of the hidden states and W (logits are float32)")
+    p.add_argument("--repeats", type=int, default=2, help="timed runs per case (the first also measures memory)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads in the workers (0: torch's default)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-wait", type=float, default=60,
+                   help="CPU: seconds to wait for other processes to go quiet before each case")  # fmt: skip
+    p.add_argument("--out", default=str(DEFAULT_OUT), help="results JSON (entries merged by device/tokens/mode)")
+    p.add_argument("--show", action="store_true", help="print the table of --out and exit")
+    a = p.parse_args(argv)
+    if a.show:
+        return print_table(json.loads(Path(a.out).read_text()))
+    if a.quick:
+        a.tokens, a.chunks = "4096", "256,2048"
+    a.tokens = [int(x) for x in str(a.tokens).split(",")]
+    a.chunks = [int(x) for x in str(a.chunks).split(",")]
+    a.modes = a.modes.split(",")
+    if bad := [m for m in a.modes if m not in NAIVE_PEAK_TENSORS]:
+        p.error(f"unknown mode(s) {bad}: choose from fwd, fwd_bwd")
+    out = Path(a.out)
+    results = json.loads(out.read_text()) if out.exists() else {}
+    entries = results.setdefault("entries", {})
+    info = machine_info()
+    settings = {"vocab": a.vocab, "hidden": a.hidden, "dtype": a.dtype, "device": a.device, "seed": a.seed,
+                "repeats": a.repeats, "library_default_chunk_tokens": default_chunk_tokens(),
+                "inputs": "hidden ~ N(0,1), W ~ N(0, 0.1^2), uniform targets; loss = sum(a*logp) + sum(b*H)"}  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="logprob_memory-") as tmp:
+        for tokens in a.tokens:
+            for mode in a.modes:
+                entry = measure(a, tokens, mode, Path(tmp))
+                entry["date"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+                entry["machine"], entry["settings"] = info, settings
+                entries[f"{a.device}/{tokens}/{mode}"] = entry
+                on_device = {k: e for k, e in entries.items() if k.startswith(a.device + "/")}
+                results.setdefault("recommendation", {})[a.device] = recommend(on_device)
+                results.update(target_ratio=TARGET_RATIO, tolerance=TOLERANCE)
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_text(json.dumps(results, indent=2) + "\n")
+    print_table(results)
+    print(f"results: {out}")
+
+
+if __name__ == "__main__":
+    main()

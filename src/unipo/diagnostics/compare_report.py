@@ -1,0 +1,152 @@
+"""The ``unipo compare`` report: overlaid curves with bands, the entropy-law plot, and the HTML page.
+
+``compare.py`` runs the cells and computes the numbers (``variant_numbers``); this module only
+draws and renders them.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from matplotlib.ticker import MaxNLocator
+
+from unipo.diagnostics.plots import plt
+
+if TYPE_CHECKING:
+    from unipo.diagnostics.compare import Cell, CompareSpec
+
+CURVES = {  # plot name → (metric key, y label)
+    "reward": ("reward/mean", "training reward (all samples)"),
+    "accuracy": ("eval/accuracy", "held-out accuracy"),
+    "entropy": ("policy/entropy", "token entropy (nats)"),
+    "length": ("response/length_mean", "response length (tokens)"),
+}
+
+
+def _save(fig: Any, ax: Any, path: Path, **labels: str) -> None:
+    ax.set(**labels)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+
+
+def plots(numbers: dict[str, dict[str, Any]], out: Path) -> list[str]:
+    """plots/<curve>.png (mean over seeds with its 95% band, one colour per variant) and
+    plots/entropy_law.png (the (H, R) points and each variant's fitted law)."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, (_, ylabel) in CURVES.items():
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for variant, nums in numbers.items():
+            c = nums["curves"][name]
+            if c["steps"]:
+                (line,) = ax.plot(c["steps"], c["mean"], marker="o" if len(c["steps"]) < 12 else None,
+                                  ms=3, label=f"{variant} (n≤{int(max(c['n']))})")  # fmt: skip
+                ax.fill_between(c["steps"], c["lo"], c["hi"], color=line.get_color(), alpha=0.2, lw=0)
+        if ax.lines:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            _save(fig, ax, out / f"{name}.png", xlabel="step", ylabel=ylabel, title="seed mean, 95% band")
+            written.append(f"plots/{name}.png")
+        plt.close(fig)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for variant, nums in numbers.items():
+        (H, R), law = nums["points"], nums["law"]
+        if H:
+            (dots,) = ax.plot(H, R, ".", alpha=0.4, label=variant)
+            if math.isfinite(law["a"]):
+                xs = [min(H) + (max(H) - min(H)) * i / 50 for i in range(51)]
+                ax.plot(xs, [law["b"] - law["a"] * math.exp(x) for x in xs], color=dots.get_color())
+    if ax.lines:
+        _save(fig, ax, out / "entropy_law.png", xlabel="policy/entropy H", ylabel="training reward R",
+              title="R = −a·exp(H) + b per variant")  # fmt: skip
+        written.append("plots/entropy_law.png")
+    plt.close(fig)
+    return written
+
+
+def _ci(e: dict[str, float]) -> str:
+    if e["n"] == 0:
+        return "—"
+    if not math.isfinite(e["lo"]):
+        return f"{e['mean']:.3f} (n=1)"
+    return f"{e['mean']:.3f} [{e['lo']:.3f}, {e['hi']:.3f}] (n={e['n']})"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    """An HTML table; cells are raw HTML (escape text before)."""
+    head = "".join(f"<th>{h}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>\n" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>\n{body}</tbody></table>\n"
+
+
+_CSS = """body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+table { border-collapse: collapse; font-size: 0.9em; margin-bottom: 1em; }
+th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; }
+th:first-child, td:first-child { text-align: left; } th { background: #f3f3f3; }
+.plots { display: flex; flex-wrap: wrap; gap: 1em; } img { max-width: 580px; }
+.note { color: #666; font-size: 0.85em; }"""
+
+
+def _dynamics_html(numbers: dict[str, Any], gaps: dict[str, Any], baseline: str | None) -> str:
+    """The entropy-dynamics table and, with a baseline, the differences table (findings.py)."""
+    esc = html.escape
+    keys = ("entropy_start", "entropy_end", "entropy_change", "dyn_r", "dyn_sign_agree")
+    out = _table(
+        ["variant", *keys, "pooled r (points)"],
+        [[esc(v), *(esc(_ci(n["dynamics"][k])) for k in keys),
+          f"{n['dynamics']['pooled_r']:.3f} ({n['dynamics']['pooled_points']})"] for v, n in numbers.items()],
+    )  # fmt: skip
+    out += ("<p class='note'>entropy_start/end: mean policy/entropy of the first/last 5 steps; dyn_r: "
+            "Pearson r of predicted (−Cov(log π, A)) and measured entropy change per run; pooled r: all "
+            "runs' pairs, centred per run.</p>\n")  # fmt: skip
+    if baseline and gaps:
+        metrics = list(dict.fromkeys(m for g in gaps.values() for m in g))
+        fmt = "{diff:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+        out += f"<h2>Difference from {esc(baseline)}: mean [95% bootstrap CI]</h2>\n" + _table(
+            ["variant", *map(esc, metrics)],
+            [[esc(v), *(esc(fmt.format(**g[m])) if m in g else "—" for m in metrics)]
+             for v, g in gaps.items()],
+        )  # fmt: skip
+    return out
+
+
+def render_html(
+    spec: CompareSpec, cells: list[Cell], numbers: dict[str, Any], images: list[str], gaps: dict[str, Any]
+) -> str:
+    esc = html.escape
+    metrics = list(dict.fromkeys(m for n in numbers.values() for m in n["table"]))
+    finals = _table(
+        ["variant", *map(esc, metrics)],
+        [[esc(v), *(esc(_ci(n["table"][m])) if m in n["table"] else "—" for m in metrics)]
+         for v, n in numbers.items()],
+    )  # fmt: skip
+    laws = _table(
+        ["variant", "a", "b", "R²", "ceiling −a+b", "points"],
+        [[esc(v), *(f"{n['law'][k]:.4g}" for k in ("a", "b", "r2", "ceiling")), str(int(n["law"]["n"]))]
+         for v, n in numbers.items()],
+    )  # fmt: skip
+    links = "<a href='{0}/seed{1}/report.html'>report</a> · <a href='logs/{0}-seed{1}.log'>log</a>"
+    runs = _table(
+        ["variant", "seed", "status", "run"],
+        [[esc(c.variant), str(c.seed), esc(c.status), links.format(esc(c.variant), c.seed)] for c in cells],
+    )
+    variants = "".join(
+        f"<li><b>{esc(v)}</b>: <code>{esc(' '.join(o))}</code></li>" for v, o in spec.variants.items()
+    )
+    figures = "".join(f"<figure><img src='{esc(s)}' alt='{esc(s)}'></figure>\n" for s in images)
+    return (
+        f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>unipo compare: "
+        f"{esc(spec.output_dir)}</title><style>{_CSS}</style></head><body>\n<h1>unipo compare</h1>\n"
+        f"<p>seeds {esc(str(spec.seeds))}; variants:</p><ul>{variants}</ul>\n"
+        f"<h2>Final numbers: mean [95% bootstrap CI] over seeds</h2>\n{finals}"
+        "<p class='note'>accuracy, greedy_accuracy, pass@k, entropy_eval, length: held-out evaluation after "
+        "training (summary.json); entropy_last, reward_last: the last training step. With few seeds the "
+        "interval is narrow and itself uncertain.</p>\n"
+        f"<h2>Entropy–performance law R = −a·exp(H) + b</h2>\n{laws}"
+        f"<h2>Entropy dynamics</h2>\n{_dynamics_html(numbers, gaps, spec.baseline)}"
+        f"<h2>Curves</h2>\n<div class='plots'>\n{figures or '<p>no data</p>'}</div>\n"
+        f"<h2>Cells</h2>\n{runs}</body></html>\n"
+    )

@@ -1,0 +1,166 @@
+"""HPT's SFT branch end to end: task demonstrations → ``metadata["sft_target_ids"]`` (only when a part
+needs them) → the switch swaps a failed group for one demonstration row → the loss is SFT's."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from unipo.algorithms import get_algorithm, policy_loss
+from unipo.batch import RolloutBatch
+from unipo.config import load_config
+from unipo.parts.base import LossInputs
+from unipo.parts.selection_t2 import SFT_KEY
+from unipo.tasks import ReasoningGymTask, demonstration
+from unipo.train.collect import collect
+from unipo.train.sft import demonstration_ids, sft_rows, target_ids
+
+CHAIN_SUM = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}
+
+
+def test_demonstration_text_and_ids(tiny):
+    _, tok = tiny
+    assert demonstration({"question": "q", "answer": "-4"}) == "-4"
+    assert (
+        demonstration({"answer": "7", "demonstration": "3 + 4 = 7"}) == "3 + 4 = 7"
+    )  # a worked solution wins
+    assert demonstration({"answer": ""}) is None and demonstration({"answer": None}) is None
+    eos = tok.eos_token_id
+    chars = tok("-4", add_special_tokens=False)["input_ids"]
+    assert len(chars) == 2  # character tokenizer: one id per character
+    ids = demonstration_ids(tok, [{"answer": "-4"}, {"answer": ""}])
+    assert ids == [[*chars, eos], None]
+    # the warm start forms its targets the same way (one code path)
+    assert sft_rows(tok, [[1, 2]], ["-4"]) == [([1, 2], target_ids(tok, "-4"))] and ids[0] == target_ids(
+        tok, "-4"
+    )
+    assert demonstration_ids(tok, [{"answer": "-4"}], max_tokens=2) == [chars]  # cut to max_new_tokens
+    with pytest.raises(ValueError, match="max_tokens must be positive"):
+        demonstration_ids(tok, [{"answer": "1"}], max_tokens=0)
+
+
+def test_a_demonstration_is_a_correct_completion_for_the_task(tiny):
+    # decoding the SFT target (EOS skipped) and scoring it with the task's own verifier gives 1
+    _, tok = tiny
+    task = ReasoningGymTask("chain_sum", CHAIN_SUM)
+    examples = task.examples(5, seed=3)
+    texts = tok.batch_decode(demonstration_ids(tok, examples), skip_special_tokens=True)
+    scores = task.reward_fn()(["p"] * 5, texts, entry=[ex["entry"] for ex in examples])
+    assert scores == [1.0] * 5
+
+
+def _naive_completion_logprobs(model, prompt: list[int], completion: list[int]) -> torch.Tensor:
+    """log π(completion_t | prompt, completion_<t) for one unpadded row [T] (independent of unipo's pass)."""
+    ids = torch.tensor([prompt + completion])
+    logits = model(input_ids=ids).logits[0, len(prompt) - 1 : -1]  # [T, V]
+    return torch.log_softmax(logits.float(), -1).gather(-1, torch.tensor(completion)[:, None])[:, 0]
+
+
+def test_zero_accuracy_group_becomes_its_demonstration_and_the_loss_is_sft(tiny):
+    model, tok = tiny
+    algo = get_algorithm("hpt")
+    demo = target_ids(tok, "-4")  # answer + EOS, 3 tokens
+    p0, p1 = (
+        tok("0-4=", add_special_tokens=False)["input_ids"],
+        tok("1+1=", add_special_tokens=False)["input_ids"],
+    )
+    c = tok("12", add_special_tokens=False)["input_ids"]
+    # group 0 (prompt p0): both rollouts fail (r = 0) and carry the demonstration → one SFT row
+    # group 1 (prompt p1): r = [1, 0] stays RL; rows are [prompt 4 tokens | completion 2 tokens]
+    batch = RolloutBatch(
+        prompt_ids=torch.tensor([p0, p0, p1, p1]),
+        prompt_mask=torch.ones(4, 4, dtype=torch.long),
+        completion_ids=torch.tensor([c, c[::-1], c, c[::-1]]),
+        completion_mask=torch.ones(4, 2),
+        group_ids=torch.tensor([0, 0, 1, 1]),
+        truncated=torch.zeros(4, dtype=torch.bool),
+        rewards=torch.tensor([0.0, 0.0, 1.0, 0.0]),
+        metadata=[{SFT_KEY: demo}, {SFT_KEY: demo}, {SFT_KEY: [9]}, {SFT_KEY: [9]}],
+    )
+    out, m = algo.selections[0](batch)
+    assert m["selection/hpt_sft_groups"].item() == 1.0 and out.size == 3
+    # RL rows first (re-padded to the demonstration's width 3), then the SFT row of group 0
+    assert out.group_ids.tolist() == [1, 1, 0] and [x.get("hpt_sft", False) for x in out.metadata] == [
+        False,
+        False,
+        True,
+    ]
+    assert out.completion_ids[2].tolist() == demo and out.completion_mask[2].tolist() == [1.0, 1.0, 1.0]
+    assert out.completion_mask[:2].tolist() == [[1.0, 1.0, 0.0]] * 2
+    assert out.prompt_ids[2].tolist() == p0
+    adv, am = algo.advantage(out)
+    s = 2**-0.5  # group 1: (1 − 0.5)/std([1, 0]) with the unbiased std √0.5 → ±0.7071
+    torch.testing.assert_close(
+        adv, torch.tensor([[s, s, 0.0], [-s, -s, 0.0], [1.0, 1.0, 1.0]]), atol=1e-5, rtol=0
+    )
+    assert am["advantage/hpt_sft_frac"].item() == pytest.approx(1 / 3)
+
+    # the loss, on-policy (π_old = sg π_θ): its gradient is the SFT gradient on the demonstration
+    # plus GRPO's on the RL rows. Naive reference, per unpadded row: token mean over the N = 7 tokens
+    # of −A_t·log π_t (the gradient of −A·ρ at ρ = 1 is −A·∇log π).
+    rows = [(p1, c), (p1, c[::-1]), (p0, demo)]
+    lp = [_naive_completion_logprobs(model, p, comp) for p, comp in rows]
+    naive = -(s * lp[0].sum() - s * lp[1].sum() + lp[2].sum()) / 7
+    naive_grads = torch.autograd.grad(naive, [p for p in model.parameters() if p.requires_grad])
+
+    logp = torch.stack([torch.nn.functional.pad(x, (0, 3 - x.numel())) for x in lp])  # [B, T]
+    x = LossInputs(logprobs=logp, old_logprobs=logp.detach(), advantages=adv, mask=out.completion_mask)
+    loss, _ = policy_loss(algo, x)
+    assert loss.item() == pytest.approx((-s * 2 + s * 2 - 3) / 7, abs=1e-6)  # ρ = 1: −Σ A_t / N
+    grads = torch.autograd.grad(loss, [p for p in model.parameters() if p.requires_grad])
+    for g, ng in zip(grads, naive_grads):
+        torch.testing.assert_close(g, ng, atol=1e-6, rtol=1e-5)
+
+
+def test_collect_fills_demonstrations_only_when_asked(tiny):
+    model, tok = tiny
+    from unipo.rewards import RewardSet
+    from unipo.rollout.base import SamplingParams
+    from unipo.rollout.hf import HFEngine
+
+    examples = [{"question": "1+1=", "answer": "2"}, {"question": "x", "answer": ""}]
+    ids = [tok(ex["question"], add_special_tokens=False)["input_ids"] for ex in examples]
+    kwargs = dict(
+        engine=HFEngine(model, tok), reward_set=RewardSet([("zero", lambda p, c, **k: [0.0] * len(c), 1.0)]),
+        selections=(), examples=examples, prompt_ids=ids, prompt_texts=["1+1=", "x"], group_size=2,
+        sampling=SamplingParams(max_new_tokens=3), max_refill_rounds=0, more=None,
+    )  # fmt: skip
+    batch, metrics, _, _ = collect(**kwargs, demonstrations=lambda exs: demonstration_ids(tok, exs, 3))
+    assert [m.get(SFT_KEY) for m in batch.metadata] == [target_ids(tok, "2")] * 2 + [None, None]
+    assert metrics["rollout/demonstration_frac"] == 0.5
+    batch, metrics, _, _ = collect(**kwargs)  # no part needs them: nothing is tokenized or stored
+    assert all(SFT_KEY not in m for m in batch.metadata) and "rollout/demonstration_frac" not in metrics
+
+
+def _nll(model, tok, examples) -> float:
+    """Mean NLL per token of the demonstrations (answer + EOS) given the question."""
+    with torch.no_grad():
+        rows = [(tok(ex["question"], add_special_tokens=False)["input_ids"], target_ids(tok, ex["answer"]))
+                for ex in examples]  # fmt: skip
+        lp = torch.cat([_naive_completion_logprobs(model, p, t) for p, t in rows])
+    return float(-lp.mean())
+
+
+@pytest.mark.slow
+def test_hpt_trains_on_demonstrations_where_the_model_never_succeeds(tiny_model_dir, tmp_path):
+    from unipo.train.trainer import Trainer
+
+    overrides = [
+        f"model.path={tiny_model_dir}", "model.device=cpu", "algorithm.name=hpt",
+        "task.name=chain_sum", f"task.config={CHAIN_SUM}", "task.train_size=30", "task.eval_size=0",
+        "task.chat=false", "rollout.prompts_per_step=2", "rollout.group_size=4",
+        "rollout.sampling.max_new_tokens=6", "optim.micro_batch_size=8", "optim.lr=1e-2",
+        "train.steps=2", f"train.output_dir={tmp_path / 'run'}",
+    ]  # fmt: skip
+    trainer = Trainer(load_config(None, overrides))
+    assert trainer._demonstrations is not None
+    before = _nll(trainer.model, trainer.tokenizer, trainer.train_examples)
+    steps = [trainer.run_step() for _ in range(2)]
+    for m in steps:
+        # the untrained model never answers chain_sum: every group fails → every group is SFT
+        assert m["rollout/reward_mean_all"] == 0.0 and m["rollout/demonstration_frac"] == 1.0
+        assert m["selection/hpt_sft_groups"] == 2.0 and m["selection/hpt_rl_frac"] == 0.0
+        assert m["advantage/hpt_sft_frac"] == 1.0 and m["optim/skipped_steps"] == 0.0
+    assert _nll(trainer.model, trainer.tokenizer, trainer.train_examples) < before  # it learned the answers
+    # a preset without the part tokenizes nothing
+    assert Trainer(load_config(None, [*overrides, "algorithm.name=grpo"]))._demonstrations is None
