@@ -19,7 +19,7 @@ from unipo.diagnostics.entropy import (
     predicted_entropy_change,
     ratio_stats,
 )
-from unipo.diagnostics.law import fit_entropy_law
+from unipo.diagnostics.law import EntropyLawTracker, fit_entropy_law
 from unipo.diagnostics.stats import bootstrap_ci, mean_band, t975
 
 # two sequences: 4 valid tokens, then 2 valid tokens + padding (the padding holds junk on purpose)
@@ -181,6 +181,18 @@ def test_law_three_points_by_hand():
     # b = R̄ + a·x̄ = 0; R̂ = 0.5, 1, 1.5; SSres = 1.5, SStot = 2 → R² = 0.25; ceiling −a + b = 0.5
     fit = fit_entropy_law([0.0, math.log(2), math.log(3)], [1.0, 0.0, 2.0])
     assert fit == pytest.approx({"a": -0.5, "b": 0.0, "r2": 0.25, "ceiling": 0.5, "n": 3.0})
+
+
+def test_law_tracker_refits_and_restores():
+    t = EntropyLawTracker()
+    assert math.isnan(t.step(0.0, 1.0)["law/a"]) and math.isnan(t.step(math.nan, 5.0)["law/a"])
+    assert math.isnan(t.step(math.log(2), 0.0)["law/r2"])  # two pairs (the NaN one is dropped)
+    # the third pair completes the hand-computed fit of test_law_three_points_by_hand
+    assert t.step(math.log(3), 2.0) == pytest.approx({"law/a": -0.5, "law/b": 0.0, "law/r2": 0.25,
+                                                      "law/ceiling": 0.5})  # fmt: skip
+    u = EntropyLawTracker()
+    u.load_state_dict(t.state_dict())
+    assert u.step(math.log(4), 1.0) == t.step(math.log(4), 1.0)
 
 
 def test_law_degenerate_inputs():

@@ -11,8 +11,12 @@ from unipo.batch import RolloutBatch
 from unipo.config import load_config
 from unipo.parts.base import LossInputs
 from unipo.parts.selection_t2 import SFT_KEY
+from unipo.rewards import RewardSet
+from unipo.rollout.base import SamplingParams
+from unipo.rollout.hf import HFEngine
 from unipo.tasks import ReasoningGymTask, demonstration
 from unipo.train.collect import collect
+from unipo.train.logprobs import completion_logprobs
 from unipo.train.sft import demonstration_ids, sft_rows, target_ids
 
 CHAIN_SUM = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}
@@ -80,11 +84,8 @@ def test_zero_accuracy_group_becomes_its_demonstration_and_the_loss_is_sft(tiny)
     out, m = algo.selections[0](batch)
     assert m["selection/hpt_sft_groups"].item() == 1.0 and out.size == 3
     # RL rows first (re-padded to the demonstration's width 3), then the SFT row of group 0
-    assert out.group_ids.tolist() == [1, 1, 0] and [x.get("hpt_sft", False) for x in out.metadata] == [
-        False,
-        False,
-        True,
-    ]
+    assert out.group_ids.tolist() == [1, 1, 0]
+    assert [x.get("hpt_sft", False) for x in out.metadata] == [False, False, True]
     assert out.completion_ids[2].tolist() == demo and out.completion_mask[2].tolist() == [1.0, 1.0, 1.0]
     assert out.completion_mask[:2].tolist() == [[1.0, 1.0, 0.0]] * 2
     assert out.prompt_ids[2].tolist() == p0
@@ -103,7 +104,9 @@ def test_zero_accuracy_group_becomes_its_demonstration_and_the_loss_is_sft(tiny)
     naive = -(s * lp[0].sum() - s * lp[1].sum() + lp[2].sum()) / 7
     naive_grads = torch.autograd.grad(naive, [p for p in model.parameters() if p.requires_grad])
 
-    logp = torch.stack([torch.nn.functional.pad(x, (0, 3 - x.numel())) for x in lp])  # [B, T]
+    # unipo's log-prob pass on the swapped, re-padded batch: the SFT row's mask must cover exactly
+    # the demonstration tokens, the RL rows' padding column must contribute nothing
+    logp, _ = completion_logprobs(model, out.input_ids, out.attention_mask, out.completion_mask)  # [B, T]
     x = LossInputs(logprobs=logp, old_logprobs=logp.detach(), advantages=adv, mask=out.completion_mask)
     loss, _ = policy_loss(algo, x)
     assert loss.item() == pytest.approx((-s * 2 + s * 2 - 3) / 7, abs=1e-6)  # ρ = 1: −Σ A_t / N
@@ -114,10 +117,6 @@ def test_zero_accuracy_group_becomes_its_demonstration_and_the_loss_is_sft(tiny)
 
 def test_collect_fills_demonstrations_only_when_asked(tiny):
     model, tok = tiny
-    from unipo.rewards import RewardSet
-    from unipo.rollout.base import SamplingParams
-    from unipo.rollout.hf import HFEngine
-
     examples = [{"question": "1+1=", "answer": "2"}, {"question": "x", "answer": ""}]
     ids = [tok(ex["question"], add_special_tokens=False)["input_ids"] for ex in examples]
     kwargs = dict(

@@ -44,6 +44,7 @@ def test_tiny_run_writes_metrics_and_changes_params(tiny_model_dir, tmp_path):
     assert {"reward/mean", "policy/entropy", "time/generate", "time/update", "regularizer/kl_ref"} <= set(
         steps[0]
     )
+    assert {"law/a", "law/b", "law/r2", "law/ceiling"} <= set(steps[1])  # refit every step (NaN < 3 pairs)
     assert (tmp_path / "run" / "final" / "config.json").exists()
     assert (tmp_path / "run" / "plots" / "reward.png").exists()
     assert "after/accuracy" in summary and "before/pass@2" in summary

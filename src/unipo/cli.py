@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -35,6 +36,83 @@ def _fail(msg: str) -> None:
     raise typer.Exit(code=2)
 
 
+PREFERENCE_SECTIONS = {"data", "loss", "pairs"}  # top-level sections only a preference config has
+RL_SECTIONS = {"rollout", "rewards"}  # ... only an RL config has (and a file's algorithm section)
+
+
+def route_train(config: str | None, args: list[str]) -> tuple[str, list[str]]:
+    """Which trainer ``unipo train`` runs: ("rl" | "preference", the overrides to give it).
+
+    Preference when ``algorithm.name`` (the last override, else the file's) names a preference
+    preset (it becomes ``loss.preset``), or when no name is given and the file or the overrides
+    have a preference section (data, loss, pairs). A name that is neither an RL algorithm nor a
+    preference preset, or one that does not fit the config's sections, is a ``ConfigError``.
+    """
+    import yaml
+
+    from unipo.algorithms import list_algorithms
+    from unipo.config import ConfigError
+    from unipo.preference import list_presets
+
+    top: dict = {}
+    if config is not None and Path(config).is_file():
+        try:
+            loaded = yaml.safe_load(Path(config).read_text())
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {config} is not valid YAML: {e}") from None
+        top = loaded if isinstance(loaded, dict) else {}
+    algo = top.get("algorithm")
+    name = algo.get("name") if isinstance(algo, dict) else None
+    for a in args:
+        key, _, raw = a.partition("=")
+        if key.strip() == "algorithm.name":
+            name = yaml.safe_load(raw) if raw else ""
+    sections = set(top) | {a.partition("=")[0].strip().split(".")[0] for a in args}
+    rl_names = sorted(a.name for a in list_algorithms())
+    pref_names = sorted(p.name for p in list_presets())
+    pref = sorted(sections & PREFERENCE_SECTIONS)
+    # an algorithm.name override alone does not make an RL config; an algorithm section in the file does
+    rl = sorted((sections & RL_SECTIONS) | (set(top) & {"algorithm"}))
+    if name is None:
+        return ("preference" if pref else "rl"), args
+    name = str(name)
+    if name in pref_names:
+        if rl:
+            raise ConfigError(
+                f"{name!r} is a preference preset, but the config has RL sections {rl}; give a "
+                "preference config (sections model, task, data, loss, pairs, optim, eval, train), "
+                "e.g. examples/preference/dpo_demo.yaml"
+            )
+        return "preference", [a for a in args if a.partition("=")[0].strip() != "algorithm.name"] + [
+            f"loss.preset={name}"
+        ]
+    if name in rl_names:
+        if pref:
+            raise ConfigError(
+                f"{name!r} is an RL algorithm, but the config has preference sections {pref}; for a "
+                f"preference run name a preference preset: {', '.join(pref_names)}"
+            )
+        return "rl", args
+    raise ConfigError(
+        f"unknown algorithm {name!r}: neither an RL algorithm ({', '.join(rl_names)}) "
+        f"nor a preference preset ({', '.join(pref_names)})"
+    )
+
+
+def _run_preference(config: str | None, args: list[str]) -> None:
+    from unipo.config import ConfigError
+    from unipo.preference import load_preference_config
+    from unipo.preference.trainer import PreferenceTrainer, PreferenceTrainingError
+    from unipo.train.run_dir import RunDirError
+
+    try:
+        summary = PreferenceTrainer(load_preference_config(config, args), console=console).train()
+    except (ConfigError, RunDirError, PreferenceTrainingError, FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+        return
+    console.print({k: round(v, 4) if isinstance(v, float) else v for k, v in summary.items() if k != "last"})
+
+
 @app.command()
 def train(
     config: Annotated[str | None, typer.Argument(help="YAML config file (optional).")] = None,
@@ -44,13 +122,25 @@ def train(
         bool, typer.Option(help="Continue from the newest checkpoint in the run directory.")
     ] = False,
 ) -> None:
-    """Train a policy: ``unipo train CONFIG.yaml model.path=DIR algorithm.name=dapo``."""
+    """Train a policy: ``unipo train CONFIG.yaml model.path=DIR algorithm.name=dapo``.
+
+    A preference preset as ``algorithm.name`` (or a preference config: sections data / loss /
+    pairs) runs the preference trainer, offline or in on-policy rounds, as ``unipo preference``.
+    """
     from unipo.config import ConfigError, load_config
     from unipo.train.run_dir import RunDirError
     from unipo.train.signals import Interrupted
     from unipo.train.trainer import Trainer, TrainingError
 
     config, args = _run_args(config, overrides, overwrite=overwrite, resume=resume)
+    try:
+        kind, args = route_train(config, args)
+    except ConfigError as e:
+        _fail(str(e))
+        return
+    if kind == "preference":
+        _run_preference(config, args)
+        return
     try:
         cfg = load_config(config, args)
         summary = Trainer(cfg, console=console).train()
@@ -135,10 +225,7 @@ def preference(
     presets: Annotated[bool, typer.Option("--presets", help="List the preference presets and exit.")] = False,
 ) -> None:
     """Preference optimization: ``unipo preference CONFIG.yaml model.path=DIR loss.preset=ipo``."""
-    from unipo.config import ConfigError
-    from unipo.preference import list_presets, load_preference_config
-    from unipo.preference.trainer import PreferenceTrainer, PreferenceTrainingError
-    from unipo.train.run_dir import RunDirError
+    from unipo.preference import list_presets
 
     if presets:
         table = Table(show_lines=True, title="unipo preference presets")
@@ -151,12 +238,7 @@ def preference(
         console.print(table)
         return
     config, args = _run_args(config, overrides, overwrite=overwrite, resume=resume)
-    try:
-        summary = PreferenceTrainer(load_preference_config(config, args), console=console).train()
-    except (ConfigError, RunDirError, PreferenceTrainingError, FileNotFoundError, ValueError) as e:
-        _fail(str(e))
-        return
-    console.print({k: round(v, 4) if isinstance(v, float) else v for k, v in summary.items() if k != "last"})
+    _run_preference(config, args)
 
 
 @app.command()

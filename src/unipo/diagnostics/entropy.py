@@ -10,6 +10,7 @@ An empty mask gives NaN values (the plots skip them), never a silent 0.
     ratio_stats              importance-ratio quantiles, clip fractions, BAPO positive share
     entropy_change_record    one (predicted, measured) pair of entropy change
     EntropyDynamics          accumulates those pairs over steps; their Pearson correlation
+    RunDiagnostics           EntropyDynamics + the entropy-law refit (law.py), one per trainer
 
 Formulas and how to read each value: docs/diagnostics.md.
 """
@@ -21,6 +22,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from unipo.diagnostics.law import EntropyLawTracker
 
 NAN = float("nan")
 # The 80th percentile of token entropy (nats) that Wang et al. (arXiv 2506.01939, §2) report for
@@ -257,3 +260,33 @@ class EntropyDynamics:
         self.measured = [float(v) for v in state["measured"]]
         last = state.get("last")
         self._last = (float(last[0]), float(last[1])) if last is not None else None
+
+
+class RunDiagnostics:
+    """The across-step diagnostics a trainer keeps: predicted-vs-measured entropy change
+    (``EntropyDynamics``) and the entropy–performance law refitted every step (``law/*``).
+
+    ``step(metrics, h_before, predicted, h_after)`` reads the step's ``policy/entropy`` and its
+    training reward (``rollout/reward_mean_all``, every sample before selection, else
+    ``reward/mean``) from ``metrics``; ``h_before`` None skips the entropy-change pair.
+    """
+
+    def __init__(self) -> None:
+        self.dynamics = EntropyDynamics()
+        self.law = EntropyLawTracker()
+
+    def step(
+        self, metrics: dict[str, float], h_before: float | None, predicted: float, h_after: float | None
+    ) -> dict[str, float]:
+        out = self.dynamics.step(h_before, predicted, h_after) if h_before is not None else {}
+        reward = metrics.get("rollout/reward_mean_all", metrics.get("reward/mean", NAN))
+        out.update(self.law.step(metrics.get("policy/entropy", NAN), reward))
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**self.dynamics.state_dict(), "law": self.law.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.dynamics.load_state_dict(state)
+        if "law" in state:  # checkpoints written before the law was tracked have none
+            self.law.load_state_dict(state["law"])

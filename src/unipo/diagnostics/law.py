@@ -42,3 +42,29 @@ def fit_entropy_law(H: Sequence[float], R: Sequence[float]) -> dict[str, float]:
     ss_tot = sum((r - my) ** 2 for _, r in pairs)
     out.update(a=a, b=b, r2=1.0 - ss_res / ss_tot if ss_tot > 0 else NAN, ceiling=b - a)
     return out
+
+
+class EntropyLawTracker:
+    """The law refitted as a run goes: every step adds (policy entropy, training reward) and
+    ``step`` returns the fit over all steps so far as ``law/a``, ``law/b``, ``law/r2``,
+    ``law/ceiling`` (NaN until 3 pairs with varying entropy exist). The pairs are the tracker's
+    state, saved with checkpoints so a resumed run fits the same points. One fit is O(steps).
+    """
+
+    def __init__(self) -> None:
+        self.H: list[float] = []
+        self.R: list[float] = []
+
+    def step(self, entropy: float, reward: float) -> dict[str, float]:
+        if math.isfinite(entropy) and math.isfinite(reward):
+            self.H.append(float(entropy))
+            self.R.append(float(reward))
+        fit = fit_entropy_law(self.H, self.R)
+        return {f"law/{k}": fit[k] for k in ("a", "b", "r2", "ceiling")}
+
+    def state_dict(self) -> dict[str, list[float]]:
+        return {"H": list(self.H), "R": list(self.R)}
+
+    def load_state_dict(self, state: dict[str, list[float]]) -> None:
+        self.H = [float(v) for v in state["H"]]
+        self.R = [float(v) for v in state["R"]]

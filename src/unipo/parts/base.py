@@ -23,6 +23,9 @@ Optional part attributes the trainer reads (never part names):
                                       from ``LossInputs.stats`` (names of ``unipo.train.logprobs.
                                       TOKEN_STATS``, e.g. "topp_entropy:0.8"); they carry gradient
     old_token_stats: tuple[str, ...]  the same for π_old, read from ``LossInputs.old_stats`` (no grad)
+    needs_demonstrations: bool        collection tokenizes each task example's demonstration (its
+                                      worked solution or reference answer) into
+                                      ``metadata["sft_target_ids"]`` (HPT's SFT branch)
 Optional methods:
     state_dict() / load_state_dict(d)   stateful parts (adaptive coefficients, anchors)
     on_step_end(metrics)                update state once per optimizer step
@@ -30,6 +33,9 @@ Optional methods:
     sampling_temperature(metrics) -> float | None
                                         the rollout temperature for the next step (None: keep the
                                         configured one); ``metrics`` are the previous step's
+    token_temperature(entropy [N], base_temperature) -> temperature [N]
+                                        per-token sampling temperature of training rollouts from
+                                        the next-token entropy (HAPO); applied by the engine
 """
 
 from __future__ import annotations

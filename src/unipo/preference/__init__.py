@@ -5,6 +5,7 @@ PreferenceInputs, PREFERENCE_LOSSES   one loss signature, losses.py + losses_t2.
 PRESETS, get_preset, list_presets     name → loss + defaults + paper, presets.py
 load_preference_data                  JSONL / parquet / datasets folders, data.py
 sample_preferences, CurriculumOrdering   on-policy pairs from a verifier, pairs.py
+add_variants, variant_inputs          SPO's key-content-removed copies of responses, variants.py
 PreferenceTrainer, load_preference_config   the loop and its config, trainer.py / config.py
 """
 

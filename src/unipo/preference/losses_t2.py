@@ -255,16 +255,18 @@ class SPO:
         L_deg(y) = −Σ_{v valid} [ s^(v) − log Σ_{u ≥ v, u valid} exp s^(u) ]
         L = L_align(y_w, y_l) + λ·(L_deg(y_w) + L_deg(y_l))
 
-    L_align is any pairwise loss without extra inputs (``alignment``, default DPO; the paper adds
-    its term to DPO and other methods), built with ``alignment_params`` (β defaults to ours).
-    Copies a response is too short for (fewer than v key phrases) take no part.
+    L_align is any pairwise loss without extra inputs (``alignment``, default DPO; the abstract says
+    the term combines with existing preference losses), built with ``alignment_params`` (its β
+    defaults to SPO's β). Copies a response is too short for (fewer than v key phrases) take no part.
 
-    Source: only the abstract (an alignment loss plus a self-supervised preference-degree loss) and
-    a third-party review (key content found with RAKE and removed to make the self-supervised
-    examples) could be read; the authors' code (github.com/lijian16/SPO) is not in our index, no
-    commit was seen. UNVERIFIED, ours: the classifier (the authors train a classification over
-    degree categories whose head we could not see; here the class scores are the implicit rewards
-    s^(v)), the use of both chosen and rejected responses, the sum over them, λ = 0.1 and V = 2.
+    Source: what could be read is the abstract (arXiv / ACL Anthology 2024.findings-emnlp.845: a
+    self-supervised preference-degree loss combined with the alignment loss) and the opening of a
+    third-party review (themoonlight.io: key content extracted with RAKE and removed to make the
+    variations; "self-supervised classification"). The paper's method section and the authors' code
+    (github.com/lijian16/SPO) were not available to us: no file or commit was seen. UNVERIFIED, ours:
+    the classifier (here the class scores are the implicit rewards s^(v), where the authors may
+    train a classification head), the degree labels (the number of phrases removed), applying the
+    term to both chosen and rejected responses and summing them, λ = 0.1, V = 2.
     """
 
     beta: float = 0.1
@@ -302,7 +304,7 @@ class SPO:
         ok = x.require("variant_valid", "spo") & x.valid[:, :, None]  # [N, K, V]
         s = self.beta * torch.cat([x.log_ratios[:, :, None], vl - vr], dim=-1)  # [N, K, V+1]
         valid = torch.cat([x.valid[:, :, None], ok], dim=-1)  # [N, K, V+1]
-        masked = s.masked_fill(~valid, -1e9)  # finite: no inf − inf in the suffix log-sum-exp
+        masked = s.masked_fill(~valid, torch.finfo(s.dtype).min / 4)  # finite: no inf − inf below
         suffix = masked.flip(-1).logcumsumexp(-1).flip(-1)  # [N, K, V+1] log Σ_{u ≥ v} exp s^(u)
         nll = torch.where(valid, suffix - masked, torch.zeros_like(s))  # the last valid term is 0
         return nll.sum(dim=(1, 2)), s, valid

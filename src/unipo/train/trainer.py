@@ -24,7 +24,7 @@ from rich.console import Console
 from unipo.algorithms.base import Algorithm
 from unipo.batch import RolloutBatch
 from unipo.config import Config, build_algorithm
-from unipo.diagnostics.entropy import EntropyDynamics
+from unipo.diagnostics.entropy import RunDiagnostics
 from unipo.parts.base import masked_mean
 from unipo.rollout.hf import HFEngine
 from unipo.train.checkpoint import (
@@ -157,7 +157,7 @@ class Trainer:
         self._reported_traceback = False
         self._nonfinite_run = 0
         self._last_metrics: dict[str, float] = {}
-        self.entropy_dynamics = EntropyDynamics()
+        self.diagnostics = RunDiagnostics()
 
     # ------------------------------------------------------------------ phases
     def _prompts(self, k: int) -> tuple[list[dict[str, Any]], list[list[int]], list[str]]:
@@ -256,14 +256,14 @@ class Trainer:
         h_before = upd.get("entropy/mean", math.nan)  # one on-policy step: the update's first pass is π_old
         if batch.entropies is not None:
             h_before = float(masked_mean(batch.entropies, batch.completion_mask))
-        if cfg.train.entropy_change != "none":
-            h_after = None
-            if cfg.train.entropy_change == "exact" and not skipped:  # the same tokens under π_θ after
-                t0 = time.perf_counter()
-                h_after = float(masked_mean(self._logprob_pass(self.model, batch)[1], batch.completion_mask))
-                times["time/entropy_rescore"] = time.perf_counter() - t0
-            pred = upd.get("entropy/pred_change", math.nan)
-            metrics.update(self.entropy_dynamics.step(h_before, pred, h_after))
+        h_after = None
+        if cfg.train.entropy_change == "exact" and not skipped:  # the same tokens under π_θ after
+            t0 = time.perf_counter()
+            h_after = float(masked_mean(self._logprob_pass(self.model, batch)[1], batch.completion_mask))
+            times["time/entropy_rescore"] = time.perf_counter() - t0
+        pred = upd.get("entropy/pred_change", math.nan)
+        on = cfg.train.entropy_change != "none"
+        metrics.update(self.diagnostics.step(metrics, h_before if on else None, pred, h_after))
         self._nonfinite_run = self._nonfinite_run + 1 if skipped else 0
         if self._nonfinite_run >= cfg.train.max_nonfinite_steps:
             raise TrainingError(
@@ -320,7 +320,7 @@ class Trainer:
             "update_rng": self.update_rng.get_state(),
             "algorithm": self.algorithm.state_dict(),
             "nonfinite_run": self._nonfinite_run,
-            "entropy_dynamics": self.entropy_dynamics.state_dict(),
+            "entropy_dynamics": self.diagnostics.state_dict(),
             "last_metrics": self._last_metrics,
         }
         return optim, state
@@ -352,7 +352,7 @@ class Trainer:
         self.update_rng.set_state(state["update_rng"])
         self.algorithm.load_state_dict(state["algorithm"])
         self._nonfinite_run = int(state["nonfinite_run"])
-        self.entropy_dynamics.load_state_dict(state["entropy_dynamics"])
+        self.diagnostics.load_state_dict(state["entropy_dynamics"])
         self._last_metrics = dict(state["last_metrics"])
         set_rng_state(state["rng"])
 
