@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from rich.console import Console
 
 from unipo.config import build_algorithm, format_validation_error, load_config
-from unipo.diagnostics.compare_report import CURVES, plots, render_html
+from unipo.diagnostics.compare_report import CURVES, plots, render_html, render_markdown, report_tables
 from unipo.diagnostics.findings import baseline_gaps, variant_dynamics
 from unipo.diagnostics.law import fit_entropy_law
 from unipo.diagnostics.plots import load_metrics
@@ -276,8 +276,10 @@ def write_compare_report(spec: CompareSpec, cells: list[Cell]) -> Path:
     }
     strict = json.loads(json.dumps(summary, default=str), parse_constant=lambda _: None)  # NaN → null
     write_json(root / "compare.json", strict)
+    tables = report_tables(numbers, gaps, spec.baseline)
+    atomic_write_text(root / "compare.md", render_markdown(spec, tables))
     page = root / "compare.html"
-    atomic_write_text(page, render_html(spec, cells, numbers, images, gaps))
+    atomic_write_text(page, render_html(spec, cells, tables, images))
     return page
 
 

@@ -75,11 +75,59 @@ def _ci(e: dict[str, float]) -> str:
     return f"{e['mean']:.3f} [{e['lo']:.3f}, {e['hi']:.3f}] (n={e['n']})"
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    """An HTML table; cells are raw HTML (escape text before)."""
-    head = "".join(f"<th>{h}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>\n" for row in rows)
+Table = tuple[list[str], list[list[str]]]  # (header, rows) of plain text
+DYNAMICS = ("entropy_start", "entropy_end", "entropy_change", "dyn_r", "dyn_sign_agree")
+NOTES = {
+    "finals": "accuracy, greedy_accuracy, pass@k, entropy_eval, length: held-out evaluation after training "
+    "(summary.json); entropy_last, reward_last: the last training step. With few seeds the interval is "
+    "narrow and itself uncertain.",
+    "entropy dynamics": "entropy_start/end: mean policy/entropy of the first/last 5 steps; dyn_r: Pearson "
+    "r of the predicted (−Cov(log π, A)) and the measured entropy change, per run; pooled r: all runs' "
+    "pairs, centred per run.",
+}
+
+
+def report_tables(numbers: dict[str, Any], gaps: dict[str, Any], baseline: str | None) -> dict[str, Table]:
+    """The report's tables as plain text, keyed by section title; HTML and Markdown render these."""
+    metrics = list(dict.fromkeys(m for n in numbers.values() for m in n["table"]))
+    tables: dict[str, Table] = {
+        "Final numbers: mean [95% bootstrap CI] over seeds": (
+            ["variant", *metrics],
+            [[v, *(_ci(n["table"][m]) if m in n["table"] else "—" for m in metrics)]
+             for v, n in numbers.items()],
+        ),
+        "Entropy–performance law R = −a·exp(H) + b": (
+            ["variant", "a", "b", "R²", "ceiling −a+b", "points"],
+            [[v, *(f"{n['law'][k]:.4g}" for k in ("a", "b", "r2", "ceiling")), str(int(n["law"]["n"]))]
+             for v, n in numbers.items()],
+        ),
+        "Entropy dynamics": (
+            ["variant", *DYNAMICS, "pooled r (points)"],
+            [[v, *(_ci(n["dynamics"][k]) for k in DYNAMICS),
+              f"{n['dynamics']['pooled_r']:.3f} ({n['dynamics']['pooled_points']})"]
+             for v, n in numbers.items()],
+        ),
+    }  # fmt: skip
+    if baseline and gaps:
+        cols = list(dict.fromkeys(m for g in gaps.values() for m in g))
+        fmt = "{diff:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+        tables[f"Difference from {baseline}: mean [95% bootstrap CI]"] = (
+            ["variant", *cols],
+            [[v, *(fmt.format(**g[m]) if m in g else "—" for m in cols)] for v, g in gaps.items()],
+        )
+    return tables
+
+
+def _html_table(table: Table) -> str:
+    header, rows = table
+    esc = html.escape
+    head = "".join(f"<th>{esc(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>\n" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>\n{body}</tbody></table>\n"
+
+
+def _note(title: str) -> str:
+    return NOTES["finals"] if title.startswith("Final") else NOTES.get(title.split(":")[0].lower(), "")
 
 
 _CSS = """body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
@@ -90,48 +138,18 @@ th:first-child, td:first-child { text-align: left; } th { background: #f3f3f3; }
 .note { color: #666; font-size: 0.85em; }"""
 
 
-def _dynamics_html(numbers: dict[str, Any], gaps: dict[str, Any], baseline: str | None) -> str:
-    """The entropy-dynamics table and, with a baseline, the differences table (findings.py)."""
+def render_html(spec: CompareSpec, cells: list[Cell], tables: dict[str, Table], images: list[str]) -> str:
     esc = html.escape
-    keys = ("entropy_start", "entropy_end", "entropy_change", "dyn_r", "dyn_sign_agree")
-    out = _table(
-        ["variant", *keys, "pooled r (points)"],
-        [[esc(v), *(esc(_ci(n["dynamics"][k])) for k in keys),
-          f"{n['dynamics']['pooled_r']:.3f} ({n['dynamics']['pooled_points']})"] for v, n in numbers.items()],
-    )  # fmt: skip
-    out += ("<p class='note'>entropy_start/end: mean policy/entropy of the first/last 5 steps; dyn_r: "
-            "Pearson r of predicted (−Cov(log π, A)) and measured entropy change per run; pooled r: all "
-            "runs' pairs, centred per run.</p>\n")  # fmt: skip
-    if baseline and gaps:
-        metrics = list(dict.fromkeys(m for g in gaps.values() for m in g))
-        fmt = "{diff:+.3f} [{lo:+.3f}, {hi:+.3f}]"
-        out += f"<h2>Difference from {esc(baseline)}: mean [95% bootstrap CI]</h2>\n" + _table(
-            ["variant", *map(esc, metrics)],
-            [[esc(v), *(esc(fmt.format(**g[m])) if m in g else "—" for m in metrics)]
-             for v, g in gaps.items()],
-        )  # fmt: skip
-    return out
-
-
-def render_html(
-    spec: CompareSpec, cells: list[Cell], numbers: dict[str, Any], images: list[str], gaps: dict[str, Any]
-) -> str:
-    esc = html.escape
-    metrics = list(dict.fromkeys(m for n in numbers.values() for m in n["table"]))
-    finals = _table(
-        ["variant", *map(esc, metrics)],
-        [[esc(v), *(esc(_ci(n["table"][m])) if m in n["table"] else "—" for m in metrics)]
-         for v, n in numbers.items()],
-    )  # fmt: skip
-    laws = _table(
-        ["variant", "a", "b", "R²", "ceiling −a+b", "points"],
-        [[esc(v), *(f"{n['law'][k]:.4g}" for k in ("a", "b", "r2", "ceiling")), str(int(n["law"]["n"]))]
-         for v, n in numbers.items()],
-    )  # fmt: skip
+    sections = "".join(
+        f"<h2>{esc(title)}</h2>\n{_html_table(t)}"
+        + (f"<p class='note'>{esc(n)}</p>\n" if (n := _note(title)) else "")
+        for title, t in tables.items()
+    )
     links = "<a href='{0}/seed{1}/report.html'>report</a> · <a href='logs/{0}-seed{1}.log'>log</a>"
-    runs = _table(
-        ["variant", "seed", "status", "run"],
-        [[esc(c.variant), str(c.seed), esc(c.status), links.format(esc(c.variant), c.seed)] for c in cells],
+    runs = "".join(
+        f"<tr><td>{esc(c.variant)}</td><td>{c.seed}</td><td>{esc(c.status)}</td>"
+        f"<td>{links.format(esc(c.variant), c.seed)}</td></tr>\n"
+        for c in cells
     )
     variants = "".join(
         f"<li><b>{esc(v)}</b>: <code>{esc(' '.join(o))}</code></li>" for v, o in spec.variants.items()
@@ -140,13 +158,23 @@ def render_html(
     return (
         f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>unipo compare: "
         f"{esc(spec.output_dir)}</title><style>{_CSS}</style></head><body>\n<h1>unipo compare</h1>\n"
-        f"<p>seeds {esc(str(spec.seeds))}; variants:</p><ul>{variants}</ul>\n"
-        f"<h2>Final numbers: mean [95% bootstrap CI] over seeds</h2>\n{finals}"
-        "<p class='note'>accuracy, greedy_accuracy, pass@k, entropy_eval, length: held-out evaluation after "
-        "training (summary.json); entropy_last, reward_last: the last training step. With few seeds the "
-        "interval is narrow and itself uncertain.</p>\n"
-        f"<h2>Entropy–performance law R = −a·exp(H) + b</h2>\n{laws}"
-        f"<h2>Entropy dynamics</h2>\n{_dynamics_html(numbers, gaps, spec.baseline)}"
+        f"<p>seeds {esc(str(spec.seeds))}; variants:</p><ul>{variants}</ul>\n{sections}"
         f"<h2>Curves</h2>\n<div class='plots'>\n{figures or '<p>no data</p>'}</div>\n"
-        f"<h2>Cells</h2>\n{runs}</body></html>\n"
+        "<h2>Cells</h2>\n<table><thead><tr><th>variant</th><th>seed</th><th>status</th><th>run</th></tr>"
+        f"</thead><tbody>\n{runs}</tbody></table>\n</body></html>\n"
     )
+
+
+def render_markdown(spec: CompareSpec, tables: dict[str, Table]) -> str:
+    """compare.md: the same tables as GitHub Markdown, ready to paste into a results page."""
+
+    def md(table: Table) -> str:
+        header, rows = table
+        cell = lambda c: c.replace("|", "\\|")  # noqa: E731
+        lines = ["| " + " | ".join(map(cell, header)) + " |", "|" + " --- |" * len(header)]
+        return "\n".join(lines + ["| " + " | ".join(map(cell, r)) + " |" for r in rows]) + "\n"
+
+    parts = [f"# unipo compare: {spec.output_dir}\n", f"Seeds {spec.seeds}.\n"]
+    for title, t in tables.items():
+        parts.append(f"## {title}\n\n{md(t)}" + (f"\n{n}\n" if (n := _note(title)) else ""))
+    return "\n".join(parts)
