@@ -63,3 +63,32 @@ def test_hidden_level_against_hand_values():
     assert abs(lp.item() - float(torch.log(torch.tensor(0.75)))) < 1e-6
     # H = −(¼ ln ¼ + ¾ ln ¾) = 0.562335
     assert abs(ent.item() - 0.562335) < 1e-5
+
+
+def test_shared_prompt_matches_naive(tiny):
+    # rows 0-2 share one prompt, rows 3-5 another (left-padded by 2): the prompt pass runs twice
+    model, _ = tiny
+    ids, attn, cmask = _batch(model.config.vocab_size)
+    rows = torch.tensor([0, 0, 0, 1, 1, 1])
+    ids, attn = ids[rows].clone(), attn[rows].clone()
+    cmask = torch.tensor(
+        [[1, 1, 1, 1], [1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 1], [1, 1, 1, 0], [1, 0, 0, 0.0]]
+    )
+    ids[:, -4:] = torch.randint(
+        7, model.config.vocab_size, (6, 4), generator=torch.Generator().manual_seed(1)
+    )
+    attn[:, -4:] = cmask.long()
+    model.zero_grad()
+    lp, ent = completion_logprobs(
+        model, ids, attn, cmask, chunk_tokens=3, entropy_grad=True, shared_prompt=True
+    )
+    (lp.sum() + 0.5 * ent.sum()).backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    lp_ref, ent_ref = naive(model, ids, attn, cmask)
+    (lp_ref.sum() + 0.5 * ent_ref.sum()).backward()
+    torch.testing.assert_close(lp, lp_ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ent, ent_ref, atol=1e-5, rtol=1e-5)
+    for g1, p in zip(grads, model.parameters()):
+        torch.testing.assert_close(g1, p.grad, atol=1e-5, rtol=1e-4)
+    model.zero_grad()

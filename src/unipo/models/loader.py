@@ -13,11 +13,13 @@ and pass ``DIR``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -254,13 +256,21 @@ class Reference:
 
     @torch.no_grad()
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        with self.active() as model:
+            return model(*args, **kwargs)
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[nn.Module]:
+        """The module that computes π_ref inside this block (the policy with its adapters
+        disabled and in eval mode, for peft; else the frozen copy), for batched log-prob code."""
         if not self.shares_weights:
-            return self.model(*args, **kwargs)
+            yield self.model
+            return
         was_training = self.model.training
         self.model.eval()
         try:
             with self.model.disable_adapter():
-                return self.model(*args, **kwargs)
+                yield self.model
         finally:
             self.model.train(was_training)
 

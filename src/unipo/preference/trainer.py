@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from rich.console import Console
 
 from unipo.preference.batch import PreferenceBatch, PreferenceExample
@@ -35,13 +34,13 @@ from unipo.preference.presets import get_preset
 from unipo.preference.reference import attach_reference, batch_reference, policy_logprobs
 from unipo.preference.variants import add_variants, variant_inputs
 from unipo.train.checkpoint import (
-    latest_checkpoint,
     load_checkpoint,
+    open_run_dir,
     rng_state,
     save_checkpoint,
     set_rng_state,
 )
-from unipo.train.run_dir import clear_run_outputs, environment_info, prepare_run_dir, write_json
+from unipo.train.run_dir import write_json
 from unipo.train.utils import peak_memory_mb, resolve_device, seed_everything
 
 OPTIMIZERS = {"adamw": torch.optim.AdamW, "rmsprop": torch.optim.RMSprop}
@@ -338,15 +337,10 @@ class PreferenceTrainer:
         from unipo.train.run_dir import first_eval, truncate_metrics
 
         cfg = self.cfg
-        self.run_dir = prepare_run_dir(
-            cfg.train.output_dir, overwrite=cfg.train.overwrite, resume=cfg.train.resume
-        )
-        ckpt = latest_checkpoint(self.run_dir) if cfg.train.resume else None
-        if ckpt is None:
-            clear_run_outputs(self.run_dir)
         config = cfg.model_dump(mode="json")
-        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-        write_json(self.run_dir / "env.json", environment_info())
+        self.run_dir, ckpt = open_run_dir(
+            cfg.train.output_dir, config, overwrite=cfg.train.overwrite, resume=cfg.train.resume
+        )
         t_start = time.perf_counter()
         if ckpt is not None:  # metrics.jsonl is rewritten before the loggers open it for appending
             self.restore(ckpt)

@@ -1,6 +1,6 @@
 """Reward functions ``f(prompts, completions, **columns) -> list[float | None]`` and their weighted sum."""
 
-from unipo.rewards.combine import RewardResult, RewardSet, RewardTimeoutError
+from unipo.rewards.combine import RewardResult, RewardSet, RewardTimeoutError, build_reward_set
 from unipo.rewards.verifiers import (
     REWARD_FUNCTIONS,
     RewardFn,
@@ -20,6 +20,7 @@ __all__ = [
     "RewardTimeoutError",
     "answer_format",
     "answer_format_reward",
+    "build_reward_set",
     "exact_match",
     "extract_answer",
     "get_reward_fn",

@@ -12,6 +12,7 @@ failures are counted per function, and the first traceback is kept for the calle
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import threading
@@ -176,3 +177,29 @@ class RewardSet:
                 total.append(sum(w * p for (_, _, w), p in zip(self.rewards, parts)))
         excluded = sum(t is None for t in total)
         return RewardResult(total, components, errors, excluded, first)
+
+
+def build_reward_set(
+    terms: Sequence[Any],
+    task_reward: RewardFn,
+    part_rewards: Sequence[RewardFn] = (),
+    extra: Sequence[tuple[str, RewardFn, float]] | None = None,
+    timeout_s: float | None = None,
+) -> RewardSet:
+    """The run's ``RewardSet``: configured terms (objects with ``name``, ``weight``, ``params``;
+    the name ``task`` is the task's own verifier, others are built-ins from ``get_reward_fn``),
+    or the task's verifier alone when none are configured; then an algorithm's reward parts
+    (DAPO's overlong shaping, weight 1) and any ``extra`` (name, fn, weight) terms."""
+    from unipo.rewards.verifiers import get_reward_fn
+
+    out: list[tuple[str, RewardFn, float]] = []
+    for term in terms:
+        fn = task_reward if term.name == "task" else get_reward_fn(term.name)
+        if term.params:
+            fn = functools.partial(fn, **term.params)
+        out.append((term.name, fn, term.weight))
+    if not out:
+        out.append(("task", task_reward, 1.0))
+    out += [(getattr(p, "part_name", type(p).__name__), p, 1.0) for p in part_rewards]
+    out += list(extra or [])
+    return RewardSet(out, timeout_s=timeout_s)

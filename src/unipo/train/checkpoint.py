@@ -125,3 +125,26 @@ def load_checkpoint(path: Path, model: torch.nn.Module) -> tuple[dict[str, Any],
     optim_state = torch.load(path / "optim.pt", weights_only=True)
     state = torch.load(path / "state.pt", weights_only=True)
     return optim_state, state
+
+
+def open_run_dir(
+    output_dir: str | Path, config: dict[str, Any], *, overwrite: bool, resume: bool
+) -> tuple[Path, Path | None]:
+    """(run_dir, checkpoint to resume or None): the start of every trainer's ``train()``.
+
+    Refuses a non-empty directory unless ``overwrite``/``resume`` (``prepare_run_dir``); without
+    a checkpoint to resume, clears the previous run's outputs; writes ``config.yaml`` and
+    ``env.json`` atomically. The caller restores the checkpoint and then calls
+    ``truncate_metrics(run_dir, step)`` before opening the metric sinks.
+    """
+    import yaml
+
+    from unipo.train.run_dir import clear_run_outputs, environment_info, prepare_run_dir, write_json
+
+    run_dir = prepare_run_dir(output_dir, overwrite=overwrite, resume=resume)
+    ckpt = latest_checkpoint(run_dir) if resume else None
+    if ckpt is None:
+        clear_run_outputs(run_dir)
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+    write_json(run_dir / "env.json", environment_info())
+    return run_dir, ckpt

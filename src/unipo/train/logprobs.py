@@ -8,7 +8,7 @@ recomputed in backward instead of being stored, so training memory also stays at
 The same function serves old, reference and current-policy log-probs.
 
 Per-token statistics of the full next-token distribution (beyond the entropy) come from a
-small registry, ``TOKEN_STATS``: a name ``kind`` or ``kind:arg`` (``minp_logprob:0.02``,
+small registry, ``TOKEN_STATS`` (``token_stats.py``): a name ``kind`` or ``kind:arg`` (``minp_logprob:0.02``,
 ``topp_entropy:0.8``) maps to a function of the chunk's logits. Parts declare the names they
 read (``token_stats`` for π_θ, ``old_token_stats`` for π_old); ``completion_logprobs_with_stats``
 returns them as ``{name: [B, T]}`` next to the log-probs, computed in the same checkpointed
@@ -27,13 +27,16 @@ Outputs equal the plain pass up to float rounding; unsupported models fall back 
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
+
+from unipo.train.token_stats import (  # noqa: F401  (TOKEN_STATS and parse_token_stat re-exported)
+    TOKEN_STATS,
+    parse_token_stat,
+)
 
 log = logging.getLogger("unipo")
 
@@ -52,92 +55,6 @@ def _unwrap(model: nn.Module) -> nn.Module:
 def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
     """Positions that ignore left padding, as ``generate`` uses: cumsum(mask) − 1, ≥ 0."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
-# ------------------------------------------------------------------ per-token statistics
-# fn(logits [n, V] float32 before the temperature, targets [n], temperature, arg) -> [n]
-TokenStatFn = Callable[[Tensor, Tensor, float, "float | None"], Tensor]
-TOKEN_STATS: dict[str, TokenStatFn] = {}
-
-
-def register_token_stat(kind: str) -> Callable[[TokenStatFn], TokenStatFn]:
-    """Decorator: make ``kind`` (or ``kind:<arg>``) a per-token statistic parts can request."""
-
-    def deco(fn: TokenStatFn) -> TokenStatFn:
-        if kind in TOKEN_STATS and TOKEN_STATS[kind] is not fn:
-            raise ValueError(f"token statistic {kind!r} registered twice")
-        TOKEN_STATS[kind] = fn
-        return fn
-
-    return deco
-
-
-def parse_token_stat(name: str) -> tuple[TokenStatFn, float | None]:
-    """``"topp_entropy:0.8"`` → (its function, 0.8); ``"logit_fisher_self"`` → (function, None)."""
-    kind, _, arg = name.partition(":")
-    if kind not in TOKEN_STATS:
-        raise ValueError(f"unknown token statistic {name!r}; known kinds: {', '.join(sorted(TOKEN_STATS))}")
-    try:
-        return TOKEN_STATS[kind], (float(arg) if arg else None)
-    except ValueError:
-        raise ValueError(f"token statistic {name!r}: the part after ':' must be a number") from None
-
-
-@register_token_stat("minp_logprob")
-def minp_logprob(logits: Tensor, targets: Tensor, temperature: float, kappa: float | None) -> Tensor:
-    """log π_proxy(o_t) under the min-p proxy of Lp-Reg (arXiv 2510.03222).
-
-    π_proxy(v) ∝ π(v)·1[π(v) ≥ κ·max_u π(u)]: tokens under the threshold get logit −1e4, the
-    rest is renormalized. As the official ``apply_min_p`` (CarlanLark/Lp-Reg-dev dp_actor.py),
-    the threshold is taken on the untempered softmax, then the logits are divided by T. A
-    filtered target gets ≈ −1e4/T − logsumexp (effectively −∞). No gradient (a fixed target).
-    """
-    if kappa is None:
-        raise ValueError("minp_logprob needs the min-p threshold: 'minp_logprob:<kappa>'")
-    with torch.no_grad():
-        z = logits.detach()
-        logp_raw = torch.log_softmax(z, dim=-1)  # [n, V]
-        log_kappa = math.log(kappa) if kappa > 0 else -math.inf
-        keep = logp_raw >= logp_raw.max(dim=-1, keepdim=True).values + log_kappa  # π ≥ κ·max π
-        z = torch.where(keep, z, torch.full_like(z, -1e4)) / temperature
-        return z.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(z, dim=-1)
-
-
-TOPP_TOP_K = 10_000  # SIREN restricts to the top 10 000 logits before the nucleus
-
-
-@register_token_stat("topp_entropy")
-def topp_entropy(logits: Tensor, targets: Tensor, temperature: float, p: float | None) -> Tensor:
-    """SIREN's top-p entropy (arXiv 2509.25133; Linn3a/siren ``efficient_top_p_sampling``).
-
-    Over the top-k = 10 000 tokens sorted by probability, keep the nucleus V_p of tokens whose
-    cumulative probability is < p (the token that crosses p is *not* kept, so a distribution
-    whose top token already has π ≥ p has H^p = 0); renormalize p̃ = π/Σ_{V_p} π and
-    H^p = −Σ_{V_p} p̃·log p̃ (+1e-12 inside the log, as the code). Gradient flows through π.
-    """
-    if p is None:
-        raise ValueError("topp_entropy needs the nucleus mass: 'topp_entropy:<p>'")
-    probs = torch.softmax(logits / temperature, dim=-1)  # [n, V]
-    top, _ = torch.topk(probs, min(TOPP_TOP_K, probs.shape[-1]), dim=-1)  # [n, k], descending
-    keep = (torch.cumsum(top, dim=-1) < p).to(top.dtype)
-    kept = top * keep
-    q = kept / (kept.sum(-1, keepdim=True) + 1e-12)
-    return -(q * torch.log(q + 1e-12)).sum(-1)
-
-
-@register_token_stat("logit_fisher_self")
-def logit_fisher_self(logits: Tensor, targets: Tensor, temperature: float, arg: float | None) -> Tensor:
-    """gᵀ F g for g = e_y − π, the logit-space gradient of log π(y), and F = diag(π) − ππᵀ.
-
-    The second-order (Fisher) change of π that one step along this token's own score function
-    causes, per unit step and advantage: with p = π(y), s₂ = Σπ², s₃ = Σπ³,
-    gᵀFg = p(1−p)² + (s₃ − p³) − (p − s₂)². Used by the CAPO mask. No gradient.
-    """
-    with torch.no_grad():
-        probs = torch.softmax(logits.detach() / temperature, dim=-1)  # [n, V]
-        p = probs.gather(-1, targets[:, None]).squeeze(-1)
-        s2, s3 = (probs**2).sum(-1), (probs**3).sum(-1)
-        return p * (1 - p) ** 2 + (s3 - p**3) - (p - s2) ** 2
 
 
 def _chunk_stats(
@@ -268,26 +185,17 @@ def _shared_prompt_hidden(
     from transformers.cache_utils import DynamicCache, DynamicLayer
 
     positions = position_ids_from_mask(attention_mask)  # [B, P+T], as the plain pass
-    cache = DynamicCache(config=base.config)
-    prompt = decoder(
-        input_ids=input_ids[first, :-t],  # [U, P]
-        attention_mask=attention_mask[first, :-t],
-        position_ids=positions[first, :-t],
-        past_key_values=cache,
-        use_cache=True,
-    )
+    cache = DynamicCache(config=base.config)  # filled by the U unique prompts [U, P]
+    prompt = decoder(input_ids=input_ids[first, :-t], attention_mask=attention_mask[first, :-t],
+                     position_ids=positions[first, :-t], past_key_values=cache, use_cache=True)  # fmt: skip
     cache = prompt.past_key_values
     layers = getattr(cache, "layers", None)
     if type(cache) is not DynamicCache or not layers or any(type(la) is not DynamicLayer for la in layers):
         return None
     cache.batch_select_indices(inverse)  # every layer's K, V: [U, h, P, d] → [B, h, P, d]
-    out = decoder(
-        input_ids=input_ids[:, -t:],  # [B, T]
-        attention_mask=attention_mask,  # [B, P+T]: the prompt part carries the left padding
-        position_ids=positions[:, -t:],
-        past_key_values=cache,
-        use_cache=True,
-    )
+    # completions [B, T] on the gathered cache; the [B, P+T] mask's prompt part has the left padding
+    out = decoder(input_ids=input_ids[:, -t:], attention_mask=attention_mask, position_ids=positions[:, -t:],
+                  past_key_values=cache, use_cache=True)  # fmt: skip
     h_first = prompt.last_hidden_state[:, -1][inverse]  # [B, H]: the last prompt token predicts o_1
     return torch.cat([h_first[:, None], out.last_hidden_state[:, :-1]], dim=1)  # [B, T, H]
 
@@ -302,7 +210,7 @@ def completion_hidden(
     """
     base = _unwrap(model)
     decoder = base.get_decoder() if hasattr(base, "get_decoder") else base.model
-    if shared_prompt and input_ids.shape[1] > t:
+    if shared_prompt and 0 < t < input_ids.shape[1]:
         groups = prompt_groups(input_ids[:, :-t], attention_mask[:, :-t])
         reason = shared_prompt_fallback(base) if groups is not None else None
         if groups is not None and reason is None:

@@ -6,7 +6,6 @@ for step:  prompts → G completions → rewards → selections (refill) → old
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 import logging
@@ -18,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from rich.console import Console
 
 from unipo.algorithms.base import Algorithm
@@ -28,8 +26,8 @@ from unipo.diagnostics.entropy import RunDiagnostics
 from unipo.parts.base import masked_mean
 from unipo.rollout.hf import HFEngine
 from unipo.train.checkpoint import (
-    latest_checkpoint,
     load_checkpoint,
+    open_run_dir,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -40,10 +38,7 @@ from unipo.train.evaluate import EvalSet, encode_prompts, evaluate
 from unipo.train.loggers import MultiLogger, make_loggers
 from unipo.train.logprobs import batched_logprobs_with_stats
 from unipo.train.run_dir import (
-    clear_run_outputs,
-    environment_info,
     first_eval,
-    prepare_run_dir,
     truncate_metrics,
     write_json,
 )
@@ -71,8 +66,8 @@ class Trainer:
         console: Console | None = None,
         extra_rewards: list[tuple[str, RewardFn, float]] | None = None,
     ) -> None:
-        from unipo.models import LoraSettings, is_peft_model, load_model
-        from unipo.rewards import RewardSet, get_reward_fn
+        from unipo.models import LoraSettings, load_model, make_reference
+        from unipo.rewards import build_reward_set
         from unipo.tasks import task_from_config
 
         self.cfg = cfg
@@ -87,18 +82,9 @@ class Trainer:
         # -- task and rewards (errors surface here, before any model is loaded)
         self.task = task_from_config(cfg.task)
         self.task_reward = self.task.reward_fn()
-        terms: list[tuple[str, RewardFn, float]] = []
-        for term in cfg.rewards or []:
-            fn = self.task_reward if term.name == "task" else get_reward_fn(term.name)
-            if term.params:
-                fn = functools.partial(fn, **term.params)
-            terms.append((term.name, fn, term.weight))
-        if not terms:
-            terms.append(("task", self.task_reward, 1.0))
-        for part in self.algorithm.rewards:
-            terms.append((getattr(part, "part_name", type(part).__name__), part, 1.0))
-        terms.extend(extra_rewards or [])
-        self.reward_set = RewardSet(terms, timeout_s=cfg.train.reward_timeout_s)
+        self.reward_set = build_reward_set(
+            cfg.rewards, self.task_reward, self.algorithm.rewards, extra_rewards, cfg.train.reward_timeout_s
+        )
         # -- model
         lora = (
             LoraSettings(**cfg.model.lora.model_dump(exclude={"enabled"})) if cfg.model.lora.enabled else None
@@ -112,14 +98,8 @@ class Trainer:
             lora=lora,
             gradient_checkpointing=cfg.model.gradient_checkpointing,
         )
-        self.ref_model = None
-        if self.algorithm.needs_reference:  # created only when a part reads π_ref
-            # LoRA: the adapter-disabled policy is the reference (no second copy of the weights)
-            self.ref_model = (
-                self.model
-                if is_peft_model(self.model)
-                else copy.deepcopy(self.model).eval().requires_grad_(False)
-            )
+        # π_ref only when a part reads it; with LoRA, the adapter-disabled policy (no weight copy)
+        self.reference = make_reference(self.model) if self.algorithm.needs_reference else None
         self.engine = HFEngine(self.model, self.tokenizer, max_batch=cfg.rollout.max_batch)
         self._demonstrations = (  # SFT targets in the batch metadata, only when a part reads them (HPT)
             functools.partial(
@@ -224,9 +204,9 @@ class Trainer:
         if off_policy or self.algorithm.any_part("needs_old_logprobs"):  # else π_old = sg(π_θ): no extra pass
             old_lp, old_ent, old_stats = self._logprob_pass(self.model, batch, self.algorithm.old_token_stats)
             batch = batch.replace(old_logprobs=old_lp, entropies=old_ent)
-        if self.ref_model is not None:
-            with self.model.disable_adapter() if self.ref_model is self.model else contextlib.nullcontext():
-                ref_lp, _, _ = self._logprob_pass(self.ref_model, batch)
+        if self.reference is not None:
+            with self.reference.active() as ref_model:
+                ref_lp, _, _ = self._logprob_pass(ref_model, batch)
             batch = batch.replace(ref_logprobs=ref_lp)
         times["time/logprobs"] = time.perf_counter() - t0
         if self.critic is not None:
@@ -363,16 +343,10 @@ class Trainer:
         from unipo.models import save_model
 
         cfg = self.cfg
-        self.run_dir = prepare_run_dir(
-            cfg.train.output_dir, overwrite=cfg.train.overwrite, resume=cfg.train.resume
-        )
-        ckpt = latest_checkpoint(self.run_dir) if cfg.train.resume else None
-        if ckpt is None:
-            clear_run_outputs(self.run_dir)
-        (self.run_dir / "config.yaml").write_text(
-            yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
-        )
-        write_json(self.run_dir / "env.json", environment_info())
+        self.run_dir, ckpt = open_run_dir(
+            cfg.train.output_dir, cfg.model_dump(mode="json"), overwrite=cfg.train.overwrite,
+            resume=cfg.train.resume,
+        )  # fmt: skip
         t_start = time.perf_counter()
         if ckpt is not None:
             self.restore(ckpt)
