@@ -88,7 +88,15 @@ class RolloutConfig(_Strict):
     prompts_per_step: int = Field(16, gt=0, description="Prompts sampled per training step.")
     group_size: int = Field(8, gt=0, description="Completions per prompt (G).")
     sampling: SamplingParams = Field(default_factory=SamplingParams, description="Sampling settings.")
-    max_batch: int = Field(256, gt=0, description="Rows one generate call decodes at once.")
+    max_batch: int = Field(
+        256, gt=0, description="Rows one generate call decodes at once (a group is never split across calls)."
+    )
+    prefill_once: bool = Field(
+        True,
+        description="Run each prompt's prefill once and share its KV cache among its group_size rows "
+        "(same tokens as prefilling every row; falls back to that for caches it cannot share, "
+        "e.g. sliding-window layers).",
+    )
     max_refill_rounds: int = Field(
         3, ge=0, description="Extra generation rounds when a selection (dynamic sampling) drops groups."
     )

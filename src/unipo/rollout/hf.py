@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
-from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedTokenizerBase
+from transformers import (
+    Cache,
+    DynamicCache,
+    LogitsProcessor,
+    LogitsProcessorList,
+    PreTrainedTokenizerBase,
+    StaticCache,
+)
+from transformers.cache_utils import DynamicLayer, StaticLayer
 
 from unipo.rollout.base import Generation, SamplingParams
 
@@ -79,17 +89,115 @@ class TokenTemperature(LogitsProcessor):
         return scores / temperature[:, None]  # [N, V]
 
 
+def prefill_prefix(
+    model: nn.Module, ids: Tensor, mask: Tensor, n: int, max_cache_len: int | None = None
+) -> Cache | None:
+    """Run the model once per prompt on all but its last token; the KV cache repeated n times.
+
+    ids, mask [U, P] left-padded → a cache of U·n rows (row = prompt·n + j) holding positions
+    0..P−2: a ``DynamicCache``, or with ``max_cache_len`` a ``StaticCache`` preallocated to that
+    many positions (decoding then writes in place instead of re-concatenating every layer's
+    keys and values at every token; it attends over all ``max_cache_len`` slots, masked).
+    None when this model's cache cannot be built and repeated that way (P < 2, an empty prompt, a
+    prompt-learning peft adapter, a preset ``cache_implementation``, sliding-window or
+    non-attention cache layers, ...): the caller then prefills every row itself. With left
+    padding column P−1 is a real token in every row, so ``generate`` still has one token per
+    row to feed. Position ids follow ``generate``'s own rule (cumsum of the mask − 1, 0 on
+    padding).
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    peft_config = getattr(model, "active_peft_config", None)
+    config = getattr(base, "config", None)
+    generation_config = getattr(base, "generation_config", None)
+    supports_dynamic = getattr(type(base), "_supports_default_dynamic_cache", lambda: False)
+    if (
+        ids.shape[1] < 2
+        or not bool(mask[:, -1].all())  # an empty prompt: no last token to feed generate
+        or config is None
+        or getattr(config, "is_encoder_decoder", False)
+        or getattr(peft_config, "is_prompt_learning", False)
+        or getattr(generation_config, "cache_implementation", None) is not None
+        or not supports_dynamic()
+    ):
+        return None
+    cache = DynamicCache(config=config.get_text_config(decoder=True))
+    if not all(type(layer) is DynamicLayer for layer in cache.layers):
+        return None  # sliding-window / linear-attention layers: positions would not line up
+    position_ids = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)  # [U, P], as generate does
+    extra = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(base.forward).parameters else {}
+    out = model(
+        input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=position_ids[:, :-1],
+        past_key_values=cache, use_cache=True, **extra,
+    )  # fmt: skip
+    cache = out.past_key_values
+    if (
+        type(cache) is not DynamicCache
+        or not all(type(layer) is DynamicLayer for layer in cache.layers)
+        or any(layer.get_seq_length() != ids.shape[1] - 1 for layer in cache.layers)
+    ):
+        return None
+    if max_cache_len is not None:
+        static = StaticCache(config=config.get_text_config(decoder=True), max_cache_len=max_cache_len)
+        if all(type(layer) is StaticLayer for layer in static.layers):
+            for dst, src in zip(static.layers, cache.layers, strict=True):
+                dst.update(src.keys.repeat_interleave(n, dim=0), src.values.repeat_interleave(n, dim=0))
+            return static  # [U·n, heads, max_cache_len, d] per layer, P−1 filled
+    cache.batch_repeat_interleave(n)  # [U·n, heads, P−1, d] per layer
+    return cache
+
+
+def generate_groups(
+    model: nn.Module,
+    ids: Tensor,
+    mask: Tensor,
+    n: int,
+    prefill_once: bool = True,
+    static_cache: bool = False,
+    **generate_kwargs: Any,
+) -> Any:
+    """``model.generate`` on each prompt repeated n times (row = prompt·n + j), prefilling once.
+
+    ids, mask [U, P] left-padded. With ``prefill_once`` (and n > 1, and a cache that
+    ``prefill_prefix`` can build) the prompt prefix runs once per prompt instead of n times and
+    ``generate`` starts from the repeated cache: it slices ``input_ids`` by the cache length, so
+    each row's first forward sees only its last prompt token. Otherwise every row is prefilled.
+    ``static_cache`` (with ``prefill_once`` and ``max_new_tokens``) decodes into a preallocated
+    ``StaticCache``: faster on CPU, where generate never compiles; the logits agree to ~1e-6.
+    Returns whatever ``generate`` returns for the U·n rows (sequences include the prompt).
+    """
+    max_new = generate_kwargs.get("max_new_tokens")
+    max_cache_len = ids.shape[1] + max_new if static_cache and max_new is not None else None
+    cache = prefill_prefix(model, ids, mask, n, max_cache_len) if prefill_once and n > 1 else None
+    if cache is not None:
+        generate_kwargs["past_key_values"] = cache
+    rows_ids, rows_mask = ids.repeat_interleave(n, dim=0), mask.repeat_interleave(n, dim=0)  # [U·n, P]
+    return model.generate(input_ids=rows_ids, attention_mask=rows_mask, **generate_kwargs)
+
+
 class HFEngine:
     """Samples with ``model.generate`` (KV cache, left padding) on the model's own device.
 
     The engine shares the policy's weights, so ``sync_weights`` has nothing to copy.
-    ``max_batch`` bounds how many rows one ``generate`` call decodes at once.
+    ``max_batch`` bounds how many rows one ``generate`` call decodes at once; a group of n rows
+    is never split, so a call holds max(max_batch // n, 1) prompts. ``prefill_once`` runs each
+    prompt's prefill once and shares its KV cache among the group's n rows (``generate_groups``);
+    ``static_cache`` then decodes into a preallocated cache; None = on CPU only, where it measured
+    faster (on CUDA ``generate`` would compile the forward for a static cache: not adopted yet).
     """
 
-    def __init__(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, max_batch: int = 256) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: PreTrainedTokenizerBase,
+        max_batch: int = 256,
+        prefill_once: bool = True,
+        static_cache: bool | None = None,
+    ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch = max_batch
+        self.prefill_once = prefill_once
+        self.static_cache = static_cache
         eos = model.generation_config.eos_token_id if model.generation_config is not None else None
         eos_list = eos if isinstance(eos, list) else [eos]
         if tokenizer.eos_token_id is not None:
@@ -102,29 +210,31 @@ class HFEngine:
 
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], n: int, params: SamplingParams) -> Generation:
-        rows = [p for p in prompts for _ in range(n)]  # row = prompt·n + j
+        per_call = max(self.max_batch // n, 1)  # prompts per generate call
         outs = [
-            self._generate_chunk(rows[i : i + self.max_batch], params)
-            for i in range(0, len(rows), self.max_batch)
+            self._generate_chunk(prompts[i : i + per_call], n, params)
+            for i in range(0, len(prompts), per_call)
         ]
-        width = max(o[2].shape[1] for o in outs)
+        width = max(o[0].shape[1] for o in outs)
         cids = torch.cat(
-            [nn.functional.pad(o[2], (0, width - o[2].shape[1]), value=self.pad_id) for o in outs]
+            [nn.functional.pad(o[0], (0, width - o[0].shape[1]), value=self.pad_id) for o in outs]
         )
-        stops = torch.cat([o[3] for o in outs])
+        stops = torch.cat([o[1] for o in outs])
         mask, truncated = completion_mask_from_ids(
             cids, self.eos_ids, self.pad_id, stops if params.stop else None
         )
         cids = torch.where(mask.bool(), cids, torch.full_like(cids, self.pad_id))
+        rows = [p for p in prompts for _ in range(n)]  # row = prompt·n + j
         p_ids, p_mask = left_pad(rows, self.pad_id, cids.device)
         texts = self.tokenizer.batch_decode(cids, skip_special_tokens=True)
         return Generation(p_ids, p_mask, cids, mask, truncated, texts)
 
     def _generate_chunk(
-        self, rows: list[list[int]], params: SamplingParams
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        self, prompts: list[list[int]], n: int, params: SamplingParams
+    ) -> tuple[Tensor, Tensor]:
+        """→ (completion ids [len(prompts)·n, T], stopped on a stop string [len(prompts)·n] bool)."""
         device = next(self.model.parameters()).device
-        ids, mask = left_pad(rows, self.pad_id, device)
+        ids, mask = left_pad(prompts, self.pad_id, device)  # [U, P]
         was_training = self.model.training
         self.model.eval()
         kwargs = dict(
@@ -153,12 +263,15 @@ class HFEngine:
             )
         if params.stop:
             kwargs.update(stop_strings=params.stop, tokenizer=self.tokenizer)
-        out = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
-        self.model.train(was_training)
-        cids = out[:, ids.shape[1] :]  # [b, T]
+        static = device.type == "cpu" if self.static_cache is None else self.static_cache
+        try:
+            out = generate_groups(self.model, ids, mask, n, self.prefill_once, static, **kwargs)
+        finally:
+            self.model.train(was_training)
+        cids = out[:, ids.shape[1] :]  # [U·n, T]
         if params.stop:
             texts = self.tokenizer.batch_decode(cids, skip_special_tokens=True)
             stopped = torch.tensor([any(s in t for s in params.stop) for t in texts], device=cids.device)
         else:
             stopped = torch.zeros(cids.shape[0], dtype=torch.bool, device=cids.device)
-        return ids, mask, cids, stopped
+        return cids, stopped
