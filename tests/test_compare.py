@@ -113,7 +113,8 @@ def fake_cell(
     return Cell(variant, seed, str(run), [], status="finished")
 
 
-def test_report_table_law_and_plots(tmp_path):
+def test_report_table_law_and_plots(tmp_path, monkeypatch):
+    monkeypatch.setattr("unipo.diagnostics.compare.LAW_WINDOW", 3)  # 6 steps per run → 2 means
     cells = [fake_cell(tmp_path, "grpo", 0, 0.2, (0.1, 0.9)), fake_cell(tmp_path, "grpo", 1, 0.4, (0.1, 0.9)),
              fake_cell(tmp_path, "kl_cov", 0, 0.5, (0.2, 1.0), selected=True)]  # fmt: skip
     variants = {"grpo": ["algorithm.name=grpo"], "kl_cov": ["algorithm.name=kl_cov"]}
@@ -131,6 +132,10 @@ def test_report_table_law_and_plots(tmp_path):
     law = data["law"]["grpo"]
     assert law["a"] == pytest.approx(0.1) and law["b"] == pytest.approx(0.9) and law["n"] == 12
     assert law["ceiling"] == pytest.approx(0.8)
+    # the second fit: 3-step means, 2 per seed; means of points on R = 0.9 − 0.1·e^H lie close to
+    # the curve (e^H is nearly linear over a 0.2-nat window), so the fit stays near a = 0.1
+    assert law["n_binned"] == 4 and law["r2_binned"] > 0.99
+    assert law["a_binned"] == pytest.approx(0.1, rel=0.05)
     assert data["law"]["kl_cov"]["a"] == pytest.approx(0.2)  # the reward before selection is used
     band = data["curves"]["grpo"]["accuracy"]
     assert band["steps"] == [0, 6] and band["mean"] == pytest.approx([0.1, 0.3])

@@ -54,6 +54,7 @@ FINALS = {  # table column → summary.json key (held-out eval after training) o
     "wall_seconds": "wall_seconds",
 }
 RESERVED = {"logs", "plots"}
+LAW_WINDOW = 10  # steps per averaged point of the second law fit (one batch's reward is noisy)
 ALIASES = {"reward/mean": ("rollout/reward_mean_all", "reward/mean")}  # first one logged wins
 
 
@@ -249,12 +250,17 @@ def variant_numbers(run_dirs: list[Path]) -> dict[str, Any]:
         mean, lo, hi = bootstrap_ci(clean)
         table[metric] = {"mean": mean, "lo": lo, "hi": hi, "n": len(clean)}
     H, R = [], []  # (policy/entropy, reward/mean) of every training step of every seed
-    for r in (r for rs in recs for r in rs if "event" not in r):
-        h, rw = _get(r, "policy/entropy"), _get(r, "reward/mean")
-        if h is not None and rw is not None:
-            H.append(h)
-            R.append(rw)
-    return {"curves": curves, "table": table, "law": fit_entropy_law(H, R), "points": [H, R],
+    Hb, Rb = [], []  # the same, averaged over consecutive LAW_WINDOW steps of each run
+    for rs in recs:
+        steps = [(_get(r, "policy/entropy"), _get(r, "reward/mean")) for r in rs if "event" not in r]
+        pairs = [(h, rw) for h, rw in steps if h is not None and rw is not None]
+        H += [h for h, _ in pairs]
+        R += [rw for _, rw in pairs]
+        for i in range(0, len(pairs) - LAW_WINDOW + 1, LAW_WINDOW):
+            Hb.append(sum(h for h, _ in pairs[i : i + LAW_WINDOW]) / LAW_WINDOW)
+            Rb.append(sum(rw for _, rw in pairs[i : i + LAW_WINDOW]) / LAW_WINDOW)
+    law = {**fit_entropy_law(H, R), **{f"{k}_binned": v for k, v in fit_entropy_law(Hb, Rb).items()}}
+    return {"curves": curves, "table": table, "law": law, "points": [H, R],
             "values": finals, "dynamics": variant_dynamics(recs)}  # fmt: skip
 
 

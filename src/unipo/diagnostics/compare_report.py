@@ -97,9 +97,11 @@ def report_tables(numbers: dict[str, Any], gaps: dict[str, Any], baseline: str |
              for v, n in numbers.items()],
         ),
         "Entropy–performance law R = −a·exp(H) + b": (
-            ["variant", "a", "b", "R²", "ceiling −a+b", "points"],
-            [[v, *(f"{n['law'][k]:.4g}" for k in ("a", "b", "r2", "ceiling")), str(int(n["law"]["n"]))]
-             for v, n in numbers.items()],
+            ["variant", "a", "b", "R²", "ceiling −a+b", "points", "a (10-step means)", "b", "R²", "ceiling",
+             "points"],
+            [[v, *(f"{n['law'][k]:.4g}" for k in ("a", "b", "r2", "ceiling")), str(int(n["law"]["n"])),
+              *(f"{n['law'][k + '_binned']:.4g}" for k in ("a", "b", "r2", "ceiling")),
+              str(int(n["law"]["n_binned"]))] for v, n in numbers.items()],
         ),
         "Entropy dynamics": (
             ["variant", *DYNAMICS, "pooled r (points)"],
