@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 CURVES = {  # plot name → (metric key, y label)
     "reward": ("reward/mean", "training reward (all samples)"),
     "accuracy": ("eval/accuracy", "held-out accuracy"),
-    "entropy": ("policy/entropy", "token entropy (nats)"),
+    "entropy": ("policy/entropy", "token entropy of the trained batch (nats)"),
+    "eval_entropy": ("eval/entropy", "held-out token entropy (nats)"),
     "length": ("response/length_mean", "response length (tokens)"),
 }
 
