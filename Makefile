@@ -30,9 +30,16 @@ $(TRL_VENV)/.installed: benchmarks/setup_trl_env.sh $(STAMP)
 	VENV=$(TRL_VENV) UNIPO_PY=$(PY) bash benchmarks/setup_trl_env.sh
 	touch $@
 
-# CPU benchmarks side by side with TRL's GRPOTrainer; results in benchmarks/results/*.json
+# CPU benchmarks (results in benchmarks/results/*.json), then one summary table: unipo vs TRL's
+# GRPOTrainer, log-prob/entropy memory (4,096 tokens; LOGPROB_ARGS= for 4,096 and 8,192 tokens
+# and four chunk sizes, ~1 h), step-time scaling (SCALING_ARGS="--rounds 2" and more: --help).
+LOGPROB_ARGS ?= --quick
+SCALING_ARGS ?=
 bench: $(STAMP) $(TRL_VENV)/.installed
 	$(PY) benchmarks/vs_trl.py --trl-python $(TRL_VENV)/bin/python
+	$(PY) benchmarks/logprob_memory.py $(LOGPROB_ARGS)
+	$(PY) benchmarks/scaling.py $(SCALING_ARGS)
+	$(PY) benchmarks/summary.py
 
 clean:
 	rm -rf $(VENV) $(TRL_VENV) runs .pytest_cache
