@@ -1,7 +1,7 @@
 """Peak memory and time of completion log-probs + entropies: unipo's chunked LM head vs the naive path.
 
     python benchmarks/logprob_memory.py                 # tokens 4096 and 8192, chunks 256..2048
-    python benchmarks/logprob_memory.py --quick         # `make bench`: 4096 tokens, chunks 256 and 2048
+    python benchmarks/logprob_memory.py --quick         # `make bench`: 4096 tokens, default chunk + 2048
     python benchmarks/logprob_memory.py --tokens 512 --chunks 128 --repeats 1   # smoke run
     python benchmarks/logprob_memory.py --show          # table of the JSON
 
@@ -84,14 +84,13 @@ def unipo_logprobs(hidden, lm_head, targets, chunk_tokens: int):
     return token_logprobs_from_hidden(hidden, lm_head, targets, chunk_tokens=chunk_tokens)
 
 
-def default_chunk_tokens() -> int | None:
-    """The library's default ``chunk_tokens`` (None when it cannot be read)."""
-    import inspect
+def default_chunk_tokens(vocab: int = 151_936, hidden: int = 896) -> int:
+    """The library's default ``chunk_tokens`` for this vocabulary (sized by ``CHUNK_ELEMENTS``)."""
+    import torch
 
-    from unipo.train.logprobs import token_logprobs_from_hidden
+    from unipo.train.logprobs import default_chunk_tokens as library_default
 
-    default = inspect.signature(token_logprobs_from_hidden).parameters["chunk_tokens"].default
-    return default if isinstance(default, int) else None
+    return library_default(torch.nn.Linear(hidden, vocab, bias=False, device="meta"))
 
 
 # ---------------------------------------------------------------------------------- memory probes
@@ -604,7 +603,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--quick",
         action="store_true",
-        help="`make bench` sizes: --tokens 4096 --chunks 256,2048 --repeats 1 --ref-tokens 128",
+        help="`make bench` sizes: --tokens 4096 --chunks <library default>,2048 --repeats 1 --ref-tokens 128",
     )
     p.add_argument("--vocab", type=int, default=151_936)
     p.add_argument("--hidden", type=int, default=896)
@@ -635,7 +634,8 @@ def main(argv: list[str] | None = None) -> None:
     if a.show:
         return print_table(json.loads(Path(a.out).read_text()))
     if a.quick:
-        a.tokens, a.chunks, a.repeats, a.ref_tokens = "4096", "256,2048", 1, 128
+        default = default_chunk_tokens(a.vocab, a.hidden)
+        a.tokens, a.chunks, a.repeats, a.ref_tokens = "4096", f"{default},2048", 1, 128
     a.tokens = [int(x) for x in str(a.tokens).split(",")]
     a.chunks = [int(x) for x in str(a.chunks).split(",")]
     a.modes = a.modes.split(",")
@@ -653,7 +653,7 @@ def main(argv: list[str] | None = None) -> None:
         "seed": a.seed,
         "repeats": a.repeats,
         "worker_threads": a.threads or "torch default",
-        "library_default_chunk_tokens": default_chunk_tokens(),
+        "library_default_chunk_tokens": default_chunk_tokens(a.vocab, a.hidden),
         "inputs": "hidden ~ N(0,1), W ~ N(0, 0.1^2), uniform targets; loss = sum(a*logp) + sum(b*H)",
     }
     with tempfile.TemporaryDirectory(prefix="logprob_memory-") as tmp:

@@ -92,3 +92,28 @@ def test_shared_prompt_matches_naive(tiny):
     for g1, p in zip(grads, model.parameters()):
         torch.testing.assert_close(g1, p.grad, atol=1e-5, rtol=1e-4)
     model.zero_grad()
+
+
+def test_default_chunk_is_sized_by_vocabulary():
+    from unipo.train.logprobs import CHUNK_ELEMENTS, default_chunk_tokens
+
+    # 2**25 logits per chunk: 33,554,432 // 151,936 = 220 tokens; a 100-token vocabulary → 335,544
+    assert CHUNK_ELEMENTS == 2**25
+    assert default_chunk_tokens(torch.nn.Linear(4, 151_936, bias=False)) == 220
+    assert default_chunk_tokens(torch.nn.Linear(4, 100, bias=False)) == 335_544
+    assert default_chunk_tokens(torch.nn.Linear(4, 10**8, bias=False, device="meta")) == 16  # floor
+    assert default_chunk_tokens(torch.nn.Identity()) == 2048  # width unknown
+
+
+def test_entropy_accurate_against_float64_at_large_vocabulary():
+    # the chunked log-softmax path against a float64 reference (the naive float32 softmax path is
+    # itself ~1e-5..1e-4 off at this vocabulary; see benchmarks/logprob_memory.py)
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 50_000, bias=False)
+    with torch.no_grad():
+        head.weight.mul_(8.0)  # logits with a spread like a trained LM head
+    hidden, targets = torch.randn(64, 16), torch.randint(0, 50_000, (64,))
+    logp, ent = token_logprobs_from_hidden(hidden, head, targets, chunk_tokens=16)
+    z = (hidden.double() @ head.weight.double().T).log_softmax(-1)
+    ref_logp, ref_ent = z.gather(-1, targets[:, None]).squeeze(-1), -(z.exp() * z).sum(-1)
+    assert (logp.double() - ref_logp).abs().max() < 1e-5 and (ent.double() - ref_ent).abs().max() < 1e-5

@@ -24,7 +24,7 @@ from unipo.train.logprobs import _unwrap, batched_logprobs, completion_logprobs,
 REFERENCE_FIELDS = ("ref_logprobs", "anchor_logprobs", "ref_weights")
 
 
-def policy_logprobs(model: nn.Module, batch: PreferenceBatch, chunk_tokens: int = 2048) -> Tensor:
+def policy_logprobs(model: nn.Module, batch: PreferenceBatch, chunk_tokens: int | None = None) -> Tensor:
     """log π_θ of every response token, with grad: [N, K, T] (0 on padding and list padding)."""
     ids, attn, rmask, index = batch.flat_rows()  # [R, P+T], [R, P+T], [R, T], [R]
     lp, _ = completion_logprobs(model, ids, attn, rmask, chunk_tokens=chunk_tokens)  # [R, T]

@@ -34,7 +34,7 @@ class UpdateSettings:
     max_grad_norm: float
     temperature: float
     max_len: int
-    chunk_tokens: int = 2048
+    chunk_tokens: int | None = None  # None: sized by vocabulary (logprobs.default_chunk_tokens)
     shared_prompt: bool = True  # run each prompt once per micro-batch; shuffle groups, not rows
 
 
