@@ -2,8 +2,11 @@
 
 The model's decoder runs once; the LM head, log-softmax and entropy are applied to chunks
 of ``chunk_tokens`` hidden states at a time, so the full ``[tokens, vocab]`` logits /
-log-softmax never exist at once. Under autograd each chunk is checkpointed: its logits are
-recomputed in backward instead of being stored, so training memory also stays at one chunk.
+log-softmax never exist at once. Under autograd a plain ``nn.Linear`` head without softcap or
+extra statistics takes a fused autograd function (``fused_head.py``) whose backward recomputes
+each chunk's logits and accumulates the head's weight gradient in place in one buffer; every
+other case checkpoints each chunk (its logits are recomputed in backward instead of being
+stored), so training memory also stays at one chunk.
 
 The same function serves old, reference and current-policy log-probs.
 
@@ -33,6 +36,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from unipo.train import fused_head
 from unipo.train.token_stats import (  # noqa: F401  (TOKEN_STATS and parse_token_stat re-exported)
     TOKEN_STATS,
     parse_token_stat,
@@ -95,6 +99,15 @@ def _chunk_stats(
     return (logp, entropy, *extra)
 
 
+def _fused_wanted(hidden: Tensor, lm_head: nn.Module, softcap: float | None, stats: tuple[str, ...]) -> bool:
+    """The fused LM-head path (``fused_head.py``): under autograd, for a plain ``nn.Linear`` head
+    with no softcap and no extra statistics. Without grad the plain chunk loop is as lean."""
+    if not torch.is_grad_enabled() or not fused_head.fused_head_applies(lm_head, hidden, softcap, stats):
+        return False
+    params = (lm_head.weight, lm_head.bias)
+    return hidden.requires_grad or any(p is not None and p.requires_grad for p in params)
+
+
 def token_logprobs_from_hidden(
     hidden: Tensor,
     lm_head: nn.Module,
@@ -128,8 +141,15 @@ def token_stats_from_hidden(
     stats = tuple(stats)
     for name in stats:
         parse_token_stat(name)  # fail before the forward pass on an unknown name
-    cols: list[list[Tensor]] = [[] for _ in range(2 + len(stats))]
     chunk_tokens = chunk_tokens or default_chunk_tokens(lm_head)
+    if _fused_wanted(hidden, lm_head, softcap, stats):
+        # one autograd node for all chunks: saves the inputs and lse, H [N]; its backward
+        # accumulates the [V, H] weight gradient in place in one buffer (fused_head.py)
+        logp, ent = fused_head.fused_linear_logprob_entropy(
+            hidden, lm_head, targets, temperature=temperature, chunk_tokens=chunk_tokens
+        )  # [N], [N]
+        return logp, ent, {}
+    cols: list[list[Tensor]] = [[] for _ in range(2 + len(stats))]
     use_ckpt = torch.is_grad_enabled() and hidden.requires_grad
     for start in range(0, hidden.shape[0], chunk_tokens):
         h, y = hidden[start : start + chunk_tokens], targets[start : start + chunk_tokens]
