@@ -48,7 +48,6 @@ import math
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -296,7 +295,7 @@ def estimate_peak_bytes(
 
 
 def run_worker(spec: dict, workdir: Path, tag: str, max_wait: float) -> dict:
-    from vs_trl import cpu_jiffies, wait_for_quiet
+    from vs_trl import run_measured, wait_for_quiet
 
     spec_path, result_path = workdir / f"{tag}.spec.json", workdir / f"{tag}.result.json"
     spec = {**spec, "outputs": str(workdir / f"{tag}.pt")}
@@ -309,13 +308,7 @@ def run_worker(spec: dict, workdir: Path, tag: str, max_wait: float) -> dict:
     env.setdefault("MALLOC_MMAP_THRESHOLD_", str(2**20))
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(spec_path), str(result_path)]
     busy = wait_for_quiet(max_wait) if spec["device"] == "cpu" and max_wait > 0 else math.nan
-    ru0, (b0, _) = resource.getrusage(resource.RUSAGE_CHILDREN), cpu_jiffies()
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    ru1, (b1, _) = resource.getrusage(resource.RUSAGE_CHILDREN), cpu_jiffies()
-    own = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
-    foreign = max(0.0, (b1 - b0) - own) / (wall * (os.cpu_count() or 1))
+    proc, wall, foreign = run_measured(cmd, env)
     if proc.returncode != 0 or not result_path.exists():
         tail = (proc.stdout + proc.stderr)[-2000:]
         return {"error": f"worker exited with {proc.returncode}:\n{tail}", "wall_s": wall}

@@ -39,7 +39,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from vs_trl import COMMON, PHASES, machine_info, prepare, run_worker, summarize  # noqa: E402
+from vs_trl import COMMON, PHASES, add_quiet_args, machine_info, prepare, run_worker, summarize  # noqa: E402
 
 DEFAULT_OUT = HERE / "results" / "scaling.json"
 LINEAR_TOLERANCE = 1.05  # "no worse than linear": fitted b at most this
@@ -263,19 +263,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per point and round")
     p.add_argument("--steps", type=int, default=5, help="timed steps per point and round")
     p.add_argument("--rounds", type=int, default=1, help="sweeps over all points (alternating order)")
-    p.add_argument(
-        "--max-wait",
-        type=float,
-        default=120,
-        help="CPU: seconds to wait for other processes to go quiet before each point",
-    )
-    p.add_argument(
-        "--max-foreign",
-        type=float,
-        default=0.1,
-        help="CPU: redo a point if other processes took more than this share of the cores",
-    )
-    p.add_argument("--retries", type=int, default=1, help="redos per point (see --max-foreign)")
+    add_quiet_args(p, max_wait=120, retries=1, unit="point")
     p.add_argument("--workdir", help="where models, prompts and logs go (default: a temporary directory)")
     p.add_argument("--out", default=str(DEFAULT_OUT), help="results JSON (entries merged by preset/device)")
     p.add_argument("--show", action="store_true", help="print the table of --out and exit")

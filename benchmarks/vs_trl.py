@@ -272,6 +272,35 @@ def wait_for_quiet(max_wait_s: float, threshold: float = 0.15) -> float:
     return busy
 
 
+def add_quiet_args(p: argparse.ArgumentParser, max_wait: float, retries: int, unit: str) -> None:
+    """--max-wait / --max-foreign / --retries: how a CPU benchmark keeps other processes out."""
+    p.add_argument(
+        "--max-wait",
+        type=float,
+        default=max_wait,
+        help=f"CPU: seconds to wait for other processes to go quiet before each {unit}",
+    )
+    p.add_argument(
+        "--max-foreign",
+        type=float,
+        default=0.1,
+        help=f"CPU: redo a {unit} if other processes took more than this share of the cores",
+    )
+    p.add_argument("--retries", type=int, default=retries, help=f"redos per {unit} (see --max-foreign)")
+
+
+def run_measured(cmd: list[str], env: dict[str, str]) -> tuple[subprocess.CompletedProcess, float, float]:
+    """Run ``cmd`` to completion; returns (process, wall seconds, foreign CPU share): the CPU time
+    other processes took while it ran, as a share of the machine's cores."""
+    ru0, (b0, _) = resource.getrusage(resource.RUSAGE_CHILDREN), cpu_jiffies()
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    ru1, (b1, _) = resource.getrusage(resource.RUSAGE_CHILDREN), cpu_jiffies()
+    own = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
+    return proc, wall, max(0.0, (b1 - b0) - own) / (wall * (os.cpu_count() or 1))
+
+
 def run_worker(framework: str, python: str, spec: dict, workdir: Path, tag: str, max_wait: float) -> dict:
     spec_path, result_path = workdir / f"{tag}.spec.json", workdir / f"{tag}.result.json"
     spec_path.write_text(json.dumps({**spec, "scratch": str(workdir / f"{tag}.scratch")}))
@@ -281,14 +310,7 @@ def run_worker(framework: str, python: str, spec: dict, workdir: Path, tag: str,
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH")]))
     cmd = [python, str(Path(__file__).resolve()), "--worker", framework, str(spec_path), str(result_path)]
     busy_before = wait_for_quiet(max_wait) if spec["device"] == "cpu" else math.nan
-    ru0, (b0, _) = resource.getrusage(resource.RUSAGE_CHILDREN), cpu_jiffies()
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    ru1, (b1, _) = resource.getrusage(resource.RUSAGE_CHILDREN), cpu_jiffies()
-    own = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
-    # CPU time other processes took while the worker ran, as a share of the machine's cores
-    foreign = max(0.0, (b1 - b0) - own) / (wall * (os.cpu_count() or 1))
+    proc, wall, foreign = run_measured(cmd, env)
     (workdir / f"{tag}.log").write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0 or not result_path.exists():
         tail = (proc.stdout + proc.stderr)[-3000:]
@@ -433,15 +455,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--gradient-checkpointing", action="store_true", help="on in both (default: off in both)")
     p.add_argument("--trl-python", default=str(DEFAULT_TRL_PYTHON), help="interpreter with trl installed")
     p.add_argument("--unipo-python", default=sys.executable, help="interpreter with unipo's dependencies")
-    quiet = "CPU setups: seconds to wait for other processes to go quiet before each worker"
-    p.add_argument(
-        "--max-foreign",
-        type=float,
-        default=0.1,
-        help="CPU setups: redo a worker run if other processes took more than this share of the cores",
-    )
-    p.add_argument("--retries", type=int, default=3, help="redos per worker run (see --max-foreign)")
-    p.add_argument("--max-wait", type=float, default=600, help=quiet)
+    add_quiet_args(p, max_wait=600, retries=3, unit="worker run")
     p.add_argument("--workdir", help="where models, prompts and logs go (default: a temporary directory)")
     p.add_argument("--out", default=str(DEFAULT_OUT), help="results JSON (entries are merged by setup)")
     p.add_argument("--show", action="store_true", help="print the table of --out and exit (runs nothing)")

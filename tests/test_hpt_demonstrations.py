@@ -7,10 +7,9 @@ import pytest
 import torch
 
 from unipo.algorithms import get_algorithm, policy_loss
-from unipo.batch import RolloutBatch
+from unipo.batch import SFT_KEY, RolloutBatch
 from unipo.config import load_config
 from unipo.parts.base import LossInputs
-from unipo.parts.selection_t2 import SFT_KEY
 from unipo.rewards import RewardSet
 from unipo.rollout.base import SamplingParams
 from unipo.rollout.hf import HFEngine

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+SFT_KEY = "sft_target_ids"  # metadata key: an item's demonstration token ids (collect.py → HPT's switch)
+
 _PER_ITEM_TENSORS = (
     "prompt_ids",
     "prompt_mask",

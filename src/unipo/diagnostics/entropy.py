@@ -18,6 +18,7 @@ Formulas and how to read each value: docs/diagnostics.md.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -192,7 +193,8 @@ def entropy_change_record(h_before: float, h_after: float, predicted: float) -> 
     return {"entropy/change_measured": h_after - h_before, "entropy/change_predicted": predicted}
 
 
-def _pearson(x: list[float], y: list[float]) -> float:
+def pearson(x: Sequence[float], y: Sequence[float]) -> float:
+    """Pearson r of two equal-length series (NaN below 3 points or for a constant series)."""
     n = len(x)
     if n < 3:
         return NAN
@@ -224,7 +226,7 @@ class EntropyDynamics:
             self.measured.append(float(measured))
 
     def correlation(self) -> float:
-        return _pearson(self.predicted, self.measured)
+        return pearson(self.predicted, self.measured)
 
     def sign_agreement(self) -> float:
         """Share of pairs whose predicted and measured changes have the same sign."""

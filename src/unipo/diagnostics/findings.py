@@ -19,15 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from unipo.diagnostics.stats import bootstrap_ci
+from unipo.diagnostics.entropy import pearson
+from unipo.diagnostics.stats import bootstrap_ci, finite_values
 
 NAN = float("nan")
 GAP_METRICS = ("entropy_last", "entropy_eval", "accuracy", "greedy_accuracy", "reward_last")
-
-
-def _finite(values: Sequence[float | None]) -> np.ndarray:
-    v = np.asarray([float(x) for x in values if x is not None], dtype=np.float64)
-    return v[np.isfinite(v)]
 
 
 def bootstrap_diff_ci(
@@ -44,7 +40,7 @@ def bootstrap_diff_ci(
     of the resampled differences. A group with fewer than 2 finite values has no spread: the
     interval is NaN; an empty group gives three NaNs.
     """
-    x, y = _finite(a), _finite(b)
+    x, y = finite_values(a), finite_values(b)
     if x.size == 0 or y.size == 0:
         return NAN, NAN, NAN
     diff = float(x.mean() - y.mean())
@@ -80,16 +76,6 @@ def entropy_trend(
     return {"start": start, "end": end, "change": end - start, "rel_change": (end - start) / start}
 
 
-def pearson(x: Sequence[float], y: Sequence[float]) -> float:
-    """Pearson r of two equal-length series (NaN below 3 points or for a constant series)."""
-    a, b = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    if a.size < 3:
-        return NAN
-    a, b = a - a.mean(), b - b.mean()
-    den = math.sqrt(float((a * a).sum()) * float((b * b).sum()))
-    return float((a * b).sum()) / den if den > 0 else NAN
-
-
 def dynamics_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
     """One run's (predicted, measured) entropy changes: r, sign agreement, and the pairs.
 
@@ -122,7 +108,7 @@ def variant_dynamics(per_seed: list[list[dict[str, Any]]]) -> dict[str, Any]:
         ("dyn_sign_agree", [d["sign_agree"] for d in dyns]),
     ):
         mean, lo, hi = bootstrap_ci(vals)
-        out[name] = {"mean": mean, "lo": lo, "hi": hi, "n": int(_finite(vals).size)}
+        out[name] = {"mean": mean, "lo": lo, "hi": hi, "n": int(finite_values(vals).size)}
     xs: list[float] = []
     ys: list[float] = []
     for d in dyns:

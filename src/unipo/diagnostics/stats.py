@@ -28,7 +28,8 @@ def t975(df: int) -> float:
     return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
 
 
-def _finite(values: Sequence[float]) -> np.ndarray:
+def finite_values(values: Sequence[float | None]) -> np.ndarray:
+    """The finite values as float64 (None and NaN/inf dropped)."""
     v = np.asarray([float(x) for x in values if x is not None], dtype=np.float64)
     return v[np.isfinite(v)]
 
@@ -43,7 +44,7 @@ def bootstrap_ci(
     non-finite values are dropped. One value gives (v, NaN, NaN): there is no spread to resample;
     none gives three NaNs. With few values the interval lies inside [min, max] and is too narrow.
     """
-    v = _finite(values)
+    v = finite_values(values)
     if v.size == 0:
         return NAN, NAN, NAN
     mean = float(v.mean())

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import Tensor
 
-from unipo.batch import RolloutBatch
+from unipo.batch import SFT_KEY, RolloutBatch
 from unipo.parts.advantages import GroupNorm
 from unipo.parts.base import Metrics, group_index, scalar
 from unipo.parts.registry import part_name, register
@@ -162,7 +162,6 @@ class PFFilter:
 
 
 # ------------------------------------------------------------------ HPT
-SFT_KEY = "sft_target_ids"
 
 
 @register("selection", "hpt_switch")

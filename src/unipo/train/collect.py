@@ -11,8 +11,7 @@ from typing import Any
 
 import torch
 
-from unipo.batch import RolloutBatch
-from unipo.parts.selection_t2 import SFT_KEY
+from unipo.batch import SFT_KEY, RolloutBatch
 from unipo.rollout.base import RolloutEngine, SamplingParams
 
 log = logging.getLogger("unipo")
