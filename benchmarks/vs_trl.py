@@ -51,8 +51,10 @@ SETUPS: dict[str, dict] = {
     "25m": dict(preset="25m", device="cpu", dtype="float32", prompts=8, group=8, length=64,
                 beta=0.04, micro=64, warmup=1, steps=2, rounds=2),
     "h100": dict(preset="qwen2-0.5b-shape", device="cuda", dtype="bfloat16", prompts=32, group=8,
-                 length=256, beta=0.0, micro=64, warmup=2, steps=5, rounds=2),
+                 length=256, beta=0.0, micro=64, warmup=2, steps=5, rounds=2, decode="compiled"),
 }  # fmt: skip
+# unipo's rollout.decode per setup unless --unipo-decode says otherwise: the CPU default (static
+# cache) on CPU; on the GPU the CUDA-graph decode (compiles once per shape, in the warm-up steps).
 CPU_SETUPS = ("tiny", "25m")
 PHASES = ("time/generate", "time/reward", "time/logprobs", "time/update")  # unipo's step breakdown
 COMMON = dict(lr=1e-6, temperature=1.0, top_p=1.0, clip_eps=0.2, max_grad_norm=1.0, seed=0)
@@ -109,6 +111,7 @@ def run_unipo(spec: dict) -> dict:
         f"rollout.prompts_per_step={s['prompts']}", f"rollout.group_size={s['group']}",
         f"rollout.sampling.max_new_tokens={s['length']}", f"rollout.sampling.min_new_tokens={s['length']}",
         f"rollout.sampling.temperature={s['temperature']}", f"rollout.sampling.top_p={s['top_p']}",
+        f"rollout.decode={s.get('decode', 'auto')}",
         "rollout.sampling.top_k=0", f"rollout.max_batch={s['prompts'] * s['group']}",
         "algorithm.name=grpo",
         f"algorithm.params={{kl: {{coef: {s['beta']}}}, ppo_clip: {{eps_low: {s['clip_eps']}, "
@@ -366,6 +369,8 @@ def run_setup(name: str, a: argparse.Namespace, workdir: Path) -> dict:
         if getattr(a, key) is not None:
             setup[key] = getattr(a, key)
     setup["gradient_checkpointing"] = a.gradient_checkpointing
+    if a.unipo_decode:
+        setup["decode"] = a.unipo_decode
     if setup["prompts"] * setup["group"] % setup["micro"]:
         raise SystemExit(f"{name}: P*G must be a multiple of micro")
     wd = workdir / name
@@ -453,6 +458,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--warmup", type=int, help="untimed steps per process")
     p.add_argument("--steps", type=int, help="timed steps per process")
     p.add_argument("--gradient-checkpointing", action="store_true", help="on in both (default: off in both)")
+    p.add_argument(
+        "--unipo-decode",
+        choices=("auto", "dynamic", "static", "compiled"),
+        help="unipo's rollout.decode (default: the setup's; h100: compiled, CPU: auto)",
+    )
     p.add_argument("--trl-python", default=str(DEFAULT_TRL_PYTHON), help="interpreter with trl installed")
     p.add_argument("--unipo-python", default=sys.executable, help="interpreter with unipo's dependencies")
     add_quiet_args(p, max_wait=600, retries=3, unit="worker run")

@@ -3,20 +3,25 @@ needs them) → the switch swaps a failed group for one demonstration row → th
 
 from __future__ import annotations
 
+import logging
+import math
+
 import pytest
 import torch
 
 from unipo.algorithms import get_algorithm, policy_loss
-from unipo.batch import SFT_KEY, RolloutBatch
+from unipo.batch import SFT_KEY, SFT_ROW_KEY, SFT_TRUNCATED_KEY, RolloutBatch
 from unipo.config import load_config
 from unipo.parts.base import LossInputs
 from unipo.rewards import RewardSet
 from unipo.rollout.base import SamplingParams
 from unipo.rollout.hf import HFEngine
 from unipo.tasks import ReasoningGymTask, demonstration
+from unipo.train import sft
 from unipo.train.collect import collect
 from unipo.train.logprobs import completion_logprobs
 from unipo.train.sft import demonstration_ids, sft_rows, target_ids
+from unipo.train.utils import batch_metrics
 
 CHAIN_SUM = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}
 
@@ -130,6 +135,81 @@ def test_collect_fills_demonstrations_only_when_asked(tiny):
     assert all(SFT_KEY not in m for m in batch.metadata) and "rollout/demonstration_frac" not in metrics
 
 
+def test_a_cut_demonstration_is_flagged_counted_and_warned_once(tiny, caplog, monkeypatch):
+    model, tok = tiny
+    monkeypatch.setattr(sft, "_warned_truncated", False)
+    eos, chars = tok.eos_token_id, tok("-4", add_special_tokens=False)["input_ids"]
+    examples = [{"question": "0-4=", "answer": "-4"}, {"question": "1+1=", "answer": "2"}]
+    # "-4" + EOS is 3 tokens: max_tokens = 3 keeps it whole, 2 cuts the EOS; "2" + EOS (2 tokens) fits both
+    whole = demonstration_ids(tok, examples, max_tokens=3)
+    assert whole == [[*chars, eos], target_ids(tok, "2")] and [d.truncated for d in whole] == [False, False]
+    with caplog.at_level(logging.WARNING, logger="unipo"):
+        cut = demonstration_ids(tok, examples, max_tokens=2)
+        demonstration_ids(tok, examples, max_tokens=2)  # a second cut: no second warning
+    assert cut == [chars, target_ids(tok, "2")] and [d.truncated for d in cut] == [True, False]
+    warned = [r.getMessage() for r in caplog.records if "cut to max_new_tokens" in r.getMessage()]
+    assert len(warned) == 1 and "'0-4='" in warned[0] and "is 3 tokens" in warned[0]
+    assert "max_new_tokens=2" in warned[0]
+
+    # collect: every row of the cut example carries the flag; one example of two counted
+    ids = [tok(ex["question"], add_special_tokens=False)["input_ids"] for ex in examples]
+    kwargs = dict(
+        engine=HFEngine(model, tok), reward_set=RewardSet([("zero", lambda p, c, **k: [0.0] * len(c), 1.0)]),
+        selections=(), examples=examples, prompt_ids=ids, prompt_texts=["0-4=", "1+1="], group_size=2,
+        sampling=SamplingParams(max_new_tokens=2), max_refill_rounds=0, more=None,
+    )  # fmt: skip
+    batch, metrics, _, _ = collect(**kwargs, demonstrations=lambda exs: demonstration_ids(tok, exs, 2))
+    assert [m.get(SFT_TRUNCATED_KEY, False) for m in batch.metadata] == [True, True, False, False]
+    assert [m[SFT_KEY] for m in batch.metadata] == [chars, chars, target_ids(tok, "2"), target_ids(tok, "2")]
+    assert all(type(m[SFT_KEY]) is list for m in batch.metadata)  # plain ids in the metadata
+    assert metrics["hpt/demonstrations_truncated"] == 1.0
+    assert "hpt/demonstrations_truncated" not in collect(**kwargs)[1]  # no demonstrations, no count
+
+
+def _hpt_batch(rewards: list[float], truncated: list[bool], meta: list[dict]) -> RolloutBatch:
+    """Two groups of two rows, completions of 2 tokens."""
+    return RolloutBatch(
+        prompt_ids=torch.full((4, 2), 3, dtype=torch.long),
+        prompt_mask=torch.ones(4, 2, dtype=torch.long),
+        completion_ids=torch.full((4, 2), 4, dtype=torch.long),
+        completion_mask=torch.ones(4, 2),
+        group_ids=torch.tensor([0, 0, 1, 1]),
+        truncated=torch.tensor(truncated),
+        rewards=torch.tensor(rewards),
+        metadata=meta,
+    )
+
+
+def test_reward_mean_counts_sampled_rows_only_and_sft_rows_are_logged():
+    switch = get_algorithm("hpt").selections[0]
+    demo = {SFT_KEY: [5, 6, 7], SFT_TRUNCATED_KEY: True}  # a cut 3-token demonstration
+    # group 0: r = [0, 0] → one SFT row (reward 1.0, 3 tokens); group 1: r = [1, 0] stays RL, row 2 truncated
+    batch = _hpt_batch([0.0, 0.0, 1.0, 0.0], [False, False, True, False], [demo, demo, {}, {}])
+    out, _ = switch(batch)
+    assert out.rewards.tolist() == [1.0, 0.0, 1.0]
+    assert [bool(m.get(SFT_ROW_KEY)) for m in out.metadata] == [False, False, True]
+    m = batch_metrics(out)
+    # sampled rows are group 1's: mean(1, 0) = 0.5, not (1 + 0 + 1)/3; unbiased std(1, 0) = √0.5;
+    # lengths [2, 2] (not [2, 2, 3]); truncated 1 of 2 (not 1 of 3); 3 rows are trained on
+    assert m["reward/mean"] == 0.5 and m["reward/std"] == pytest.approx(2**-0.5)
+    assert m["response/length_mean"] == 2.0 and m["response/length_max"] == 2.0
+    assert m["response/truncated_frac"] == 0.5 and m["rollout/train_completions"] == 3.0
+    assert m["hpt/sft_rows"] == 1.0 and m["hpt/sft_rows_truncated"] == 1.0
+
+    # every group fails: no sampled row left → reward/mean is NaN, not the SFT rows' 1.0
+    whole = {SFT_KEY: [5, 6, 7]}
+    out, _ = switch(_hpt_batch([0.0] * 4, [False] * 4, [whole] * 4))
+    m = batch_metrics(out)
+    assert math.isnan(m["reward/mean"]) and m["hpt/sft_rows"] == 2.0 and m["hpt/sft_rows_truncated"] == 0.0
+    assert m["rollout/train_completions"] == 2.0
+
+    # HPT with no failing group: the SFT count is logged as 0; without demonstrations, not at all
+    m = batch_metrics(_hpt_batch([1.0, 0.0, 1.0, 1.0], [False] * 4, [whole] * 4))
+    assert m["reward/mean"] == 0.75 and m["hpt/sft_rows"] == 0.0
+    m = batch_metrics(_hpt_batch([1.0, 0.0, 1.0, 1.0], [False] * 4, []))
+    assert m["reward/mean"] == 0.75 and not any(k.startswith("hpt/") for k in m)
+
+
 def _nll(model, tok, examples) -> float:
     """Mean NLL per token of the demonstrations (answer + EOS) given the question."""
     with torch.no_grad():
@@ -159,6 +239,9 @@ def test_hpt_trains_on_demonstrations_where_the_model_never_succeeds(tiny_model_
         assert m["rollout/reward_mean_all"] == 0.0 and m["rollout/demonstration_frac"] == 1.0
         assert m["selection/hpt_sft_groups"] == 2.0 and m["selection/hpt_rl_frac"] == 0.0
         assert m["advantage/hpt_sft_frac"] == 1.0 and m["optim/skipped_steps"] == 0.0
+        # only SFT rows are trained on: no sampled reward to report, two SFT rows, none cut (≤ 3 tokens)
+        assert math.isnan(m["reward/mean"]) and m["hpt/sft_rows"] == 2.0
+        assert m["hpt/demonstrations_truncated"] == 0.0
     assert _nll(trainer.model, trainer.tokenizer, trainer.train_examples) < before  # it learned the answers
     # a preset without the part tokenizes nothing
     assert Trainer(load_config(None, [*overrides, "algorithm.name=grpo"]))._demonstrations is None

@@ -13,7 +13,15 @@ from transformers import DynamicCache, Qwen2Config, Qwen2ForCausalLM, StaticCach
 
 from unipo.models import LoraSettings, build_tiny_model, load_model, tiny_config
 from unipo.rollout.base import SamplingParams
-from unipo.rollout.hf import HFEngine, generate_groups, left_pad, prefill_prefix
+from unipo.rollout.hf import (
+    HFEngine,
+    cache_length,
+    empty_static_cache,
+    generate_groups,
+    left_pad,
+    prefill_prefix,
+    resolve_decode,
+)
 
 TEXTS = ["1+1=", "22+33+4=", "7", "x=9;y=x*2;y?"]  # lengths 4, 8, 1, 12: left padding differs per row
 SMALL = {"hidden_size": 32, "num_layers": 2, "num_heads": 4}
@@ -31,12 +39,13 @@ def _prompts(tok) -> list[list[int]]:
     return [tok(t, add_special_tokens=False)["input_ids"] for t in TEXTS]
 
 
-def _both(model, ids: torch.Tensor, mask: torch.Tensor, n: int, static: bool = False, **kwargs):
-    """generate_groups with prefill_once on (dynamic or static cache) and off, from one torch seed."""
+def _both(model, ids: torch.Tensor, mask: torch.Tensor, n: int, decode: str = "dynamic", **kwargs):
+    """generate_groups fast (prefill once, ``decode``) and plain (every row prefilled, dynamic cache),
+    from one torch seed."""
     outs = []
-    for prefill_once in (True, False):
+    for prefill_once, mode in ((True, decode), (False, "dynamic")):
         torch.manual_seed(0)
-        outs.append(generate_groups(model, ids, mask, n, prefill_once, static and prefill_once, **kwargs))
+        outs.append(generate_groups(model, ids, mask, n, prefill_once, mode, **kwargs))
     return outs
 
 
@@ -75,11 +84,11 @@ def test_static_prefix_cache_holds_the_dynamic_one(arch_model):
         assert not s.keys[:, :, 11:].any()  # the decode slots are still empty
 
 
-@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
-def test_greedy_tokens_and_logits_match_plain(arch_model, static: bool):
+@pytest.mark.parametrize("decode", ["dynamic", "static"])
+def test_greedy_tokens_and_logits_match_plain(arch_model, decode: str):
     model, tok = arch_model
     ids, mask = left_pad(_prompts(tok), 0, "cpu")
-    fast, plain = _both(model, ids, mask, 3, static, **GREEDY, **SCORES)
+    fast, plain = _both(model, ids, mask, 3, decode, **GREEDY, **SCORES)
     assert fast.sequences.shape == plain.sequences.shape == (12, ids.shape[1] + 6)
     assert torch.equal(fast.sequences, plain.sequences)
     assert torch.equal(fast.sequences[:, : ids.shape[1]], ids.repeat_interleave(3, 0))  # row = prompt·3 + j
@@ -90,8 +99,8 @@ def test_greedy_tokens_and_logits_match_plain(arch_model, static: bool):
     assert len(fast.logits) == 6 and fast.logits[0].shape == (12, len(tok))
 
 
-@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
-def test_sampling_same_seed_same_tokens(arch_model, static: bool):
+@pytest.mark.parametrize("decode", ["dynamic", "static"])
+def test_sampling_same_seed_same_tokens(arch_model, decode: str):
     # exact tokens: the dynamic path's logits are bitwise the plain ones here, the static path's
     # within ~1e-6 (attention over masked extra slots), far from flipping a float32 draw
     model, tok = arch_model
@@ -99,7 +108,7 @@ def test_sampling_same_seed_same_tokens(arch_model, static: bool):
     kwargs = dict(
         GREEDY, do_sample=True, temperature=0.9, top_p=0.95, top_k=30, min_new_tokens=4, max_new_tokens=10
     )
-    fast, plain = _both(model, ids, mask, 3, static, **kwargs, **SCORES)
+    fast, plain = _both(model, ids, mask, 3, decode, **kwargs, **SCORES)
     assert torch.equal(fast.sequences, plain.sequences)
     for a, b in zip(fast.logits, plain.logits, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
@@ -117,13 +126,13 @@ def test_sampling_same_seed_same_tokens(arch_model, static: bool):
     ],
     ids=["greedy", "top_p_k_min_tokens", "stop_strings", "token_temperature"],
 )
-@pytest.mark.parametrize("static", [None, False], ids=["default", "dynamic"])  # default on CPU: static
-def test_engine_matches_plain_engine(arch_model, params: SamplingParams, static: bool | None):
+@pytest.mark.parametrize("decode", ["auto", "dynamic"])  # auto on CPU: static
+def test_engine_matches_plain_engine(arch_model, params: SamplingParams, decode: str):
     model, tok = arch_model
     prompts = _prompts(tok)
     gens = []
-    fast_engine = HFEngine(model, tok, prefill_once=True, static_cache=static)
-    for engine in (fast_engine, HFEngine(model, tok, prefill_once=False)):
+    fast_engine = HFEngine(model, tok, prefill_once=True, decode=decode)
+    for engine in (fast_engine, HFEngine(model, tok, prefill_once=False, decode="dynamic")):
         torch.manual_seed(0)
         gens.append(engine.generate(prompts, 3, params))
     fast, plain = gens
@@ -144,8 +153,8 @@ def test_chunks_never_split_a_group(arch_model):
         assert part.completions == whole.completions
 
 
-@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
-def test_lora_model_prefills_once_and_matches_plain(tmp_path: Path, static: bool):
+@pytest.mark.parametrize("decode", ["dynamic", "static"])
+def test_lora_model_prefills_once_and_matches_plain(tmp_path: Path, decode: str):
     build_tiny_model(tmp_path / "m", arch="llama", **SMALL, seed=2)
     model, tok = load_model(tmp_path / "m", dtype="float32", lora=LoraSettings(r=4, alpha=8))
     torch.manual_seed(3)
@@ -158,7 +167,7 @@ def test_lora_model_prefills_once_and_matches_plain(tmp_path: Path, static: bool
     base = model.get_base_model()
     with model.disable_adapter():
         no_adapter = generate_groups(base, ids, mask, 3, True, **GREEDY, **SCORES)
-    fast, plain = _both(model, ids, mask, 3, static, **GREEDY, **SCORES)
+    fast, plain = _both(model, ids, mask, 3, decode, **GREEDY, **SCORES)
     assert torch.equal(fast.sequences, plain.sequences)
     torch.testing.assert_close(fast.logits[0], plain.logits[0], atol=1e-5, rtol=0)
     assert not torch.allclose(fast.logits[0], no_adapter.logits[0], atol=1e-3)  # adapters took part
@@ -182,6 +191,7 @@ def test_fallbacks_to_plain_prefill(arch_model):
     model.generation_config.cache_implementation = "static"
     try:
         assert prefill_prefix(model, ids, mask, 3) is None
+        assert empty_static_cache(model, 32) is None
     finally:
         model.generation_config.cache_implementation = None
 
@@ -195,5 +205,35 @@ def test_sliding_window_model_falls_back():
     assert model.config.layer_types == ["sliding_attention"] * 2
     ids, mask = left_pad([[10, 11, 12, 13, 14, 15, 16], [20, 21, 22]], 0, "cpu")
     assert prefill_prefix(model, ids, mask, 3) is None
-    fast, plain = _both(model, ids, mask, 3, **GREEDY)
-    assert torch.equal(fast, plain)
+    assert empty_static_cache(model, 32) is None  # its layers would be sliding, not static
+    for decode in ("dynamic", "static"):
+        fast, plain = _both(model, ids, mask, 3, decode, **GREEDY)
+        assert torch.equal(fast, plain)
+
+
+def test_decode_modes_resolve_and_cache_lengths():
+    assert resolve_decode("auto", torch.device("cpu")) == "static"
+    assert resolve_decode("auto", torch.device("cuda")) == "dynamic"  # compiled is opt-in
+    assert resolve_decode("compiled", torch.device("cpu")) == "compiled"
+    with pytest.raises(ValueError, match=r"rollout.decode='graph'.*auto, dynamic, static, compiled"):
+        resolve_decode("graph", torch.device("cpu"))
+    with pytest.raises(ValueError, match="resolve it first"):
+        generate_groups(torch.nn.Linear(1, 1), torch.ones(1, 2), torch.ones(1, 2), 1, decode="auto")
+    # compiled: prompt + new tokens rounded up to a multiple of 64 (20 + 64 = 84 → 128; 40 + 64 → 128;
+    # 64 + 64 = 128 stays); eager static keeps the exact sum
+    assert [cache_length(p, 64, "compiled") for p in (20, 40, 64, 65)] == [128, 128, 128, 192]
+    assert cache_length(20, 64, "static") == 84
+
+
+def test_static_decode_without_shared_prefix_matches_plain(arch_model):
+    # n = 1 / prefill_once off: generate prefills into an empty static cache itself
+    model, tok = arch_model
+    ids, mask = left_pad(_prompts(tok), 0, "cpu")
+    torch.manual_seed(0)
+    static = generate_groups(model, ids, mask, 1, False, "static", **GREEDY, **SCORES)
+    torch.manual_seed(0)
+    plain = generate_groups(model, ids, mask, 1, False, "dynamic", **GREEDY, **SCORES)
+    assert torch.equal(static.sequences, plain.sequences)
+    assert isinstance(static.past_key_values, StaticCache)
+    for a, b in zip(static.logits, plain.logits, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)

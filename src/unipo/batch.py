@@ -15,6 +15,19 @@ import torch
 from torch import Tensor
 
 SFT_KEY = "sft_target_ids"  # metadata key: an item's demonstration token ids (collect.py → HPT's switch)
+SFT_TRUNCATED_KEY = "sft_target_truncated"  # metadata key: True when those ids were cut at max_new_tokens
+SFT_ROW_KEY = "hpt_sft"  # metadata key: True on a row whose completion is a demonstration, not a sample
+
+
+def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
+    """Positions that ignore left padding, as ``generate`` uses: cumsum(mask) − 1, ≥ 0.
+
+    attention_mask [B, L] (1 = token) → position ids [B, L]; 0 on left padding. Shared by the
+    rollout engine's prefill and every training / reference / critic pass, so that a token's
+    position is the same when it is sampled and when it is scored.
+    """
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
 
 _PER_ITEM_TENSORS = (
     "prompt_ids",

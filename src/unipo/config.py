@@ -97,6 +97,13 @@ class RolloutConfig(_Strict):
         "(same tokens as prefilling every row; falls back to that for caches it cannot share, "
         "e.g. sliding-window layers).",
     )
+    decode: Literal["auto", "dynamic", "static", "compiled"] = Field(
+        "auto",
+        description="KV cache and decode step of generation. auto: static on CPU, dynamic on GPU; "
+        "dynamic: a growing cache; static: a preallocated cache, eager; compiled: a static cache with "
+        "the decode step torch.compile'd (CUDA graphs on a GPU; compiles once per batch shape, "
+        "~30-60 s; not yet measured on a GPU here).",
+    )
     max_refill_rounds: int = Field(
         3, ge=0, description="Extra generation rounds when a selection (dynamic sampling) drops groups."
     )

@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from rich.console import Console
 
 from unipo.config import build_algorithm, format_validation_error, load_config
+from unipo.diagnostics.children import spawn_child
 from unipo.diagnostics.compare_report import CURVES, plots, render_html, render_markdown, report_tables
 from unipo.diagnostics.findings import baseline_gaps, variant_dynamics
 from unipo.diagnostics.law import fit_entropy_law
@@ -166,7 +167,9 @@ def plan_cells(spec: CompareSpec) -> list[Cell]:
 
 def run_cells(cells: list[Cell], base_yaml: Path, parallel: int, threads: int, console: Console) -> None:
     """Run the pending cells, ``parallel`` at a time, each in its own session. Ctrl-C (or a SIGTERM)
-    reaches only this process, which sends each running cell one SIGTERM: it checkpoints and stops."""
+    reaches only this process, which sends each running cell one SIGTERM: it checkpoints and stops.
+    If this process is killed outright (SIGKILL), the kernel sends that SIGTERM (Linux;
+    ``unipo.diagnostics.children.spawn_child``), so no cell keeps running as an orphan."""
     logs = base_yaml.parent / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
@@ -181,8 +184,7 @@ def run_cells(cells: list[Cell], base_yaml: Path, parallel: int, threads: int, c
                 cell = pending.pop(0)
                 log = open(logs / f"{cell.variant}-seed{cell.seed}.log", "a")  # noqa: SIM115 (closed below)
                 cmd = [sys.executable, "-m", "unipo.cli", "train", str(base_yaml), *cell.args]
-                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                        start_new_session=True)  # fmt: skip
+                proc = spawn_child(cmd, stdout=log, env=env)  # SIGTERM if this process is SIGKILLed
                 console.print(f"[bold]{cell.variant}/seed{cell.seed}[/] started (pid {proc.pid})")
                 running.append((cell, proc, log, time.perf_counter()))
             time.sleep(0.2)

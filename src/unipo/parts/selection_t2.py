@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import Tensor
 
-from unipo.batch import SFT_KEY, RolloutBatch
+from unipo.batch import SFT_KEY, SFT_ROW_KEY, RolloutBatch
 from unipo.parts.advantages import GroupNorm
 from unipo.parts.base import Metrics, group_index, scalar
 from unipo.parts.registry import part_name, register
@@ -201,7 +201,7 @@ class HPTSwitch:
         one = batch.select([row])
         comp = torch.tensor([ids], dtype=one.completion_ids.dtype)  # [1, L]
         meta = dict(one.metadata[0]) if one.metadata else {}
-        meta.update(hpt_sft=True, completion=None)
+        meta.update({SFT_ROW_KEY: True, "completion": None})
         return RolloutBatch(
             prompt_ids=one.prompt_ids,
             prompt_mask=one.prompt_mask,
@@ -249,7 +249,7 @@ class HPTAdvantage:
     def __call__(self, batch: RolloutBatch) -> tuple[Tensor, Metrics]:
         adv, metrics = GroupNorm(scale_by_std=self.scale_by_std, eps=self.eps)(batch)
         sft = torch.tensor(
-            [bool(m.get("hpt_sft")) for m in batch.metadata] if batch.metadata else [False] * batch.size
+            [bool(m.get(SFT_ROW_KEY)) for m in batch.metadata] if batch.metadata else [False] * batch.size
         )
         if sft.any():
             adv = torch.where(sft[:, None].to(adv.device), batch.completion_mask.float(), adv)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 from transformers import (
     Cache,
+    CompileConfig,
     DynamicCache,
     LogitsProcessor,
     LogitsProcessorList,
@@ -18,7 +19,70 @@ from transformers import (
 )
 from transformers.cache_utils import DynamicLayer, StaticLayer
 
+from unipo.batch import position_ids_from_mask
 from unipo.rollout.base import Generation, SamplingParams
+
+Decode = Literal["auto", "dynamic", "static", "compiled"]
+DECODE_MODES: tuple[str, ...] = ("auto", "dynamic", "static", "compiled")
+CACHE_BUCKET = 64  # compiled decode: static-cache lengths rounded up to a multiple of this
+
+
+def resolve_decode(decode: str, device: torch.device) -> str:
+    """``auto`` → ``static`` on CPU (measured faster there), ``dynamic`` elsewhere; others as given.
+
+    ``compiled`` is opt-in: it is the GPU lever (CUDA graphs over a static cache) but has not yet
+    been measured on a GPU in this project (benchmarks/README.md).
+    """
+    if decode not in DECODE_MODES:
+        raise ValueError(f"rollout.decode={decode!r}: choose one of {', '.join(DECODE_MODES)}")
+    if decode == "auto":
+        return "static" if device.type == "cpu" else "dynamic"
+    return decode
+
+
+def decode_compile_config(device: torch.device) -> CompileConfig:
+    """How ``generate`` compiles the decode step for ``decode="compiled"``.
+
+    Static shapes (``dynamic=False``): one graph per (rows, cache length) pair, which
+    ``generate_groups`` keeps few by rounding cache lengths up to ``CACHE_BUCKET``. On CUDA
+    ``mode="reduce-overhead"`` replays the step as a CUDA graph (one launch per token instead of
+    hundreds of kernel launches: the per-token overhead that bounds HF decoding of small models).
+    Elsewhere inductor's default mode, and ``_compile_all_devices`` lets ``generate`` compile off
+    CUDA at all (transformers compiles automatically only on accelerators).
+    """
+    cuda = device.type == "cuda"
+    cfg = CompileConfig(fullgraph=False, dynamic=False, mode="reduce-overhead" if cuda else "default")
+    if not cuda:
+        cfg._compile_all_devices = True
+    return cfg
+
+
+def cache_length(prompt_len: int, max_new_tokens: int, decode: str) -> int:
+    """Static-cache slots: prompt + completion, rounded up to ``CACHE_BUCKET`` when compiled.
+
+    Rounding keeps the compiled graph's shapes the same across steps whose longest prompt
+    differs (prompt 20 or 40, 64 new tokens → 128 slots both times); eager static decoding
+    keeps the exact length (every extra slot is attended over, masked).
+    """
+    need = prompt_len + max_new_tokens
+    return -(-need // CACHE_BUCKET) * CACHE_BUCKET if decode == "compiled" else need
+
+
+def empty_static_cache(model: nn.Module, max_cache_len: int) -> StaticCache | None:
+    """A ``StaticCache`` for ``generate`` to prefill itself; None when the model's layers would
+    not all be plain attention layers (sliding window, linear attention) or it cannot compile."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(base, "config", None)
+    if config is None or getattr(config, "is_encoder_decoder", False):
+        return None
+    if not getattr(base, "_can_compile_fullgraph", False):
+        return None
+    if getattr(getattr(model, "active_peft_config", None), "is_prompt_learning", False):
+        return None
+    if getattr(getattr(base, "generation_config", None), "cache_implementation", None) is not None:
+        return None  # generate builds its own cache then, and refuses one passed in
+    cache = StaticCache(config=config.get_text_config(decoder=True), max_cache_len=max_cache_len)
+    return cache if all(type(layer) is StaticLayer for layer in cache.layers) else None
 
 
 def left_pad(seqs: list[list[int]], pad_id: int, device: torch.device | str) -> tuple[Tensor, Tensor]:
@@ -89,6 +153,7 @@ class TokenTemperature(LogitsProcessor):
         return scores / temperature[:, None]  # [N, V]
 
 
+@torch.no_grad()  # for sampling only: a cache that required grad would also break compiled decode's guards
 def prefill_prefix(
     model: nn.Module, ids: Tensor, mask: Tensor, n: int, max_cache_len: int | None = None
 ) -> Cache | None:
@@ -123,7 +188,7 @@ def prefill_prefix(
     cache = DynamicCache(config=config.get_text_config(decoder=True))
     if not all(type(layer) is DynamicLayer for layer in cache.layers):
         return None  # sliding-window / linear-attention layers: positions would not line up
-    position_ids = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)  # [U, P], as generate does
+    position_ids = position_ids_from_mask(mask)  # [U, P], as generate does
     extra = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(base.forward).parameters else {}
     out = model(
         input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=position_ids[:, :-1],
@@ -152,7 +217,7 @@ def generate_groups(
     mask: Tensor,
     n: int,
     prefill_once: bool = True,
-    static_cache: bool = False,
+    decode: str = "dynamic",
     **generate_kwargs: Any,
 ) -> Any:
     """``model.generate`` on each prompt repeated n times (row = prompt·n + j), prefilling once.
@@ -161,15 +226,27 @@ def generate_groups(
     ``prefill_prefix`` can build) the prompt prefix runs once per prompt instead of n times and
     ``generate`` starts from the repeated cache: it slices ``input_ids`` by the cache length, so
     each row's first forward sees only its last prompt token. Otherwise every row is prefilled.
-    ``static_cache`` (with ``prefill_once`` and ``max_new_tokens``) decodes into a preallocated
-    ``StaticCache``: faster on CPU, where generate never compiles; the logits agree to ~1e-6.
+    ``decode`` (resolved: ``resolve_decode``): ``dynamic`` grows a ``DynamicCache``;
+    ``static`` decodes eagerly into a preallocated ``StaticCache`` (faster on CPU; logits agree
+    to ~1e-6); ``compiled`` does so with the decode step compiled (``decode_compile_config``:
+    CUDA graphs on a GPU) and cache lengths bucketed (``cache_length``). Static and compiled
+    need ``max_new_tokens``; a model whose cache cannot be static decodes dynamically.
     Returns whatever ``generate`` returns for the U·n rows (sequences include the prompt).
     """
+    if decode not in ("dynamic", "static", "compiled"):
+        raise ValueError(f"decode={decode!r}: resolve it first (dynamic, static or compiled)")
     max_new = generate_kwargs.get("max_new_tokens")
-    max_cache_len = ids.shape[1] + max_new if static_cache and max_new is not None else None
+    static = decode != "dynamic" and max_new is not None
+    max_cache_len = cache_length(ids.shape[1], max_new, decode) if static else None
     cache = prefill_prefix(model, ids, mask, n, max_cache_len) if prefill_once and n > 1 else None
+    if cache is None and max_cache_len is not None:
+        cache = empty_static_cache(model, max_cache_len)
     if cache is not None:
         generate_kwargs["past_key_values"] = cache
+    if decode == "compiled":
+        generate_kwargs["compile_config"] = decode_compile_config(ids.device)
+    else:  # never compile behind the caller's back (generate would, for a static cache on CUDA)
+        generate_kwargs["disable_compile"] = True
     rows_ids, rows_mask = ids.repeat_interleave(n, dim=0), mask.repeat_interleave(n, dim=0)  # [U·n, P]
     return model.generate(input_ids=rows_ids, attention_mask=rows_mask, **generate_kwargs)
 
@@ -180,9 +257,9 @@ class HFEngine:
     The engine shares the policy's weights, so ``sync_weights`` has nothing to copy.
     ``max_batch`` bounds how many rows one ``generate`` call decodes at once; a group of n rows
     is never split, so a call holds max(max_batch // n, 1) prompts. ``prefill_once`` runs each
-    prompt's prefill once and shares its KV cache among the group's n rows (``generate_groups``);
-    ``static_cache`` then decodes into a preallocated cache; None = on CPU only, where it measured
-    faster (on CUDA ``generate`` would compile the forward for a static cache: not adopted yet).
+    prompt's prefill once and shares its KV cache among the group's n rows (``generate_groups``).
+    ``decode`` picks the KV cache and whether the decode step is compiled: ``auto`` (static on
+    CPU, dynamic on GPU), ``dynamic``, ``static`` or ``compiled`` (``resolve_decode``).
     """
 
     def __init__(
@@ -191,13 +268,13 @@ class HFEngine:
         tokenizer: PreTrainedTokenizerBase,
         max_batch: int = 256,
         prefill_once: bool = True,
-        static_cache: bool | None = None,
+        decode: Decode = "auto",
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch = max_batch
         self.prefill_once = prefill_once
-        self.static_cache = static_cache
+        self.decode = resolve_decode(decode, next(model.parameters()).device)
         eos = model.generation_config.eos_token_id if model.generation_config is not None else None
         eos_list = eos if isinstance(eos, list) else [eos]
         if tokenizer.eos_token_id is not None:
@@ -263,9 +340,8 @@ class HFEngine:
             )
         if params.stop:
             kwargs.update(stop_strings=params.stop, tokenizer=self.tokenizer)
-        static = device.type == "cpu" if self.static_cache is None else self.static_cache
         try:
-            out = generate_groups(self.model, ids, mask, n, self.prefill_once, static, **kwargs)
+            out = generate_groups(self.model, ids, mask, n, self.prefill_once, self.decode, **kwargs)
         finally:
             self.model.train(was_training)
         cids = out[:, ids.shape[1] :]  # [U·n, T]

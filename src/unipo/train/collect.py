@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from unipo.batch import SFT_KEY, RolloutBatch
+from unipo.batch import SFT_KEY, SFT_TRUNCATED_KEY, RolloutBatch
 from unipo.rollout.base import RolloutEngine, SamplingParams
 
 log = logging.getLogger("unipo")
@@ -89,7 +89,9 @@ def collect(
 
     ``demonstrations`` (given when a part ``needs_demonstrations``, e.g. HPT's switch) maps the
     examples to their SFT target ids (``unipo.train.sft.demonstration_ids``); every row of an
-    example that has one carries them in ``metadata["sft_target_ids"]`` before the selections run.
+    example that has one carries them in ``metadata["sft_target_ids"]`` before the selections run,
+    and ``metadata["sft_target_truncated"] = True`` when they were cut at ``max_new_tokens``; the
+    examples drawn with a cut one (refill rounds included) are counted in ``hpt/demonstrations_truncated``.
     """
     target_groups = len(examples)
     kept: list[RolloutBatch] = []
@@ -135,10 +137,14 @@ def collect(
             rewards=rewards,
             metadata=[
                 {"prompt": p, "completion": c, "answer": ex.get("answer"), "reward_components": None}
-                | ({SFT_KEY: d} if d is not None else {})
+                | ({SFT_KEY: list(d)} if d is not None else {})
+                | ({SFT_TRUNCATED_KEY: True} if getattr(d, "truncated", False) else {})
                 for p, c, ex, d in zip(rows_prompt, gen.completions, rows_ex, rows_demo)
             ],
         )
+        if demonstrations is not None:  # examples whose demonstration was cut at max_new_tokens
+            cut = float(sum(bool(getattr(d, "truncated", False)) for d in demos))
+            metrics["hpt/demonstrations_truncated"] = metrics.get("hpt/demonstrations_truncated", 0.0) + cut
         if rounds == 0:
             metrics["rollout/completions"] = float(batch.size)
             if demonstrations is not None:

@@ -64,7 +64,10 @@ def run_eval(cfg: Any, out_dir: str | Path) -> dict[str, float]:
     out.mkdir(parents=True, exist_ok=True)
     (out / "samples.jsonl").unlink(missing_ok=True)
     sampling = cfg.rollout.sampling.model_copy(update={"temperature": cfg.eval.temperature})
-    engine = HFEngine(model, tok, max_batch=cfg.rollout.max_batch, prefill_once=cfg.rollout.prefill_once)
+    engine = HFEngine(
+        model, tok, max_batch=cfg.rollout.max_batch, prefill_once=cfg.rollout.prefill_once,
+        decode=cfg.rollout.decode,
+    )  # fmt: skip
     metrics = evaluate(
         model, engine, task.reward_fn(), data,
         samples=cfg.eval.samples, sampling=sampling, ks=cfg.eval.ks, greedy=cfg.eval.greedy,

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from unipo.batch import position_ids_from_mask
 from unipo.train import fused_head
 from unipo.train.token_stats import (  # noqa: F401  (TOKEN_STATS and parse_token_stat re-exported)
     TOKEN_STATS,
@@ -54,11 +55,6 @@ def _unwrap(model: nn.Module) -> nn.Module:
             model = model.module
         else:
             return model
-
-
-def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
-    """Positions that ignore left padding, as ``generate`` uses: cumsum(mask) − 1, ≥ 0."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 CHUNK_ELEMENTS = 2**25  # logits per chunk: 128 MiB in float32, whatever the vocabulary

@@ -7,6 +7,7 @@ are not trained on.
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +19,8 @@ from transformers import PreTrainedTokenizerBase
 from unipo.rollout.hf import left_pad
 from unipo.tasks.sources import demonstration
 from unipo.train.logprobs import completion_logprobs
+
+log = logging.getLogger("unipo")
 
 
 def target_ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
@@ -33,22 +36,58 @@ def sft_rows(
     return [(p, target_ids(tokenizer, a)) for p, a in zip(prompt_ids, answers)]
 
 
+class DemonstrationIds(list[int]):
+    """One demonstration's SFT target ids (a plain list of ints), plus ``truncated``: True when
+    ``demonstration_ids`` cut it at ``max_tokens`` (the tail of the answer and its EOS are lost)."""
+
+    def __init__(self, ids: list[int], truncated: bool = False) -> None:
+        super().__init__(ids)
+        self.truncated = truncated
+
+
+_warned_truncated = False  # the cut-demonstration warning is logged once per process
+
+
+def _warn_truncated(example: dict[str, Any], n: int, max_tokens: int) -> None:
+    global _warned_truncated
+    if _warned_truncated:
+        return
+    _warned_truncated = True
+    question = str(example.get("question", ""))
+    name = repr(question if len(question) <= 80 else question[:77] + "...")
+    log.warning(
+        "the demonstration of example %s is %d tokens (with EOS), cut to max_new_tokens=%d: HPT's SFT "
+        "rows train on a cut answer without EOS. Raise rollout.sampling.max_new_tokens; cut ones are "
+        "counted in hpt/demonstrations_truncated (this warning is shown once).",
+        name, n, max_tokens,
+    )  # fmt: skip
+
+
 def demonstration_ids(
     tokenizer: PreTrainedTokenizerBase, examples: list[dict[str, Any]], max_tokens: int | None = None
-) -> list[list[int] | None]:
+) -> list[DemonstrationIds | None]:
     """Per example, the SFT target of its demonstration (``unipo.tasks.demonstration``: the
     reference answer unless the example has a ``"demonstration"`` column), formed as the warm
     start forms its targets (``target_ids``: text + EOS); None for an example without one.
 
     ``max_tokens`` (the rollout's ``max_new_tokens``) keeps the first that many tokens, so a
-    demonstration is never longer than a sampled completion could be (the EOS is then cut).
+    demonstration is never longer than a sampled completion could be (the EOS is then cut). A cut
+    one is not silent: its ``truncated`` is True (collect.py flags its rows and counts it in
+    ``hpt/demonstrations_truncated``) and the first one is logged as a warning naming the example.
     """
     if max_tokens is not None and max_tokens <= 0:
         raise ValueError(f"demonstration_ids max_tokens must be positive or None, got {max_tokens}")
-    out: list[list[int] | None] = []
+    out: list[DemonstrationIds | None] = []
     for ex in examples:
         text = demonstration(ex)
-        out.append(None if text is None else target_ids(tokenizer, text)[:max_tokens])
+        if text is None:
+            out.append(None)
+            continue
+        ids = target_ids(tokenizer, text)
+        cut = max_tokens is not None and len(ids) > max_tokens
+        if cut:
+            _warn_truncated(ex, len(ids), max_tokens)
+        out.append(DemonstrationIds(ids[:max_tokens], truncated=cut))
     return out
 
 

@@ -101,8 +101,9 @@ class Trainer:
         # π_ref only when a part reads it; with LoRA, the adapter-disabled policy (no weight copy)
         self.reference = make_reference(self.model) if self.algorithm.needs_reference else None
         self.engine = HFEngine(
-            self.model, self.tokenizer, max_batch=cfg.rollout.max_batch, prefill_once=cfg.rollout.prefill_once
-        )
+            self.model, self.tokenizer, max_batch=cfg.rollout.max_batch,
+            prefill_once=cfg.rollout.prefill_once, decode=cfg.rollout.decode,
+        )  # fmt: skip
         self._demonstrations = (  # SFT targets in the batch metadata, only when a part reads them (HPT)
             functools.partial(
                 demonstration_ids, self.tokenizer, max_tokens=cfg.rollout.sampling.max_new_tokens
