@@ -480,11 +480,12 @@ def main(argv: list[str] | None = None) -> None:
     results = json.loads(out.read_text()) if out.exists() else {}
     with tempfile.TemporaryDirectory(prefix="vs_trl-") as tmp:
         workdir = Path(a.workdir) if a.workdir else Path(tmp)
-        for name in names:
-            results[name] = run_setup(name, a, workdir)
+        for name in names:  # an overridden decode mode is stored beside the setup's default entry
+            key = f"{name}/decode={a.unipo_decode}" if a.unipo_decode else name
+            results[key] = run_setup(name, a, workdir)
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(results, indent=2) + "\n")
-    print_table({n: results[n] for n in names})
+    print_table({k: results[k] for k in results if k.split("/")[0] in names})
     print(f"results: {out}")
 
 

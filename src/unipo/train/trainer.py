@@ -288,7 +288,6 @@ class Trainer:
                 micro_batch=cfg.optim.micro_batch_size, samples_path=path, tag=tag,
             )  # fmt: skip
 
-    # ------------------------------------------------------------------ the loop
     # ------------------------------------------------------------------ checkpoints
     def state(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """(optimizer/scheduler state, everything else a resumed run needs to continue exactly)."""
