@@ -176,7 +176,13 @@ class TrainConfig(_Strict):
     max_nonfinite_steps: int = Field(
         3, gt=0, description="Stop after this many consecutive non-finite losses."
     )
-    threads: int = Field(0, ge=0, description="torch CPU threads (0: leave torch's default).")
+    threads: int = Field(
+        0,
+        ge=0,
+        description="torch CPU threads (0: leave torch's default). 1 makes CPU runs bit-identical across "
+        "processes; with 2+ threads two runs of one config agree for ~100 demo steps, then part at "
+        "the 7th digit (docs/results.md §4).",
+    )
     entropy_change: Literal["exact", "lagged", "none"] = Field(
         "exact",
         description="Measured entropy change beside the predicted one (entropy/change_*): 'exact' "
