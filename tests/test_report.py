@@ -31,6 +31,9 @@ def fake_run(root: Path, name: str, acc: tuple[float, float], finished: bool = T
             "time/logprobs": 0.4,
             "time/update": 0.8,
             "time/step": 2.8,
+            "memory/generate_peak_mb": 900.0 + s,
+            "memory/update_peak_mb": 1200.0,
+            "memory/peak_mb": 1300.0,  # the run's peak, not a phase: not on the memory panel
         }
         if s == 3:
             rec.update({"eval/accuracy": (acc[0] + acc[1]) / 2, "eval/entropy": 0.9})
@@ -57,9 +60,10 @@ def test_panels_have_data(tmp_path):
     assert points["accuracy"] == 8
     assert points["reward"] == 10 and points["entropy"] == 2 * (5 + 1)
     assert points["clip"] == 2 * 10 and points["time"] == 2 * 20 and points["kl"] == 10
+    assert points["memory"] == 2 * 2 * 5  # two phases × 5 steps × 2 runs
     assert points["pass_at_k"] == 2 * 2
     assert "length" in points and set(points) <= {
-        "reward", "accuracy", "pass_at_k", "entropy", "kl", "clip", "length", "time"
+        "reward", "accuracy", "pass_at_k", "entropy", "kl", "clip", "length", "time", "memory"
     }  # fmt: skip
 
 
@@ -68,7 +72,7 @@ def test_report_writes_plots_and_html(tmp_path):
     page = write_report(tmp_path / "out", runs)
     assert page == tmp_path / "out" / "report.html"
     pngs = {p.stem: p.stat().st_size for p in (tmp_path / "out" / "plots").glob("*.png")}
-    assert {"reward", "accuracy", "entropy", "kl", "clip", "length", "time"} <= set(pngs)
+    assert {"reward", "accuracy", "entropy", "kl", "clip", "length", "time", "memory"} <= set(pngs)
     assert all(size > 5_000 for size in pngs.values()), pngs
     text = page.read_text()
     assert "run-alpha" in text and "run-beta" in text

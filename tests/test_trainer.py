@@ -45,6 +45,13 @@ def test_tiny_run_writes_metrics_and_changes_params(tiny_model_dir, tmp_path):
         steps[0]
     )
     assert {"law/a", "law/b", "law/r2", "law/ceiling"} <= set(steps[1])  # refit every step (NaN < 3 pairs)
+    # time and peak memory by phase (β > 0 here: the reference pass is the logprobs phase)
+    phases = ("generate", "reward", "logprobs", "update", "entropy_rescore")
+    assert {f"time/{p}" for p in phases} <= set(steps[0])
+    if "memory/update_peak_mb" in steps[0]:  # Linux (resettable VmHWM)
+        assert {f"memory/{p}_peak_mb" for p in phases} <= set(steps[0])
+        assert all(0 < steps[0][f"memory/{p}_peak_mb"] <= steps[0]["memory/peak_mb"] for p in phases)
+    assert steps[1]["memory/peak_mb"] >= steps[0]["memory/peak_mb"] > 0  # the run's peak never falls
     assert (tmp_path / "run" / "final" / "config.json").exists()
     assert (tmp_path / "run" / "plots" / "reward.png").exists()
     assert "after/accuracy" in summary and "before/pass@2" in summary

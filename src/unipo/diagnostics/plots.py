@@ -41,10 +41,18 @@ PANELS: dict[str, Panel] = {
     "length": Panel("response length", ("response/length_mean", "eval/length_mean"), "tokens"),
     "time": Panel(
         "step time by phase",
-        ("time/generate", "time/reward", "time/logprobs", "time/update"),
+        (
+            "time/generate",
+            "time/reward",
+            "time/logprobs",
+            "time/critic",
+            "time/update",
+            "time/entropy_rescore",
+        ),
         "seconds",
         stacked=True,
     ),
+    "memory": Panel("peak memory by phase", ("memory/*_peak_mb",), "MiB"),
 }
 
 STYLES = ("-", "--", ":", "-.")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,6 +12,7 @@ import torch
 
 from unipo.batch import SFT_KEY, SFT_TRUNCATED_KEY, RolloutBatch
 from unipo.rollout.base import RolloutEngine, SamplingParams
+from unipo.train.phases import PhaseMeter
 
 log = logging.getLogger("unipo")
 
@@ -84,8 +84,13 @@ def collect(
     more: Any,  # callable k -> (examples, prompt_ids, prompt_texts) for refills
     next_group_id: int = 0,
     demonstrations: Callable[[list[dict[str, Any]]], list[list[int] | None]] | None = None,
+    meter: PhaseMeter | None = None,
 ) -> tuple[RolloutBatch, dict[str, float], dict[str, float], str | None]:
     """Generate, score and select until enough groups survive. Returns (batch, metrics, times, traceback).
+
+    Generation and scoring run as the ``generate`` and ``reward`` phases of ``meter`` (the
+    trainer's, which also measures their peak memory; a CPU meter of its own when None);
+    ``times`` holds their seconds, summed over refill rounds.
 
     ``demonstrations`` (given when a part ``needs_demonstrations``, e.g. HPT's switch) maps the
     examples to their SFT target ids (``unipo.train.sft.demonstration_ids``); every row of an
@@ -96,27 +101,26 @@ def collect(
     target_groups = len(examples)
     kept: list[RolloutBatch] = []
     metrics: dict[str, float] = {}
-    times = {"time/generate": 0.0, "time/reward": 0.0}
+    meter = meter if meter is not None else PhaseMeter("cpu")
+    start = {k: meter.times.get(k, 0.0) for k in ("generate", "reward")}
     traceback = None
     n_kept_groups = 0
     refills_used = 0
     rounds = 0
     while True:
-        t0 = time.perf_counter()
-        gen = engine.generate(prompt_ids, group_size, sampling)
-        times["time/generate"] += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        rows_ex = [ex for ex in examples for _ in range(group_size)]
-        rows_prompt = [p for p in prompt_texts for _ in range(group_size)]
-        lengths = gen.completion_mask.sum(1).long().tolist()
-        extra = {
-            "completion_length": lengths,
-            "truncated": gen.truncated.tolist(),
-            "max_new_tokens": [sampling.max_new_tokens] * len(lengths),
-        }
-        totals, rmetrics, tb = score(reward_set, rows_ex, rows_prompt, gen.completions, extra)
+        with meter("generate"):
+            gen = engine.generate(prompt_ids, group_size, sampling)
+        with meter("reward"):
+            rows_ex = [ex for ex in examples for _ in range(group_size)]
+            rows_prompt = [p for p in prompt_texts for _ in range(group_size)]
+            lengths = gen.completion_mask.sum(1).long().tolist()
+            extra = {
+                "completion_length": lengths,
+                "truncated": gen.truncated.tolist(),
+                "max_new_tokens": [sampling.max_new_tokens] * len(lengths),
+            }
+            totals, rmetrics, tb = score(reward_set, rows_ex, rows_prompt, gen.completions, extra)
         traceback = traceback or tb
-        times["time/reward"] += time.perf_counter() - t0
         if rounds == 0:
             metrics.update(rmetrics)
         else:  # refill rounds only add to the failure counts
@@ -171,4 +175,5 @@ def collect(
         out = out.select(torch.isin(out.group_ids, groups))
     metrics["rollout/refill_rounds"] = float(refills_used)
     metrics["rollout/kept_groups"] = float(torch.unique(out.group_ids).numel()) if out.size else 0.0
+    times = {f"time/{k}": meter.times.get(k, 0.0) - start[k] for k in start}
     return out, metrics, times, traceback

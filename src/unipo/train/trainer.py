@@ -37,6 +37,7 @@ from unipo.train.critic import Critic
 from unipo.train.evaluate import EvalSet, encode_prompts, evaluate
 from unipo.train.loggers import MultiLogger, make_loggers
 from unipo.train.logprobs import batched_logprobs_with_stats
+from unipo.train.phases import PhaseMeter
 from unipo.train.run_dir import (
     first_eval,
     truncate_metrics,
@@ -45,7 +46,7 @@ from unipo.train.run_dir import (
 from unipo.train.sft import demonstration_ids
 from unipo.train.signals import Interrupted, StopOnSignal, step_progress
 from unipo.train.update import UpdateSettings, update_policy
-from unipo.train.utils import batch_metrics, lr_schedule, peak_memory_mb, resolve_device, seed_everything
+from unipo.train.utils import batch_metrics, lr_schedule, resolve_device, seed_everything
 
 log = logging.getLogger("unipo")
 
@@ -76,6 +77,7 @@ class Trainer:
             torch.set_num_threads(cfg.train.threads)
         seed_everything(cfg.train.seed)
         self.device = resolve_device(cfg.model.device)
+        self.phases = PhaseMeter(self.device)  # time and peak memory by phase, every step
         if not cfg.model.path:
             raise ValueError("model.path is empty: give a local Hugging Face causal-LM directory")
         self.algorithm: Algorithm = copy.deepcopy(build_algorithm(cfg.algorithm))  # stateful parts: own copy
@@ -176,7 +178,8 @@ class Trainer:
             sampling = sampling.model_copy(update={"temperature": temperature})
         if (token_temp := self.algorithm.token_temperature_fn(sampling.temperature)) is not None:
             sampling = sampling.model_copy(update={"token_temperature": token_temp})  # HAPO; training only
-        batch, metrics, times, traceback = collect(
+        meter = self.phases
+        batch, metrics, _, traceback = collect(
             engine=self.engine,
             reward_set=self.reward_set,
             selections=self.algorithm.selections,
@@ -189,6 +192,7 @@ class Trainer:
             more=self._prompts,
             next_group_id=self.next_group_id,
             demonstrations=self._demonstrations,
+            meter=meter,
         )
         self.next_group_id = (
             int(batch.group_ids.max()) + 1 if batch.size else self.next_group_id + len(examples)
@@ -198,28 +202,29 @@ class Trainer:
         metrics.update(batch_metrics(batch))
         if batch.size == 0:
             self.console.print(f"[yellow]step {self.step}: no usable completions; skipping the update[/]")
-            metrics.update(times)
+            metrics.update(meter.metrics())
             self._last_metrics = metrics
             return metrics
-        t0 = time.perf_counter()
         off_policy = cfg.optim.epochs > 1 or cfg.optim.minibatches > 1
         old_stats = None
-        if off_policy or self.algorithm.any_part("needs_old_logprobs"):  # else π_old = sg(π_θ): no extra pass
-            old_lp, old_ent, old_stats = self._logprob_pass(self.model, batch, self.algorithm.old_token_stats)
-            batch = batch.replace(old_logprobs=old_lp, entropies=old_ent)
-        if self.reference is not None:
-            with self.reference.active() as ref_model:
-                ref_lp, _, _ = self._logprob_pass(ref_model, batch)
-            batch = batch.replace(ref_logprobs=ref_lp)
-        times["time/logprobs"] = time.perf_counter() - t0
+        with meter("logprobs"):  # π_old and π_ref passes (none when on-policy and β = 0)
+            if off_policy or self.algorithm.any_part("needs_old_logprobs"):  # else π_old = sg(π_θ)
+                stat_names = self.algorithm.old_token_stats
+                old_lp, old_ent, old_stats = self._logprob_pass(self.model, batch, stat_names)
+                batch = batch.replace(old_logprobs=old_lp, entropies=old_ent)
+            if self.reference is not None:
+                with self.reference.active() as ref_model:
+                    ref_lp, _, _ = self._logprob_pass(ref_model, batch)
+                batch = batch.replace(ref_logprobs=ref_lp)
         if self.critic is not None:
-            batch = batch.replace(values=self.critic.values(batch))
+            with meter("critic"):
+                batch = batch.replace(values=self.critic.values(batch))
         advantages, adv_metrics = self.algorithm.advantage(batch)
         batch = batch.replace(advantages=advantages)
         if self.critic is not None:
-            metrics.update(self.critic.update(batch, self.algorithm.advantage.value_targets(batch)))
+            with meter("critic"):
+                metrics.update(self.critic.update(batch, self.algorithm.advantage.value_targets(batch)))
         metrics.update({k: float(v) for k, v in adv_metrics.items()})
-        t0 = time.perf_counter()
         settings = UpdateSettings(
             epochs=cfg.optim.epochs,
             minibatches=min(cfg.optim.minibatches, batch.size),
@@ -229,11 +234,11 @@ class Trainer:
             max_len=cfg.rollout.sampling.max_new_tokens,
             shared_prompt=cfg.optim.shared_prompt,
         )
-        upd, skipped = update_policy(
-            self.model, self.optimizer, self.scheduler, self.algorithm, batch, settings,
-            step=self.step, generator=self.update_rng, old_stats=old_stats,
-        )  # fmt: skip
-        times["time/update"] = time.perf_counter() - t0
+        with meter("update"):
+            upd, skipped = update_policy(
+                self.model, self.optimizer, self.scheduler, self.algorithm, batch, settings,
+                step=self.step, generator=self.update_rng, old_stats=old_stats,
+            )  # fmt: skip
         metrics.update(upd)
         # first-order predicted entropy change (Cui et al.) beside the measured one, paired over steps
         h_before = upd.get("entropy/mean", math.nan)  # one on-policy step: the update's first pass is π_old
@@ -241,9 +246,8 @@ class Trainer:
             h_before = float(masked_mean(batch.entropies, batch.completion_mask))
         h_after = None
         if cfg.train.entropy_change == "exact" and not skipped:  # the same tokens under π_θ after
-            t0 = time.perf_counter()
-            h_after = float(masked_mean(self._logprob_pass(self.model, batch)[1], batch.completion_mask))
-            times["time/entropy_rescore"] = time.perf_counter() - t0
+            with meter("entropy_rescore"):
+                h_after = float(masked_mean(self._logprob_pass(self.model, batch)[1], batch.completion_mask))
         pred = upd.get("entropy/pred_change", math.nan)
         on = cfg.train.entropy_change != "none"
         metrics.update(self.diagnostics.step(metrics, h_before if on else None, pred, h_after))
@@ -254,10 +258,9 @@ class Trainer:
                 f"(train.max_nonfinite_steps={cfg.train.max_nonfinite_steps}); stopping"
             )
         self.algorithm.on_step_end(metrics)
-        metrics.update(times)
+        metrics.update(meter.metrics())  # time/<phase>, memory/<phase>_peak_mb, memory/peak_mb
         metrics["time/step"] = time.perf_counter() - t_step
         metrics["optim/lr"] = self.scheduler.get_last_lr()[0]
-        metrics["memory/peak_mb"] = peak_memory_mb(self.device)
         self._last_metrics = metrics
         return metrics
 
