@@ -17,7 +17,7 @@ import math
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-KNOWN = ("vs_trl.json", "logprob_memory.json", "scaling.json")
+KNOWN = ("vs_trl.json", "logprob_memory.json", "scaling.json", "nograd_pass.json")
 TRL_TARGET, MEMORY_TARGET, LINEAR_TOLERANCE = 0.5, 0.10, 1.05
 
 
@@ -161,10 +161,26 @@ def scaling_section(data: dict) -> str:
     return "### Step time scaling, time ≈ a·N^b (scaling.json)\n\n" + table(head, rows)
 
 
+def nograd_section(data: dict) -> str:
+    rows = []
+    for key, e in data.items():
+        c, t = e["completion_len"], e["tokens_computed"]
+        rows.append([
+            key, str(e["rows"]), f"{c['median']:.0f} / {c['max']}", _f(e["row_order_s"], ".2f"),
+            _f(e["grouped_s"], ".2f"), f"**{e['speedup']:.2f}×**",
+            f"{t['row_order']:,} → {t['grouped']:,} ({t['completion_tokens']:,} real)",
+            _f(e["max_abs_diff"], ".1e"), e["date"][:10],
+        ])  # fmt: skip
+    head = ["preset/device", "rows", "length median / max", "row order s", "grouped s", "speedup",
+            "completion columns run", "max abs diff", "date"]  # fmt: skip
+    return "### No-grad log-prob pass, length-grouped vs row order (nograd_pass.json)\n\n" + table(head, rows)
+
+
 SECTIONS = {
     "vs_trl.json": vs_trl_section,
     "logprob_memory.json": logprob_section,
     "scaling.json": scaling_section,
+    "nograd_pass.json": nograd_section,
 }
 
 

@@ -18,11 +18,11 @@ from unipo.parts.advantages import GroupNorm
 from unipo.parts.aggregate import TokenMean
 from unipo.parts.surrogates import PPOClip
 from unipo.train.logprobs import (
-    batched_logprobs_with_stats,
     completion_logprobs_with_stats,
     prompt_groups,
     shared_prompt_fallback,
 )
+from unipo.train.nograd import batched_logprobs_with_stats
 from unipo.train.update import UpdateSettings, minibatch_rows, update_policy
 
 STATS = ("topp_entropy:0.8", "logit_fisher_self", "minp_logprob:0.1")

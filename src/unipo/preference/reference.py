@@ -19,7 +19,8 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from unipo.preference.batch import PreferenceBatch, PreferenceExample
-from unipo.train.logprobs import _unwrap, batched_logprobs, completion_logprobs, position_ids_from_mask
+from unipo.train.logprobs import _unwrap, completion_logprobs, position_ids_from_mask
+from unipo.train.nograd import batched_logprobs
 
 REFERENCE_FIELDS = ("ref_logprobs", "anchor_logprobs", "ref_weights")
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from unipo.diagnostics.passk import maj_at_k, pass_at_k
 from unipo.rollout.base import RolloutEngine, SamplingParams
-from unipo.train.logprobs import batched_logprobs
+from unipo.train.nograd import batched_logprobs
 
 CORRECT = 0.999  # a completion is "correct" when its task reward is ≥ this (rewards are 0/1 verifiers)
 

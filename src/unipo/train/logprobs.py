@@ -30,7 +30,6 @@ Outputs equal the plain pass up to float rounding; unsupported models fall back 
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -138,6 +137,9 @@ def token_stats_from_hidden(
     for name in stats:
         parse_token_stat(name)  # fail before the forward pass on an unknown name
     chunk_tokens = chunk_tokens or default_chunk_tokens(lm_head)
+    if hidden.shape[0] == 0:  # no completion token at all (every row empty): [0]-sized, still on the graph
+        empty = hidden[:, 0].float() * 0  # [0]
+        return empty, empty, {name: empty for name in stats}
     if _fused_wanted(hidden, lm_head, softcap, stats):
         # one autograd node for all chunks: saves the inputs and lse, H [N]; its backward
         # accumulates the [V, H] weight gradient in place in one buffer (fused_head.py)
@@ -334,50 +336,3 @@ def completion_logprobs_with_stats(
     logp = scatter(logp_flat)
     ent = scatter(ent_flat if entropy_grad else ent_flat.detach())
     return logp, ent, {name: scatter(v) for name, v in stat_flat.items()}
-
-
-@torch.no_grad()
-def batched_logprobs(
-    model: nn.Module,
-    input_ids: Tensor,
-    attention_mask: Tensor,
-    completion_mask: Tensor,
-    *,
-    micro_batch: int,
-    **kwargs: Any,
-) -> tuple[Tensor, Tensor]:
-    """``completion_logprobs`` without grad over micro-batches of rows (old / ref log-probs)."""
-    lp, ent, _ = batched_logprobs_with_stats(
-        model, input_ids, attention_mask, completion_mask, micro_batch=micro_batch, **kwargs
-    )
-    return lp, ent
-
-
-@torch.no_grad()
-def batched_logprobs_with_stats(
-    model: nn.Module,
-    input_ids: Tensor,
-    attention_mask: Tensor,
-    completion_mask: Tensor,
-    *,
-    micro_batch: int,
-    stats: tuple[str, ...] = (),
-    **kwargs: Any,
-) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-    """``batched_logprobs`` plus ``{name: [B, T]}`` statistics (π_old's, for ``old_token_stats``)."""
-    was_training = model.training
-    model.eval()
-    parts = [
-        completion_logprobs_with_stats(
-            model,
-            input_ids[i : i + micro_batch],
-            attention_mask[i : i + micro_batch],
-            completion_mask[i : i + micro_batch],
-            stats=stats,
-            **kwargs,
-        )
-        for i in range(0, input_ids.shape[0], micro_batch)
-    ]
-    model.train(was_training)
-    merged = {name: torch.cat([p[2][name] for p in parts]) for name in stats}
-    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]), merged

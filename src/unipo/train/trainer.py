@@ -36,7 +36,7 @@ from unipo.train.collect import PromptSampler, collect
 from unipo.train.critic import Critic
 from unipo.train.evaluate import EvalSet, encode_prompts, evaluate
 from unipo.train.loggers import MultiLogger, make_loggers
-from unipo.train.logprobs import batched_logprobs_with_stats
+from unipo.train.nograd import batched_logprobs_with_stats
 from unipo.train.phases import PhaseMeter
 from unipo.train.run_dir import (
     first_eval,

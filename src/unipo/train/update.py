@@ -98,7 +98,7 @@ def update_policy(
     if old_names and old_stats is None and not single_step:
         raise ValueError(
             f"parts read statistics of π_old {list(old_names)}: pass update_policy(old_stats=...) from "
-            "the old-logprob pass (batched_logprobs_with_stats) when there are several optimizer steps"
+            "the old-logprob pass (nograd.batched_logprobs_with_stats) when there are several optimizer steps"
         )
     missing = sorted(set(old_names) - set(old_stats)) if old_stats is not None else []
     if missing:

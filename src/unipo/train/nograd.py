@@ -1,0 +1,129 @@
+"""No-grad log-prob passes over a whole batch (π_old, π_ref, the entropy re-score, evaluation).
+
+These passes return one value per row, so the order in which rows are computed is free. Rows
+are therefore put into micro-batches by length: whole prompt groups (the rows that share a
+prompt, so the shared-prompt pass still runs each prompt once), sorted by their longest
+completion, and every micro-batch is cut to its own longest completion and its own left
+padding. A batch whose completions range from 20 to 1,000 tokens then runs its short groups at
+a short width instead of every micro-batch at 1,000 (``benchmarks/nograd_pass.py`` measures the
+saving). Results are scattered back to the original row order; they equal the row-order pass up
+to float rounding (``tests/test_nograd.py``). ``length_grouped=False`` keeps the row order and
+the batch's full width.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from unipo.train.logprobs import completion_logprobs_with_stats
+
+
+def completion_widths(completion_mask: Tensor) -> Tensor:
+    """[B, T] mask → [B] index of each row's last completion token + 1 (0 for an empty row)."""
+    t = completion_mask.shape[1]
+    cols = torch.arange(1, t + 1, device=completion_mask.device)  # [T]
+    return (completion_mask.bool() * cols).amax(dim=1)  # [B]
+
+
+def length_grouped_micro_batches(
+    prompt_ids: Tensor, prompt_mask: Tensor, completion_mask: Tensor, micro_batch: int
+) -> list[Tensor]:
+    """Row indices of each micro-batch: prompt groups by their longest completion, shortest first.
+
+    prompt_ids, prompt_mask [B, P]; completion_mask [B, T]. Rows with one prompt (a GRPO group)
+    stay adjacent, so a micro-batch splits at most the groups at its two ends; groups of equal
+    length keep their batch order (a stable sort). Chunks of ``micro_batch`` rows.
+    """
+    b = prompt_ids.shape[0]
+    if b == 0:
+        return []
+    key = torch.cat([prompt_ids * prompt_mask, prompt_mask], dim=1)  # [B, 2P]: pad ids ignored
+    _, group = torch.unique(key, dim=0, return_inverse=True)  # [B] in 0..U-1
+    u = int(group.max()) + 1
+    widths = completion_widths(completion_mask)  # [B]
+    longest = torch.zeros(u, dtype=widths.dtype, device=widths.device).scatter_reduce(
+        0, group, widths, reduce="amax"
+    )  # [U]
+    rows = torch.arange(b, device=group.device)
+    first = torch.full((u,), b, dtype=torch.long, device=group.device).scatter_reduce(
+        0, group, rows, reduce="amin"
+    )  # [U] a group's first row: ties keep batch order
+    order = torch.argsort(longest * (b + 1) + first, stable=True)  # groups, shortest first
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(u, device=order.device)  # group → its place
+    rows_sorted = torch.argsort(rank[group] * (b + 1) + rows, stable=True)  # [B]
+    return list(rows_sorted.split(micro_batch))
+
+
+@torch.no_grad()
+def batched_logprobs_with_stats(
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    completion_mask: Tensor,
+    *,
+    micro_batch: int,
+    stats: tuple[str, ...] = (),
+    length_grouped: bool = True,
+    **kwargs: Any,
+) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """Log-probs [B, T], entropies [B, T] and ``{name: [B, T]}`` statistics without grad.
+
+    input_ids, attention_mask [B, P+T] (prompts left-padded), completion_mask [B, T]; ``kwargs``
+    go to ``completion_logprobs_with_stats`` (temperature, chunk_tokens, shared_prompt). Zero
+    on padding, as there. With ``length_grouped`` the micro-batches follow
+    ``length_grouped_micro_batches`` and each runs at its own width (module docstring).
+    """
+    b, t = completion_mask.shape
+    p = input_ids.shape[1] - t
+    if length_grouped:
+        parts = length_grouped_micro_batches(
+            input_ids[:, :p], attention_mask[:, :p], completion_mask, micro_batch
+        )
+    else:
+        parts = list(torch.arange(b, device=input_ids.device).split(micro_batch))
+    device = input_ids.device
+    logp = torch.zeros(b, t, dtype=torch.float32, device=device)
+    ent = torch.zeros(b, t, dtype=torch.float32, device=device)
+    out_stats = {name: torch.zeros(b, t, dtype=torch.float32, device=device) for name in stats}
+    was_training = model.training
+    model.eval()
+    try:
+        for idx in parts:
+            w = int(completion_widths(completion_mask[idx]).max()) if length_grouped else t
+            if w == 0:
+                continue  # only empty completions: nothing to score, zeros stay
+            lead = 0
+            if length_grouped:  # left-padding columns that no row of this micro-batch uses
+                lead = int((attention_mask[idx, :p].sum(0) == 0).long().cumprod(0).sum())
+            cols = slice(lead, p + w)
+            lp, en, st = completion_logprobs_with_stats(
+                model, input_ids[idx, cols], attention_mask[idx, cols], completion_mask[idx, :w],
+                stats=stats, **kwargs,
+            )  # fmt: skip
+            logp[idx, :w] = lp
+            ent[idx, :w] = en
+            for name in stats:
+                out_stats[name][idx, :w] = st[name]
+    finally:
+        model.train(was_training)
+    return logp, ent, out_stats
+
+
+def batched_logprobs(
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    completion_mask: Tensor,
+    *,
+    micro_batch: int,
+    **kwargs: Any,
+) -> tuple[Tensor, Tensor]:
+    """``batched_logprobs_with_stats`` without statistics: (log-probs [B, T], entropies [B, T])."""
+    lp, ent, _ = batched_logprobs_with_stats(
+        model, input_ids, attention_mask, completion_mask, micro_batch=micro_batch, **kwargs
+    )
+    return lp, ent
