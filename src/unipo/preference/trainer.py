@@ -40,8 +40,9 @@ from unipo.train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from unipo.train.phases import PhaseMeter
 from unipo.train.run_dir import write_json
-from unipo.train.utils import peak_memory_mb, resolve_device, seed_everything
+from unipo.train.utils import resolve_device, seed_everything
 
 OPTIMIZERS = {"adamw": torch.optim.AdamW, "rmsprop": torch.optim.RMSprop}
 
@@ -68,6 +69,7 @@ class PreferenceTrainer:
             torch.set_num_threads(cfg.train.threads)
         seed_everything(cfg.train.seed)
         self.device = resolve_device(cfg.model.device)
+        self.phases = PhaseMeter(self.device)  # time and peak memory of the update
         if not cfg.model.path:
             raise ValueError("model.path is empty: give a local Hugging Face causal-LM directory")
         self.preset = get_preset(cfg.loss.preset).with_params(cfg.loss.params, cfg.loss.ordering)
@@ -200,8 +202,14 @@ class PreferenceTrainer:
 
     # ------------------------------------------------------------------ one optimizer step
     def optimizer_step(self, examples: list[PreferenceExample]) -> dict[str, float]:
-        """Mean loss over ``examples`` (accumulated over micro-batches), clip, step; returns metrics."""
-        t0 = time.perf_counter()
+        """Mean loss over ``examples`` (accumulated over micro-batches), clip, step; returns metrics
+        (with ``time/update``, ``memory/update_peak_mb`` and ``memory/peak_mb``: ``train/phases.py``)."""
+        with self.phases("update"):
+            sums = self._accumulate_and_step(examples)
+        sums.update(self.phases.metrics())
+        return sums
+
+    def _accumulate_and_step(self, examples: list[PreferenceExample]) -> dict[str, float]:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, float] = defaultdict(float)
@@ -236,8 +244,7 @@ class PreferenceTrainer:
                 )
         sums.update({
             "optim/grad_norm": grad_norm, "optim/lr": self.scheduler.get_last_lr()[0],
-            "optim/skipped": float(not stepped), "time/update": time.perf_counter() - t0,
-            "memory/peak_mb": peak_memory_mb(self.device),
+            "optim/skipped": float(not stepped),
         })  # fmt: skip
         return dict(sums)
 
