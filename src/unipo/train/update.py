@@ -23,7 +23,7 @@ from unipo.algorithms.base import Algorithm, policy_loss
 from unipo.batch import RolloutBatch
 from unipo.diagnostics.entropy import entropy_diagnostics, ratio_stats
 from unipo.parts.base import LossInputs
-from unipo.train.logprobs import completion_logprobs, completion_logprobs_with_stats
+from unipo.train.logprobs import completion_logprobs_with_stats
 
 
 @dataclass
@@ -126,30 +126,18 @@ def update_policy(
                     list(range(start, min(start + settings.micro_batch_size, minibatch.size)))
                 )
                 micro = micro.trim().to(device)
-                stats: dict[str, Tensor] = {}
-                if forward_names:
-                    logp, ent, stats = completion_logprobs_with_stats(
-                        model,
-                        micro.input_ids,
-                        micro.attention_mask,
-                        micro.completion_mask,
-                        temperature=settings.temperature,
-                        chunk_tokens=settings.chunk_tokens,
-                        entropy_grad=algorithm.needs_entropy_grad,
-                        shared_prompt=settings.shared_prompt,
-                        stats=forward_names,
-                    )
-                else:
-                    logp, ent = completion_logprobs(
-                        model,
-                        micro.input_ids,
-                        micro.attention_mask,
-                        micro.completion_mask,
-                        temperature=settings.temperature,
-                        chunk_tokens=settings.chunk_tokens,
-                        entropy_grad=algorithm.needs_entropy_grad,
-                        shared_prompt=settings.shared_prompt,
-                    )
+                # with no statistics requested this takes the fused LM head (logprobs.py)
+                logp, ent, stats = completion_logprobs_with_stats(
+                    model,
+                    micro.input_ids,
+                    micro.attention_mask,
+                    micro.completion_mask,
+                    temperature=settings.temperature,
+                    chunk_tokens=settings.chunk_tokens,
+                    entropy_grad=algorithm.needs_entropy_grad,
+                    shared_prompt=settings.shared_prompt,
+                    stats=forward_names,
+                )
                 width = micro.completion_mask.shape[1]
                 if old_stats is not None:  # [B, T_full] rows of the batch → this micro-batch, trimmed
                     micro_old = {
