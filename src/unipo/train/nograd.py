@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from unipo.batch import RolloutBatch
 from unipo.train.logprobs import completion_logprobs_with_stats
 
 
@@ -127,3 +128,20 @@ def batched_logprobs(
         model, input_ids, attention_mask, completion_mask, micro_batch=micro_batch, **kwargs
     )
     return lp, ent
+
+
+def rollout_batch_logprobs(
+    model: nn.Module, batch: RolloutBatch, device: torch.device, **kwargs: Any
+) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """``batched_logprobs_with_stats`` over a ``RolloutBatch`` on ``device``: (log-probs [B, T],
+    entropies [B, T], {name: [B, T]}) on the CPU at the batch's full width T, zero past the
+    longest completion. ``kwargs``: micro_batch, temperature, stats, shared_prompt, ..."""
+    b = batch.trim().to(device)
+    ids, attn, cmask = b.input_ids, b.attention_mask, b.completion_mask
+    lp, ent, st = batched_logprobs_with_stats(model, ids, attn, cmask, **kwargs)
+    pad = batch.completion_ids.shape[1] - lp.shape[1]
+
+    def padded(v: Tensor) -> Tensor:
+        return nn.functional.pad(v.cpu(), (0, pad))  # [B, T_full]
+
+    return padded(lp), padded(ent), {k: padded(v) for k, v in st.items()}

@@ -36,7 +36,7 @@ from unipo.train.collect import PromptSampler, collect
 from unipo.train.critic import Critic
 from unipo.train.evaluate import EvalSet, encode_prompts, evaluate
 from unipo.train.loggers import MultiLogger, make_loggers
-from unipo.train.nograd import batched_logprobs_with_stats
+from unipo.train.nograd import rollout_batch_logprobs
 from unipo.train.phases import PhaseMeter
 from unipo.train.run_dir import (
     first_eval,
@@ -154,20 +154,11 @@ class Trainer:
         self, model: torch.nn.Module, batch: RolloutBatch, stats: tuple[str, ...] = ()
     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """No-grad log-probs [B, T], entropies [B, T] and named per-token stats, on the CPU."""
-        b = batch.trim().to(self.device)
-        t_full = batch.completion_ids.shape[1]
-        lp, ent, st = batched_logprobs_with_stats(
-            model, b.input_ids, b.attention_mask, b.completion_mask,
-            micro_batch=self.cfg.optim.micro_batch_size,
+        return rollout_batch_logprobs(
+            model, batch, self.device, micro_batch=self.cfg.optim.micro_batch_size,
             temperature=self.cfg.rollout.sampling.temperature, stats=stats,
             shared_prompt=self.cfg.optim.shared_prompt,
         )  # fmt: skip
-        pad = t_full - lp.shape[1]
-
-        def padded(v: torch.Tensor) -> torch.Tensor:
-            return torch.nn.functional.pad(v.cpu(), (0, pad))  # [B, T_full]
-
-        return padded(lp), padded(ent), {k: padded(v) for k, v in st.items()}
 
     def run_step(self) -> dict[str, float]:
         cfg = self.cfg
