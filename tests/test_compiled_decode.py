@@ -15,7 +15,14 @@ from torch._dynamo.utils import counters
 
 from unipo.models import build_tiny_model, load_model
 from unipo.rollout.base import SamplingParams
-from unipo.rollout.hf import CACHE_BUCKET, HFEngine, decode_compile_config, generate_groups, left_pad
+from unipo.rollout.hf import (
+    CACHE_BUCKET,
+    HFEngine,
+    StaticCachePool,
+    decode_compile_config,
+    generate_groups,
+    left_pad,
+)
 
 SMALL = {"arch": "llama", "hidden_size": 32, "num_layers": 2, "num_heads": 4}
 GREEDY = dict(do_sample=False, max_new_tokens=6, pad_token_id=0, eos_token_id=[2])
@@ -87,3 +94,32 @@ def test_engine_compiled_survives_a_weight_update(model_tok):
         assert torch.equal(getattr(gens[0], name), getattr(gens[1], name)), name
     assert gens[0].completions == gens[1].completions
     assert _graphs() == before  # no recompilation after the update
+
+
+def test_engine_reuses_one_cache_per_shape(model_tok):
+    # CUDA graphs bake in the cache's addresses: the engine hands generate the same cache each call
+    model, tok = model_tok
+    prompts = [tok(t, add_special_tokens=False)["input_ids"] for t in ["1+1=", "22+33+4=", "7", "x=9;y?"]]
+    params = SamplingParams(max_new_tokens=6, greedy=True)
+    engine, plain = HFEngine(model, tok, decode="compiled"), HFEngine(model, tok, decode="dynamic")
+    first = engine.generate(prompts, 3, params)
+    (cache,) = engine.cache_pool.caches.values()  # 12 rows × 64 slots
+    keys = cache.layers[0].keys
+    again = engine.generate(prompts[::-1], 3, params)  # other order, same shapes: the same tensors
+    assert list(engine.cache_pool.caches.values()) == [cache] and cache.layers[0].keys is keys
+    for got, ref in (
+        (first, plain.generate(prompts, 3, params)),
+        (again, plain.generate(prompts[::-1], 3, params)),
+    ):
+        assert torch.equal(got.completion_ids, ref.completion_ids)  # a reset cache holds nothing stale
+
+
+def test_pool_keeps_the_most_recent_shapes(model_tok):
+    model, _ = model_tok
+    pool = StaticCachePool(size=2)
+    a = pool.get(model, 4, 64)
+    b = pool.get(model, 8, 64)
+    assert pool.get(model, 4, 64) is a  # reused (moved to most recent)
+    c = pool.get(model, 4, 128)  # a third shape evicts the least recently used, (8, 64)
+    assert list(pool.caches.values()) == [a, c]
+    assert pool.get(model, 8, 64) is not b

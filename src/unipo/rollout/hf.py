@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -85,6 +86,35 @@ def empty_static_cache(model: nn.Module, max_cache_len: int) -> StaticCache | No
     return cache if all(type(layer) is StaticLayer for layer in cache.layers) else None
 
 
+class StaticCachePool:
+    """The compiled decode's static caches, reused across ``generate`` calls of the same shape.
+
+    CUDA graphs bake in the addresses of the cache tensors (transformers marks them static); a
+    new cache at every call would make them re-record. So, as ``generate``'s own
+    ``cache_implementation="static"`` does, one cache per (model, rows, length) is kept and
+    zeroed (``reset``) before reuse; the ``size`` most recently used shapes are kept.
+    """
+
+    def __init__(self, size: int = 4) -> None:
+        self.size = size
+        self.caches: OrderedDict[tuple[int, int, int], StaticCache] = OrderedDict()
+
+    def get(self, model: nn.Module, rows: int, max_cache_len: int) -> StaticCache | None:
+        """An empty cache for ``rows`` × ``max_cache_len``: a kept one, reset, or a new one."""
+        key = (id(model), rows, max_cache_len)
+        cache = self.caches.pop(key, None)
+        if cache is None:
+            cache = empty_static_cache(model, max_cache_len)
+            if cache is None:
+                return None
+        else:
+            cache.reset()
+        self.caches[key] = cache
+        while len(self.caches) > self.size:
+            self.caches.popitem(last=False)
+        return cache
+
+
 def left_pad(seqs: list[list[int]], pad_id: int, device: torch.device | str) -> tuple[Tensor, Tensor]:
     """Token-id lists → (ids [N, P], mask [N, P]) padded on the left."""
     width = max(len(s) for s in seqs)
@@ -155,14 +185,20 @@ class TokenTemperature(LogitsProcessor):
 
 @torch.no_grad()  # for sampling only: a cache that required grad would also break compiled decode's guards
 def prefill_prefix(
-    model: nn.Module, ids: Tensor, mask: Tensor, n: int, max_cache_len: int | None = None
+    model: nn.Module,
+    ids: Tensor,
+    mask: Tensor,
+    n: int,
+    max_cache_len: int | None = None,
+    static: StaticCache | None = None,
 ) -> Cache | None:
     """Run the model once per prompt on all but its last token; the KV cache repeated n times.
 
     ids, mask [U, P] left-padded → a cache of U·n rows (row = prompt·n + j) holding positions
     0..P−2: a ``DynamicCache``, or with ``max_cache_len`` a ``StaticCache`` preallocated to that
     many positions (decoding then writes in place instead of re-concatenating every layer's
-    keys and values at every token; it attends over all ``max_cache_len`` slots, masked).
+    keys and values at every token; it attends over all ``max_cache_len`` slots, masked), or
+    the empty ``static`` cache given (``StaticCachePool``), filled.
     None when this model's cache cannot be built and repeated that way (P < 2, an empty prompt, a
     prompt-learning peft adapter, a preset ``cache_implementation``, sliding-window or
     non-attention cache layers, ...): the caller then prefills every row itself. With left
@@ -201,12 +237,12 @@ def prefill_prefix(
         or any(layer.get_seq_length() != ids.shape[1] - 1 for layer in cache.layers)
     ):
         return None
-    if max_cache_len is not None:
+    if static is None and max_cache_len is not None:
         static = StaticCache(config=config.get_text_config(decoder=True), max_cache_len=max_cache_len)
-        if all(type(layer) is StaticLayer for layer in static.layers):
-            for dst, src in zip(static.layers, cache.layers, strict=True):
-                dst.update(src.keys.repeat_interleave(n, dim=0), src.values.repeat_interleave(n, dim=0))
-            return static  # [U·n, heads, max_cache_len, d] per layer, P−1 filled
+    if static is not None and all(type(layer) is StaticLayer for layer in static.layers):
+        for dst, src in zip(static.layers, cache.layers, strict=True):
+            dst.update(src.keys.repeat_interleave(n, dim=0), src.values.repeat_interleave(n, dim=0))
+        return static  # [U·n, heads, max_cache_len, d] per layer, P−1 filled
     cache.batch_repeat_interleave(n)  # [U·n, heads, P−1, d] per layer
     return cache
 
@@ -218,6 +254,7 @@ def generate_groups(
     n: int,
     prefill_once: bool = True,
     decode: str = "dynamic",
+    cache_pool: StaticCachePool | None = None,
     **generate_kwargs: Any,
 ) -> Any:
     """``model.generate`` on each prompt repeated n times (row = prompt·n + j), prefilling once.
@@ -230,7 +267,8 @@ def generate_groups(
     ``static`` decodes eagerly into a preallocated ``StaticCache`` (faster on CPU; logits agree
     to ~1e-6); ``compiled`` does so with the decode step compiled (``decode_compile_config``:
     CUDA graphs on a GPU) and cache lengths bucketed (``cache_length``). Static and compiled
-    need ``max_new_tokens``; a model whose cache cannot be static decodes dynamically.
+    need ``max_new_tokens``; a model whose cache cannot be static decodes dynamically. A
+    ``cache_pool`` supplies the compiled decode's caches (reused across calls).
     Returns whatever ``generate`` returns for the U·n rows (sequences include the prompt).
     """
     if decode not in ("dynamic", "static", "compiled"):
@@ -238,9 +276,15 @@ def generate_groups(
     max_new = generate_kwargs.get("max_new_tokens")
     static = decode != "dynamic" and max_new is not None
     max_cache_len = cache_length(ids.shape[1], max_new, decode) if static else None
-    cache = prefill_prefix(model, ids, mask, n, max_cache_len) if prefill_once and n > 1 else None
-    if cache is None and max_cache_len is not None:
-        cache = empty_static_cache(model, max_cache_len)
+    empty = None
+    if max_cache_len is not None:
+        if cache_pool is not None and decode == "compiled":
+            empty = cache_pool.get(model, ids.shape[0] * n, max_cache_len)
+        else:
+            empty = empty_static_cache(model, max_cache_len)
+    cache = prefill_prefix(model, ids, mask, n, static=empty) if prefill_once and n > 1 else None
+    if cache is None:
+        cache = empty  # generate prefills it (or, None, grows a dynamic cache)
     if cache is not None:
         generate_kwargs["past_key_values"] = cache
     if decode == "compiled":
@@ -275,6 +319,7 @@ class HFEngine:
         self.max_batch = max_batch
         self.prefill_once = prefill_once
         self.decode = resolve_decode(decode, next(model.parameters()).device)
+        self.cache_pool = StaticCachePool()  # compiled decode: caches reused across calls
         eos = model.generation_config.eos_token_id if model.generation_config is not None else None
         eos_list = eos if isinstance(eos, list) else [eos]
         if tokenizer.eos_token_id is not None:
@@ -341,7 +386,9 @@ class HFEngine:
         if params.stop:
             kwargs.update(stop_strings=params.stop, tokenizer=self.tokenizer)
         try:
-            out = generate_groups(self.model, ids, mask, n, self.prefill_once, self.decode, **kwargs)
+            out = generate_groups(
+                self.model, ids, mask, n, self.prefill_once, self.decode, self.cache_pool, **kwargs
+            )
         finally:
             self.model.train(was_training)
         cids = out[:, ids.shape[1] :]  # [U·n, T]
