@@ -180,8 +180,8 @@ class TrainConfig(_Strict):
         0,
         ge=0,
         description="torch CPU threads (0: leave torch's default). 1 makes CPU runs bit-identical across "
-        "processes; with 2+ threads two runs of one config agree for ~100 demo steps, then part at "
-        "the 7th digit (docs/results.md §4).",
+        "processes; with 2+ threads MKL's threaded matrix multiply makes two runs of one config part "
+        "at the 7th digit after ~100 demo steps (docs/results.md §4).",
     )
     entropy_change: Literal["exact", "lagged", "none"] = Field(
         "exact",
