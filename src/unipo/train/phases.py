@@ -14,7 +14,9 @@ Memory is what the device's allocator or the kernel reports, reset at each phase
   phase's time is its kernels' time, not the time to queue them.
 - CPU on Linux: the process's peak resident set (``VmHWM`` in ``/proc/self/status``), reset by
   writing ``5`` to ``/proc/self/clear_refs`` (Linux ≥ 4.0; proc(5)). This is the whole process
-  (Python, libraries, the model), not only tensors, like ``ru_maxrss``.
+  (Python, libraries, the model), not only tensors, like ``ru_maxrss``; and since the C
+  allocator keeps most freed memory resident, a phase stands out only when it raises the
+  footprint (later phases read the plateau).
 - Elsewhere: no per-phase memory; ``memory/peak_mb`` is ``ru_maxrss``.
 
 Because the per-phase resets also lower the kernel's ``ru_maxrss``, the meter keeps the run's
