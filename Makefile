@@ -39,7 +39,7 @@ bench: $(STAMP) $(TRL_VENV)/.installed
 	$(PY) benchmarks/vs_trl.py --trl-python $(TRL_VENV)/bin/python
 	$(PY) benchmarks/logprob_memory.py $(LOGPROB_ARGS)
 	$(PY) benchmarks/scaling.py $(SCALING_ARGS)
-	$(PY) benchmarks/nograd_pass.py
+	$(PY) benchmarks/length_grouping.py
 	$(PY) benchmarks/summary.py
 
 clean:

@@ -17,7 +17,7 @@ import math
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-KNOWN = ("vs_trl.json", "logprob_memory.json", "scaling.json", "nograd_pass.json")
+KNOWN = ("vs_trl.json", "logprob_memory.json", "scaling.json", "length_grouping.json")
 TRL_TARGET, MEMORY_TARGET, LINEAR_TOLERANCE = 0.5, 0.10, 1.05
 
 
@@ -161,26 +161,27 @@ def scaling_section(data: dict) -> str:
     return "### Step time scaling, time ≈ a·N^b (scaling.json)\n\n" + table(head, rows)
 
 
-def nograd_section(data: dict) -> str:
+def length_grouping_section(data: dict) -> str:
     rows = []
     for key, e in data.items():
-        c, t = e["completion_len"], e["tokens_computed"]
+        c, t = e["completion_len"], e["columns"]
         rows.append([
             key, str(e["rows"]), f"{c['median']:.0f} / {c['max']}", _f(e["row_order_s"], ".2f"),
             _f(e["grouped_s"], ".2f"), f"**{e['speedup']:.2f}×**",
             f"{t['row_order']:,} → {t['grouped']:,} ({t['completion_tokens']:,} real)",
-            _f(e["max_abs_diff"], ".1e"), e["date"][:10],
+            _f(e["max_diff"], ".1e"), e["date"][:10],
         ])  # fmt: skip
-    head = ["preset/device", "rows", "length median / max", "row order s", "grouped s", "speedup",
-            "completion columns run", "max abs diff", "date"]  # fmt: skip
-    return "### No-grad log-prob pass, length-grouped vs row order (nograd_pass.json)\n\n" + table(head, rows)
+    head = ["preset/device/pass", "rows", "length median / max", "row order s", "grouped s", "speedup",
+            "completion columns run", "max diff", "date"]  # fmt: skip
+    title = "### Length-grouped micro-batches vs row order (length_grouping.json)"
+    return title + "\n\n" + table(head, rows)
 
 
 SECTIONS = {
     "vs_trl.json": vs_trl_section,
     "logprob_memory.json": logprob_section,
     "scaling.json": scaling_section,
-    "nograd_pass.json": nograd_section,
+    "length_grouping.json": length_grouping_section,
 }
 
 

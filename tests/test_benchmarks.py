@@ -144,20 +144,21 @@ def test_summary_renders_all_sections(tmp_path):
     assert "| cpu/4096/fwd | 1,000 | 256 | 50 | 5.0% |" in text
     assert "**256**" in text
     assert "scaling.json\n\nnot run yet" in text
-    assert "nograd_pass.json\n\nnot run yet" in text
+    assert "length_grouping.json\n\nnot run yet" in text
     columns = {"row_order": 32768, "grouped": 16384, "completion_tokens": 8000}
     ng = {"rows": 128, "completion_len": {"median": 49.0, "max": 256}, "row_order_s": 0.5, "grouped_s": 0.25,
-          "speedup": 2.0, "tokens_computed": columns, "max_abs_diff": 3e-6,
+          "speedup": 2.0, "columns": columns, "max_diff": 3e-6,
           "date": "2026-01-01T00:00:00"}  # fmt: skip
-    (tmp_path / "nograd_pass.json").write_text(json.dumps({"demo/cpu": ng}))
+    (tmp_path / "length_grouping.json").write_text(json.dumps({"demo/cpu/nograd": ng}))
     text = summary.summarize(tmp_path)
-    assert "| demo/cpu | 128 | 49 / 256 | 0.50 | 0.25 | **2.00×** | 32,768 → 16,384 (8,000 real) |" in text
+    row = "| demo/cpu/nograd | 128 | 49 / 256 | 0.50 | 0.25 | **2.00×** | 32,768 → 16,384 (8,000 real) |"
+    assert row in text
 
 
 def test_nograd_batch_lengths_and_shared_prompts():
-    import nograd_pass
+    import length_grouping
 
-    ids, attn, cmask = nograd_pass.make_batch(4, 8, 10, 32, 8.0, 0.8, seed=0)
+    ids, attn, cmask = length_grouping.make_batch(4, 8, 10, 32, 8.0, 0.8, seed=0)
     assert ids.shape == (32, 42) and cmask.shape == (32, 32)
     lengths = cmask.sum(1)
     assert lengths.min() >= 4 and lengths.max() <= 32

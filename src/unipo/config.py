@@ -143,6 +143,12 @@ class OptimConfig(_Strict):
         "checkpointing while training, sliding-window or flash attention, untested architectures) "
         "run the plain pass.",
     )
+    length_grouped: bool = Field(
+        True,
+        description="Put a minibatch's groups into micro-batches by completion length, each trimmed to its "
+        "own longest completion (same gradient, less padding). Off automatically for parts that compute "
+        "statistics across the rows of a micro-batch (micro_batch_statistics: Clip-Cov, forking tokens...).",
+    )
     critic_lr: float = Field(1e-5, gt=0, description="Critic learning rate (presets with a critic: ppo).")
 
 

@@ -26,6 +26,10 @@ Optional part attributes the trainer reads (never part names):
     needs_demonstrations: bool        collection tokenizes each task example's demonstration (its
                                       worked solution or reference answer) into
                                       ``metadata["sft_target_ids"]`` (HPT's SFT branch)
+    micro_batch_statistics: bool      the part computes a statistic across the rows of its
+                                      micro-batch (a top-k, a quantile, a mean): the update then
+                                      keeps the micro-batches in row order instead of grouping
+                                      them by length (``train/update.py``)
 Optional methods:
     state_dict() / load_state_dict(d)   stateful parts (adaptive coefficients, anchors)
     on_step_end(metrics)                update state once per optimizer step

@@ -65,6 +65,8 @@ class BAPO:
     paper's are UNVERIFIED). No dual clip. See ``bapo_code`` for the released code's rule.
     """
 
+    micro_batch_statistics = True  # a statistic over the rows of its micro-batch: keep their order
+
     target: float = 0.5
     low_start: float = 0.6
     low_max: float = 0.9
@@ -119,6 +121,8 @@ class BAPOCode:
     uses c_low 0.8 → 0.95 and an upper step 0.1. Caution: measured on objective
     values, raising c_low *increases* the negative part, so R rarely improves until c_high moves.
     """
+
+    micro_batch_statistics = True  # a statistic over the rows of its micro-batch: keep their order
 
     target: float = 1.0
     low_start: float = 0.6
@@ -193,6 +197,8 @@ class HAPOClip:
     importance ratio to the per-token-tempered sampling distribution; unipo does the same
     (π_old and π_θ at T₀), which keeps ρ = 1 on-policy.
     """
+
+    micro_batch_statistics = True  # a statistic over the rows of its micro-batch: keep their order
 
     eps_low: float = 0.2
     eps_high: float = 0.2
@@ -306,6 +312,8 @@ class RatioNormClip:
     checked (a third-party summary only: UNVERIFIED). On-policy (log ρ = 0) the
     loss and gradient equal PPO's.
     """
+
+    micro_batch_statistics = True  # a statistic over the rows of its micro-batch: keep their order
 
     eps_low: float = 0.2
     eps_high: float = 0.2

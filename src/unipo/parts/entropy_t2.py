@@ -59,6 +59,8 @@ class LpReg:
     class off and k = 1 is applied, so small batches still regularize.
     """
 
+    micro_batch_statistics = True  # a statistic over the rows of its micro-batch: keep their order
+
     kappa: float = 0.02
     neg_ratio: float = 0.01
     pos_ratio: float = 0.0
@@ -111,6 +113,8 @@ class Siren:
     sequence-share weighted across micro-batches, as verl's /grad-accumulation); under
     ``seq_mean_token_sum_const`` it is scaled by the fill fraction |o|/L_max.
     """
+
+    micro_batch_statistics = True  # a statistic over the rows of its micro-batch: keep their order
 
     p: float = 0.8
     mask_ratio: float = 0.8
@@ -182,6 +186,8 @@ class LightIFEntropy:
     stage is an SFT-trainer change and is not part of this term.
     """
 
+    micro_batch_statistics = True  # a statistic over the rows of its micro-batch: keep their order
+
     alpha: float = 10.0
     coef_max: float = 5.0
 
@@ -214,6 +220,8 @@ class EntropyBand:
     the abstract was readable (the code was announced, not found); the squared hinge, the band
     [0.5, 2.0] nats and λ = 0.01 are this library's choices, not the paper's.
     """
+
+    micro_batch_statistics = True  # a statistic over the rows of its micro-batch: keep their order
 
     h_low: float = 0.5
     h_high: float = 2.0
@@ -264,6 +272,8 @@ class Steer:
     H is the current policy's entropy (``x.entropies``, else the rollout's). Defaults: the main
     script's exponential mode with w_min = 0.8 (linear mode: 0.8 / 1.2).
     """
+
+    micro_batch_statistics = True  # a statistic over the rows of its micro-batch: keep their order
 
     w_min: float = 0.8
     w_max: float = 1.2

@@ -167,6 +167,8 @@ class KLCov:
     actor.yaml ``ppo_kl_coef: 0.1`` differs from the paper's β = 1.
     """
 
+    micro_batch_statistics = True  # a statistic over the rows of its micro-batch: keep their order
+
     ratio: float = 2e-3
     coef: float = 1.0
 

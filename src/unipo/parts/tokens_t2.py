@@ -56,6 +56,8 @@ class D3STokens:
     denominator are this library's choices.
     """
 
+    micro_batch_statistics = True  # a statistic over the rows of its micro-batch: keep their order
+
     keep_start: float = 0.5
     keep_end: float = 1.0
     schedule_steps: int = 100
@@ -94,6 +96,8 @@ class CAPOMask:
     batch's update and its interactions) could not be retrieved: UNVERIFIED. This is a
     per-token, interaction-free proxy of it; ratio = 0.05 is this library's default.
     """
+
+    micro_batch_statistics = True  # a statistic over the rows of its micro-batch: keep their order
 
     ratio: float = 0.05
     threshold: float = 0.0

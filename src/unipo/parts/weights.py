@@ -53,6 +53,8 @@ class ForkingTokens:
     Entropy source: ``x.entropies`` (current policy, detached), else ``x.old_entropies``.
     """
 
+    micro_batch_statistics = True  # a statistic over the rows of its micro-batch: keep their order
+
     rho: float = 0.2
     denominator: Literal["all", "selected"] = "selected"
 
@@ -102,6 +104,8 @@ class ClipCov:
     Randomness: a CPU ``torch.Generator`` seeded with ``seed·1_000_003 + x.step``, so a step
     picks the same tokens on every rerun.
     """
+
+    micro_batch_statistics = True  # a statistic over the rows of its micro-batch: keep their order
 
     ratio: float = 2e-4
     cov_low: float = 1.0

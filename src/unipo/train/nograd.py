@@ -5,7 +5,7 @@ are therefore put into micro-batches by length: whole prompt groups (the rows th
 prompt, so the shared-prompt pass still runs each prompt once), sorted by their longest
 completion, and every micro-batch is cut to its own longest completion and its own left
 padding. A batch whose completions range from 20 to 1,000 tokens then runs its short groups at
-a short width instead of every micro-batch at 1,000 (``benchmarks/nograd_pass.py`` measures the
+a short width instead of every micro-batch at 1,000 (``benchmarks/length_grouping.py`` measures the
 saving). Results are scattered back to the original row order; they equal the row-order pass up
 to float rounding (``tests/test_nograd.py``). ``length_grouped=False`` keeps the row order and
 the batch's full width.

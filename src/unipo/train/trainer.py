@@ -224,6 +224,7 @@ class Trainer:
             temperature=cfg.rollout.sampling.temperature,
             max_len=cfg.rollout.sampling.max_new_tokens,
             shared_prompt=cfg.optim.shared_prompt,
+            length_grouped=cfg.optim.length_grouped,
         )
         with meter("update"):
             upd, skipped = update_policy(

@@ -7,6 +7,14 @@ rows: minibatches hold whole groups and a group's rows are contiguous, so the mi
 (consecutive rows) see each prompt G times and the forward pass runs it once
 (``logprobs.completion_hidden``). A micro-batch boundary may still cut a group; its prompt is
 then computed once on each side.
+
+With ``length_grouped`` (``optim.length_grouped``) the groups of a minibatch go into
+micro-batches shortest-longest-completion first, so each micro-batch is trimmed to a width
+close to its rows' own lengths. The minibatch's gradient is the same sum of per-token terms
+(denominators are counted over the whole minibatch), so this changes nothing but float
+rounding, unless a part computes a statistic across the rows of its micro-batch (a top-k, a
+quantile): such parts declare ``micro_batch_statistics`` and keep the original order.
+``tests/test_update_order.py`` checks every preset against that rule.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from unipo.batch import RolloutBatch
 from unipo.diagnostics.entropy import entropy_diagnostics, ratio_stats
 from unipo.parts.base import LossInputs
 from unipo.train.logprobs import completion_logprobs_with_stats
+from unipo.train.nograd import length_grouped_micro_batches
 
 
 @dataclass
@@ -36,6 +45,7 @@ class UpdateSettings:
     max_len: int
     chunk_tokens: int | None = None  # None: sized by vocabulary (logprobs.default_chunk_tokens)
     shared_prompt: bool = True  # run each prompt once per micro-batch; shuffle groups, not rows
+    length_grouped: bool = True  # micro-batches by completion length when no part reads across rows
 
 
 class NonFiniteLoss(RuntimeError):
@@ -71,6 +81,20 @@ def minibatch_rows(
         return list(order.tensor_split(minibatches))
     starts = torch.tensor([int(c[0]) for c in torch.arange(n_groups).tensor_split(minibatches)[1:]])
     return list(order.tensor_split(torch.searchsorted(row_rank, starts).tolist()))
+
+
+def micro_batch_rows(minibatch: RolloutBatch, size: int, by_length: bool) -> list[Tensor]:
+    """Row indices (into ``minibatch``) of each micro-batch: in order, or with ``by_length`` whole
+    prompt groups sorted by their longest completion, so that each micro-batch, cut to its own
+    longest completion (``trim``), pads less (``nograd.length_grouped_micro_batches``)."""
+    if not by_length:
+        return list(torch.arange(minibatch.size).split(size))
+    return [
+        idx.cpu()
+        for idx in length_grouped_micro_batches(
+            minibatch.prompt_ids, minibatch.prompt_mask, minibatch.completion_mask, size
+        )
+    ]
 
 
 def update_policy(
@@ -110,6 +134,9 @@ def update_policy(
     model.train()
     eps_low = getattr(algorithm.surrogate, "eps_low", math.inf)  # for the clip-fraction diagnostics
     eps_high = getattr(algorithm.surrogate, "eps_high", math.inf)
+    # a minibatch's gradient is the sum of its micro-batches' whatever their composition, unless a
+    # part computes a statistic across the rows it is given (top-k, quantiles): only then keep order
+    by_length = settings.length_grouped and not algorithm.any_part("micro_batch_statistics")
     for _epoch in range(settings.epochs):
         parts = minibatch_rows(
             batch.group_ids, settings.minibatches, generator, by_group=settings.shared_prompt
@@ -120,12 +147,9 @@ def update_policy(
             num_seqs = float(minibatch.size)
             optimizer.zero_grad(set_to_none=True)
             finite = True
-            for start in range(0, minibatch.size, settings.micro_batch_size):
-                rows = mb_idx[start : min(start + settings.micro_batch_size, minibatch.size)]
-                micro = minibatch.select(
-                    list(range(start, min(start + settings.micro_batch_size, minibatch.size)))
-                )
-                micro = micro.trim().to(device)
+            for sel in micro_batch_rows(minibatch, settings.micro_batch_size, by_length):
+                rows = mb_idx[sel]  # [b] rows of the whole batch
+                micro = minibatch.select(sel).trim().to(device)
                 # with no statistics requested this takes the fused LM head (logprobs.py)
                 logp, ent, stats = completion_logprobs_with_stats(
                     model,
