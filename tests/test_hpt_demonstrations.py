@@ -119,15 +119,22 @@ def test_zero_accuracy_group_becomes_its_demonstration_and_the_loss_is_sft(tiny)
         torch.testing.assert_close(g, ng, atol=1e-6, rtol=1e-5)
 
 
+def _collect_kwargs(model, tok, examples: list[dict], max_new_tokens: int) -> dict:
+    """collect()'s arguments for one round of 2 samples per example, every reward 0."""
+    texts = [ex["question"] for ex in examples]
+    ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    return dict(
+        engine=HFEngine(model, tok), reward_set=RewardSet([("zero", lambda p, c, **k: [0.0] * len(c), 1.0)]),
+        selections=(), examples=examples, prompt_ids=ids, prompt_texts=texts, group_size=2,
+        sampling=SamplingParams(max_new_tokens=max_new_tokens),
+        max_refill_rounds=0, more=None,
+    )  # fmt: skip
+
+
 def test_collect_fills_demonstrations_only_when_asked(tiny):
     model, tok = tiny
     examples = [{"question": "1+1=", "answer": "2"}, {"question": "x", "answer": ""}]
-    ids = [tok(ex["question"], add_special_tokens=False)["input_ids"] for ex in examples]
-    kwargs = dict(
-        engine=HFEngine(model, tok), reward_set=RewardSet([("zero", lambda p, c, **k: [0.0] * len(c), 1.0)]),
-        selections=(), examples=examples, prompt_ids=ids, prompt_texts=["1+1=", "x"], group_size=2,
-        sampling=SamplingParams(max_new_tokens=3), max_refill_rounds=0, more=None,
-    )  # fmt: skip
+    kwargs = _collect_kwargs(model, tok, examples, max_new_tokens=3)
     batch, metrics, _, _ = collect(**kwargs, demonstrations=lambda exs: demonstration_ids(tok, exs, 3))
     assert [m.get(SFT_KEY) for m in batch.metadata] == [target_ids(tok, "2")] * 2 + [None, None]
     assert metrics["rollout/demonstration_frac"] == 0.5
@@ -152,12 +159,7 @@ def test_a_cut_demonstration_is_flagged_counted_and_warned_once(tiny, caplog, mo
     assert "max_new_tokens=2" in warned[0]
 
     # collect: every row of the cut example carries the flag; one example of two counted
-    ids = [tok(ex["question"], add_special_tokens=False)["input_ids"] for ex in examples]
-    kwargs = dict(
-        engine=HFEngine(model, tok), reward_set=RewardSet([("zero", lambda p, c, **k: [0.0] * len(c), 1.0)]),
-        selections=(), examples=examples, prompt_ids=ids, prompt_texts=["0-4=", "1+1="], group_size=2,
-        sampling=SamplingParams(max_new_tokens=2), max_refill_rounds=0, more=None,
-    )  # fmt: skip
+    kwargs = _collect_kwargs(model, tok, examples, max_new_tokens=2)
     batch, metrics, _, _ = collect(**kwargs, demonstrations=lambda exs: demonstration_ids(tok, exs, 2))
     assert [m.get(SFT_TRUNCATED_KEY, False) for m in batch.metadata] == [True, True, False, False]
     assert [m[SFT_KEY] for m in batch.metadata] == [chars, chars, target_ids(tok, "2"), target_ids(tok, "2")]

@@ -76,7 +76,7 @@ def test_static_prefix_cache_holds_the_dynamic_one(arch_model):
     model, tok = arch_model
     ids, mask = left_pad(_prompts(tok), 0, "cpu")  # [4, 12]
     dynamic = prefill_prefix(model, ids, mask, 3)
-    static = prefill_prefix(model, ids, mask, 3, max_cache_len=20)
+    static = prefill_prefix(model, ids, mask, 3, static=empty_static_cache(model, 20))
     assert isinstance(static, StaticCache) and int(static.get_seq_length()) == 11
     for s, d in zip(static.layers, dynamic.layers, strict=True):
         assert s.keys.shape == (12, d.keys.shape[1], 20, d.keys.shape[3])

@@ -189,16 +189,15 @@ def prefill_prefix(
     ids: Tensor,
     mask: Tensor,
     n: int,
-    max_cache_len: int | None = None,
     static: StaticCache | None = None,
 ) -> Cache | None:
     """Run the model once per prompt on all but its last token; the KV cache repeated n times.
 
     ids, mask [U, P] left-padded → a cache of U·n rows (row = prompt·n + j) holding positions
-    0..P−2: a ``DynamicCache``, or with ``max_cache_len`` a ``StaticCache`` preallocated to that
-    many positions (decoding then writes in place instead of re-concatenating every layer's
-    keys and values at every token; it attends over all ``max_cache_len`` slots, masked), or
-    the empty ``static`` cache given (``StaticCachePool``), filled.
+    0..P−2: a ``DynamicCache``, or the empty ``StaticCache`` given as ``static``
+    (``empty_static_cache`` / ``StaticCachePool``), filled (decoding then writes in place instead
+    of re-concatenating every layer's keys and values at every token; it attends over all of
+    its slots, masked).
     None when this model's cache cannot be built and repeated that way (P < 2, an empty prompt, a
     prompt-learning peft adapter, a preset ``cache_implementation``, sliding-window or
     non-attention cache layers, ...): the caller then prefills every row itself. With left
@@ -237,8 +236,6 @@ def prefill_prefix(
         or any(layer.get_seq_length() != ids.shape[1] - 1 for layer in cache.layers)
     ):
         return None
-    if static is None and max_cache_len is not None:
-        static = StaticCache(config=config.get_text_config(decoder=True), max_cache_len=max_cache_len)
     if static is not None and all(type(layer) is StaticLayer for layer in static.layers):
         for dst, src in zip(static.layers, cache.layers, strict=True):
             dst.update(src.keys.repeat_interleave(n, dim=0), src.values.repeat_interleave(n, dim=0))

@@ -190,22 +190,26 @@ def shared_prompt_fallback(model: nn.Module) -> str | None:
     return None
 
 
-def prompt_groups(prompt_ids: Tensor, prompt_mask: Tensor) -> tuple[Tensor, Tensor] | None:
+def prompt_index(prompt_ids: Tensor, prompt_mask: Tensor) -> tuple[Tensor, Tensor]:
     """Rows that share a prompt: (first row of each unique prompt [U], row → unique index [B]).
 
-    prompt_ids, prompt_mask: [B, P], left-padded. None when sharing would not pay: fewer than
-    two rows per prompt on average (two decoder calls then cost more than they save).
+    prompt_ids, prompt_mask: [B, P], left-padded; the ids under padding are ignored.
     """
     b = prompt_ids.shape[0]
     key = torch.cat([prompt_ids * prompt_mask, prompt_mask], dim=1)  # [B, 2P]: pad ids ignored
     _, inverse = torch.unique(key, dim=0, return_inverse=True)  # [B] in 0..U-1
     u = int(inverse.max()) + 1 if b else 0
-    if 2 * u > b:
-        return None
     rows = torch.arange(b, device=inverse.device)
     first = torch.full((u,), b, dtype=torch.long, device=inverse.device)
     first = first.scatter_reduce(0, inverse, rows, reduce="amin")  # [U]
     return first, inverse
+
+
+def prompt_groups(prompt_ids: Tensor, prompt_mask: Tensor) -> tuple[Tensor, Tensor] | None:
+    """``prompt_index``, or None when sharing would not pay: fewer than two rows per prompt on
+    average (two decoder calls then cost more than they save)."""
+    first, inverse = prompt_index(prompt_ids, prompt_mask)
+    return None if 2 * first.numel() > prompt_ids.shape[0] else (first, inverse)
 
 
 def _shared_prompt_hidden(

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from unipo.batch import RolloutBatch
-from unipo.train.logprobs import completion_logprobs_with_stats
+from unipo.train.logprobs import completion_logprobs_with_stats, prompt_index
 
 
 def completion_widths(completion_mask: Tensor) -> Tensor:
@@ -41,18 +41,14 @@ def length_grouped_micro_batches(
     b = prompt_ids.shape[0]
     if b == 0:
         return []
-    key = torch.cat([prompt_ids * prompt_mask, prompt_mask], dim=1)  # [B, 2P]: pad ids ignored
-    _, group = torch.unique(key, dim=0, return_inverse=True)  # [B] in 0..U-1
-    u = int(group.max()) + 1
+    first, group = prompt_index(prompt_ids, prompt_mask)  # [U] a group's first row, [B] row → group
+    u = first.numel()
     widths = completion_widths(completion_mask)  # [B]
     longest = torch.zeros(u, dtype=widths.dtype, device=widths.device).scatter_reduce(
         0, group, widths, reduce="amax"
     )  # [U]
     rows = torch.arange(b, device=group.device)
-    first = torch.full((u,), b, dtype=torch.long, device=group.device).scatter_reduce(
-        0, group, rows, reduce="amin"
-    )  # [U] a group's first row: ties keep batch order
-    order = torch.argsort(longest * (b + 1) + first, stable=True)  # groups, shortest first
+    order = torch.argsort(longest * (b + 1) + first, stable=True)  # groups, shortest first; ties: batch order
     rank = torch.empty_like(order)
     rank[order] = torch.arange(u, device=order.device)  # group → its place
     rows_sorted = torch.argsort(rank[group] * (b + 1) + rows, stable=True)  # [B]
