@@ -39,6 +39,11 @@ class Algorithm:
     regularizers: tuple[Regularizer, ...] = ()
     rewards: tuple[Any, ...] = ()  # reward-shaping terms added to the task reward (RewardFn)
     notes: str = ""  # defaults the paper uses beyond the parts (G, lr, temperature, ...)
+    # provenance: what the final form follows ("arXiv 2503.14476 Eq. 8", "owner/repo@commit
+    # path:function"), and every way this preset departs from it, as plain sentences; () states
+    # "no deviation", None means "not stated" (tests/test_provenance.py rejects it)
+    source: str = ""
+    deviations: tuple[str, ...] | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -177,6 +182,8 @@ class Algorithm:
             "aggregate": one(self.aggregate),
             "rewards": [one(p) for p in self.rewards],
             "notes": self.notes,
+            "source": self.source,
+            "deviations": list(self.deviations) if self.deviations is not None else None,
         }
 
 

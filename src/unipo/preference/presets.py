@@ -26,6 +26,8 @@ class PreferencePreset:
     loss: Any
     ordering: Any = None  # callable examples -> stages (Curry-DPO), None: one shuffled stage
     notes: str = ""
+    source: str = ""  # what the final form follows (paper equation, repository@commit path:function)
+    deviations: tuple[str, ...] | None = None  # ways it departs from the source; () = none, None = unstated
 
     def parts(self) -> Iterator[Any]:
         yield self.loss
