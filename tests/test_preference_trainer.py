@@ -22,7 +22,8 @@ TASK = "{name: chain_sum, config: {min_terms: 2, max_terms: 2, min_digits: 1, ma
 
 def parity(prompts, completions, **kw):
     # a random tiny model never solves the task; this reward varies within groups, so pairs exist
-    return [float(len(c) % 2) for c in completions]
+    # (the parity of the characters' codes: the length alone is nearly always max_new_tokens)
+    return [float(sum(map(ord, c)) % 2) for c in completions]
 
 
 def cfg_for(model_dir, out, *extra):

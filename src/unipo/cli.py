@@ -104,9 +104,13 @@ def _run_preference(config: str | None, args: list[str]) -> None:
     from unipo.preference import load_preference_config
     from unipo.preference.trainer import PreferenceTrainer, PreferenceTrainingError
     from unipo.train.run_dir import RunDirError
+    from unipo.train.signals import Interrupted
 
     try:
         summary = PreferenceTrainer(load_preference_config(config, args), console=console).train()
+    except Interrupted as e:
+        console.print(f"[yellow]{e}[/]")
+        raise typer.Exit(code=130) from None
     except (ConfigError, RunDirError, PreferenceTrainingError, FileNotFoundError, ValueError) as e:
         _fail(str(e))
         return

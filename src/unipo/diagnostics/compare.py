@@ -6,7 +6,8 @@ docs/diagnostics.md; examples/compare/entropy.yaml is a full one.
 Each cell is ``sys.executable -m unipo.cli train OUTPUT_DIR/base.yaml <variant overrides>
 train.seed=k train.output_dir=OUTPUT_DIR/<variant>/seed<k> train.resume=true ...``, logged to
 ``OUTPUT_DIR/logs/<variant>-seed<k>.log``. A cell whose ``summary.json`` exists is skipped and an
-unfinished one resumes from its newest checkpoint, so re-running a comparison finishes it.
+unfinished one resumes from its newest checkpoint (``train.resume=true``), or starts again when it
+has none (``train.overwrite=true``), so re-running a comparison finishes it.
 Relative paths (model.path, output_dir) are read from the directory you run it in.
 
 The report (``compare.html``, ``compare.json``, ``plots/``) shows, per variant, curves averaged
@@ -43,7 +44,8 @@ from unipo.diagnostics.findings import baseline_gaps, variant_dynamics
 from unipo.diagnostics.law import fit_entropy_law
 from unipo.diagnostics.plots import load_metrics
 from unipo.diagnostics.stats import bootstrap_ci, mean_band
-from unipo.train.run_dir import atomic_write_text, write_json
+from unipo.train.checkpoint import latest_checkpoint
+from unipo.train.run_dir import atomic_write_text, run_dir_state, write_json
 
 FINALS = {  # table column → summary.json key (held-out eval after training) or last:<training metric>
     "accuracy": "after/accuracy",
@@ -151,7 +153,10 @@ def plan_cells(spec: CompareSpec) -> list[Cell]:
         for variant, overrides in spec.variants.items():
             for seed in spec.seeds:
                 run_dir = root / variant / f"seed{seed}"
-                args = [*overrides, f"train.seed={seed}", f"train.output_dir={run_dir}", "train.resume=true",
+                # an unfinished cell continues from its checkpoint, or starts again when it has none
+                restart = run_dir_state(run_dir) == "started" and latest_checkpoint(run_dir) is None
+                again = "train.overwrite=true" if restart else "train.resume=true"
+                args = [*overrides, f"train.seed={seed}", f"train.output_dir={run_dir}", again,
                         f"train.threads={threads}", *steps]  # fmt: skip
                 try:
                     cfg = load_config(base, args)

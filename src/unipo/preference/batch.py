@@ -11,6 +11,7 @@ A pair is the K = 2 case of a ranked list, so every preference loss reads the sa
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -58,6 +59,27 @@ class PreferenceExample:
 
     def replace(self, **changes: Any) -> PreferenceExample:
         return replace(self, **changes)
+
+    def to_state(self) -> dict[str, Any]:
+        """A checkpointable form (``torch.load(weights_only=True)`` reads it back): lists, numbers
+        and the metadata as JSON; the reference tensors are left out (recomputed after a resume)."""
+        return {
+            "prompt_ids": list(self.prompt_ids),
+            "responses": [list(r) for r in self.responses],
+            "scores": [float(x) for x in self.scores],
+            "win_prob": None if self.win_prob is None else [float(x) for x in self.win_prob],
+            "from_reference": None if self.from_reference is None else [bool(x) for x in self.from_reference],
+            "metadata": json.dumps(self.metadata, default=str),
+            "variants": self.variants,
+        }
+
+    @staticmethod
+    def from_state(d: dict[str, Any]) -> PreferenceExample:
+        """The inverse of ``to_state``."""
+        return PreferenceExample(
+            prompt_ids=d["prompt_ids"], responses=d["responses"], scores=d["scores"], win_prob=d["win_prob"],
+            from_reference=d["from_reference"], metadata=json.loads(d["metadata"]), variants=d["variants"],
+        )  # fmt: skip
 
 
 @dataclass

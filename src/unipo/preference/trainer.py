@@ -1,15 +1,19 @@
-"""The preference loop. It holds no per-loss branch: it reads the preset's part attributes.
+"""The preference objective. It holds no per-loss branch: it reads the preset's part attributes.
 
-for round in rounds:
-    data   = the offline examples (reshuffled)  |  on-policy: prompts → G samples (+ G from π_ref when
-             the loss needs_reference_samples) → scores → pairs, or ranked lists when the preset needs lists;
+Its two stages, driven by the one loop (``unipo.train.loop.TrainLoop``) that also drives RL and
+owns the run directory, checkpoints, signals, evaluation and logging; one unit is a round:
+
+    collect: the offline examples  |  on-policy: prompts → G samples (+ G from π_ref when the loss
+             needs_reference_samples) → scores → pairs, or ranked lists when the preset needs lists;
              + V key-content-removed copies of every response when a part asks for response_variants
-    stages = preset.ordering(data) (Curry-DPO) or [data]
-    for stage:
-        π_ref ← π_θ first, if a part has iterative_reference_update (not before the run's first stage)
-        reference values (log-probs, anchor log-probs, activation masks): once per stage, cached
-        epochs × minibatches of optimizer steps (gradient accumulation over micro-batches)
-    checkpoint every train.save_every rounds (resume restarts at the next round)
+    update:  stages = preset.ordering(data) (Curry-DPO) or [data]; for each stage:
+               π_ref ← π_θ first, if a part has iterative_reference_update (not before the first stage)
+               reference values (log-probs, anchor log-probs, activation masks): once per stage, cached
+               epochs × minibatches of optimizer steps (gradient accumulation), one record each
+
+A checkpoint can be taken after any optimizer step (a signal mid-round): it holds the round's
+position, its on-policy data and, mid-stage with an iterated reference, π_ref's weights, so a
+resumed run continues at the next minibatch exactly.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import functools
 import math
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,15 +38,8 @@ from unipo.preference.pairs import expand_list, sample_preferences
 from unipo.preference.presets import get_preset
 from unipo.preference.reference import attach_reference, batch_reference, policy_logprobs
 from unipo.preference.variants import add_variants, variant_inputs
-from unipo.train.checkpoint import (
-    load_checkpoint,
-    open_run_dir,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
+from unipo.train.loop import TrainLoop
 from unipo.train.phases import PhaseMeter
-from unipo.train.run_dir import write_json
 from unipo.train.utils import resolve_device, seed_everything
 
 OPTIMIZERS = {"adamw": torch.optim.AdamW, "rmsprop": torch.optim.RMSprop}
@@ -52,7 +50,12 @@ class PreferenceTrainingError(RuntimeError):
 
 
 class PreferenceTrainer:
-    """Builds what a ``PreferenceConfig`` names; ``train()`` runs it and returns the summary."""
+    """The preference objective: builds what a ``PreferenceConfig`` names; ``train()`` runs it in
+    the one loop (``TrainLoop``) and returns the summary."""
+
+    unit = "round"
+    # beyond the loop's own (budget, cadence, sinks, device): settings that change no trained number
+    resume_mutable = ("train.rounds", "train.max_nonfinite_steps", "pairs.max_batch")
 
     def __init__(
         self, cfg: PreferenceConfig, *, console: Console | None = None, reward_fns: list[Any] | None = None
@@ -129,6 +132,7 @@ class PreferenceTrainer:
             self.optimizer, lambda i: min(1.0, (i + 1) / warm) if warm else 1.0
         )
         self.step, self.round, self._nonfinite_run, self._stages_done = 0, 0, 0, 0
+        self._pending: dict[str, Any] | None = None  # the round in progress: its data and position
         self.run_dir: Path | None = None
 
     # ------------------------------------------------------------------ models and data
@@ -270,122 +274,137 @@ class PreferenceTrainer:
             tag=tag,
         )
 
-    # ------------------------------------------------------------------ rounds
-    def run_round(self, log: Any) -> dict[str, float]:
-        """One round: data → stages → (reference update, reference values, epochs of steps)."""
-        cfg, r = self.cfg, self.round
-        metrics: dict[str, float] = {}
-        if self.online:
-            data, metrics = self._collect()
-        else:
-            data = list(self.offline)
-        stages = self.preset.ordering(data) if self.preset.ordering is not None else [data]
-        keep_order = bool(getattr(self.preset.ordering, "keep_order", False))
-        metrics.update(
-            {"round": float(r), "pairs/stages": float(len(stages)), "pairs/train_examples": float(len(data))}
-        )
-        step_metrics = metrics
+    # ------------------------------------------------------------------ the objective's stages
+    @property
+    def units_done(self) -> int:
+        return self.round
+
+    @property
+    def units_total(self) -> int:
+        return self.cfg.train.rounds
+
+    @property
+    def log_step(self) -> int:
+        return self.step
+
+    def collect(self) -> tuple[list[PreferenceExample], dict[str, Any]]:
+        """The round's examples (offline, or sampled → scored → paired); a round already in
+        progress (a resumed mid-round checkpoint) continues with its own data."""
+        if self._pending is not None:
+            return self._pending["data"], {}
+        metrics: dict[str, Any] = {}
+        data, metrics = self._collect() if self.online else (list(self.offline), {})
+        self._pending = {"data": data, "stage": 0, "epoch": 0, "start": 0}
+        return data, metrics
+
+    def _stages(self, data: list[PreferenceExample]) -> list[list[PreferenceExample]]:
+        return self.preset.ordering(data) if self.preset.ordering is not None else [data]
+
+    def _order(self, n: int, stage: int, epoch: int) -> list[int]:
+        if getattr(self.preset.ordering, "keep_order", False):
+            return list(range(n))
+        seed = self.cfg.train.seed * 1_000_003 + self.round * 10_007 + stage * 101 + epoch
+        g = torch.Generator().manual_seed(seed)
+        return torch.randperm(n, generator=g).tolist()
+
+    def update(self, data: list[PreferenceExample]) -> Iterator[dict[str, Any]]:
+        """Stages × epochs × minibatches of optimizer steps over the round's data; one record per
+        optimizer step. The position is advanced before each yield, so that a stop after any
+        record checkpoints a state that resumes at the next minibatch."""
+        cfg, r, pos = self.cfg, self.round, self._pending
+        assert pos is not None, "update() follows collect()"
+        stages = self._stages(data)
+        head = {
+            "round": float(r), "pairs/stages": float(len(stages)),
+            "pairs/train_examples": float(len(data)),
+        }
         if not data:
             self.console.print(f"[yellow]round {r}: no preference examples (all groups tied); skipping[/]")
-            log.log(metrics, self.step)
-            return metrics
-        for s, stage in enumerate(stages):
-            if self.iterative and self._stages_done > 0:  # π_ref ← π_θ: the previous iterate
-                self.ref_model.load_state_dict(self.model.state_dict())
-            metrics["time/reference"] = self._attach_reference(stage)
-            for epoch in range(cfg.optim.epochs):
-                order = list(range(len(stage)))
-                if not keep_order:
-                    g = torch.Generator().manual_seed(
-                        cfg.train.seed * 1_000_003 + r * 10_007 + s * 101 + epoch
-                    )
-                    order = torch.randperm(len(stage), generator=g).tolist()
-                for start in range(0, len(order), cfg.optim.batch_size):
-                    step_metrics = self.optimizer_step(
-                        [stage[i] for i in order[start : start + cfg.optim.batch_size]]
-                    )
-                    self.step += 1
-                    record = {**metrics, **step_metrics, "stage": float(s), "epoch": float(epoch)}
-                    if cfg.eval.every and self.step % cfg.eval.every == 0:
-                        record.update(self.evaluate("eval"))
-                    log.log(record, self.step)
-                    metrics = {"round": float(r)}  # round-level values are logged with its first step
-            self._stages_done += 1
-        return step_metrics
+            self._end_round()
+            yield head
+            return
+        bs = cfg.optim.batch_size
+        schedule = [  # (stage, epoch, first example of the minibatch), in training order
+            (s, e, b) for s, st in enumerate(stages) for e in range(cfg.optim.epochs)
+            for b in range(0, len(st), bs)
+        ]
+        first = schedule.index((pos["stage"], pos["epoch"], pos["start"]))
+        prepared = -1
+        for i in range(first, len(schedule)):
+            s, epoch, start = schedule[i]
+            record = dict(head) if i == 0 else {"round": float(r)}  # round values with its first step
+            if prepared != s:
+                fresh = (epoch, start) == (0, 0)  # else resumed mid-stage: π_ref came with the checkpoint
+                if fresh and self.iterative and self._stages_done > 0:  # π_ref ← π_θ, the previous iterate
+                    self.ref_model.load_state_dict(self.model.state_dict())
+                record["time/reference"] = self._attach_reference(stages[s])
+                prepared = s
+            order = self._order(len(stages[s]), s, epoch)
+            record.update(self.optimizer_step([stages[s][j] for j in order[start : start + bs]]))
+            record.update({"stage": float(s), "epoch": float(epoch)})
+            self.step += 1
+            if i + 1 < len(schedule):
+                nxt = schedule[i + 1]
+                self._stages_done += int(nxt[0] != s)
+                pos.update(stage=nxt[0], epoch=nxt[1], start=nxt[2])
+            else:
+                self._stages_done += 1
+                self._end_round()
+            yield record
 
-    # ------------------------------------------------------------------ checkpoints
-    def save(self) -> Path:
+    def _end_round(self) -> None:
+        self.round += 1
+        self._pending = None
+
+    # ------------------------------------------------------------------ state and the loop
+    def state(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(optimizer state [+ π_ref's weights mid-stage with an iterated reference], the rest)."""
         optim = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+        pending = None
+        if self._pending is not None:
+            pending = {k: v for k, v in self._pending.items() if k != "data"}
+            # offline rounds rebuild their data; on-policy data is saved (it came from an older π_θ)
+            saved = [ex.to_state() for ex in self._pending["data"]] if self.online else None
+            pending["data"] = saved
+            if self.iterative and (pending["epoch"], pending["start"]) != (0, 0):
+                optim["reference"] = {k: v.detach().clone() for k, v in self.ref_model.state_dict().items()}
         state = {
             "round": self.round,
             "step": self.step,
             "stages_done": self._stages_done,
-            "rng": rng_state(),
             "nonfinite_run": self._nonfinite_run,
             "sampler": self.sampler.state_dict() if self.online else {},
+            "pending": pending,
         }
-        return save_checkpoint(self.run_dir, self.step, self.model, optim, state, self.cfg.train.keep_last)
+        return optim, state
 
-    def restore(self, path: Path) -> None:
-        optim, state = load_checkpoint(path, self.model)
+    def load_state(self, optim: dict[str, Any], state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(optim["optimizer"])
         self.scheduler.load_state_dict(optim["scheduler"])
         self.round, self.step = int(state["round"]), int(state["step"])
         self._stages_done, self._nonfinite_run = int(state["stages_done"]), int(state["nonfinite_run"])
         if self.online:
             self.sampler.load_state_dict(state["sampler"])
-        set_rng_state(state["rng"])
+        pending = state.get("pending")
+        self._pending = None
+        if pending is not None:
+            saved = pending["data"]  # saved examples are in their trained form (pairs/lists, variants)
+            data = list(self.offline) if saved is None else [PreferenceExample.from_state(d) for d in saved]
+            self._pending = {**pending, "data": data}
+        if "reference" in optim:
+            self.ref_model.load_state_dict(optim["reference"])
+
+    def initial_metrics(self) -> dict[str, Any]:
+        return dict(self.data_stats)
+
+    def summary(self) -> dict[str, Any]:
+        return {"rounds": self.round, "preset": self.preset.name}
+
+    def describe(self, metrics: dict[str, Any]) -> str:
+        loss, acc = (metrics.get(k, float("nan")) for k in ("loss/total", "pref/accuracy"))
+        return f"step {self.step}  loss {loss:.4f}  pair accuracy {acc:.2f}"
 
     def train(self) -> dict[str, Any]:
         """Run (or resume) every round; returns the summary also written to ``summary.json``."""
-        from unipo.diagnostics.plots import plot_run
-        from unipo.models import save_model
-        from unipo.train.loggers import MultiLogger, make_loggers
-        from unipo.train.run_dir import first_eval, truncate_metrics
+        return TrainLoop(self).run()
 
-        cfg = self.cfg
-        config = cfg.model_dump(mode="json")
-        self.run_dir, ckpt = open_run_dir(
-            cfg.train.output_dir, config, overwrite=cfg.train.overwrite, resume=cfg.train.resume
-        )
-        t_start = time.perf_counter()
-        if ckpt is not None:  # metrics.jsonl is rewritten before the loggers open it for appending
-            self.restore(ckpt)
-            truncate_metrics(self.run_dir, self.step)
-            before = {k: v for k, v in first_eval(self.run_dir).items() if k.startswith("eval/")}
-            self.console.print(f"resumed from {ckpt} (round {self.round}, step {self.step})")
-        log = MultiLogger(make_loggers(["jsonl", *cfg.train.loggers], self.run_dir, config))
-        if ckpt is None:
-            before = self.evaluate("eval")
-            log.log({**before, **self.data_stats}, 0)
-        last: dict[str, float] = {}
-        try:
-            while self.round < cfg.train.rounds:
-                last = self.run_round(log)
-                self.round += 1
-                self.console.print(
-                    f"round {self.round}/{cfg.train.rounds}: step {self.step}, "
-                    f"loss {last.get('loss/total', float('nan')):.4f}, "
-                    f"accuracy {last.get('pref/accuracy', float('nan')):.2f}"
-                )
-                if cfg.train.save_every and self.round % cfg.train.save_every == 0:
-                    self.save()
-            after = self.evaluate("eval")
-            if after:
-                log.log({"event": "final_eval", **after}, self.step)
-        finally:
-            log.close()
-        if cfg.train.save_final:
-            save_model(self.model, self.tokenizer, self.run_dir / "final")
-        summary: dict[str, Any] = {
-            "steps": self.step,
-            "rounds": self.round,
-            "preset": self.preset.name,
-            "wall_seconds": time.perf_counter() - t_start,
-            "last": last,
-        }
-        summary.update({f"before/{k.split('/', 1)[1]}": v for k, v in before.items()})
-        summary.update({f"after/{k.split('/', 1)[1]}": v for k, v in after.items()})
-        write_json(self.run_dir / "summary.json", summary)
-        plot_run(self.run_dir)
-        return summary

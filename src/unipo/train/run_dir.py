@@ -19,15 +19,65 @@ class RunDirError(RuntimeError):
 
 
 def prepare_run_dir(path: str | Path, overwrite: bool = False, resume: bool = False) -> Path:
-    """Create ``path``; refuse a non-empty one unless ``overwrite`` or ``resume`` is set."""
+    """Create ``path``; refuse a non-empty one unless ``overwrite`` or ``resume`` is set.
+
+    A directory that holds only what a run writes but no completed step (an earlier start that
+    failed before its first step: bad logger, out of memory) counts as empty: it is not a run.
+    """
     p = Path(path)
-    if p.exists() and any(p.iterdir()) and not (overwrite or resume):
+    if resume and overwrite:
+        raise RunDirError(
+            f"--resume and --overwrite contradict each other for {p}: --resume continues the run in it, "
+            "--overwrite starts a new one over it; give one of them"
+        )
+    state = run_dir_state(p)
+    if state in ("started", "foreign") and not (overwrite or resume):
         raise RunDirError(
             f"run directory {p} is not empty; pass --resume to continue it or --overwrite "
             f"(train.overwrite=true) to write over it, or choose another train.output_dir"
         )
+    if state == "foreign" and resume:
+        raise RunDirError(f"run directory {p} is not a unipo run directory: nothing to resume")
     p.mkdir(parents=True, exist_ok=True)
     return p
+
+
+# what a run may write into its directory (anything else makes it "foreign")
+RUN_FILES = (
+    "metrics.jsonl",
+    "samples.jsonl",
+    "summary.json",
+    "checkpoints",
+    "plots",
+    "final",
+    "report.html",
+    "config.yaml",
+    "env.json",
+    "tensorboard",
+    "wandb",
+    "mlruns",
+    "ref_logprobs.safetensors",
+)
+RUN_CACHES = ("ref_logprobs.safetensors",)  # kept by an overwrite: keyed by what they were computed from
+
+
+def run_dir_state(path: str | Path) -> str:
+    """"empty" (missing or empty), "unstarted" (only run files, no completed step: a failed start),
+    "started" (a completed step, a checkpoint or a summary), or "foreign" (other files)."""
+    p = Path(path)
+    if not p.exists() or not any(p.iterdir()):
+        return "empty"
+    names = {c.name for c in p.iterdir() if not c.name.startswith(".")}
+    if names - set(RUN_FILES):
+        return "foreign"
+    ckpts = p / "checkpoints"
+    if {"summary.json", "final"} & names:
+        return "started"
+    if ckpts.is_dir() and any(c.is_dir() and (c / "COMPLETE").exists() for c in ckpts.iterdir()):
+        return "started"
+    if any(r.get("step", 0) >= 1 for r in read_metrics(p / "metrics.jsonl", tolerant=True)):
+        return "started"
+    return "unstarted"
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -66,11 +116,20 @@ class MetricsLog:
         self._f.close()
 
 
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+def read_metrics(path: str | Path, tolerant: bool = False) -> list[dict[str, Any]]:
+    """The records of a metrics.jsonl; ``tolerant`` skips a torn last line (a kill mid-write)."""
     p = Path(path)
     if not p.exists():
         return []
-    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+    out = []
+    for line in p.read_text().splitlines():
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                if not tolerant:
+                    raise
+    return out
 
 
 def environment_info() -> dict[str, Any]:
@@ -90,22 +149,11 @@ def environment_info() -> dict[str, Any]:
     }
 
 
-RUN_OUTPUTS = (
-    "metrics.jsonl",
-    "samples.jsonl",
-    "summary.json",
-    "checkpoints",
-    "plots",
-    "final",
-    "report.html",
-)
-
-
 def clear_run_outputs(run_dir: Path) -> None:
-    """Remove what an earlier run wrote (only reached with overwrite=true or an empty directory)."""
+    """Remove what an earlier run wrote (reached with overwrite=true, or for a failed start)."""
     import shutil
 
-    for name in RUN_OUTPUTS:
+    for name in set(RUN_FILES) - set(RUN_CACHES):
         p = run_dir / name
         if p.is_dir():
             shutil.rmtree(p)
@@ -117,7 +165,8 @@ def truncate_metrics(run_dir: Path, step: int) -> None:
     """Keep the records of steps ≤ ``step`` (a resumed run rewrites the rest exactly)."""
     path = run_dir / "metrics.jsonl"
     drop = {"error", "interrupted", "final_eval"}
-    kept = [r for r in read_metrics(path) if r.get("step", 0) <= step and r.get("event") not in drop]
+    records = read_metrics(path, tolerant=True)
+    kept = [r for r in records if r.get("step", 0) <= step and r.get("event") not in drop]
     atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
 
 
@@ -127,3 +176,41 @@ def first_eval(run_dir: Path) -> dict[str, Any]:
         if r.get("step") == 0 and "event" not in r:
             return r
     return {}
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_changes(saved: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Dotted keys whose value differs between two config dicts: {key: (saved, new)}."""
+    a, b = _flat(saved), _flat(new)
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
+def check_resume_changes(
+    run_dir: Path, saved: dict[str, Any], new: dict[str, Any], mutable: tuple[str, ...]
+) -> dict[str, tuple[Any, Any]]:
+    """The allowed changes of a resumed run's config; a ``RunDirError`` listing the others.
+
+    A resumed run continues the run that wrote the checkpoint, so it keeps that run's settings:
+    only keys under ``mutable`` (dotted prefixes: the budget, checkpoint cadence, loggers,
+    devices and batching that changes no number) may differ. Anything else (learning rate,
+    algorithm, task, group size, ...) would make the run neither the old one nor a new one.
+    """
+    changes = config_changes(saved, new)
+    bad = {k: v for k, v in changes.items() if not any(k == m or k.startswith(m + ".") for m in mutable)}
+    if bad:
+        lines = "; ".join(f"{k}: {old!r} → {new_!r}" for k, (old, new_) in bad.items())
+        raise RunDirError(
+            f"--resume of {run_dir} with changed settings: {lines}. A resumed run keeps the settings it "
+            f"started with (its config.yaml); only these may change: {', '.join(mutable)}. Start a new run "
+            "(another train.output_dir) to change the others"
+        )
+    return changes

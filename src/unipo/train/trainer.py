@@ -1,7 +1,10 @@
-"""The on-policy loop. It holds no algorithm-specific branch: every choice lives in parts.
+"""The RL objective. It holds no algorithm-specific branch: every choice lives in parts.
 
-for step:  prompts → G completions → rewards → selections (refill) → old/ref log-probs
-           → advantage → μ epochs × minibatches of optimizer steps → metrics / eval
+Its two stages, driven by the one loop (``unipo.train.loop.TrainLoop``) that also drives
+preference training and owns the run directory, checkpoints, signals, evaluation and logging:
+
+    collect:  prompts → G completions → rewards → selections (refill)
+    update:   old/ref log-probs → advantage → μ epochs × minibatches of optimizer steps → metrics
 """
 
 from __future__ import annotations
@@ -11,8 +14,7 @@ import functools
 import logging
 import math
 import time
-import traceback as tb_module
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,26 +27,13 @@ from unipo.config import Config, build_algorithm
 from unipo.diagnostics.entropy import RunDiagnostics
 from unipo.parts.base import masked_mean
 from unipo.rollout.hf import HFEngine
-from unipo.train.checkpoint import (
-    load_checkpoint,
-    open_run_dir,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
 from unipo.train.collect import PromptSampler, collect
 from unipo.train.critic import Critic
 from unipo.train.evaluate import EvalSet, encode_prompts, evaluate
-from unipo.train.loggers import MultiLogger, make_loggers
+from unipo.train.loop import TrainLoop, restore_objective, write_objective_checkpoint
 from unipo.train.nograd import rollout_batch_logprobs
 from unipo.train.phases import PhaseMeter
-from unipo.train.run_dir import (
-    first_eval,
-    truncate_metrics,
-    write_json,
-)
 from unipo.train.sft import demonstration_ids
-from unipo.train.signals import Interrupted, StopOnSignal, step_progress
 from unipo.train.update import UpdateSettings, update_policy
 from unipo.train.utils import batch_metrics, lr_schedule, resolve_device, seed_everything
 
@@ -58,7 +47,18 @@ class TrainingError(RuntimeError):
 
 
 class Trainer:
-    """Builds everything a config names, then ``train()`` runs the loop and returns the summary."""
+    """The RL objective: builds everything a config names; ``train()`` runs it in the one loop
+    (``TrainLoop``) and returns the summary; ``run_step()`` is one step (collect + update)."""
+
+    unit = "step"
+    # beyond the loop's own (budget, cadence, sinks, device): settings that change no trained number
+    resume_mutable = (
+        "train.steps",
+        "train.reward_timeout_s",
+        "train.reward_error_rate",
+        "train.entropy_change",
+        "rollout.max_batch",
+    )
 
     def __init__(
         self,
@@ -139,6 +139,7 @@ class Trainer:
         self.step = 0
         self.next_group_id = 0
         self.run_dir: Path | None = None
+        self._t_step = time.perf_counter()
         self._reported_traceback = False
         self._nonfinite_run = 0
         self._last_metrics: dict[str, float] = {}
@@ -160,16 +161,29 @@ class Trainer:
             shared_prompt=self.cfg.optim.shared_prompt,
         )  # fmt: skip
 
-    def run_step(self) -> dict[str, float]:
+    # ------------------------------------------------------------------ the objective's stages
+    @property
+    def units_done(self) -> int:
+        return self.step
+
+    @property
+    def units_total(self) -> int:
+        return self.cfg.train.steps
+
+    @property
+    def log_step(self) -> int:
+        return self.step
+
+    def collect(self) -> tuple[RolloutBatch, dict[str, Any]]:
+        """Prompts → G completions each → rewards → selections (with refill): the step's batch."""
         cfg = self.cfg
-        t_step = time.perf_counter()
+        self._t_step = time.perf_counter()
         examples, ids, texts = self._prompts(cfg.rollout.prompts_per_step)
         sampling = cfg.rollout.sampling  # a part may steer the rollout temperature (AEPO)
         if (temperature := self.algorithm.sampling_temperature(self._last_metrics)) is not None:
             sampling = sampling.model_copy(update={"temperature": temperature})
         if (token_temp := self.algorithm.token_temperature_fn(sampling.temperature)) is not None:
             sampling = sampling.model_copy(update={"token_temperature": token_temp})  # HAPO; training only
-        meter = self.phases
         batch, metrics, _, traceback = collect(
             engine=self.engine,
             reward_set=self.reward_set,
@@ -183,7 +197,7 @@ class Trainer:
             more=self._prompts,
             next_group_id=self.next_group_id,
             demonstrations=self._demonstrations,
-            meter=meter,
+            meter=self.phases,
         )
         self.next_group_id = (
             int(batch.group_ids.max()) + 1 if batch.size else self.next_group_id + len(examples)
@@ -191,6 +205,25 @@ class Trainer:
         self._check_reward_failures(metrics, traceback)
         metrics["rollout/temperature"] = sampling.temperature
         metrics.update(batch_metrics(batch))
+        return batch, metrics
+
+    def update(self, batch: RolloutBatch) -> Iterator[dict[str, Any]]:
+        """Old/ref log-probs → advantage → μ epochs × minibatches; yields the step's one record
+        (after ``step`` has advanced, so a stop right after it leaves a complete step)."""
+        metrics = self._update(batch)
+        self.step += 1
+        yield metrics
+
+    def run_step(self) -> dict[str, Any]:
+        """One whole step (collect + update) outside the loop: its metrics, collect's included."""
+        batch, collected = self.collect()
+        (record,) = list(self.update(batch))
+        return {**collected, **record}
+
+    def _update(self, batch: RolloutBatch) -> dict[str, Any]:
+        cfg = self.cfg
+        meter = self.phases
+        metrics: dict[str, Any] = {}
         if batch.size == 0:
             self.console.print(f"[yellow]step {self.step}: no usable completions; skipping the update[/]")
             metrics.update(meter.metrics())
@@ -251,7 +284,7 @@ class Trainer:
             )
         self.algorithm.on_step_end(metrics)
         metrics.update(meter.metrics())  # time/<phase>, memory/<phase>_peak_mb, memory/peak_mb
-        metrics["time/step"] = time.perf_counter() - t_step
+        metrics["time/step"] = time.perf_counter() - self._t_step
         metrics["optim/lr"] = self.scheduler.get_last_lr()[0]
         self._last_metrics = metrics
         return metrics
@@ -283,9 +316,10 @@ class Trainer:
                 micro_batch=cfg.optim.micro_batch_size, samples_path=path, tag=tag,
             )  # fmt: skip
 
-    # ------------------------------------------------------------------ checkpoints
+    # ------------------------------------------------------------------ state and the loop
     def state(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        """(optimizer/scheduler state, everything else a resumed run needs to continue exactly)."""
+        """(optimizer/scheduler state, everything else a resumed run needs to continue exactly);
+        the loop adds the RNG states and writes the weights."""
         optim = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
         if self.critic is not None:
             optim["critic"] = self.critic.state_dict()
@@ -293,7 +327,6 @@ class Trainer:
             "step": self.step,
             "next_group_id": self.next_group_id,
             "sampler": self.sampler.state_dict(),
-            "rng": rng_state(),
             "update_rng": self.update_rng.get_state(),
             "algorithm": self.algorithm.state_dict(),
             "nonfinite_run": self._nonfinite_run,
@@ -302,23 +335,7 @@ class Trainer:
         }
         return optim, state
 
-    def save_checkpoint(self) -> Path | None:
-        """Write a checkpoint; a failure (e.g. disk full) is reported and the previous one kept."""
-        assert self.run_dir is not None
-        optim, state = self.state()
-        try:
-            with self.console.status(f"[bold]checkpointing[/] step {self.step}"):
-                return save_checkpoint(
-                    self.run_dir, self.step, self.model, optim, state, self.cfg.train.keep_last
-                )
-        except OSError as e:
-            self.console.print(
-                f"[red]checkpoint at step {self.step} failed ({e}); the previous one is intact[/]"
-            )
-            return None
-
-    def restore(self, path: Path) -> None:
-        optim, state = load_checkpoint(path, self.model)
+    def load_state(self, optim: dict[str, Any], state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(optim["optimizer"])
         self.scheduler.load_state_dict(optim["scheduler"])
         if self.critic is not None:
@@ -331,73 +348,24 @@ class Trainer:
         self._nonfinite_run = int(state["nonfinite_run"])
         self.diagnostics.load_state_dict(state["entropy_dynamics"])
         self._last_metrics = dict(state["last_metrics"])
-        set_rng_state(state["rng"])
 
-    # ------------------------------------------------------------------ the loop
+    def save_checkpoint(self) -> Path | None:
+        """Write a checkpoint now (the loop does this on its cadence); None when the write failed."""
+        return write_objective_checkpoint(self, self.cfg.train.keep_last)
+
+    def restore(self, path: Path) -> None:
+        restore_objective(self, path)
+
+    def initial_metrics(self) -> dict[str, Any]:
+        return {}
+
+    def summary(self) -> dict[str, Any]:
+        return {"algorithm": self.algorithm.name}
+
+    def describe(self, metrics: dict[str, Any]) -> str:
+        r, h = (metrics.get(k, float("nan")) for k in ("reward/mean", "policy/entropy"))
+        return f"reward {r:.3f}  entropy {h:.3f}"
+
     def train(self) -> dict[str, Any]:
         """Run (or resume) the loop; returns the summary also written to ``summary.json``."""
-        from unipo.diagnostics.report import write_report
-        from unipo.models import save_model
-
-        cfg = self.cfg
-        self.run_dir, ckpt = open_run_dir(
-            cfg.train.output_dir, cfg.model_dump(mode="json"), overwrite=cfg.train.overwrite,
-            resume=cfg.train.resume,
-        )  # fmt: skip
-        t_start = time.perf_counter()
-        if ckpt is not None:
-            self.restore(ckpt)
-            truncate_metrics(self.run_dir, self.step)
-            self.console.print(f"resumed from {ckpt} (step {self.step})")
-            before = {k: v for k, v in first_eval(self.run_dir).items() if k.startswith("eval/")}
-            metrics_log = self._loggers()
-        else:
-            metrics_log = self._loggers()
-            before = self.evaluate("eval")
-            if before:
-                metrics_log.log(before, 0)
-        last: dict[str, float] = {}
-        with StopOnSignal() as stop, step_progress(self.console, cfg.train.steps, self.step) as advance:
-            try:
-                while self.step < cfg.train.steps:
-                    metrics = self.run_step()
-                    self.step += 1
-                    if cfg.eval.every and self.step % cfg.eval.every == 0 and self.step < cfg.train.steps:
-                        metrics.update(self.evaluate("eval"))
-                    metrics_log.log(metrics, self.step)
-                    last = metrics
-                    if (cfg.train.save_every and self.step % cfg.train.save_every == 0) or stop.requested:
-                        self.save_checkpoint()
-                    advance(metrics)
-                    if stop.requested:
-                        metrics_log.log({"event": "interrupted", "signal": stop.signal_name}, self.step)
-                        raise Interrupted(f"stopped by {stop.signal_name} after step {self.step}; "
-                                          f"checkpoint saved, continue with --resume")  # fmt: skip
-            except Interrupted:
-                metrics_log.close()
-                raise
-            except BaseException:
-                metrics_log.log({"event": "error", "traceback": tb_module.format_exc()}, self.step)
-                metrics_log.close()
-                raise
-        after = self.evaluate("eval")
-        if after:
-            metrics_log.log({"event": "final_eval", **after}, self.step)
-        metrics_log.close()
-        wall = time.perf_counter() - t_start
-        if cfg.train.save_every:
-            self.save_checkpoint()
-        if cfg.train.save_final:
-            save_model(self.model, self.tokenizer, self.run_dir / "final")
-        summary = {"steps": self.step, "wall_seconds": wall, "algorithm": self.algorithm.name, "last": last}
-        summary.update({f"before/{k.split('/', 1)[1]}": v for k, v in before.items()})
-        summary.update({f"after/{k.split('/', 1)[1]}": v for k, v in after.items()})
-        write_json(self.run_dir / "summary.json", summary)
-        write_report(self.run_dir, [self.run_dir])  # plots/*.png and report.html
-        return summary
-
-    def _loggers(self) -> MultiLogger:
-        """metrics.jsonl always, plus the sinks named in train.loggers (TensorBoard, W&B, ...)."""
-        assert self.run_dir is not None
-        config = self.cfg.model_dump(mode="json")
-        return MultiLogger(make_loggers(["jsonl", *self.cfg.train.loggers], self.run_dir, config))
+        return TrainLoop(self).run()
