@@ -46,9 +46,9 @@ def test_max_variance_subset_takes_the_extremes():
     assert max_variance_subset(v, 4).tolist() == [0, 2, 3, 4]
 
 
-def test_d3s_samples_schedule_and_state():
+def test_d3s_samples_schedule_and_state():  # within groups (D³S-I); across: test_parts_t2_fidelity.py
     batch = make_batch([1, 0, 0, 0, 1, 0.5, 1, 1], [0, 0, 0, 0, 0, 0, 1, 1])
-    part = D3SSamples(keep_start=0.5, keep_end=1.0, schedule_steps=100)
+    part = D3SSamples(scope="within", keep_start=0.5, keep_end=1.0, schedule_steps=100)
     # group 0 (G = 6): k = round(0.5·6) = 3 → j = 1: [1] + [0, 0] (variance 2/9; j = 2 ties and
     # loses) → rows 0, 2, 3
     # group 1 (G = 2): k = max(2, 1) = 2 → both
@@ -57,7 +57,7 @@ def test_d3s_samples_schedule_and_state():
     for _ in range(50):
         part.on_step_end({})
     assert part.keep_fraction == pytest.approx(0.75)  # 0.5 + 0.5·50/100
-    other = D3SSamples(keep_start=0.5, keep_end=1.0, schedule_steps=100)
+    other = D3SSamples(scope="within", keep_start=0.5, keep_end=1.0, schedule_steps=100)
     other.load_state_dict(part.state_dict())
     assert other.keep_fraction == pytest.approx(0.75) and rows(other(batch)[0]) == rows(part(batch)[0])
     for _ in range(60):
@@ -141,7 +141,7 @@ def test_window_entropy_matches_the_ares_rule():
 
 # ------------------------------------------------------------------ presets
 T2 = ["lp_reg", "siren", "aepo", "steer", "spine", "light_if", "hpt", "bapo", "bapo_code", "hapo",
-      "grpo_guard", "opmd", "asymre", "d3s", "capo", "ares", "pf_ppo"]  # fmt: skip
+      "grpo_guard", "opmd", "asymre", "d3s", "d3s_i", "capo", "ares", "ares_tokens", "pf_ppo"]  # fmt: skip
 
 
 def test_t2_compositions():

@@ -11,13 +11,16 @@ from unipo.algorithms.base import Algorithm
 from unipo.algorithms.presets_grpo import dapo, grpo, ppo
 from unipo.algorithms.registry import register_algorithm
 from unipo.parts.advantages import GroupNorm
+from unipo.parts.advantages_t2 import TokenGroupAverage
 from unipo.parts.aggregate import SeqMeanTokenMean, SeqMeanTokenSumConst, TokenMean
+from unipo.parts.ares_t2 import ARESAdvantage, ARESDynamicKL, DifficultyBook
 from unipo.parts.clipping_t2 import BAPO, BAPOCode, HAPOClip, RatioNormClip, RegularizedReinforce
 from unipo.parts.entropy_t2 import AEPOAdvantage, EntropyBand, LightIFEntropy, LpReg, Siren, Steer
-from unipo.parts.selection_t2 import D3SSamples, HPTAdvantage, HPTSwitch, PFFilter
+from unipo.parts.selection_t2 import D3SAdvantage, D3SSamples, HPTAdvantage, HPTSwitch, PFFilter
 from unipo.parts.surrogates import PPOClip
 from unipo.parts.tokens_t2 import CAPOMask, D3STokens, HighWindowEntropy
 from unipo.parts.weights import ForkingTokens
+from unipo.rewards.shaping import DapoOverlong
 
 _GRPO_ADV = GroupNorm(scale_by_std=True, eps=1e-6)
 
@@ -148,18 +151,41 @@ bapo_code = register_algorithm(
     )
 )
 
+_HAPO_CODE = "starriver030515/HAPO@7671dde3e268779a949954ec75ed3edda45f7e0a"
+
 hapo = register_algorithm(
     dapo.replace(
         name="hapo",
         paper="From Uniform to Heterogeneous: Tailoring Policy Optimization to Every Token's Nature "
         "(HAPO), arXiv 2509.16591",
+        advantage=TokenGroupAverage(eps=1e-6, fallback_abs=5.0),
         surrogate=HAPOClip(eps_low=0.2, eps_high=0.2, pivot=0.8, dual_clip=10.0),
-        notes="DAPO base (dynamic sampling, overlong buffer) with entropy-adaptive asymmetric clipping, "
-        "advantage redistribution and adaptive temperature sampling of training rollouts "
-        "(T_t = T₀(1 + 0.05·ĥ_t) from the last step's entropy normalization; π_old stays at T₀, as the "
-        "code) (α=β=1, pivot 0.8, ε 0.2/0.2, dual clip 10; script: T₀=1, G=16, 512 prompts, mini-batch "
-        "32, lr 1e-6, 10 warmup steps, weight decay 0.1); not carried: the token-level group-average "
-        "advantage (an advantage part); the authors note sensitivity to the overlong penalty",
+        rewards=(DapoOverlong(cache_fraction=1 / 3),),
+        notes="DAPO base (dynamic sampling, overlong buffer 4k of 12k) with the token-level group-average "
+        "advantage, entropy-adaptive asymmetric clipping, advantage redistribution and adaptive "
+        "temperature sampling of training rollouts (T_t = T₀(1 + 0.05·ĥ_t) from the last step's "
+        "entropy normalization) (α=β=1, pivot 0.8, ε 0.2/0.2, dual clip 10; qwen3_8b script: T₀=1, "
+        "G=16, 512 prompts, mini-batch 32, lr 1e-6, 10 warmup steps, weight decay 0.1, max response "
+        "12k); the authors note sensitivity to the overlong penalty",
+        source=f"{_HAPO_CODE} verl/trainer/ppo/core_algos.py:compute_hapo_outcome_advantage, "
+        "compute_entropy_h, ada_clip, ada_advantage, compute_policy_loss; recipe/qwen3_8b.sh, "
+        "recipe/train.md; arXiv 2509.16591 abstract",
+        deviations=(
+            "π_old and π_θ are evaluated at the base temperature T₀ while rollouts sample at the "
+            "per-token T_t, as the code does (ρ is not the exact ratio to the sampling distribution).",
+            "The adaptive temperature reads the entropy at T₀ and the normalization the update's "
+            "micro-batches computed (averaged); the code takes the raw-logit entropy and the previous "
+            "step's old-log-prob pass.",
+            "ĥ ≤ 0 is scaled by 1/|min h| as the paper's ĥ ∈ [−1, 1]; the code's 1/min h flips its sign "
+            "(hapo_clip repo_sign=True reproduces it).",
+            "The token-level advantage's |A| ≥ 5 fallback tests valid tokens only; the code also tests "
+            "verl's padding positions (token_group_average repo_padding_check=True), and a lone row gets "
+            "A = 0 where the code's GRPO fallback gives A = r.",
+            "Dynamic sampling drops groups with equal total rewards (overlong penalty included); the "
+            "scripts filter on accuracy alone (filter_groups.metric=acc).",
+            "The overlong buffer is 1/3 of max_new_tokens (qwen3_8b: 4k of 12k; the Qwen2.5-Math "
+            "scripts use 4k of 10k, the Llama ones 4k of 4k).",
+        ),
     )
 )
 
@@ -200,17 +226,46 @@ asymre = register_algorithm(
 )
 
 # ------------------------------------------------------------------ token and sample selection
+_D3S_PAPER = "Learning More with Less: Dynamic Dual-Level Down-Sampling (D³S), arXiv 2509.22115"
+_D3S_DEVIATIONS = (
+    "The paper body and its supplementary code could not be retrieved (abstract and a third-party "
+    "summary only): the keep schedule's linear shape and values (half the samples and tokens at "
+    "step 0, all of them from step 100) are this library's choice, UNVERIFIED.",
+    "Advantages are each row's GRPO advantage within its full group, as the selection ranks them "
+    "(UNVERIFIED that the paper's update reuses them rather than re-normalizing the kept rows).",
+    "Tokens are ranked by |A|·H within each micro-batch (the abstract: across groups), with the "
+    "kept tokens as the token-mean denominator.",
+)
+
 d3s = register_algorithm(
     Algorithm(
         name="d3s",
-        paper="Learning More with Less: Dynamic Dual-Level Down-Sampling (D³S), arXiv 2509.22115",
-        advantage=_GRPO_ADV,
-        selections=(D3SSamples(keep_start=0.5, keep_end=1.0, schedule_steps=100),),
+        paper=_D3S_PAPER,
+        advantage=D3SAdvantage(eps=1e-6),
+        selections=(D3SSamples(scope="across", keep_start=0.5, keep_end=1.0, schedule_steps=100),),
         token_weights=(D3STokens(keep_start=0.5, keep_end=1.0, schedule_steps=100),),
         surrogate=PPOClip(eps_low=0.2, eps_high=0.2),
         aggregate=TokenMean(),
-        notes="per group the max-Var(A) half of the rollouts, then the top half of tokens by |A|·H, "
-        "both relaxing to all over 100 steps (schedule UNVERIFIED); GRPO base",
+        notes="the max-Var(A) half of the batch's rollouts, ranked across groups on their full-group GRPO "
+        "advantages, then the top half of tokens by |A|·H, both relaxing to all over 100 steps; GRPO "
+        "base without KL",
+        source="arXiv 2509.22115 abstract (sample level: Var(A) across groups; token level: |A|·H; "
+        "aggressive-then-relaxing schedule); arxivlens summary of the paper (cross-group main method, "
+        "intra-group D³S-I variant)",
+        deviations=_D3S_DEVIATIONS,
+    )
+)
+
+d3s_i = register_algorithm(
+    d3s.replace(
+        name="d3s_i",
+        paper=_D3S_PAPER + " (D³S-I, intra-group variant)",
+        selections=(D3SSamples(scope="within", keep_start=0.5, keep_end=1.0, schedule_steps=100),),
+        notes="D³S with the sample level inside each group (D³S-I): per group the max-Var(A) half of its "
+        "rollouts (at least 2), then the top half of tokens by |A|·H, both relaxing to all over 100 "
+        "steps; GRPO base without KL",
+        source=d3s.source,
+        deviations=_D3S_DEVIATIONS,
     )
 )
 
@@ -229,15 +284,67 @@ capo = register_algorithm(
     )
 )
 
+_ARES_PAPER = (
+    "ARES: Multimodal Adaptive Reasoning via Difficulty-Aware Token-Level Entropy Shaping, arXiv 2510.08457"
+)
+_ARES_CODE = "shawn0728/ARES@146620e3d7166281ffb14634c580c6dcd3a5943d"
+_ares_book = DifficultyBook()  # the advantage writes each group's difficulty; the KL reads it
+
 ares = register_algorithm(
-    dapo.replace(
+    Algorithm(
         name="ares",
-        paper="ARES: Multimodal Adaptive Reasoning via Difficulty-Aware Token-Level Entropy Shaping, "
-        "arXiv 2510.08457",
+        paper=_ARES_PAPER,
+        advantage=ARESAdvantage(_book=_ares_book),
+        surrogate=PPOClip(eps_low=0.2, eps_high=0.3, dual_clip=3.0),
+        regularizers=(ARESDynamicKL(coef=0.01, estimator="k3", _book=_ares_book),),
+        aggregate=TokenMean(),
+        notes="AEPO stage: reward + a difficulty-aware entropy score on each response's high-window-"
+        "entropy trigger count (buckets easy/medium/hard by group accuracy, targets = bucket means), "
+        "GRPO advantage, k3 KL to the reference ×0.01 with a per-bucket adaptive β; EasyR1 defaults "
+        "(clip 0.2/0.3, dual clip 3, token mean); config: G=8, T=1.0, top-p 0.99, 512 prompts, "
+        "mini-batch 128, lr 1e-6, weight decay 0.01, max response 8k; the AdaCS cold-start SFT stage "
+        "is outside this preset",
+        source=f"{_ARES_CODE} examples/reward_function/aepo.py:compute_score; verl/trainer/ray_trainer.py:"
+        "fit, update_difficulty_and_skip_gid_set; verl/workers/rollout/vllm_rollout_spmd.py:"
+        "compute_reasoning_token_window_entropy, get_window_average_entropy_percentile_threshold_list; "
+        "verl/workers/actor/dp_actor.py:_update_beta_per_bucket, update_policy; experiments/AEPO/"
+        "config.yaml; arXiv 2510.08457 abstract",
+        deviations=(
+            "Text-only: every token is an exploration trigger (the code counts only tokens on its "
+            "174-word list; ares_advantage trigger_ids= takes the token ids of such words).",
+            "Token entropies are π_old's full-vocabulary entropies from the old-log-prob pass (the "
+            "code: vLLM's top-10 log-probs with a tail bucket); the first HWE threshold is the first "
+            "batch's (the code: a validation pass).",
+            "The released config computes the training reward at its online filter, before difficulty "
+            "is attached (every row scored as easy with target 0); here the difficulty-aware reward "
+            "of the paper and the code's non-filtering path is applied.",
+            "No group filter: the code's filter on the mean shaped score in (0.01, 0.99) keeps nearly "
+            "every group, as the entropy score moves the mean off 0 and 1.",
+            "β adapts once per training step on the step's per-bucket mean KL; the code adapts per "
+            "micro-batch (its EMAs and 100-call interval counted in micro-batches).",
+            "The code's second-chance KL relaxation never triggers there (its actor lacks the "
+            "soft-cost field) and is not carried.",
+        ),
+    )
+)
+
+ares_tokens = register_algorithm(
+    dapo.replace(
+        name="ares_tokens",
+        paper=_ARES_PAPER + " (high-window-entropy tokens as a token weight; a unipo composition)",
         token_weights=(HighWindowEntropy(window=4, quantile=0.95, floor=0.0),),
         notes="DAPO base updating only high-window-entropy tokens (window of the 4 following tokens, "
-        "per-response 95th percentile); ARES's difficulty-aware entropy reward and per-bucket "
-        "dynamic KL are not carried (need difficulty labels and a trigger-word list)",
+        "per-response 95th percentile); ARES's own use of HWE counts (entropy reward, dynamic KL) "
+        "is the ares preset",
+        source=f"{_ARES_CODE} verl/workers/rollout/vllm_rollout_spmd.py:"
+        "get_window_average_entropy_percentile_threshold_list (window entropy, per-response 95th "
+        "percentile)",
+        deviations=(
+            "ARES uses HWE tokens to count exploration triggers for its reward and KL, not as a token "
+            "weight: this preset only borrows its HWE definition.",
+            "DAPO base (clip 0.2/0.28, overlong penalty, dynamic sampling) instead of ARES's EasyR1 "
+            "setup.",
+        ),
     )
 )
 
@@ -249,5 +356,16 @@ pf_ppo = register_algorithm(
         notes="PPO with a critic (GAE) trained only on each prompt's best- and worst-reward responses "
         "(reward model most reliable at the extremes; 'best_random' is the other strong variant); "
         "needs a critic, as ppo",
+        source="arXiv 2409.06957 (abstract; the BoN / BR / BW per-prompt filters as recalled, not "
+        "re-read); authors' code DtYXs/verl@98ac7b2bbe263aec68d9dc029ad559ad287eeac5 (branch pf-ppo) "
+        "verl/trainer/ppo/core_algos.py:compute_pf_ppo_reweight_data",
+        deviations=(
+            "The per-prompt best/worst filter follows the paper as recalled (PAPER-recall); the "
+            "released code instead resamples the whole batch with replacement after GAE, with weights "
+            "|r|^2 ('pow', its default), 1/0 on the batch's max and min ('max_min') or 0.4/0.1 "
+            "('max_random').",
+            "best_random draws its other response with a generator seeded per group (reruns select the "
+            "same rows).",
+        ),
     )
 )

@@ -174,7 +174,8 @@ class HAPOClip:
     Clipping:  ε_low,t = ε_low(1 − αĥ) if ĥ ≤ 0;   ε_high,t = ε_high(1 + αĥ) if ĥ > 0
     Advantage: A_ent = A(1 + βĥ); band = (1 − ε_low,t/2 < ρ < 1 + ε_high,t/2);
                ĥ > 0: A_ent outside the band, A inside;  ĥ ≤ 0: A_ent inside, A outside
-    Loss: dual-clip PPO with the per-token bounds [1 − ε_low,t, 1 + ε_high,t].
+    Loss: dual-clip PPO with the per-token bounds [1 − ε_low,t, 1 + ε_high,t]. A is the batch's
+    advantage: in the ``hapo`` preset HAPO's token-level group average (``token_group_average``).
 
     Source: starriver030515/HAPO core_algos.py (``compute_entropy_h``, ``ada_clip``,
     ``ada_advantage``, ``compute_policy_loss``) and recipe/qwen3_8b.sh: α = β = 1, pivot 0.8,

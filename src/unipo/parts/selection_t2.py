@@ -1,5 +1,6 @@
-"""Sample selection of the T2 seeds: D³S sample-level down-sampling (with its schedule), PF-PPO
-policy filtration, and HPT's SFT/RL switch (with the advantage that gives its SFT rows A = 1).
+"""Sample selection of the T2 seeds: D³S sample-level down-sampling (across groups, or within
+them for D³S-I; with its schedule and the advantage that keeps the full groups' A), PF-PPO policy
+filtration, and HPT's SFT/RL switch (with the advantage that gives its SFT rows A = 1).
 
 Selections run after rewards and before the advantage: ``sel(batch) -> (batch, metrics)``.
 """
@@ -14,7 +15,7 @@ from torch import Tensor
 
 from unipo.batch import SFT_KEY, SFT_ROW_KEY, RolloutBatch
 from unipo.parts.advantages import GroupNorm
-from unipo.parts.base import Metrics, group_index, scalar
+from unipo.parts.base import Metrics, group_index, group_stats, scalar
 from unipo.parts.registry import part_name, register
 
 if TYPE_CHECKING:
@@ -57,37 +58,70 @@ def max_variance_subset(values: Tensor, k: int) -> Tensor:
     return torch.sort(best).values
 
 
+D3S_ADV_KEY = "d3s_group_advantage"  # metadata key: a row's GRPO advantage within its full group
+
+
+def full_group_advantage(scores: Tensor, group_ids: Tensor, eps: float) -> Tensor:  # [B]
+    """GRPO advantage (r − mean_G)/(std_G + ε) over each full group (unbiased std; a lone row: 0)."""
+    mean, std, count = group_stats(scores, group_ids, unbiased=True)
+    return (scores.float() - mean) / (std + eps) * (count > 1)
+
+
 @register("selection", "d3s_samples")
 @dataclass(frozen=True)
 class D3SSamples:
-    """D³S sample-level down-sampling (Learning More with Less, arXiv 2509.22115).
+    """D³S sample-level down-sampling (Wang et al., "Learning More with Less: A Dynamic Dual-Level
+    Down-Sampling Framework for Efficient Policy Optimization", arXiv 2509.22115).
 
-    Per group of G rollouts keep the k = max(min_keep, round(f·G)) whose advantages have the
-    largest variance Var(A). With the GRPO advantage A = (r − mean)/std of the group, Var(A)
-    of a subset is Var(r)/std², so the subset maximizing Var(r) is kept (see
-    ``max_variance_subset``). Schedule: f goes linearly from ``keep_start`` (aggressive) to
-    ``keep_end`` over ``schedule_steps`` steps, counted by ``on_step_end`` (stateful, saved by
-    ``state_dict()``). The advantage part then normalizes within the kept subset (the paper's
-    advantages come from the full group: same subset, different scale).
-    UNVERIFIED: abstract verified; the schedule's shape and the ratios (0.5 → 1.0 over 100
-    steps) are this library's choice, the paper's were not available.
+    A_i = the GRPO advantage of row i within its *full* group (``full_group_advantage``), then
+    keep the rows whose advantages have the largest (population) variance Var(A):
+      "across" (D³S, the paper's main method): k = max(min_keep, round(f·B)) rows of the whole
+               batch; groups compete, so uninformative groups (all A = 0) go first;
+      "within" (D³S-I, its intra-group variant): per group of G rows, k = max(min_keep, round(f·G)).
+    The subset is ``max_variance_subset`` (the j largest and k − j smallest A for the best j).
+    Each kept row carries its full-group A in ``metadata["d3s_group_advantage"]``, which the
+    ``d3s_group_norm`` advantage uses, so selection and update see the same A (the "across"
+    scope requires it: re-normalizing a partial group would change A, or zero a lone kept row).
+    Schedule: f goes linearly from ``keep_start`` (aggressive) to ``keep_end`` over
+    ``schedule_steps`` steps, counted by ``on_step_end`` (stateful, saved by ``state_dict()``).
+
+    What was verified: the abstract (Var(A) sample level "across groups", |A|·H token level, a
+    schedule that "starts with aggressive down-sampling ... and gradually relaxes") and a
+    third-party summary naming the cross-group main method and the intra-group D³S-I. The paper
+    body and its supplementary code could not be retrieved: A from the full group, the
+    schedule's linear shape and its values (0.5 → 1.0 over 100 steps) are UNVERIFIED, this
+    library's reading.
     """
 
+    scope: Literal["across", "within"] = "across"
     keep_start: float = 0.5
     keep_end: float = 1.0
     schedule_steps: int = 100
     min_keep: int = 2
     key: str | None = None
+    eps: float = 1e-6
     _state: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         if not (0 < self.keep_start <= 1 and 0 < self.keep_end <= 1) or self.min_keep < 1:
             raise ValueError(f"d3s_samples keep fractions must be in (0, 1] and min_keep ≥ 1, got {self}")
+        if self.scope not in ("across", "within"):
+            raise ValueError(
+                f"d3s_samples scope must be 'across' (D³S) or 'within' (D³S-I), got {self.scope!r}"
+            )
         self._state["step"] = 0
 
     @property
     def keep_fraction(self) -> float:
         return linear_schedule(self.keep_start, self.keep_end, self.schedule_steps, self._state["step"])
+
+    def check(self, algorithm: Algorithm) -> str | None:
+        if self.scope == "across" and part_name(algorithm.advantage) != "d3s_group_norm":
+            return (
+                "d3s_samples(scope='across') keeps parts of groups; their advantages must be the full "
+                "groups' (advantage=d3s_group_norm), not recomputed on the kept rows"
+            )
+        return None
 
     def on_step_end(self, metrics: dict[str, Any]) -> None:
         self._state["step"] += 1
@@ -99,19 +133,56 @@ class D3SSamples:
         self._state["step"] = int(state["step"])
 
     def __call__(self, batch: RolloutBatch) -> tuple[RolloutBatch, Metrics]:
-        scores = _scores(batch, self.key, "d3s_samples")
-        idx, n = group_index(batch.group_ids)
+        scores = _scores(batch, self.key, "d3s_samples")  # [B]
+        adv = full_group_advantage(scores, batch.group_ids, self.eps)  # [B]
         frac = self.keep_fraction
-        keep: list[Tensor] = []
-        for g in range(n):
-            members = (idx == g).nonzero(as_tuple=True)[0]  # [G] row indices, batch order
-            k = max(self.min_keep, round(frac * members.numel()))
-            keep.append(members[max_variance_subset(scores[members], k)])
-        kept = torch.sort(torch.cat(keep)).values if keep else torch.zeros(0, dtype=torch.long)
-        return batch.select(kept), {
+        if self.scope == "across":
+            k = min(max(self.min_keep, round(frac * batch.size)), batch.size)
+            kept = max_variance_subset(adv, k) if batch.size else torch.zeros(0, dtype=torch.long)
+        else:
+            idx, n = group_index(batch.group_ids)
+            keep: list[Tensor] = []
+            for g in range(n):
+                members = (idx == g).nonzero(as_tuple=True)[0]  # [G] row indices, batch order
+                k = max(self.min_keep, round(frac * members.numel()))
+                keep.append(members[max_variance_subset(adv[members], k)])
+            kept = torch.sort(torch.cat(keep)).values if keep else torch.zeros(0, dtype=torch.long)
+        out = batch.select(kept)
+        meta = out.metadata or [{} for _ in range(out.size)]
+        out = out.replace(metadata=[{**m, D3S_ADV_KEY: float(a)} for m, a in zip(meta, adv[kept].tolist())])
+        return out, {
             "selection/d3s_keep_fraction": scalar(frac),
             "selection/d3s_kept_frac": scalar(kept.numel() / max(batch.size, 1)),
+            "selection/d3s_kept_groups": scalar(float(torch.unique(out.group_ids).numel())),
         }
+
+
+@register("advantage", "d3s_group_norm")
+@dataclass(frozen=True)
+class D3SAdvantage:
+    """D³S's advantage: each row's GRPO advantage within its full group, as ``d3s_samples``
+    computed it before dropping rows (``metadata["d3s_group_advantage"]``), on every token.
+
+    Rows without that entry (no D³S selection ran) get ``group_norm`` over the batch they are in
+    (unbiased std, the same ε). Source: as ``d3s_samples`` (arXiv 2509.22115: the sample level
+    selects on Var(A) of the rollouts' advantages; UNVERIFIED that the update reuses them).
+    """
+
+    eps: float = 1e-6
+
+    def __call__(self, batch: RolloutBatch) -> tuple[Tensor, Metrics]:
+        mask = batch.completion_mask
+        adv, metrics = GroupNorm(scale_by_std=True, eps=self.eps)(batch)  # [B, T] fallback
+        meta = batch.metadata or [{} for _ in range(batch.size)]
+        have = [D3S_ADV_KEY in m for m in meta]
+        if any(have):
+            pre = torch.tensor([float(m.get(D3S_ADV_KEY, 0.0)) for m in meta], device=mask.device)  # [B]
+            rows = torch.tensor(have, device=mask.device)
+            adv = torch.where(rows[:, None], pre[:, None].to(mask.dtype) * mask, adv)
+            row_adv = (adv.abs() * mask).sum(1) / mask.sum(1).clamp(min=1)  # [B]
+            metrics["advantage/abs_mean"] = scalar(row_adv.mean())
+        metrics["advantage/d3s_full_group_frac"] = scalar(sum(have) / max(batch.size, 1))
+        return adv, metrics
 
 
 @register("selection", "pf_filter")

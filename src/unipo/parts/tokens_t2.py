@@ -1,6 +1,7 @@
 """Token weights of the T2 seeds: D³S token-level down-sampling, the CAPO curvature mask and
-ARES high-window-entropy tokens. ``w(x: LossInputs) -> (weights [B, T] ≥ 0, metrics)``, chosen
-within the micro-batch the loss is computed on (as ``forking_tokens``).
+ARES high-window-entropy tokens (the ``ares_tokens`` variant).
+``w(x: LossInputs) -> (weights [B, T] ≥ 0, metrics)``, chosen within the micro-batch the loss is
+computed on (as ``forking_tokens``).
 """
 
 from __future__ import annotations
@@ -52,8 +53,9 @@ class D3STokens:
     impactful tokens), f scheduled linearly from ``keep_start`` to ``keep_end`` over
     ``schedule_steps`` steps (``x.step``). ``denominator`` as ``forking_tokens``: "selected"
     averages over the kept tokens. H: current entropy (else the rollout's), detached.
-    UNVERIFIED: the score is the abstract's; the schedule (0.5 → 1.0 over 100 steps) and the
-    denominator are this library's choices.
+    UNVERIFIED: the score is the abstract's ("prioritizes ... tokens across groups": the paper
+    may rank the whole batch's tokens; here the micro-batch's, as verl computes such top-k); the
+    schedule (0.5 → 1.0 over 100 steps) and the denominator are this library's choices.
     """
 
     micro_batch_statistics = True  # a statistic over the rows of its micro-batch: keep their order
@@ -157,10 +159,10 @@ class HighWindowEntropy:
     elsewhere (0: only HWE tokens are updated, as forking tokens with a smoothed entropy).
     Source: shawn0728/ARES vllm_rollout_spmd.py ``get_window_average_entropy_percentile_
     threshold_list`` (window of the *following* tokens, tail filled with the mean, per-sample
-    95th percentile; window 4 from ``compute_reasoning_token_window_entropy``). ARES uses HWE
-    tokens to count exploration triggers for a difficulty-aware entropy reward and a per-bucket
-    dynamic KL; those need per-prompt difficulty labels and a trigger-word list and are not
-    carried: using HWE as a token weight is this library's composition.
+    95th percentile; window 4 from ``compute_reasoning_token_window_entropy``). ARES itself counts
+    HWE triggers for a difficulty-aware entropy reward and a per-bucket dynamic KL (the ``ares``
+    preset: ``unipo.parts.ares_t2``); using HWE as a token weight is this library's composition,
+    kept as the ``ares_tokens`` preset.
     """
 
     window: int = 4
