@@ -20,26 +20,50 @@ def ratio_inputs(ratios, adv, mask=None, **kw) -> LossInputs:
 
 
 # ------------------------------------------------------------------ BAPO
-def test_bapo_paper_rule_raises_both_bounds_until_balanced():
-    # A = [1, 1, −1, −1], ρ = [1, 1.45, 0.72, 1]
-    # (0.60, 1.2), (0.65, 1.3), (0.70, 1.4): pos = 1 (1.45 is cut), neg = 0.72 + 1 → share 1/2.72 = 0.368
-    # (0.75, 1.5): pos = 1 + 1.45 = 2.45, neg = 1 (0.72 < 0.75 is cut) → share 2.45/3.45 = 0.710 ≥ 0.5
-    x = ratio_inputs([[1.0, 1.45, 0.72, 1.0]], [[1.0, 1.0, -1.0, -1.0]])
+def test_bapo_paper_rule_raises_c_high_first_and_stops_when_met():
+    # Eq. 8 on objective values; A = [1, −1, −1], ρ = [1.5, 1, 1]: P = min(1.5, c_high), N = 2
+    # (0.6, 1.20): 1.20/3.20 = 0.375 < 0.4   (0.6, 1.25): 1.25/3.25 = 0.3846
+    # (0.6, 1.30): 1.30/3.30 = 0.3939        (0.6, 1.35): 1.35/3.35 = 0.40299 ≥ ρ₀ = 0.4 → stop
+    x = ratio_inputs([[1.5, 1.0, 1.0]], [[1.0, -1.0, -1.0]])
     part = BAPO()
     lo, hi, share = part.bounds(x)
-    assert (lo, hi) == pytest.approx((0.75, 1.5)) and share == pytest.approx(2.45 / 3.45, rel=1e-5)
-    # ℓ = max(−Aρ, −A·clip(ρ, 0.75, 1.5)) = [−1, −1.45, max(0.72, 0.75) = 0.75, 1]
-    loss, m = part(x)
-    torch.testing.assert_close(loss.detach(), torch.tensor([[-1.0, -1.45, 0.75, 1.0]]))
-    assert m["surrogate/bapo_clip_low"] == pytest.approx(0.75)
+    assert (lo, hi) == pytest.approx((0.6, 1.35)) and share == pytest.approx(1.35 / 3.35, rel=1e-6)
+    # the old rule (gradient indicator, both bounds raised) stopped at (0.65, 1.3)
+    loss, m = part(x)  # ℓ = max(−Aρ, −A·clip(ρ, 0.6, 1.35)) = [−1.35, 1, 1]
+    torch.testing.assert_close(loss.detach(), torch.tensor([[-1.35, 1.0, 1.0]]))
+    assert (m["surrogate/bapo_clip_low"], m["surrogate/bapo_clip_high"]) == pytest.approx((0.6, 1.35))
     loss.sum().backward()
-    assert x.logprobs.grad[0, 2].item() == 0  # the clipped negative token carries no gradient
+    assert x.logprobs.grad[0, 0].item() == 0  # ρ = 1.5 > c_high: the positive token is clipped
 
 
-def test_bapo_paper_rule_stops_at_the_movable_range():
-    x = ratio_inputs([[1.0, 0.8]], [[-1.0, -1.0]])  # no positive token: the share stays 0
-    lo, hi, share = BAPO().bounds(x)
-    assert (lo, hi, share) == pytest.approx((0.9, 3.0, 0.0))
+def test_bapo_paper_rule_moves_c_low_only_after_c_high_reaches_its_maximum():
+    # A = [1, −1, −1], ρ = [1, 2, 0.5]: P = 1 at any c_high; N = 2 + max(0.5, c_low) ≥ 2.6 → ρ < 0.4 always
+    # c_high 1.2 → 3.0 in 36 steps of 0.05 (c_low stays 0.6), then c_low 0.6 → 0.9 in 15 steps of
+    # 0.02; 0.9 + 0.02 > b⁻ ends the loop. Raising c_low lowers the share: 1/3.6 at 0.6, 1/3.9 at 0.9
+    x = ratio_inputs([[1.0, 2.0, 0.5]], [[1.0, -1.0, -1.0]])
+    part = BAPO()
+    cands = part.candidates()
+    assert len(cands) == 1 + 36 + 15
+    assert cands[36] == pytest.approx((0.6, 3.0)) and cands[37] == pytest.approx((0.62, 3.0))
+    lo, hi, share = part.bounds(x)
+    assert (lo, hi) == pytest.approx((0.9, 3.0)) and share == pytest.approx(1 / 3.9, rel=1e-6)
+    assert part.shares(x.ratio, x.advantages, x.mask, [(0.6, 3.0)]).item() == pytest.approx(1 / 3.6)
+    # ℓ = [−1, 2 (ρ > c_high, A < 0: not clipped), max(0.5, 0.9) = 0.9]
+    torch.testing.assert_close(part(x)[0].detach(), torch.tensor([[-1.0, 2.0, 0.9]]))
+
+
+def test_bapo_paper_rule_edge_cases():
+    # a share met at the start bounds moves nothing; no non-zero advantage counts as balanced (ρ = 1)
+    assert BAPO().bounds(ratio_inputs([[1.0, 1.0]], [[1.0, -1.0]])) == pytest.approx((0.6, 1.2, 0.5))
+    assert BAPO().bounds(ratio_inputs([[1.0, 3.0]], [[0.0, 0.0]])) == pytest.approx((0.6, 1.2, 1.0))
+    # padding is ignored: the masked negative token would otherwise pull the share to 1/3.6
+    x = ratio_inputs([[1.0, 2.0, 0.5]], [[1.0, -1.0, -1.0]], mask=[[1, 0, 0]])
+    assert BAPO().bounds(x) == pytest.approx((0.6, 1.2, 1.0))
+    # Algorithm 1 runs only while c_low can rise: a fixed c_low (a⁻ = b⁻) also fixes c_high
+    fixed = BAPO(low_start=0.8, low_max=0.8)
+    assert fixed.candidates() == [(0.8, 1.2)]
+    with pytest.raises(ValueError, match="low_step and high_step must be > 0"):
+        BAPO(low_step=0.0)
 
 
 def test_bapo_code_rule_raises_low_first_then_high():

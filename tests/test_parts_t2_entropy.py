@@ -7,7 +7,10 @@ import math
 import pytest
 import torch
 
+from unipo.algorithms import get_algorithm
+from unipo.algorithms.base import policy_loss
 from unipo.batch import RolloutBatch
+from unipo.parts.aggregate import SeqMeanTokenMean, SeqMeanTokenSumConst, TokenMean
 from unipo.parts.base import LossInputs
 from unipo.parts.entropy_t2 import AEPOAdvantage, EntropyBand, LightIFEntropy, LpReg, Siren, Steer
 
@@ -67,9 +70,10 @@ H = [[0.1, 0.5, 0.9, 0.3, 0.7], [0.2, 0.4, 0.6, 0.8, 5.0]]
 H_MASK = [[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]]
 
 
-def siren_inputs():
-    h = torch.tensor(H, requires_grad=True)
-    x = inputs([[0.0] * 5] * 2, [[0.0] * 5] * 2, H_MASK, stats={"topp_entropy:0.8": h})
+def siren_inputs(h=H, mask=H_MASK, **kw):
+    h = torch.tensor(h, requires_grad=True)
+    zeros = [[0.0] * len(h[0])] * len(h)
+    x = inputs(zeros, zeros, mask, stats={"topp_entropy:0.8": h}, **kw)
     return x, h
 
 
@@ -78,22 +82,57 @@ def test_siren_peak_mask_and_self_anchor():
     # row 1 (4 valid): q_0.8 of [.2,.4,.6,.8] = 0.6 + 0.4·0.2 = 0.68 → keeps 0.8 (the padded 5.0 is ignored)
     # H̄ = mean(0.9, 0.8) = 0.85
     part = Siren(p=0.8, mask_ratio=0.8, coef=0.005)
-    assert part.token_stats == ("topp_entropy:0.8",)
+    assert part.token_stats == ("topp_entropy:0.8",) and part.aggregated
     x, h = siren_inputs()
     term, m = part(x)
     assert m["regularizer/siren_entropy"].item() == pytest.approx(0.85)
     assert m["regularizer/siren_frac"].item() == pytest.approx(2 / 9)
-    assert term.abs().sum().item() == 0  # step 0: no anchor yet, the term and its gradient are 0
+    assert term.dim() == 0 and term.item() == 0  # step 0: no anchor yet, the term and its gradient are 0
     part.on_step_end({k: float(v) for k, v in m.items()})
     assert part.anchor == pytest.approx(0.85)
     part.load_state_dict({"anchor": 0.5})
     x, h = siren_inputs()
     term, _ = part(x)
-    # λ(H̄ − a)² = 0.005·0.35² = 0.0006125 on every valid token
-    torch.testing.assert_close(term, torch.tensor(0.0006125) * x.mask)
-    (term.sum() / x.mask.sum()).backward()  # token mean = the term once
-    # ∂/∂H_{0,2} = 2λ(H̄ − a)·½ = 0.00175; unselected tokens get none
-    assert h.grad[0, 2].item() == pytest.approx(0.00175, rel=1e-5) and h.grad[0, 0].item() == 0
+    # per response, N = 2: λ/N·((0.9 − 0.5)² + (0.8 − 0.5)²) = 0.0025·0.25 = 0.000625
+    assert term.item() == pytest.approx(0.000625, rel=1e-5)
+    term.backward()
+    # ∂/∂H_{0,2} = λ/N·2(0.9 − 0.5) = 0.002; unselected tokens get none
+    assert h.grad[0, 2].item() == pytest.approx(0.002, rel=1e-5) and h.grad[0, 0].item() == 0
+    # the code's micro-batch form: λ·(b/N)·(H̄ − a)² = 0.005·1·0.35² = 0.0006125
+    mb = Siren(unit="micro_batch")
+    mb.load_state_dict({"anchor": 0.5})
+    assert mb(siren_inputs()[0])[0].item() == pytest.approx(0.0006125, rel=1e-5)
+
+
+def test_siren_rows_without_selected_tokens_count_as_zero():
+    # row 2's valid tokens are equal: q = 0.4 and none is > q, so its h = 0 and it stays in the mean
+    # (core_algos.agg_loss seq-mean-token-mean): H̄ = (0.9 + 0.8 + 0)/3 = 0.5667 (was 0.85, row left out)
+    x, _ = siren_inputs([*H, [0.4, 0.4, 0.0, 0.0, 0.0]], [*H_MASK, [1, 1, 0, 0, 0]])
+    _, m = Siren()(x)
+    assert m["regularizer/siren_entropy"].item() == pytest.approx(1.7 / 3, rel=1e-5)
+
+
+def test_siren_coefficient_does_not_depend_on_fill_aggregate_or_micro_batches():
+    # two responses, 5 and 2 tokens: h = 0.9 (row 0 as above) and 0.6 (q_0.8 of [.2,.6] = 0.52);
+    # a = 0.5, λ = 0.005, A = 0 (the surrogate adds nothing):
+    # L = λ/2·((0.9 − 0.5)² + (0.6 − 0.5)²) = 0.0025·0.17 = 0.000425 under every aggregate and L_max.
+    # The old per-token term under seq_mean_token_sum_const scaled λ(H̄ − a)² by the fill (5 + 2)/(2·L_max).
+    h = [[0.1, 0.5, 0.9, 0.3, 0.7], [0.2, 0.6, 0.0, 0.0, 0.0]]
+    mask = [[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]]
+    reg = Siren()
+    reg.load_state_dict({"anchor": 0.5})
+    base = get_algorithm("siren").replace(regularizers=(reg,))  # the preset, with its own anchor state
+    for agg in (SeqMeanTokenSumConst(constant=10), SeqMeanTokenSumConst(constant=30), TokenMean(),
+                SeqMeanTokenMean()):  # fmt: skip
+        x, hh = siren_inputs(h, mask)
+        loss, _ = policy_loss(base.replace(aggregate=agg), x)
+        assert loss.item() == pytest.approx(0.000425, rel=1e-5), agg
+        loss.backward()
+        assert hh.grad[0, 2].item() == pytest.approx(0.002, rel=1e-5)  # λ/N·2·0.4
+        assert hh.grad[1, 1].item() == pytest.approx(0.0005, rel=1e-5)  # λ/N·2·0.1
+    # one response per micro-batch (num_seqs = 2 each): the parts add up to the same loss
+    parts = [policy_loss(base, siren_inputs([h[i]], [mask[i]], num_seqs=2)[0])[0].item() for i in (0, 1)]
+    assert sum(parts) == pytest.approx(0.000425, rel=1e-5)
 
 
 def test_siren_state_round_trip():
@@ -107,6 +146,8 @@ def test_siren_state_round_trip():
     assert b.anchor == pytest.approx(0.6)
     b.on_step_end({"regularizer/siren_entropy": 0.9})  # the anchor is set once
     assert b.anchor == pytest.approx(0.6)
+    with pytest.raises(ValueError, match="unit must be"):
+        Siren(unit="batch")
 
 
 # ------------------------------------------------------------------ Light-IF, SPINE band
@@ -155,6 +196,18 @@ def test_steer_omega_and_weights():
     # linear: 1.2 − (|Ω| − 0.014732)·0.4/0.905826 → [1.138755, 0.8, 1.2]
     w, _ = Steer(mode="linear")(x)
     torch.testing.assert_close(w, torch.tensor([[1.138755, 0.8, 1.2]]), atol=1e-5, rtol=0)
+
+
+def test_steer_reads_the_old_policy_entropy():
+    # the code's actor uses the old-log-prob pass's ``entropys`` (π_old), not the current policy's:
+    # with old_entropies = the H of steer_inputs and a different current H, Ω is the one above
+    x = steer_inputs()
+    x.old_entropies, x.entropies = x.entropies, torch.tensor([[3.0, 0.1, 2.0]])
+    omega = torch.tensor([[0.153426, 0.920558, 0.014732]])
+    torch.testing.assert_close(Steer().omega(x), omega, atol=1e-5, rtol=0)
+    x.old_entropies = None  # without them, the current entropy stands in
+    # A(1 − π)(log π + H) with the current H = 3.0
+    assert Steer().omega(x)[0, 0].item() == pytest.approx(1.0 * 0.5 * (math.log(0.5) + 3.0), rel=1e-5)
 
 
 # ------------------------------------------------------------------ AEPO

@@ -80,6 +80,54 @@ def test_forking_tokens_ceil_is_exact_on_round_products():
         assert int(w.sum()) == k
 
 
+TIES = [[0.5, 1.0, 1.0, 0.2, 7.0], [1.0, 0.9, 0.3, 0.0, 0.0]]
+TIES_MASK = [[1, 1, 1, 1, 0], [1, 1, 1, 0, 0]]  # 7 valid: sorted [0.2, 0.3, 0.5, 0.9, 1.0, 1.0, 1.0]
+
+
+def trl_high_entropy_mask(ent: torch.Tensor, mask: torch.Tensor, rho: float) -> torch.Tensor:
+    """TRL's rule written out independently: H ≥ torch.quantile(valid H, 1 − ρ), on valid tokens."""
+    tau = torch.quantile(ent[mask.bool()], 1 - rho)
+    return (ent * mask >= tau) & mask.bool()
+
+
+def test_forking_tokens_count_rule_cuts_ties_by_position():
+    # ρ = 0.2: k = ⌈1.4⌉ = 2 of the three tokens tied at 1.0, at (0,1), (1,0) and (0,2): the two
+    # earliest in row-major order, (0,1) and (0,2); "selected" weight N/k = 7/2
+    w, m = ForkingTokens(rho=0.2)(ent_inputs(TIES, TIES_MASK))
+    expected = torch.zeros(2, 5)
+    expected[0, 1] = expected[0, 2] = 3.5
+    torch.testing.assert_close(w, expected)
+    assert m["token_weight/forking_threshold"].item() == 1.0
+
+
+def test_forking_tokens_quantile_rule_matches_trl_with_ties():
+    x = ent_inputs(TIES, TIES_MASK)
+    # ρ = 0.2: τ = q_0.8, position 0.8·6 = 4.8 → 1.0 + 0.8·(1.0 − 1.0) = 1.0 → all three 1.0 tokens
+    w, m = ForkingTokens(rho=0.2, rule="quantile", denominator="all")(x)
+    expected = torch.zeros(2, 5)
+    expected[0, 1] = expected[0, 2] = expected[1, 0] = 1.0
+    torch.testing.assert_close(w, expected)
+    assert m["token_weight/forking_frac"].item() == pytest.approx(3 / 7)
+    # "selected": 7/3 on the same three
+    w, _ = ForkingTokens(rho=0.2, rule="quantile")(x)
+    torch.testing.assert_close(w, expected * 7 / 3)
+    # ρ = 0.45: τ = q_0.55, position 3.3 → 0.9 + 0.3·0.1 = 0.93 → the three 1.0 tokens again, where the
+    # count rule keeps ⌈3.15⌉ = 4 (adding 0.9)
+    w, _ = ForkingTokens(rho=0.45, rule="quantile", denominator="all")(x)
+    torch.testing.assert_close(w, expected)
+    assert ForkingTokens(rho=0.45, denominator="all")(x)[0][1, 1].item() == 1.0
+    # value for value against TRL's rule, on tie-heavy entropies and several ρ
+    g = torch.Generator().manual_seed(0)
+    ent = (torch.rand(4, 9, generator=g) * 4).round() / 2  # values in {0, 0.5, ..., 2}: many ties
+    mask = (torch.rand(4, 9, generator=g) < 0.8).float()
+    for rho in (0.05, 0.2, 0.33, 0.5, 0.8, 1.0):
+        part = ForkingTokens(rho=rho, rule="quantile", denominator="all")
+        w, _ = part(ent_inputs(ent.tolist(), mask.tolist()))
+        torch.testing.assert_close(w, trl_high_entropy_mask(ent, mask, rho).float())
+    with pytest.raises(ValueError, match="rule must be"):
+        ForkingTokens(rule="topk")
+
+
 def test_token_covariance_hand_values():
     torch.testing.assert_close(token_covariance(cov_inputs()), torch.tensor([[2.5, 0.5, 3.5, -0.5, 0.0]]))
 

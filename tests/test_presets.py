@@ -83,7 +83,8 @@ def test_reinforce_pp_and_ppo_needs():
 
 def test_entropy_presets():
     cc = get_algorithm("clip_cov")
-    assert names(cc.token_weights) == ["clip_cov"] and cc.surrogate.dual_clip == 10.0
+    # the scripts set clip_ratio_c = 10, but compute_policy_loss_clip_cov never applies a dual clip
+    assert names(cc.token_weights) == ["clip_cov"] and cc.surrogate.dual_clip is None
     assert (cc.token_weights[0].eps_low, cc.token_weights[0].eps_high) == (
         cc.surrogate.eps_low,
         cc.surrogate.eps_high,
@@ -100,6 +101,25 @@ def test_entropy_presets():
         dapo.rewards,
     )
     assert ft.surrogate == dataclasses.replace(dapo.surrogate, dual_clip=10.0)
+
+
+def test_t2_recipes_follow_the_authors_scripts():
+    # STEER: plain GRPO (verl main_ppo), not DAPO: no dynamic sampling, no overlong reward
+    st = get_algorithm("steer")
+    assert st.selections == () and st.rewards == () and names(st.token_weights) == ["steer"]
+    assert st.advantage == get_algorithm("grpo").advantage and st.aggregate == TokenMean()
+    assert (st.surrogate.eps_low, st.surrogate.eps_high, st.surrogate.dual_clip) == (0.2, 0.28, 10.0)
+    # SIREN: norm_adv_by_std_in_grpo=False; the regularizer is added after the aggregate
+    si = get_algorithm("siren")
+    assert not si.advantage.scale_by_std and si.regularizers[0].aggregated
+    # Light-IF scripts: clip 1/1, dual clip 10, k3 KL β = 0.001
+    li = get_algorithm("light_if")
+    assert (li.surrogate.eps_low, li.surrogate.eps_high, li.surrogate.dual_clip) == (1.0, 1.0, 10.0)
+    assert names(li.regularizers) == ["light_if_entropy", "kl"] and li.needs_reference
+    assert (li.regularizers[1].coef, li.regularizers[1].estimator) == (0.001, "k3")
+    # BAPO §5: ρ₀ = 0.4, δ₁ = 0.05 (c_high), δ₂ = 0.02 (c_low)
+    b = get_algorithm("bapo").surrogate
+    assert (b.target, b.high_step, b.low_step, b.dual_clip) == (0.4, 0.05, 0.02, None)
 
 
 def test_incompatible_combinations_are_rejected_with_reasons():

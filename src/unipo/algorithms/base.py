@@ -190,10 +190,11 @@ class Algorithm:
 def policy_loss(algorithm: Algorithm, x: LossInputs) -> tuple[Tensor, Metrics]:
     """The policy-gradient core: token weights × surrogate + regularizers, then aggregation.
 
-        ℓ_{i,t} = w_{i,t} · surrogate_{i,t} + Σ_k reg^k_{i,t}        L = aggregate(ℓ, mask)
+        ℓ_{i,t} = w_{i,t} · surrogate_{i,t} + Σ_k reg^k_{i,t}        L = aggregate(ℓ, mask) + Σ_j R^j
 
-    where w is the product of every TokenWeight part (1 when there are none). Returns the
-    scalar loss and the metrics of every part.
+    where w is the product of every TokenWeight part (1 when there are none) and R^j the 0-dim
+    terms of regularizers marked ``aggregated`` (``parts/base.py``). Returns the scalar loss and
+    the metrics of every part.
     """
     metrics: Metrics = {}
     weight = torch.ones_like(x.logprobs)  # [B, T]
@@ -204,11 +205,15 @@ def policy_loss(algorithm: Algorithm, x: LossInputs) -> tuple[Tensor, Metrics]:
     pg, m = algorithm.surrogate(x)  # [B, T]
     metrics.update(m)
     token_loss = weight * pg
+    batch_terms = torch.zeros((), device=pg.device, dtype=pg.dtype)
     for part in algorithm.regularizers:
         r, m = part(x)
-        token_loss = token_loss + r
+        if getattr(part, "aggregated", False):
+            batch_terms = batch_terms + r  # 0-dim, already this micro-batch's share of the loss
+        else:
+            token_loss = token_loss + r
         metrics.update(m)
-    loss = algorithm.aggregate(token_loss, x)
+    loss = algorithm.aggregate(token_loss, x) + batch_terms
     metrics["loss/policy"] = scalar(algorithm.aggregate(weight * pg, x))
     metrics["policy/ratio_mean"] = scalar(masked_mean(x.ratio.detach(), x.mask))
     metrics["policy/approx_kl_old"] = scalar(masked_mean((x.ratio - 1 - x.log_ratio).detach(), x.mask))

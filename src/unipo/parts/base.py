@@ -6,8 +6,10 @@
 | Selection   | ``sel(batch: RolloutBatch)``      | (smaller/reweighted batch, metrics)      |
 | TokenWeight | ``w(x: LossInputs)``              | (weights [B, T] ≥ 0, no grad, metrics)   |
 | Surrogate   | ``s(x: LossInputs)``              | (per-token policy loss [B, T], metrics)  |
-| Regularizer | ``r(x: LossInputs)``              | (per-token loss term [B, T], metrics)    |
+| Regularizer | ``r(x: LossInputs)``              | (per-token loss term [B, T], metrics)¹   |
 | Aggregate   | ``agg(loss [B, T], x: LossInputs)`` | scalar loss                            |
+
+¹ a 0-dim term instead for a part marked ``aggregated`` (below).
 
 All losses are quantities to *minimize*. Metrics are dicts of 0-dim tensors or floats,
 named ``kind/what`` (``surrogate/clip_frac_low``); the trainer averages and logs them.
@@ -30,6 +32,11 @@ Optional part attributes the trainer reads (never part names):
                                       micro-batch (a top-k, a quantile, a mean): the update then
                                       keeps the micro-batches in row order instead of grouping
                                       them by length (``train/update.py``)
+    aggregated: bool                  (Regularizer) the part returns its term already reduced to
+                                      a 0-dim tensor, this micro-batch's share of the batch loss;
+                                      ``policy_loss`` adds it after the aggregate instead of
+                                      passing a [B, T] term through it, so no length normalization
+                                      rescales it (SIREN's λ(H̄ − a)², added to the aggregated loss)
 Optional methods:
     state_dict() / load_state_dict(d)   stateful parts (adaptive coefficients, anchors)
     on_step_end(metrics)                update state once per optimizer step

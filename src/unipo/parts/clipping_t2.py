@@ -46,56 +46,85 @@ def _bound_metrics(
 
 
 # ------------------------------------------------------------------ BAPO
+_BOUND_TOL = 1e-9  # float slack in Algorithm 1's "c + δ ≤ b" tests (0.6 + 15·0.02 must reach 0.9)
+
+
 @register("surrogate", "bapo")
 @dataclass(frozen=True)
 class BAPO:
-    """BAPO adaptive clipping, the paper's rule (Xi et al., arXiv 2510.18927).
+    """BAPO adaptive clipping, the paper's rule (Xi et al., arXiv 2510.18927, Eq. 8, Algorithm 1).
 
-    Bounds are absolute ratio bounds, re-chosen for every micro-batch: start at
-    (c_low, c_high) = (a⁻, a⁺); while the positive tokens' share of the gradient-carrying
-    contribution is below ρ₀, raise c_low by δ⁻ and c_high by δ⁺ (each capped at b⁻, b⁺):
+    Bounds are absolute ratio bounds. Objective values, clip included (Eq. 8's min(ρA, clip·A)):
 
-        share = Σ_{A>0, ρ ≤ c_high} |ρA| / (Σ_{A>0, ρ ≤ c_high} |ρA| + Σ_{A<0, ρ ≥ c_low} |ρA|)
+        o_t = A_t·min(ρ_t, c_high)  if A_t > 0,     o_t = A_t·max(ρ_t, c_low)  if A_t < 0
+        s   = Σ_{A>0} |o_t| / Σ_t |o_t|    (the paper's ρ; 1 when every A is 0: nothing to balance)
 
-    (tokens the clip cuts carry no gradient, so raising c_low drops negative tokens and raising
-    c_high admits positive ones). Then ℓ = max(−Aρ, −A·clip(ρ, c_low, c_high)). Source:
-    WooooDyy/BAPO README (ρ₀ = 0.5, [a⁻, b⁻] = [0.6, 0.9], [a⁺, b⁺] = [1.2, 3.0]) and the
-    paper as recalled (PAPER-recall): the indicator form of the share and the simultaneous
-    raise are this reading; δ⁻ = 0.05 and δ⁺ = 0.1 are the released script's steps (the
-    paper's are UNVERIFIED). No dual clip. See ``bapo_code`` for the released code's rule.
+    Search (Algorithm 1, lines 9-17): start at (c_low, c_high) = (a⁻, a⁺); while s < ρ₀ and
+    c_low + δ₂ ≤ b⁻: raise c_high by δ₁ if c_high + δ₁ ≤ b⁺, else raise c_low by δ₂. Then
+    ℓ = max(−Aρ, −A·clip(ρ, c_low, c_high)) (no dual clip in the paper's J_BAPO).
+    Defaults: §5, ρ₀ = 0.4, [a⁻, b⁻] = [0.6, 0.9], [a⁺, b⁺] = [1.2, 3.0], δ₁ = 0.05, δ₂ = 0.02
+    (the README's ρ₀ = 0.5 is the released script's value, see ``bapo_code``).
+
+    Reading of Eq. 8 (paper.pdf, WooooDyy/BAPO@58f8008): its denominator is printed as
+    |Σ_t π_rollout(y_t)·o_t|, the magnitude of the *signed* sum, which is not a share (it exceeds 1
+    and diverges as the two sides cancel); the text calls it "the contribution of positive signals",
+    so the denominator here is Σ_t |o_t|. π_rollout(y_t) is the sampling weight of the expectation:
+    sampled tokens enter unweighted, as in the released code. Consequence of measuring objective
+    values: raising c_low never raises s (a negative token under c_low counts at c_low·|A| ≥ ρ|A|),
+    so c_low ends at a⁻ when raising c_high reaches ρ₀, else at its last step ≤ b⁻. Bounds are
+    chosen per micro-batch (the code's granularity; Algorithm 1 chooses them per update).
     """
 
     micro_batch_statistics = True  # a statistic over the rows of its micro-batch: keep their order
 
-    target: float = 0.5
+    target: float = 0.4
     low_start: float = 0.6
     low_max: float = 0.9
     high_start: float = 1.2
     high_max: float = 3.0
-    low_step: float = 0.05
-    high_step: float = 0.1
+    high_step: float = 0.05
+    low_step: float = 0.02
     dual_clip: float | None = None
 
     def __post_init__(self) -> None:
         if not (self.low_start <= self.low_max <= 1 <= self.high_start <= self.high_max):
             raise ValueError(f"bapo needs low_start ≤ low_max ≤ 1 ≤ high_start ≤ high_max, got {self}")
+        if self.low_step <= 0 or self.high_step <= 0:
+            raise ValueError(
+                f"bapo low_step and high_step must be > 0 (Algorithm 1 would not end), got "
+                f"{self.low_step}, {self.high_step}"
+            )
 
-    def share(self, ratio: Tensor, adv: Tensor, mask: Tensor, lo: float, hi: float) -> float:
-        contrib = (ratio * adv).abs() * mask  # [B, T]
-        pos = (contrib * ((adv > 0) & (ratio <= hi))).sum()
-        neg = (contrib * ((adv < 0) & (ratio >= lo))).sum()
-        total = float(pos + neg)
-        return 1.0 if total <= 0 else float(pos) / total
+    def candidates(self) -> list[tuple[float, float]]:
+        """The bounds Algorithm 1 visits, in order, if s stays below ρ₀ all the way."""
+        lo, hi = self.low_start, self.high_start
+        out = [(lo, hi)]
+        while lo + self.low_step <= self.low_max + _BOUND_TOL:
+            if hi + self.high_step <= self.high_max + _BOUND_TOL:
+                hi = min(hi + self.high_step, self.high_max)
+            else:
+                lo = min(lo + self.low_step, self.low_max)
+            out.append((lo, hi))
+        return out
+
+    def shares(self, ratio: Tensor, adv: Tensor, mask: Tensor, bounds: list[tuple[float, float]]) -> Tensor:
+        """s at each (c_low, c_high) of ``bounds`` → [K], from the valid tokens' objective values."""
+        valid = mask.bool() & (adv != 0)
+        r, a = ratio[valid].float(), adv[valid].float()  # [N]
+        if r.numel() == 0:
+            return torch.ones(len(bounds), device=ratio.device)
+        lo = torch.tensor([b[0] for b in bounds], device=r.device)[:, None]  # [K, 1]
+        hi = torch.tensor([b[1] for b in bounds], device=r.device)[:, None]
+        pos = (a.clamp(min=0) * torch.minimum(r, hi)).sum(-1)  # [K] Σ_{A>0} |o|
+        neg = ((-a).clamp(min=0) * torch.maximum(r, lo)).sum(-1)  # [K] Σ_{A<0} |o|
+        return pos / (pos + neg)
 
     def bounds(self, x: LossInputs) -> tuple[float, float, float]:
-        """(c_low, c_high, positive share at those bounds) for this micro-batch."""
-        ratio, adv, mask = x.ratio.detach(), x.advantages, x.mask
-        lo, hi = self.low_start, self.high_start
-        share = self.share(ratio, adv, mask, lo, hi)
-        while share < self.target and (lo < self.low_max or hi < self.high_max):
-            lo, hi = min(lo + self.low_step, self.low_max), min(hi + self.high_step, self.high_max)
-            share = self.share(ratio, adv, mask, lo, hi)
-        return lo, hi, share
+        """(c_low, c_high, s at those bounds) for this micro-batch."""
+        cands = self.candidates()
+        share = self.shares(x.ratio.detach(), x.advantages, x.mask, cands).tolist()
+        k = next((i for i, s in enumerate(share) if s >= self.target), len(cands) - 1)
+        return cands[k][0], cands[k][1], share[k]
 
     def __call__(self, x: LossInputs) -> tuple[Tensor, Metrics]:
         lo, hi, share = self.bounds(x)
@@ -116,10 +145,14 @@ class BAPOCode:
 
     First raise c_low by ``low_step`` up to ``low_max`` while R < target; if still unmet, raise
     c_high by ``high_step`` up to ``high_max``. Then the dual-clip loss with clamp(ρ, c_low,
-    c_high) and c = 3. The target is a *ratio* P/N (1.0 ≈ a share of 0.5). Defaults: the
-    recipe yaml (target 1.0, c_low 0.6 → 0.8, c_high 1.2 → 2.0, steps 0.05); the example script
-    uses c_low 0.8 → 0.95 and an upper step 0.1. Caution: measured on objective
-    values, raising c_low *increases* the negative part, so R rarely improves until c_high moves.
+    c_high) and c = 3 (``clip_ratio_c``, verl's default). The target is a *ratio* P/N (1.0 ≈ a
+    share of 0.5). Source: WooooDyy/BAPO@7287044 recipe/bapo/policy_loss.py
+    (``compute_policy_loss_bapo``, ``_compute_effective_advantage``). Defaults: the recipe yaml
+    (target 1.0, c_low 0.6 → 0.8, c_high 1.2 → 2.0, steps 0.05); run_bapo_example.sh passes
+    ``target_pos_ratio=0.5`` (as the ratio P/N), c_low 0.8 → 0.95 and an upper step 0.1. Caution:
+    measured on objective values, raising c_low *increases* the negative part, so R rarely
+    improves until c_high moves. The code all-reduces P and N over data-parallel ranks; here
+    they are the micro-batch's (one process).
     """
 
     micro_batch_statistics = True  # a statistic over the rows of its micro-batch: keep their order

@@ -99,31 +99,43 @@ class Siren:
 
         H^p_t = top-p entropy (top-10 000 logits, nucleus of cumulative mass < p, renormalized)
         M_t   = 1[H^p_t > q_{mask_ratio}(H^p of the same response)]   (peak-entropy mask)
-        H̄     = seq-mean-token-mean of H^p over M (responses with no masked token left out)
-        L_reg = λ·(H̄ − H_anchor)²
+        h_i   = mean of H^p over M_t in response i; 0 when M selects none of its tokens
+        unit "response":     R = λ·(1/N)·Σ_i (h_i − a)²
+        unit "micro_batch":  R = λ·(b/N)·(H̄ − a)²,   H̄ = (1/b)·Σ_i h_i over the b rows given
 
-    H^p is the statistic ``topp_entropy:<p>`` of π_θ (with gradient). Source: Linn3a/siren
-    dp_actor.py (``efficient_top_p_sampling``, ``mask_by_quantile`` with ``nanquantile``) and
-    ray_trainer.py; defaults p = 0.8, mask_ratio = 0.8, λ = ``entropy_coeff`` = 0.005.
-    Anchor: the official trainer measures H̄ on the initial policy in the step-1 old-logprob
-    pass; here it is the step-0 mean of H̄ over micro-batches (``on_step_end``), and during
-    step 0 the micro-batch's own detached H̄ stands in (term 0, gradient 0). Stateful: the
-    anchor is saved by ``state_dict()``. The term is returned as the constant λ(H̄ − a)² on
-    every valid token, so a mean-type aggregate adds it once per batch (token- or
-    sequence-share weighted across micro-batches, as verl's /grad-accumulation); under
-    ``seq_mean_token_sum_const`` it is scaled by the fill fraction |o|/L_max.
+    N = rows of the accumulated batch (``x.num_seqs``), a = the anchor. R is ``aggregated``
+    (``parts/base.py``): added to the aggregated loss, so no aggregate's length normalization
+    rescales λ. H^p is the statistic ``topp_entropy:<p>`` of π_θ (with gradient).
+
+    Source: Linn3a/siren@fa59a8d verl/verl/workers/actor/dp_actor.py ``update_policy``
+    (``mask_by_quantile`` with ``nanquantile``; H̄ = ``agg_loss(..., "seq-mean-token-mean")`` of
+    core_algos.py, which counts a row without selected tokens as 0 and keeps it in the mean;
+    ``policy_loss = pg_loss + entropy_coeff·(H̄ − anchor)²`` per micro-batch, scaled by
+    len(micro-batch)/ppo_mini_batch_size) and exp_scripts/siren.sh (p = 0.8, mask_ratio = 0.8,
+    λ = ``entropy_coeff`` = 0.005). "micro_batch" is that term for the micro-batches it is given;
+    the authors' are token-budgeted (``use_dynamic_bsz``, 4096 tokens with the prompt: one to a
+    few responses each), so "response" (the default) is their term at one response per
+    micro-batch, and does not depend on how unipo splits the batch.
+    Anchor: the code measures H̄ once, on the whole step-1 batch in the old-log-prob pass; here
+    it is the step-0 mean of the micro-batches' H̄ (``on_step_end``; the metric
+    ``regularizer/siren_entropy``), and R is 0 (no gradient) until it is set. Stateful: the
+    anchor is saved by ``state_dict()``.
     """
 
     micro_batch_statistics = True  # a statistic over the rows of its micro-batch: keep their order
+    aggregated = True  # returns the 0-dim R, added after the aggregate
 
     p: float = 0.8
     mask_ratio: float = 0.8
     coef: float = 0.005
+    unit: Literal["response", "micro_batch"] = "response"
     _state: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         if not (0 < self.p <= 1 and 0 <= self.mask_ratio < 1):
             raise ValueError(f"siren needs 0 < p ≤ 1 and 0 ≤ mask_ratio < 1, got {self.p}, {self.mask_ratio}")
+        if self.unit not in ("response", "micro_batch"):
+            raise ValueError(f"siren unit must be 'response' or 'micro_batch', got {self.unit!r}")
         self._state["anchor"] = None
 
     @property
@@ -134,15 +146,14 @@ class Siren:
     def anchor(self) -> float | None:
         return self._state["anchor"]
 
-    def selected_entropy(self, h: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        """(H̄ with grad, peak mask [B, T] bool) for top-p entropies ``h`` [B, T]."""
+    def row_entropy(self, h: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """(h_i [B] with grad, 0 for a row whose peak mask is empty; the peak mask [B, T] bool)."""
         valid = mask.bool()
-        q = torch.nanquantile(h.detach().masked_fill(~valid, math.nan), self.mask_ratio, dim=-1, keepdim=True)
-        sel = valid & (h.detach() > q)  # [B, T]; rows without valid tokens have q = nan → none
-        per_row = (h * sel).sum(-1) / sel.sum(-1).clamp(min=1)  # [B]
-        rows = sel.any(-1)
-        h_bar = per_row[rows].mean() if rows.any() else h.sum() * 0
-        return h_bar, sel
+        hd = h.detach().float()
+        q = torch.nanquantile(hd.masked_fill(~valid, math.nan), self.mask_ratio, dim=-1, keepdim=True)
+        sel = valid & (hd > q)  # [B, T]; a row without valid tokens has q = nan → none
+        per_row = torch.where(sel, h, torch.zeros_like(h)).sum(-1) / sel.sum(-1).clamp(min=1)  # [B]
+        return per_row, sel
 
     def on_step_end(self, metrics: dict[str, Any]) -> None:
         if self._state["anchor"] is None and "regularizer/siren_entropy" in metrics:
@@ -156,9 +167,15 @@ class Siren:
 
     def __call__(self, x: LossInputs) -> tuple[Tensor, Metrics]:
         h = token_stat(x.stats, self.token_stats[0], "siren")  # [B, T] top-p entropy of π_θ, with grad
-        h_bar, sel = self.selected_entropy(h, x.mask)
-        anchor = h_bar.detach() if self.anchor is None else torch.tensor(self.anchor, device=h.device)
-        term = self.coef * (h_bar - anchor) ** 2 * x.mask  # [B, T], the same value on every valid token
+        per_row, sel = self.row_entropy(h, x.mask)  # [B]
+        b = per_row.shape[0]
+        h_bar = per_row.sum() / max(b, 1)  # the code's seq-mean-token-mean: empty rows count as 0
+        if self.anchor is None:
+            term = per_row.sum() * 0.0  # step 0: no anchor yet, no term and no gradient
+        elif self.unit == "micro_batch":
+            term = self.coef * (b / x.num_seqs) * (h_bar - self.anchor) ** 2
+        else:
+            term = self.coef * ((per_row - self.anchor) ** 2).sum() / x.num_seqs
         metrics: Metrics = {
             "regularizer/siren_entropy": scalar(h_bar),
             "regularizer/siren_frac": scalar(sel.sum() / x.mask.sum().clamp(min=1)),
@@ -268,9 +285,12 @@ class Steer:
         linear mode: w = w_max − (|Ω| − min|Ω|)/(max|Ω| − min|Ω|)·(w_max − w_min), clamped
 
     max/min over the micro-batch's valid tokens; π clamped to [1e-8, 1 − 1e-8], π_old ≥ 1e-8,
-    non-finite Ω → 0. Source: zz-haooo/STEER core_algos.py ``compute_token_weights`` (verified);
-    H is the current policy's entropy (``x.entropies``, else the rollout's). Defaults: the main
-    script's exponential mode with w_min = 0.8 (linear mode: 0.8 / 1.2).
+    non-finite Ω → 0. Source: zz-haooo/STEER@b31df71 verl/trainer/ppo/core_algos.py
+    ``compute_token_weights`` / ``compute_policy_loss_with_entropy``. H is π_old's entropy
+    (``x.old_entropies``, else ``x.entropies``): the code's actor reads the ``entropys`` the
+    trainer stored from the old-log-prob pass (dp_actor.py ``update_policy``), not the current
+    policy's. Defaults: run/run_exp.sh, exponential mode with w_min = 0.8 (run_linear.sh: linear
+    mode, 0.8 / 1.2).
     """
 
     micro_batch_statistics = True  # a statistic over the rows of its micro-batch: keep their order
@@ -284,7 +304,7 @@ class Steer:
             raise ValueError(f"steer needs mode exp|linear and 0 < w_min ≤ w_max, got {self}")
 
     def omega(self, x: LossInputs) -> Tensor:  # [B, T] |Ω|, no grad
-        ent = x.entropies if x.entropies is not None else x.old_entropies
+        ent = x.old_entropies if x.old_entropies is not None else x.entropies
         if ent is None:
             raise ValueError("steer needs token entropies (LossInputs.entropies or old_entropies)")
         p = x.logprobs.detach().exp().clamp(1e-8, 1 - 1e-8)

@@ -160,7 +160,8 @@ class KLCov:
     With the ``policy_gradient`` surrogate this gives the paper's ℓ = −Aρ + β|log ρ| on the
     selected tokens and ℓ = −Aρ elsewhere: KL-Cov uses **no PPO clipping**.
 
-    Source: PRIME-RL/Entropy-Mechanism-of-RL ``compute_policy_loss_kl_cov`` (= verl's).
+    Source: PRIME-RL/Entropy-Mechanism-of-RL@8850579 verl/trainer/ppo/core_algos.py
+    ``compute_policy_loss_kl_cov`` (= verl's).
     Defaults: ratio = 2e-3 (7B; 2e-4 for 32B), β = 1.
     Pitfall: ``ratio`` is a **fraction**. The official scripts' ``k_percent`` is a percentage
     (0.2 means 0.2 % = 2e-3); verl's ``kl_cov_ratio`` is a fraction (default 2e-4); verl's

@@ -34,9 +34,14 @@ class PPOClip:
         ℓ = max(−A·ρ, −A·clip(ρ, 1−ε_low, 1+ε_high))
         if dual_clip c is set and A < 0:  ℓ = min(ℓ, −c·A)
 
-    Source: verl ``compute_policy_loss_vanilla`` (core_algos.py). Defaults ε = 0.2 both sides.
-    ``clipped(x)`` is the [B, T] bool mask of tokens whose loss the clip replaced (verl's
-    ``pg_losses2 > pg_losses1``), which Clip-Cov excludes from its candidates.
+    Source: verl ``compute_policy_loss_vanilla`` (volcengine/verl@b178a3c
+    verl/trainer/ppo/core_algos.py). Defaults ε = 0.2 both sides and **no** dual clip, as the PPO
+    paper and TRL's GRPO; verl's vanilla loss always dual-clips, with ``clip_ratio_c`` = 3.0
+    unless a script sets it (10.0 in the DAPO-family scripts): pass ``dual_clip=3.0`` to match
+    verl's default. Losses that verl registers separately (clip_cov, kl_cov, gspo, ...) and
+    some forks' own losses (Entropy-Mechanism, Lp-Reg) never apply it, whatever
+    ``clip_ratio_c`` says. ``clipped(x)`` is the [B, T] bool mask of tokens whose loss the clip
+    replaced (verl's ``pg_losses2 > pg_losses1``), which Clip-Cov excludes from its candidates.
     """
 
     eps_low: float = 0.2

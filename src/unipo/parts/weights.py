@@ -41,14 +41,23 @@ def token_covariance(x: LossInputs) -> Tensor:  # [B, T], no grad, 0 on padding
 class ForkingTokens:
     """High-entropy minority ("forking") tokens only: the 80/20 rule (Wang et al., arXiv 2506.01939).
 
-    Keep the top k = ⌈ρ·N⌉ of the N valid tokens of the micro-batch by entropy (official code
-    ``get_global_entropy_top_mask``: ``max(1, int(N·ρ + 0.9999))``); weight 0 elsewhere.
+    Which of the N valid tokens of the micro-batch are kept (weight 0 elsewhere), by ``rule``:
+      "count" (official code, default): exactly k = ⌈ρ·N⌉ tokens, the highest entropies
+          (Shenzhi-Wang/Beyond-the-80-20-Rule-RLVR@6f5dda6 verl/trainer/ppo/core_algos.py
+          ``get_global_entropy_top_mask``: ``max(1, int(N·ρ + 0.9999))`` via ``torch.topk``).
+          Ties at the k-th entropy are cut to keep exactly k: here the earlier tokens (row-major
+          order) win, a deterministic choice where ``torch.topk`` leaves the order unspecified.
+      "quantile" (TRL): every token with H ≥ τ, τ = torch.quantile(H, 1 − ρ) (linear
+          interpolation), so all tokens tied at τ are kept and the count may exceed ⌈ρN⌉
+          (huggingface/trl@f2cd577 trl/trainer/grpo_trainer.py ``get_high_entropy_mask`` with
+          threshold 1 − ``top_entropy_quantile``; TRL gathers the entropies across processes).
 
-    ``denominator`` (FORMULAS §7, mask vs. denominator):
-      "selected" (official code, default): w = 1[selected]·N/k, so with token_mean over one
-          micro-batch the loss is the mean over the *selected* tokens, as the official
+    ``denominator`` (FORMULAS §7, mask vs. denominator), with k the kept count:
+      "selected" (official code, default): w = 1[kept]·N/k, so with token_mean over one
+          micro-batch the loss is the mean over the *kept* tokens, as the official
           ``agg_loss(mask=response_mask·top_mask)``.
-      "all" (paper formula, TRL ``top_entropy_quantile``): w = 1[selected], full-token denominator.
+      "all" (paper formula, TRL): w = 1[kept], full-token denominator. TRL's rule is
+          ``rule="quantile", denominator="all"``.
 
     Entropy source: ``x.entropies`` (current policy, detached), else ``x.old_entropies``.
     """
@@ -57,6 +66,7 @@ class ForkingTokens:
 
     rho: float = 0.2
     denominator: Literal["all", "selected"] = "selected"
+    rule: Literal["count", "quantile"] = "count"
 
     def __post_init__(self) -> None:
         if not 0 < self.rho <= 1:
@@ -65,6 +75,19 @@ class ForkingTokens:
             raise ValueError(
                 f"forking_tokens denominator must be 'all' or 'selected', got {self.denominator!r}"
             )
+        if self.rule not in ("count", "quantile"):
+            raise ValueError(f"forking_tokens rule must be 'count' or 'quantile', got {self.rule!r}")
+
+    def keep(self, ent: Tensor) -> Tensor:
+        """[N] bool: the kept tokens among the N valid entropies ``ent`` (N ≥ 1)."""
+        n = ent.numel()
+        if self.rule == "quantile":
+            return ent >= torch.quantile(ent, 1 - self.rho)
+        k = max(1, math.ceil(n * self.rho - 1e-9))  # ⌈ρN⌉, robust to float error in ρN
+        order = torch.sort(ent, descending=True, stable=True).indices  # ties: earlier tokens first
+        kept = torch.zeros(n, dtype=torch.bool, device=ent.device)
+        kept[order[:k]] = True
+        return kept
 
     def __call__(self, x: LossInputs) -> tuple[Tensor, Metrics]:
         ent = x.entropies if x.entropies is not None else x.old_entropies
@@ -76,15 +99,13 @@ class ForkingTokens:
         weights = torch.zeros_like(x.mask)
         if n == 0:
             return weights, {"token_weight/forking_frac": scalar(0.0)}
-        k = max(1, math.ceil(n * self.rho - 1e-9))  # ⌈ρN⌉, robust to float error in ρN
-        top = torch.topk(flat_ent, k).indices
-        picked = torch.zeros(n, device=x.mask.device, dtype=x.mask.dtype)
-        picked[top] = 1.0
+        kept = self.keep(flat_ent)  # [N] bool
+        k = int(kept.sum())
         scale = n / k if self.denominator == "selected" else 1.0
-        weights[valid] = picked * scale
+        weights[valid] = kept.to(weights.dtype) * scale
         return weights, {
             "token_weight/forking_frac": scalar(k / n),
-            "token_weight/forking_threshold": scalar(flat_ent[top].min()),
+            "token_weight/forking_threshold": scalar(flat_ent[kept].min()),
         }
 
 
@@ -98,11 +119,12 @@ class ClipCov:
     bounds [1−ε_low, 1+ε_high]. n = max(⌊r·N⌋, 1) candidates (or all, if fewer) are picked
     uniformly at random and get weight 0 (their gradient is detached); all others weight 1.
 
-    Source: PRIME-RL/Entropy-Mechanism-of-RL ``compute_policy_loss_clip_cov`` (= verl's).
-    Defaults r = 2e-4, ω = (1, 5). ε_low/ε_high must equal the ``ppo_clip`` surrogate's (checked);
-    the official scripts use ε = 1 on both sides (ρ ∈ [0, 2]) and dual clip c = 10.
-    Randomness: a CPU ``torch.Generator`` seeded with ``seed·1_000_003 + x.step``, so a step
-    picks the same tokens on every rerun.
+    Source: PRIME-RL/Entropy-Mechanism-of-RL@8850579 verl/trainer/ppo/core_algos.py
+    ``compute_policy_loss_clip_cov`` (= verl's). Defaults r = 2e-4, ω = (1, 5). ε_low/ε_high must
+    equal the ``ppo_clip`` surrogate's (checked); the official scripts use ε = 1 on both sides
+    (ρ ∈ [0, 2]). They also set ``clip_ratio_c=10.0``, which this loss never reads: there is no
+    dual clip. Randomness: a CPU ``torch.Generator`` seeded with ``seed·1_000_003 + x.step``, so a
+    step picks the same tokens on every rerun (the code draws ``torch.randperm`` from the global RNG).
     """
 
     micro_batch_statistics = True  # a statistic over the rows of its micro-batch: keep their order
