@@ -13,6 +13,7 @@ from torch import Tensor
 from unipo.parts.base import (
     Advantage,
     Aggregate,
+    ExtraRollout,
     LossInputs,
     Metrics,
     Regularizer,
@@ -90,6 +91,24 @@ class Algorithm:
     def old_token_stats(self) -> tuple[str, ...]:
         """Per-token statistics of π_old that some part reads (``LossInputs.old_stats``), sorted."""
         return self._stat_names("old_token_stats")
+
+    @property
+    def row_flags(self) -> tuple[str, ...]:
+        """Metadata keys of row subsets some part reads (``LossInputs.row_flags``), sorted."""
+        return self._stat_names("row_flags")
+
+    def extra_rollout(self, metrics: dict[str, Any]) -> ExtraRollout | None:
+        """The extra rollout a part asks for next step (AEPO), or None; ``metrics`` as for
+        ``sampling_temperature``. Two parts asking for one is an error (collect draws one)."""
+        asked = [
+            (part_name(p), r)
+            for p in self.parts()
+            if (hook := getattr(p, "extra_rollout", None)) is not None and (r := hook(metrics)) is not None
+        ]
+        if len(asked) > 1:
+            names = [n for n, _ in asked]
+            raise ValueError(f"algorithm {self.name!r}: several parts ask for an extra rollout {names}")
+        return asked[0][1] if asked else None
 
     def sampling_temperature(self, metrics: dict[str, Any]) -> float | None:
         """The rollout temperature parts ask for next step (None: keep the configured one).
@@ -190,10 +209,12 @@ class Algorithm:
 def policy_loss(algorithm: Algorithm, x: LossInputs) -> tuple[Tensor, Metrics]:
     """The policy-gradient core: token weights × surrogate + regularizers, then aggregation.
 
-        ℓ_{i,t} = w_{i,t} · surrogate_{i,t} + Σ_k reg^k_{i,t}        L = aggregate(ℓ, mask)
+        ℓ_{i,t} = w_{i,t} · surrogate_{i,t} + Σ_k reg^k_{i,t}
+        L = aggregate(ℓ, mask) + Σ_j Σ_{i,t} n^j_{i,t}·m_{i,t}
 
-    where w is the product of every TokenWeight part (1 when there are none). Returns the
-    scalar loss and the metrics of every part.
+    where w is the product of every TokenWeight part (1 when there are none) and n^j are the terms
+    of the regularizers that declare ``normalized`` (they carry their own denominators, e.g. HPT's
+    SFT term over the demonstration tokens). Returns the scalar loss and the metrics of every part.
     """
     metrics: Metrics = {}
     weight = torch.ones_like(x.logprobs)  # [B, T]
@@ -204,11 +225,15 @@ def policy_loss(algorithm: Algorithm, x: LossInputs) -> tuple[Tensor, Metrics]:
     pg, m = algorithm.surrogate(x)  # [B, T]
     metrics.update(m)
     token_loss = weight * pg
+    own = torch.zeros((), dtype=token_loss.dtype, device=token_loss.device)  # normalized terms, summed
     for part in algorithm.regularizers:
         r, m = part(x)
-        token_loss = token_loss + r
+        if getattr(part, "normalized", False):
+            own = own + (r * x.mask).sum()
+        else:
+            token_loss = token_loss + r
         metrics.update(m)
-    loss = algorithm.aggregate(token_loss, x)
+    loss = algorithm.aggregate(token_loss, x) + own
     metrics["loss/policy"] = scalar(algorithm.aggregate(weight * pg, x))
     metrics["policy/ratio_mean"] = scalar(masked_mean(x.ratio.detach(), x.mask))
     metrics["policy/approx_kl_old"] = scalar(masked_mean((x.ratio - 1 - x.log_ratio).detach(), x.mask))
