@@ -1,4 +1,5 @@
-"""Entropy-control parts (Lp-Reg, SIREN, Light-IF, SPINE band, STEER, AEPO) on hand-computed values."""
+"""Entropy-control parts (Lp-Reg, SIREN, Light-IF, SPINE band, STEER) on hand-computed values; AEPO in
+test_aepo.py."""
 
 from __future__ import annotations
 
@@ -9,10 +10,9 @@ import torch
 
 from unipo.algorithms import get_algorithm
 from unipo.algorithms.base import policy_loss
-from unipo.batch import RolloutBatch
 from unipo.parts.aggregate import SeqMeanTokenMean, SeqMeanTokenSumConst, TokenMean
 from unipo.parts.base import LossInputs
-from unipo.parts.entropy_t2 import AEPOAdvantage, EntropyBand, LightIFEntropy, LpReg, Siren, Steer
+from unipo.parts.entropy_t2 import EntropyBand, LightIFEntropy, LpReg, Siren, Steer
 
 
 def inputs(logp, adv, mask, **kw) -> LossInputs:
@@ -208,39 +208,3 @@ def test_steer_reads_the_old_policy_entropy():
     x.old_entropies = None  # without them, the current entropy stands in
     # A(1 − π)(log π + H) with the current H = 3.0
     assert Steer().omega(x)[0, 0].item() == pytest.approx(1.0 * 0.5 * (math.log(0.5) + 3.0), rel=1e-5)
-
-
-# ------------------------------------------------------------------ AEPO
-def aepo_batch() -> RolloutBatch:
-    b = 6
-    return RolloutBatch(
-        prompt_ids=torch.zeros(b, 1, dtype=torch.long),
-        prompt_mask=torch.ones(b, 1, dtype=torch.long),
-        completion_ids=torch.ones(b, 2, dtype=torch.long),
-        completion_mask=torch.ones(b, 2),
-        group_ids=torch.tensor([0, 0, 0, 1, 1, 1]),
-        truncated=torch.zeros(b, dtype=torch.bool),
-        rewards=torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 0.0]),
-    )
-
-
-def test_aepo_reinforce_samples_and_temperature_rule():
-    # GRPO: group [1,0,0] → A = [1.1547, −0.57735, −0.57735]; group [1,1,0] → [0.57735, 0.57735, −1.1547]
-    # positives (A > 0.05): rows 0, 3, 4; entropy 0 ≤ 0.5 → n = min(2, 3) = 2 → rows 0 and 3 get A = 1
-    part = AEPOAdvantage(sample_num=2)
-    assert part.sampling_temperature({}) == 1.2  # no entropy yet: 0 ≤ H_base → T_high
-    adv, m = part(aepo_batch())
-    s = 1 / math.sqrt(3)
-    torch.testing.assert_close(adv[:, 0], torch.tensor([1.0, -s, -s, 1.0, s, -2 * s]), atol=1e-4, rtol=0)
-    assert m["advantage/aepo_reinforce_frac"].item() == pytest.approx(2 / 6)
-    # high entropy: T_low, and n halves: 2 // 2 = 1 → only row 0
-    part.on_step_end({"policy/entropy": 0.9})
-    assert part.sampling_temperature({}) == 0.8
-    assert part.sampling_temperature({"policy/entropy": 0.3}) == 1.2  # the previous step's metric wins
-    adv, _ = part(aepo_batch())
-    torch.testing.assert_close(adv[:, 0], torch.tensor([1.0, -s, -s, s, s, -2 * s]), atol=1e-4, rtol=0)
-    # state round trip reproduces both the temperature and the advantages
-    other = AEPOAdvantage(sample_num=2)
-    other.load_state_dict(part.state_dict())
-    assert other.sampling_temperature({}) == 0.8
-    torch.testing.assert_close(other(aepo_batch())[0], adv)

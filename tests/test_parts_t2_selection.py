@@ -91,19 +91,25 @@ def test_pf_filter_rules():
 def test_hpt_switch_replaces_failed_groups_with_the_demonstration():
     meta = [{"sft_target_ids": [5, 6, 7]}, {"sft_target_ids": [5, 6, 7]}, {}, {}]
     batch = make_batch([0, 0, 1, 0], [0, 0, 1, 1], meta)
-    out, m = HPTSwitch(gate=0.0)(batch)
-    # group 0 (mean 0 ≤ γ, has a demonstration) → one SFT row; group 1 stays RL
+    out, m = HPTSwitch(gate=0)(batch)
+    # group 0 (0 solved ≤ γ = 0, has a demonstration) → one SFT row; group 1 (1 solved) stays RL
     assert out.size == 3 and m["selection/hpt_sft_groups"].item() == 1
     assert out.completion_ids[2].tolist() == [5, 6, 7] and out.completion_mask[2].tolist() == [1, 1, 1]
     assert out.completion_mask[0].tolist() == [1, 1, 0]  # RL rows re-padded to the new width
     adv, _ = HPTAdvantage()(out)
-    s = 1 / math.sqrt(2)  # group 1: r = [1, 0] → ±0.5/0.7071
-    expected = torch.tensor([[s, s, 0.0], [-s, -s, 0.0], [1.0, 1.0, 1.0]])
-    torch.testing.assert_close(adv, expected, atol=1e-5, rtol=0)
+    # group 1: r = [1, 0] → r − mean = ±0.5 (the script's grpo_use_std=False); the SFT row: A = 0 (the
+    # hpt_sft regularizer trains on it, not the RL term)
+    expected = torch.tensor([[0.5, 0.5, 0.0], [-0.5, -0.5, 0.0], [0.0, 0.0, 0.0]])
+    torch.testing.assert_close(adv, expected, atol=1e-6, rtol=0)
+    s = 1 / math.sqrt(2)  # with the std: ±0.5/0.7071
+    torch.testing.assert_close(HPTAdvantage(scale_by_std=True)(out)[0][:2, 0], torch.tensor([s, -s]))
     # without a demonstration a failing group stays RL
     assert HPTSwitch()(make_batch([0, 0, 1, 0], [0, 0, 1, 1]))[0].size == 4
     with pytest.raises(ValueError, match="advantage=hpt"):
         Algorithm(name="x", paper="-", advantage=GroupNorm(), selections=(HPTSwitch(),),
+                  surrogate=PPOClip(), aggregate=TokenMean())  # fmt: skip
+    with pytest.raises(ValueError, match="hpt_sft regularizer"):
+        Algorithm(name="x", paper="-", advantage=HPTAdvantage(), selections=(HPTSwitch(),),
                   surrogate=PPOClip(), aggregate=TokenMean())  # fmt: skip
 
 
@@ -148,7 +154,7 @@ def test_t2_compositions():
     assert get_algorithm("lp_reg").old_token_stats == ("minp_logprob:0.02",)
     assert get_algorithm("siren").token_stats == ("topp_entropy:0.8",)
     assert get_algorithm("capo").token_stats == ("logit_fisher_self",)
-    assert get_algorithm("aepo").sampling_temperature({}) == 1.2
+    assert get_algorithm("aepo").extra_rollout({}).temperature == 1.2
     assert get_algorithm("bapo").surrogate.part_name == "bapo"
     assert get_algorithm("bapo_code").surrogate.part_name == "bapo_code"
     assert get_algorithm("pf_ppo").advantage.part_name == "gae"

@@ -14,7 +14,8 @@ from unipo.algorithms import Algorithm, get_algorithm
 from unipo.batch import RolloutBatch
 from unipo.parts.advantages import GroupNorm
 from unipo.parts.aggregate import TokenMean
-from unipo.parts.entropy_t2 import AEPOAdvantage, LpReg, Siren
+from unipo.parts.base import ExtraRollout
+from unipo.parts.entropy_t2 import LpReg, Siren
 from unipo.parts.surrogates import PPOClip
 from unipo.train.logprobs import (
     completion_logprobs,
@@ -114,19 +115,33 @@ def test_algorithm_collects_stat_names_and_temperature():
     assert algo.token_stats == ("topp_entropy:0.8",)
     assert algo.old_token_stats == ("minp_logprob:0.02",)
     assert get_algorithm("grpo").sampling_temperature({}) is None
-    assert get_algorithm("aepo").sampling_temperature({}) == 1.2  # entropy 0 ≤ 0.5 → T_high
+    assert get_algorithm("aepo").sampling_temperature({}) is None  # AEPO's main batch keeps T = 1
+    assert get_algorithm("aepo").extra_rollout({}).temperature == 1.2  # entropy 0 ≤ 0.5 → T_high
 
+    @dataclass(frozen=True)
     class Fixed:
+        t: float
+
         def sampling_temperature(self, metrics):
-            return 0.7
+            return self.t
+
+        def extra_rollout(self, metrics):
+            return ExtraRollout(fraction=0.5, temperature=self.t)
 
         def __call__(self, x):
             return torch.zeros_like(x.logprobs), {}
 
-    two = Algorithm(name="two", paper="-", advantage=AEPOAdvantage(), surrogate=PPOClip(),
-                    aggregate=TokenMean(), regularizers=(Fixed(),))  # fmt: skip
+    one = Algorithm(name="one", paper="-", advantage=GroupNorm(), surrogate=PPOClip(),
+                    aggregate=TokenMean(), regularizers=(Fixed(0.7),))  # fmt: skip
+    assert one.sampling_temperature({}) == 0.7 and one.extra_rollout({}).temperature == 0.7
+    class Other(Fixed):  # another part name
+        pass
+
+    two = one.replace(regularizers=(Fixed(0.7), Other(0.9)))
     with pytest.raises(ValueError, match="different rollout temperatures"):
         two.sampling_temperature({})
+    with pytest.raises(ValueError, match="several parts ask for an extra rollout"):
+        two.extra_rollout({})
 
 
 def test_stateful_t2_parts_round_trip_through_the_algorithm_state():
@@ -143,7 +158,7 @@ def test_stateful_t2_parts_round_trip_through_the_algorithm_state():
         assert b.state_dict() == a.state_dict(), name
     aepo = copy.deepcopy(get_algorithm("aepo"))
     aepo.load_state_dict({"0:aepo": {"entropy": 0.9}})
-    assert aepo.sampling_temperature({}) == 0.8  # a resumed run samples at the restored temperature
+    assert aepo.extra_rollout({}).temperature == 0.8  # a resumed run samples at the restored temperature
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from torch import Tensor
 SFT_KEY = "sft_target_ids"  # metadata key: an item's demonstration token ids (collect.py → HPT's switch)
 SFT_TRUNCATED_KEY = "sft_target_truncated"  # metadata key: True when those ids were cut at max_new_tokens
 SFT_ROW_KEY = "hpt_sft"  # metadata key: True on a row whose completion is a demonstration, not a sample
+EXTRA_ROW_KEY = "extra_rollout"  # metadata key: True on a row of a part's extra rollout (collect.py, AEPO)
 
 
 def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
@@ -89,6 +90,11 @@ class RolloutBatch:
     @property
     def completion_lengths(self) -> Tensor:  # [B] long
         return self.completion_mask.sum(dim=1).long()
+
+    def flags(self, key: str) -> Tensor:
+        """[B] bool: the rows whose ``metadata[key]`` is true (none without metadata)."""
+        meta = self.metadata or [{}] * self.size
+        return torch.tensor([bool(m.get(key)) for m in meta], dtype=torch.bool)
 
     def validate(self) -> None:
         """Check that every present tensor agrees with the documented shapes."""

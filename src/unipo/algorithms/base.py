@@ -13,6 +13,7 @@ from torch import Tensor
 from unipo.parts.base import (
     Advantage,
     Aggregate,
+    ExtraRollout,
     LossInputs,
     Metrics,
     Regularizer,
@@ -90,6 +91,24 @@ class Algorithm:
     def old_token_stats(self) -> tuple[str, ...]:
         """Per-token statistics of π_old that some part reads (``LossInputs.old_stats``), sorted."""
         return self._stat_names("old_token_stats")
+
+    @property
+    def row_flags(self) -> tuple[str, ...]:
+        """Metadata keys of row subsets some part reads (``LossInputs.row_flags``), sorted."""
+        return self._stat_names("row_flags")
+
+    def extra_rollout(self, metrics: dict[str, Any]) -> ExtraRollout | None:
+        """The extra rollout a part asks for next step (AEPO), or None; ``metrics`` as for
+        ``sampling_temperature``. Two parts asking for one is an error (collect draws one)."""
+        asked = [
+            (part_name(p), r)
+            for p in self.parts()
+            if (hook := getattr(p, "extra_rollout", None)) is not None and (r := hook(metrics)) is not None
+        ]
+        if len(asked) > 1:
+            names = [n for n, _ in asked]
+            raise ValueError(f"algorithm {self.name!r}: several parts ask for an extra rollout {names}")
+        return asked[0][1] if asked else None
 
     def sampling_temperature(self, metrics: dict[str, Any]) -> float | None:
         """The rollout temperature parts ask for next step (None: keep the configured one).

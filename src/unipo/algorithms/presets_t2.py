@@ -12,13 +12,13 @@ from unipo.algorithms.presets_grpo import dapo, grpo, ppo
 from unipo.algorithms.registry import register_algorithm
 from unipo.parts.advantages import GroupNorm
 from unipo.parts.advantages_t2 import TokenGroupAverage
-from unipo.parts.aggregate import SeqMeanTokenMean, SeqMeanTokenSumConst, TokenMean
+from unipo.parts.aggregate import SeqMeanTokenMean, SeqMeanTokenSumConst, TokenMean, TokenSumNorm
 from unipo.parts.ares_t2 import ARESAdvantage, ARESDynamicKL, DifficultyBook
 from unipo.parts.clipping_t2 import BAPO, BAPOCode, HAPOClip, RatioNormClip, RegularizedReinforce
 from unipo.parts.entropy_t2 import AEPOAdvantage, EntropyBand, LightIFEntropy, LpReg, Siren, Steer
-from unipo.parts.regularizers import KLPenalty
-from unipo.parts.selection_t2 import D3SAdvantage, D3SSamples, HPTAdvantage, HPTSwitch, PFFilter
-from unipo.parts.surrogates import PPOClip
+from unipo.parts.regularizers import EntropyBonus, KLPenalty
+from unipo.parts.selection_t2 import HPTSFT, D3SAdvantage, D3SSamples, HPTAdvantage, HPTSwitch, PFFilter
+from unipo.parts.surrogates import PolicyGradient, PPOClip
 from unipo.parts.tokens_t2 import CAPOMask, D3STokens, HighWindowEntropy
 from unipo.parts.weights import ForkingTokens
 from unipo.rewards.shaping import DapoOverlong
@@ -85,14 +85,32 @@ siren = register_algorithm(
 aepo = register_algorithm(
     Algorithm(
         name="aepo",
-        paper="Arbitrary Entropy Policy Optimization (AEPO), arXiv 2510.08141",
-        advantage=AEPOAdvantage(threshold=0.05, sample_num=60, entropy_base=0.5, t_high=1.2, t_low=0.8),
-        surrogate=PPOClip(eps_low=0.2, eps_high=0.3, dual_clip=3.0),
+        paper="Arbitrary Entropy Policy Optimization (AEPO), arXiv 2510.08141 (Arbitrary-Entropy PO, not "
+        "Agentic Entropy-Balanced PO, which shares the acronym)",
+        advantage=AEPOAdvantage(
+            threshold=0.05, sample_num=60, entropy_base=0.5, t_high=1.2, t_low=0.8, fraction=0.25
+        ),
+        surrogate=PPOClip(eps_low=0.2, eps_high=0.2, dual_clip=3.0),
         aggregate=TokenMean(),
-        notes="rollout temperature 1.2 when the last entropy ≤ 0.5, else 0.8 (needs the trainer's "
-        "sampling_temperature hook); up to 60 positive samples (30 when entropy is high) carry "
-        "A=1; adaptation: one rollout at that temperature instead of the code's second rollout; "
-        "EasyR1 defaults (clip 0.2/0.3, dual clip 3, token mean), no KL",
+        notes="GRPO batch at the configured temperature (1.0); a second rollout of the first quarter of "
+        "the prompts × G at T = 1.2 when the last entropy ≤ 0.5, else 0.8; its first ≤ 60 samples with "
+        "A > 0.05 (30 when entropy is high) replace as many GRPO rows and carry A = 1. Script "
+        "(examples/qwen-math-7b-AEPO.sh + config.yaml): G = 5, 512 prompts per step, global batch 128 "
+        "prompts (4 optimizer steps), lr 1e-6, top-p 0.99, max response 2048, KL disabled",
+        source="597358816/AEPO@b353a05 verl/trainer/ray_trainer.py:RayPPOTrainer.fit (algorithm == 'AEPO'), "
+        "_select_by_advantage, compute_advantage (GRPO); verl/trainer/core_algos.py:compute_policy_loss "
+        "(dual clip); verl/workers/actor/config.py:ActorConfig (clip 0.2/0.2, dual 3); "
+        "verl/trainer/config.py (temperature_high 1.2, temperature_low 0.8, entropy_base 0.5, "
+        "reinforce_sample_num 60); README gradient ∇J_GRPO + α·E_{π^T}[∇log π·R]",
+        deviations=(
+            "The entropy that picks the temperature is policy/entropy (mean full-vocabulary entropy of "
+            "π_θ over the update); the code uses actor/entropy_loss, −mean log π of the sampled tokens.",
+            "At least one prompt is resampled: the code's len // 4 is 0 below 4 prompts per step.",
+            "When the replacement cuts a GRPO group (n not a multiple of G), that group's remaining rows "
+            "are normalized among themselves; the code computed their advantages before the cut.",
+            "The loss is one token mean over each minibatch; EasyR1 averages per-micro-batch token means "
+            "(masked_mean per micro-batch / gradient accumulation).",
+        ),
     )
 )
 
@@ -169,15 +187,39 @@ hpt = register_algorithm(
     Algorithm(
         name="hpt",
         paper="Towards a Unified View of Large Language Model Post-Training (HPT), arXiv 2509.04419",
-        advantage=HPTAdvantage(),
-        selections=(HPTSwitch(gate=0.0),),
-        surrogate=PPOClip(eps_low=0.2, eps_high=0.2),
-        aggregate=TokenMean(),
-        notes="per prompt: RL (GRPO) when the group's accuracy > γ=0, else one SFT row on the task's "
-        "demonstration (its reference answer or 'demonstration' column + EOS, tokenized as the SFT warm "
-        "start and cut to max_new_tokens) with A=1; examples without one stay RL",
+        advantage=HPTAdvantage(scale_by_std=False),
+        selections=(HPTSwitch(gate=0),),
+        surrogate=PolicyGradient(),
+        regularizers=(HPTSFT(coef=1.0), EntropyBonus(coef=0.001, token_mean=True)),
+        aggregate=TokenSumNorm(divisor=8),
+        notes="per prompt: RL when more than γ=0 of its G rollouts are solved, else one SFT row on the "
+        "task's demonstration (its reference answer or 'demonstration' column + EOS, tokenized as the SFT "
+        "warm start and cut to max_new_tokens); examples without one stay RL. Loss = Σ_RL tokens "
+        "−(r − mean_G r)·ρ / (8·max_new_tokens) (unclipped) + 1.0 × token-mean NLL of the demonstration "
+        "rows − 0.001 × "
+        "token-mean entropy. Script (exp_scripts/train.sh): G = 8, 128 prompts per step, mini-batch 64 "
+        "(2 optimizer steps), lr 5e-6, grad clip 1.0, max response 8192, temperature 1.0, no KL; "
+        "sft_loss_coef 0.3 for Qwen2.5-Math-1.5B",
+        source="TsinghuaC3I/Unify-Post-Training@ae332f5 hpt/verl/verl/mix_src/mix_actor.py:"
+        "MIXDataParallelPPOActor.update_policy (offline_loss_type='sft'), mix_core_alg.py:"
+        "compute_sft_pure_loss, mix_trainer.py:MIXRayPPOTrainer.select_on_off_ada_balance and fit "
+        "(switch), hpt/verl/verl/trainer/ppo/core_algos.py:compute_policy_loss (loss_remove_token_mean, "
+        "loss_remove_clip) and compute_grpo_outcome_advantage (use_std=False); exp_scripts/train.sh",
+        deviations=(
+            "The SFT and entropy terms are token means over the whole minibatch; the code adds one per "
+            "dynamic micro-batch (gradient_accumulation = 1), so there their weight grows with the number "
+            "of micro-batches.",
+            "The RL token sum is divided by 8·max_new_tokens for the whole minibatch: the code divides each "
+            "rank's sum by the padded response length and averages over its 8 data-parallel ranks, so the "
+            "balance of RL and SFT terms depends on the rows per step there as here.",
+            "A rollout counts as solved when its reward is ≥ 1.0; the code tests == 1 (the same on 0/1 "
+            "rewards).",
+            "The code skips an optimizer step whose gradient norm exceeds max_grad_norm = 80 (after "
+            "clipping at 1.0); here every step is taken (clipped at optim.max_grad_norm).",
+        ),
     )
 )
+
 
 # ------------------------------------------------------------------ clipping and ratios
 _BAPO_PAPER = "Xi et al., BAPO: Balanced Policy Optimization with Adaptive Clipping, arXiv 2510.18927"

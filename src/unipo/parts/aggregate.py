@@ -66,3 +66,30 @@ class SeqMeanTokenSumConst:
     def __call__(self, loss: Tensor, x: LossInputs) -> Tensor:
         norm = self.constant if self.constant is not None else x.max_len
         return (loss * x.mask).sum() / (norm * x.num_seqs)
+
+
+@register("aggregate", "token_sum_norm")
+@dataclass(frozen=True)
+class TokenSumNorm:
+    """A token *sum* over a constant: L = Σ_{i,t} ℓ_{i,t}·m_{i,t} / (divisor · L_max), no mean over rows.
+
+    verl's ``loss_remove_token_mean`` / ``seq-mean-token-sum-norm``: ``(loss·mask).sum() /
+    mask.shape[-1]`` with responses padded to the generation limit, so L_max is ``constant`` when
+    set, else ``x.max_len`` (the trainer's ``max_new_tokens``). ``divisor`` folds in a further
+    constant, e.g. the data-parallel ranks over which verl averages per-rank sums (HPT: 8).
+    Source: TsinghuaC3I/Unify-Post-Training@ae332f5 hpt/verl/verl/trainer/ppo/core_algos.py:
+    compute_policy_loss (``loss_remove_token_mean=True``).
+    """
+
+    constant: int | None = None
+    divisor: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.constant is not None and self.constant <= 0:
+            raise ValueError(f"token_sum_norm constant must be > 0 (or None), got {self.constant}")
+        if self.divisor <= 0:
+            raise ValueError(f"token_sum_norm divisor must be > 0, got {self.divisor}")
+
+    def __call__(self, loss: Tensor, x: LossInputs) -> Tensor:
+        norm = self.constant if self.constant is not None else x.max_len
+        return (loss * x.mask).sum() / (self.divisor * norm)

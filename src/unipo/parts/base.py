@@ -33,10 +33,20 @@ Optional part attributes the trainer reads (never part names):
                                       keeps the micro-batches in row order instead of grouping
                                       them by length (``train/update.py``)
     aggregated: bool                  (Regularizer) the part returns its term already reduced to
-                                      a 0-dim tensor, this micro-batch's share of the batch loss;
-                                      ``policy_loss`` adds it after the aggregate instead of
-                                      passing a [B, T] term through it, so no length normalization
-                                      rescales it (SIREN's λ(H̄ − a)², added to the aggregated loss)
+                                      a 0-dim tensor, this micro-batch's share of the batch loss
+                                      with its own normalization; ``policy_loss`` adds it after the
+                                      aggregate instead of passing a [B, T] term through it, so no
+                                      length normalization rescales it (SIREN's λ(H̄ − a)², HPT's
+                                      SFT term over the demonstration tokens, a token-mean entropy
+                                      bonus next to another aggregate)
+    row_flags: tuple[str, ...]        metadata keys marking a subset of rows the part treats apart
+                                      (HPT's demonstration rows, ``"hpt_sft"``): the update fills
+                                      ``LossInputs.row_flags[key]`` ([B] bool, rows whose
+                                      ``metadata[key]`` is true) and ``flag_tokens[key]`` /
+                                      ``flag_rows[key]``, their completion tokens / rows counted over
+                                      the *whole accumulated minibatch* (like ``num_tokens``), so an
+                                      objective normalized by them is the same however the minibatch
+                                      is cut into micro-batches (``flagged`` reads them)
 Optional methods:
     state_dict() / load_state_dict(d)   stateful parts (adaptive coefficients, anchors)
     on_step_end(metrics)                update state once per optimizer step
@@ -47,10 +57,20 @@ Optional methods:
     token_temperature(entropy [N], base_temperature) -> temperature [N]
                                         per-token sampling temperature of training rollouts from
                                         the next-token entropy (HAPO); applied by the engine
+    extra_rollout(metrics) -> ExtraRollout | None
+                                        a second, smaller rollout for the next step, beside the main
+                                        one (AEPO's samples at a regulated temperature): ``collect``
+                                        samples G completions for the first ⌊fraction·P⌋ (≥ 1) of the
+                                        step's prompts at its temperature, after the main batch is
+                                        selected and refilled (its groups never count toward the
+                                        target), scores them, marks them ``metadata["extra_rollout"]``
+                                        with group ids of their own, and hands (main, extra) to its
+                                        ``merge`` (default: append); ``metrics`` are the previous step's
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -89,6 +109,9 @@ class LossInputs:
     truncated: Tensor | None = None  # [B] bool, hit the generation limit (overlong filtering)
     stats: dict[str, Tensor] = field(default_factory=dict)  # name -> [B, T] stat of π_θ (token_stats)
     old_stats: dict[str, Tensor] = field(default_factory=dict)  # name -> [B, T] stat of π_old, no grad
+    row_flags: dict[str, Tensor] = field(default_factory=dict)  # key -> [B] bool, rows marked (row_flags)
+    flag_tokens: dict[str, float] = field(default_factory=dict)  # key -> their tokens, accumulated batch
+    flag_rows: dict[str, float] = field(default_factory=dict)  # key -> their rows, accumulated batch
 
     def __post_init__(self) -> None:
         if self.num_tokens <= 0:
@@ -97,6 +120,16 @@ class LossInputs:
             self.num_seqs = float(self.mask.shape[0])
         if self.max_len <= 0:
             self.max_len = int(self.mask.shape[1])
+        for key, rows in self.row_flags.items():  # counts not given: this micro-batch is the whole batch
+            if rows.shape != self.mask.shape[:1]:
+                raise ValueError(
+                    f"LossInputs.row_flags[{key!r}] has shape {tuple(rows.shape)}, expected "
+                    f"({self.mask.shape[0]},): one bool per row"
+                )
+            if key not in self.flag_tokens:
+                self.flag_tokens[key] = float((self.mask * rows[:, None].to(self.mask.dtype)).sum())
+            if key not in self.flag_rows:
+                self.flag_rows[key] = float(rows.sum())
 
     @property
     def log_ratio(self) -> Tensor:  # [B, T] log ρ = log π_θ − log π_old, clamped to ±20
@@ -191,6 +224,36 @@ def token_stat(stats: dict[str, Tensor], name: str, part: str) -> Tensor:
             "pass them yourself when building LossInputs by hand"
         )
     return stats[name]
+
+
+def flagged(x: LossInputs, key: str) -> tuple[Tensor, float, float]:
+    """Rows marked ``key`` (a ``row_flags`` key): ([B] float 1 on them, their tokens and rows over the
+    accumulated batch). A key ``LossInputs`` does not carry marks no row (the functional API, a
+    batch without such rows), so an objective over them is 0."""
+    rows = x.row_flags.get(key)
+    if rows is None:
+        return torch.zeros(x.mask.shape[0], dtype=x.mask.dtype, device=x.mask.device), 0.0, 0.0
+    return rows.to(x.mask.dtype), x.flag_tokens.get(key, 0.0), x.flag_rows.get(key, 0.0)
+
+
+@dataclass(frozen=True)
+class ExtraRollout:
+    """A second rollout a part asks for through ``extra_rollout(metrics)`` (see the module docstring).
+
+    ``merge(main, extra) -> (batch, metrics)`` builds the batch that is trained on from the selected
+    main batch and the extra rows (scored, marked ``metadata["extra_rollout"]``, NaN rewards dropped);
+    None appends them.
+    """
+
+    fraction: float  # of the step's prompts: the first ⌊fraction·P⌋, at least one
+    temperature: float  # their sampling temperature
+    merge: Callable[[RolloutBatch, RolloutBatch], tuple[RolloutBatch, Metrics]] | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 < self.fraction <= 1:
+            raise ValueError(f"ExtraRollout.fraction must be in (0, 1], got {self.fraction}")
+        if self.temperature <= 0:
+            raise ValueError(f"ExtraRollout.temperature must be > 0, got {self.temperature}")
 
 
 def scalar(x: Tensor | float) -> Tensor:

@@ -1,5 +1,6 @@
 """Entropy-control parts of the T2 seeds: Lp-Reg, SIREN, Light-IF (TEA-RL), SPINE's entropy
-band, STEER token weights and AEPO's temperature-regulated REINFORCE advantage.
+band, STEER token weights; AEPO (Arbitrary-Entropy PO) lives in ``unipo.parts.aepo`` and is
+re-exported here.
 
 Statistics of the full next-token distribution beyond the entropy (the min-p proxy, top-p
 entropy) come from ``LossInputs.stats`` / ``old_stats``, filled by the update loop for the
@@ -16,8 +17,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from unipo.batch import RolloutBatch
-from unipo.parts.advantages import GroupNorm
+from unipo.parts.aepo import AEPOAdvantage  # noqa: F401  (re-exported; importing it registers "aepo")
 from unipo.parts.base import LossInputs, Metrics, masked_mean, scalar, token_stat
 from unipo.parts.registry import register
 from unipo.parts.regularizers import kl_estimate
@@ -334,68 +334,3 @@ class Steer:
             "token_weight/steer_mean": scalar(vw.mean()),
             "token_weight/steer_omega_max": scalar(v.max()),
         }
-
-
-@register("advantage", "aepo")
-@dataclass(frozen=True)
-class AEPOAdvantage:
-    """AEPO: GRPO advantages plus a REINFORCE term at an entropy-regulated temperature
-    (Arbitrary Entropy Policy Optimization, arXiv 2510.08141).
-
-    Temperature rule (``sampling_temperature``): T = T_high if H ≤ H_base else T_low, with H
-    the previous step's mean policy entropy (``policy/entropy``; 0 before the first step, so
-    step 1 samples at T_high, as the code). Advantage: GRPO's; then the first n rows (batch
-    order) with A > 0.05 get A = 1 on every token (one-sided REINFORCE), n = min(60, available),
-    halved when H > H_base.
-
-    Source: 597358816/AEPO ray_trainer.py (defaults T_high = 1.2, T_low = 0.8, H_base =
-    ``entropy_base`` = 0.5, ``reinforce_sample_num`` = 60). Adaptation: the code draws a *second*
-    rollout at T and swaps its positive samples (A := 1) for the first n samples of the T = 1
-    batch; here one rollout is drawn at the hook's temperature and n of its positive samples
-    carry A = 1, so the GRPO samples also come from π^T (the trainer must call the hook before
-    generation). Stateful: the last entropy is saved by ``state_dict()``.
-    """
-
-    scale_by_std: bool = True
-    eps: float = 1e-6
-    threshold: float = 0.05
-    sample_num: int = 60
-    entropy_base: float = 0.5
-    t_high: float = 1.2
-    t_low: float = 0.8
-    _state: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False, hash=False)
-
-    def __post_init__(self) -> None:
-        self._state["entropy"] = 0.0
-
-    @property
-    def entropy(self) -> float:
-        return self._state["entropy"]
-
-    def sampling_temperature(self, metrics: dict[str, Any]) -> float:
-        h = float(metrics.get("policy/entropy", self.entropy))
-        return self.t_high if h <= self.entropy_base else self.t_low
-
-    def on_step_end(self, metrics: dict[str, Any]) -> None:
-        if "policy/entropy" in metrics:
-            self._state["entropy"] = float(metrics["policy/entropy"])
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"entropy": self.entropy}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._state["entropy"] = float(state["entropy"])
-
-    def __call__(self, batch: RolloutBatch) -> tuple[Tensor, Metrics]:
-        adv, metrics = GroupNorm(scale_by_std=self.scale_by_std, eps=self.eps)(batch)  # [B, T]
-        mask = batch.completion_mask.float()
-        seq_adv = (adv * mask).sum(1) / mask.sum(1).clamp(min=1)  # [B]
-        pos = (seq_adv > self.threshold).nonzero(as_tuple=True)[0]
-        n = min(self.sample_num, int(pos.numel()))
-        if self.entropy > self.entropy_base:
-            n //= 2
-        chosen = pos[:n]
-        adv = adv.clone()
-        adv[chosen] = mask[chosen]  # A = 1 on every valid token of the REINFORCE samples
-        metrics["advantage/aepo_reinforce_frac"] = scalar(n / max(batch.size, 1))
-        return adv, metrics

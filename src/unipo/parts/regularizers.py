@@ -77,16 +77,32 @@ class KLPenalty:
 @register("regularizer", "entropy")
 @dataclass(frozen=True)
 class EntropyBonus:
-    """Entropy bonus: loss term −c·H(π_θ(·|s_t)) per token (maximizes entropy for c > 0)."""
+    """Entropy bonus: loss term −c·H(π_θ(·|s_t)) per token (maximizes entropy for c > 0).
+
+    ``token_mean=True`` makes it a term of its own, −c·Σ_{i,t} H_{i,t}·m_{i,t} / N_tokens over
+    the accumulated batch (a 0-dim ``aggregated`` term), whatever the algorithm's aggregate: verl's
+    ``entropy_loss = masked_mean(entropy, response_mask)`` next to a policy loss normalized
+    otherwise (HPT's token-sum RL loss).
+    """
 
     coef: float = 0.001
+    token_mean: bool = False
 
     needs_entropy_grad = True
+
+    @property
+    def aggregated(self) -> bool:
+        return self.token_mean
 
     def __call__(self, x: LossInputs) -> tuple[Tensor, Metrics]:
         if x.entropies is None:
             raise ValueError("entropy regularizer needs current-policy entropies with grad")
-        return -self.coef * x.entropies, {
+        if self.token_mean:  # 0-dim: −c·Σ H·m / N over the accumulated batch
+            h = torch.where(x.mask.bool(), x.entropies, torch.zeros_like(x.entropies))
+            term = -self.coef * h.sum() / x.num_tokens
+        else:
+            term = -self.coef * x.entropies
+        return term, {
             "regularizer/entropy": scalar(masked_mean(x.entropies.detach(), x.mask))
         }
 

@@ -1,6 +1,7 @@
 """Sample selection of the T2 seeds: D³S sample-level down-sampling (across groups, or within
 them for D³S-I; with its schedule and the advantage that keeps the full groups' A), PF-PPO policy
-filtration, and HPT's SFT/RL switch (with the advantage that gives its SFT rows A = 1).
+filtration, and HPT's SFT/RL switch (with its advantage and its SFT term over the demonstration
+rows).
 
 Selections run after rewards and before the advantage: ``sel(batch) -> (batch, metrics)``.
 """
@@ -15,7 +16,7 @@ from torch import Tensor
 
 from unipo.batch import SFT_KEY, SFT_ROW_KEY, RolloutBatch
 from unipo.parts.advantages import GroupNorm
-from unipo.parts.base import Metrics, group_index, group_stats, scalar
+from unipo.parts.base import LossInputs, Metrics, flagged, group_index, group_stats, masked_mean, scalar
 from unipo.parts.registry import part_name, register
 
 if TYPE_CHECKING:
@@ -233,6 +234,10 @@ class PFFilter:
 
 
 # ------------------------------------------------------------------ HPT
+# Source: TsinghuaC3I/Unify-Post-Training@ae332f5, files under hpt/verl/verl/mix_src/ (named below)
+# run by exp_scripts/train.sh: unify_strategy=switch, switch_gate=0, offline_loss_type=sft,
+# sft_loss_coef=1.0, entropy_coeff=0.001, grpo_use_std=False, loss_remove_token_mean=True,
+# loss_remove_clip=True, n_verify=8 rollouts, 8 GPUs.
 
 
 @register("selection", "hpt_switch")
@@ -241,31 +246,43 @@ class HPTSwitch:
     """HPT's switch between RL and SFT per prompt ("Towards a Unified View of LLM Post-Training",
     arXiv 2509.04419, Hybrid Post-Training).
 
-    For each group, P = mean score of its G rollouts. If P > γ (``gate``) the group stays (RL,
-    α = 1); otherwise, when the items carry a demonstration, the rollouts are replaced by one
-    row whose completion is the demonstration (SFT, β = 1) and that the ``hpt`` advantage gives
-    A = 1 on every token: the surrogate's gradient is then −∇log π(y*), the SFT gradient
-    (on-policy ρ = 1; the paper's unified estimator with π_ref = 1 in the denominator).
+    For each group, the solve count k = #{rollouts with reward ≥ ``solved_reward``}. If k > γ
+    (``gate``, a count) the group stays (RL); otherwise, when the items carry a demonstration, its
+    rollouts are replaced by one row whose completion is the demonstration, marked
+    ``metadata["hpt_sft"]``: the ``hpt_sft`` regularizer trains on it (coef × token mean of −log π
+    over such rows), the RL term does not (``hpt`` gives it A = 0).
+    Source: mix_trainer.py:MIXRayPPOTrainer.select_on_off_ada_balance (``on_solve_num <=
+    switch_gate`` → remove the 8 rollouts, add 1 off-policy row; default gate 0) and fit (the
+    off-policy row's response is the target, its ``prefix_mask`` all true). Deviation: a rollout
+    counts as solved when its reward is ≥ ``solved_reward`` (the code: == 1, the same on 0/1 rewards).
 
     Data contract: the demonstration is read from ``batch.metadata[i]["sft_target_ids"]``, a
     list of token ids (parts cannot tokenize). ``needs_demonstrations`` makes the collect step
     put it there: the task's demonstration (its reference answer, or a ``"demonstration"``
     column) + EOS, tokenized as the SFT warm start does (``unipo.train.sft.demonstration_ids``).
-    The SFT row's completion is those ids with completion_mask 1 on each, so the log-prob pass
-    and the loss see exactly the demonstration tokens. Without a demonstration a failing group
-    stays RL (a no-op on tasks without reference answers).
-    Default γ = 0 (SFT only when all rollouts fail), as the paper's main runs (PAPER-recall).
+    The SFT row's completion is those ids with completion_mask 1 on each. Without a
+    demonstration a failing group stays RL (a no-op on tasks without reference answers).
     """
 
     needs_demonstrations = True  # class attribute, not a field: read by Algorithm.needs_demonstrations
 
-    gate: float = 0.0
+    gate: int = 0
+    solved_reward: float = 1.0
     key: str | None = None
     sft_reward: float = 1.0
 
+    def __post_init__(self) -> None:
+        if isinstance(self.gate, bool) or not isinstance(self.gate, int) or self.gate < 0:
+            raise ValueError(
+                f"hpt_switch gate is a solve count (an int ≥ 0: SFT when at most that many rollouts "
+                f"of a group are solved), got {self.gate!r}"
+            )
+
     def check(self, algorithm: Algorithm) -> str | None:
         if part_name(algorithm.advantage) != "hpt":
-            return "hpt_switch's SFT rows need advantage=hpt (A = 1 on demonstration tokens)"
+            return "hpt_switch's SFT rows need advantage=hpt (A = 0 on them: the RL term skips them)"
+        if not any(SFT_ROW_KEY in getattr(r, "row_flags", ()) for r in algorithm.regularizers):
+            return "hpt_switch's SFT rows need the hpt_sft regularizer (nothing else trains on them)"
         return None
 
     def _sft_row(self, batch: RolloutBatch, row: int, ids: list[int]) -> RolloutBatch:
@@ -285,14 +302,14 @@ class HPTSwitch:
         )
 
     def __call__(self, batch: RolloutBatch) -> tuple[RolloutBatch, Metrics]:
-        scores = _scores(batch, self.key, "hpt_switch")
+        solved = _scores(batch, self.key, "hpt_switch") >= self.solved_reward  # [B]
         idx, n = group_index(batch.group_ids)
         keep: list[int] = []
         sft_rows: list[RolloutBatch] = []
         for g in range(n):
             members = (idx == g).nonzero(as_tuple=True)[0].tolist()
             demo = batch.metadata[members[0]].get(SFT_KEY) if batch.metadata else None
-            if float(scores[members].mean()) <= self.gate and demo:
+            if int(solved[members].sum()) <= self.gate and demo:
                 sft_rows.append(self._sft_row(batch, members[0], list(demo)))
             else:
                 keep.extend(members)
@@ -308,21 +325,52 @@ class HPTSwitch:
 @register("advantage", "hpt")
 @dataclass(frozen=True)
 class HPTAdvantage:
-    """HPT's advantage: GRPO's on RL rows, A = 1 on every token of an SFT row (``hpt_switch``).
+    """HPT's advantage: GRPO's on RL rows, A = 0 on the SFT rows of ``hpt_switch``.
 
-    A = (r − mean_G r)/(std_G r + ε) for rollouts (``group_norm``); A_t = 1 where
-    ``metadata["hpt_sft"]`` so that −A·ρ differentiates to the SFT gradient −∇log π(y*_t).
+    A = r − mean_G r (``scale_by_std=False``, the script's ``grpo_use_std=False``; True divides by
+    std_G + ε) for rollouts; the SFT rows are left to the ``hpt_sft`` regularizer, as the code
+    feeds only ``on_policy_mask`` rows to the policy loss (mix_actor.py, offline_loss_type=sft).
     """
 
-    scale_by_std: bool = True
+    scale_by_std: bool = False
     eps: float = 1e-6
 
     def __call__(self, batch: RolloutBatch) -> tuple[Tensor, Metrics]:
-        adv, metrics = GroupNorm(scale_by_std=self.scale_by_std, eps=self.eps)(batch)
-        sft = torch.tensor(
-            [bool(m.get(SFT_ROW_KEY)) for m in batch.metadata] if batch.metadata else [False] * batch.size
-        )
+        adv, metrics = GroupNorm(scale_by_std=self.scale_by_std, eps=self.eps)(batch)  # [B, T]
+        sft = batch.flags(SFT_ROW_KEY)  # [B]
         if sft.any():
-            adv = torch.where(sft[:, None].to(adv.device), batch.completion_mask.float(), adv)
+            adv = adv.masked_fill(sft[:, None].to(adv.device), 0.0)
         metrics["advantage/hpt_sft_frac"] = scalar(sft.float().mean())
         return adv, metrics
+
+
+@register("regularizer", "hpt_sft")
+@dataclass(frozen=True)
+class HPTSFT:
+    """HPT's SFT term over the demonstration rows: coef · Σ_{demo tokens} −log π_θ / N_demo.
+
+    N_demo counts the demonstration tokens of the whole accumulated minibatch
+    (``LossInputs.flag_tokens["hpt_sft"]``), so the term is ``coef`` × their token mean however the
+    minibatch is cut into micro-batches, and its weight does not shrink with the share of
+    demonstration tokens in the batch. 0 when there are none (the code skips its NaN).
+    Source: mix_actor.py:MIXDataParallelPPOActor.update_policy (offline_loss_type == "sft":
+    ``sft_loss * sft_loss_coef + pg_loss``) and mix_core_alg.py:compute_sft_pure_loss
+    (``masked_mean(−log_prob, eos_mask)`` over ``prefix_mask.any(-1)`` rows); coef 1.0 (train.sh;
+    0.3 for Qwen2.5-Math-1.5B). Deviation: the code takes that mean per micro-batch and adds the
+    micro-batch terms (gradient_accumulation = 1 with dynamic batch sizes), so its weight grows with
+    the number of micro-batches holding demonstrations; here one mean over the minibatch.
+    """
+
+    coef: float = 1.0
+
+    row_flags = (SFT_ROW_KEY,)
+    aggregated = True  # a 0-dim term with its own denominator, added after the aggregate
+
+    def __call__(self, x: LossInputs) -> tuple[Tensor, Metrics]:
+        rows, n_tokens, _ = flagged(x, SFT_ROW_KEY)  # [B]
+        demo = x.mask * rows[:, None]  # [B, T] 1 on demonstration tokens
+        nll = torch.where(demo.bool(), -x.logprobs, torch.zeros_like(x.logprobs))  # [B, T]
+        return self.coef * nll.sum() / max(n_tokens, 1.0), {
+            "regularizer/hpt_sft_nll": scalar(masked_mean(-x.logprobs.detach(), demo)),
+            "regularizer/hpt_sft_tokens": scalar(n_tokens),
+        }

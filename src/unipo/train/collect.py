@@ -10,7 +10,8 @@ from typing import Any
 
 import torch
 
-from unipo.batch import SFT_KEY, SFT_TRUNCATED_KEY, RolloutBatch
+from unipo.batch import EXTRA_ROW_KEY, SFT_KEY, SFT_TRUNCATED_KEY, RolloutBatch
+from unipo.parts.base import ExtraRollout
 from unipo.rollout.base import RolloutEngine, SamplingParams
 from unipo.train.phases import PhaseMeter
 
@@ -70,6 +71,53 @@ def score(
     return result.total, result.metrics(), result.first_traceback
 
 
+def _round(
+    engine: RolloutEngine,
+    reward_set: Any,
+    examples: list[dict[str, Any]],
+    prompt_ids: list[list[int]],
+    prompt_texts: list[str],
+    group_size: int,
+    sampling: SamplingParams,
+    first_group_id: int,
+    demonstrations: Callable[[list[dict[str, Any]]], list[list[int] | None]] | None,
+    meter: PhaseMeter,
+) -> tuple[RolloutBatch, dict[str, float], str | None, list[Any]]:
+    """Generate and score one round: (batch with every row, reward metrics, traceback, demonstrations)."""
+    with meter("generate"):
+        gen = engine.generate(prompt_ids, group_size, sampling)
+    with meter("reward"):
+        rows_ex = [ex for ex in examples for _ in range(group_size)]
+        rows_prompt = [p for p in prompt_texts for _ in range(group_size)]
+        lengths = gen.completion_mask.sum(1).long().tolist()
+        extra = {
+            "completion_length": lengths,
+            "truncated": gen.truncated.tolist(),
+            "max_new_tokens": [sampling.max_new_tokens] * len(lengths),
+        }
+        totals, rmetrics, tb = score(reward_set, rows_ex, rows_prompt, gen.completions, extra)
+    rewards = torch.tensor([math.nan if r is None else float(r) for r in totals], dtype=torch.float32)
+    group_ids = torch.arange(len(examples)).repeat_interleave(group_size) + first_group_id
+    demos = demonstrations(examples) if demonstrations is not None else [None] * len(examples)
+    rows_demo = [d for d in demos for _ in range(group_size)]
+    batch = RolloutBatch(
+        prompt_ids=gen.prompt_ids.cpu(),
+        prompt_mask=gen.prompt_mask.cpu(),
+        completion_ids=gen.completion_ids.cpu(),
+        completion_mask=gen.completion_mask.cpu(),
+        group_ids=group_ids,
+        truncated=gen.truncated.cpu(),
+        rewards=rewards,
+        metadata=[
+            {"prompt": p, "completion": c, "answer": ex.get("answer"), "reward_components": None}
+            | ({SFT_KEY: list(d)} if d is not None else {})
+            | ({SFT_TRUNCATED_KEY: True} if getattr(d, "truncated", False) else {})
+            for p, c, ex, d in zip(rows_prompt, gen.completions, rows_ex, rows_demo)
+        ],
+    )
+    return batch, rmetrics, tb, demos
+
+
 def collect(
     *,
     engine: RolloutEngine,
@@ -85,6 +133,7 @@ def collect(
     next_group_id: int = 0,
     demonstrations: Callable[[list[dict[str, Any]]], list[list[int] | None]] | None = None,
     meter: PhaseMeter | None = None,
+    extra: ExtraRollout | None = None,
 ) -> tuple[RolloutBatch, dict[str, float], dict[str, float], str | None]:
     """Generate, score and select until enough groups survive. Returns (batch, metrics, times, traceback).
 
@@ -97,8 +146,16 @@ def collect(
     example that has one carries them in ``metadata["sft_target_ids"]`` before the selections run,
     and ``metadata["sft_target_truncated"] = True`` when they were cut at ``max_new_tokens``; the
     examples drawn with a cut one (refill rounds included) are counted in ``hpt/demonstrations_truncated``.
+
+    ``extra`` (a part's ``extra_rollout`` request, AEPO's) is drawn once the main batch is selected
+    and refilled: G completions for each of the first ⌊fraction·P⌋ (at least one) of this step's own
+    prompts (refills excluded), at ``extra.temperature``; they are scored, rows with no reward
+    dropped, marked ``metadata["extra_rollout"] = True`` with group ids after the main ones, and
+    ``extra.merge(main, extra_rows)`` (else an append) gives the batch returned. They never go through
+    the selections nor count toward the target groups (``rollout/kept_groups`` is the main batch's).
     """
     target_groups = len(examples)
+    own = (examples, prompt_ids, prompt_texts)  # this step's prompts: the extra rollout draws on them
     kept: list[RolloutBatch] = []
     metrics: dict[str, float] = {}
     meter = meter if meter is not None else PhaseMeter("cpu")
@@ -108,44 +165,17 @@ def collect(
     refills_used = 0
     rounds = 0
     while True:
-        with meter("generate"):
-            gen = engine.generate(prompt_ids, group_size, sampling)
-        with meter("reward"):
-            rows_ex = [ex for ex in examples for _ in range(group_size)]
-            rows_prompt = [p for p in prompt_texts for _ in range(group_size)]
-            lengths = gen.completion_mask.sum(1).long().tolist()
-            extra = {
-                "completion_length": lengths,
-                "truncated": gen.truncated.tolist(),
-                "max_new_tokens": [sampling.max_new_tokens] * len(lengths),
-            }
-            totals, rmetrics, tb = score(reward_set, rows_ex, rows_prompt, gen.completions, extra)
+        batch, rmetrics, tb, demos = _round(
+            engine, reward_set, examples, prompt_ids, prompt_texts, group_size, sampling,
+            next_group_id, demonstrations, meter,
+        )  # fmt: skip
+        next_group_id += len(examples)
+        rewards = batch.rewards
         traceback = traceback or tb
         if rounds == 0:
             metrics.update(rmetrics)
         else:  # refill rounds only add to the failure counts
-            for k in ("rewards/errors", "rewards/excluded"):
-                metrics[k] = metrics.get(k, 0.0) + rmetrics.get(k, 0.0)
-        rewards = torch.tensor([math.nan if r is None else float(r) for r in totals], dtype=torch.float32)
-        group_ids = torch.arange(len(examples)).repeat_interleave(group_size) + next_group_id
-        next_group_id += len(examples)
-        demos = demonstrations(examples) if demonstrations is not None else [None] * len(examples)
-        rows_demo = [d for d in demos for _ in range(group_size)]
-        batch = RolloutBatch(
-            prompt_ids=gen.prompt_ids.cpu(),
-            prompt_mask=gen.prompt_mask.cpu(),
-            completion_ids=gen.completion_ids.cpu(),
-            completion_mask=gen.completion_mask.cpu(),
-            group_ids=group_ids,
-            truncated=gen.truncated.cpu(),
-            rewards=rewards,
-            metadata=[
-                {"prompt": p, "completion": c, "answer": ex.get("answer"), "reward_components": None}
-                | ({SFT_KEY: list(d)} if d is not None else {})
-                | ({SFT_TRUNCATED_KEY: True} if getattr(d, "truncated", False) else {})
-                for p, c, ex, d in zip(rows_prompt, gen.completions, rows_ex, rows_demo)
-            ],
-        )
+            _add_failures(metrics, rmetrics)
         if demonstrations is not None:  # examples whose demonstration was cut at max_new_tokens
             cut = float(sum(bool(getattr(d, "truncated", False)) for d in demos))
             metrics["hpt/demonstrations_truncated"] = metrics.get("hpt/demonstrations_truncated", 0.0) + cut
@@ -175,5 +205,31 @@ def collect(
         out = out.select(torch.isin(out.group_ids, groups))
     metrics["rollout/refill_rounds"] = float(refills_used)
     metrics["rollout/kept_groups"] = float(torch.unique(out.group_ids).numel()) if out.size else 0.0
+    if extra is not None:
+        n_extra = max(1, int(len(own[0]) * extra.fraction))  # the code: the first len // 4 prompts
+        at_t = sampling.model_copy(update={"temperature": extra.temperature})
+        rows, rmetrics, tb, _ = _round(
+            engine, reward_set, own[0][:n_extra], own[1][:n_extra], own[2][:n_extra], group_size, at_t,
+            next_group_id, demonstrations, meter,
+        )  # fmt: skip
+        traceback = traceback or tb
+        _add_failures(metrics, rmetrics)
+        rows = rows.select(~torch.isnan(rows.rewards))
+        for m in rows.metadata:
+            m[EXTRA_ROW_KEY] = True
+        metrics["rollout/extra_completions"] = float(n_extra * group_size)
+        metrics["rollout/extra_temperature"] = extra.temperature
+        metrics["rollout/extra_reward_mean"] = float(rows.rewards.mean()) if rows.size else math.nan
+        if extra.merge is not None:
+            out, mmetrics = extra.merge(out, rows)
+            metrics.update({k: float(v) for k, v in mmetrics.items()})
+        elif rows.size:
+            out = RolloutBatch.concat([b for b in (out, rows) if b.size])
     times = {f"time/{k}": meter.times.get(k, 0.0) - start[k] for k in start}
     return out, metrics, times, traceback
+
+
+def _add_failures(metrics: dict[str, float], rmetrics: dict[str, float]) -> None:
+    """Add a later round's reward failures (refills, the extra rollout) to the step's counts."""
+    for k in ("rewards/errors", "rewards/excluded"):
+        metrics[k] = metrics.get(k, 0.0) + rmetrics.get(k, 0.0)

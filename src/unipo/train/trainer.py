@@ -179,7 +179,7 @@ class Trainer:
         cfg = self.cfg
         self._t_step = time.perf_counter()
         examples, ids, texts = self._prompts(cfg.rollout.prompts_per_step)
-        sampling = cfg.rollout.sampling  # a part may steer the rollout temperature (AEPO)
+        sampling = cfg.rollout.sampling  # a part may steer the rollout temperature (sampling_temperature)
         if (temperature := self.algorithm.sampling_temperature(self._last_metrics)) is not None:
             sampling = sampling.model_copy(update={"temperature": temperature})
         if (token_temp := self.algorithm.token_temperature_fn(sampling.temperature)) is not None:
@@ -198,6 +198,7 @@ class Trainer:
             next_group_id=self.next_group_id,
             demonstrations=self._demonstrations,
             meter=self.phases,
+            extra=self.algorithm.extra_rollout(self._last_metrics),  # a part's second rollout (AEPO)
         )
         self.next_group_id = (
             int(batch.group_ids.max()) + 1 if batch.size else self.next_group_id + len(examples)

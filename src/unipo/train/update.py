@@ -137,6 +137,7 @@ def update_policy(
     # a minibatch's gradient is the sum of its micro-batches' whatever their composition, unless a
     # part computes a statistic across the rows it is given (top-k, quantiles): only then keep order
     by_length = settings.length_grouped and not algorithm.any_part("micro_batch_statistics")
+    flag_keys = algorithm.row_flags  # row subsets parts read, counted over each whole minibatch
     for _epoch in range(settings.epochs):
         parts = minibatch_rows(
             batch.group_ids, settings.minibatches, generator, by_group=settings.shared_prompt
@@ -145,6 +146,10 @@ def update_policy(
             minibatch = batch.select(mb_idx)
             num_tokens = float(minibatch.completion_mask.sum().clamp(min=1))
             num_seqs = float(minibatch.size)
+            flags = {k: minibatch.flags(k) for k in flag_keys}  # [b] bool each
+            lengths = minibatch.completion_mask.sum(1)  # [b]
+            flag_tokens = {k: float(lengths[f.to(lengths.device)].sum()) for k, f in flags.items()}
+            flag_rows = {k: float(f.sum()) for k, f in flags.items()}
             optimizer.zero_grad(set_to_none=True)
             finite = True
             for sel in micro_batch_rows(minibatch, settings.micro_batch_size, by_length):
@@ -186,6 +191,9 @@ def update_policy(
                     step=step,
                     stats={k: stats[k] for k in cur_names},
                     old_stats=micro_old,
+                    row_flags={k: f[sel].to(device) for k, f in flags.items()},
+                    flag_tokens=flag_tokens,
+                    flag_rows=flag_rows,
                 )
                 loss, metrics = policy_loss(algorithm, x)
                 if not torch.isfinite(loss):

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from unipo.batch import SFT_KEY, SFT_ROW_KEY, SFT_TRUNCATED_KEY, RolloutBatch
+from unipo.batch import EXTRA_ROW_KEY, SFT_KEY, SFT_ROW_KEY, SFT_TRUNCATED_KEY, RolloutBatch
 from unipo.config import Config
 
 
@@ -40,25 +40,30 @@ def lr_schedule(cfg: Config, total: int) -> Callable[[int], float]:
 
 
 def batch_metrics(batch: RolloutBatch) -> dict[str, float]:
-    """Reward and length statistics of the rows that will be trained on, sampled rows only.
+    """Reward and length statistics of the rows that will be trained on, main-rollout samples only.
 
     A row marked ``metadata["hpt_sft"]`` (HPT's switch put a demonstration, reward 1.0, in place
     of a failed group) was not sampled: it is left out of ``reward/*`` and ``response/*`` (which
     would otherwise climb with every group that fails) and counted in ``hpt/sft_rows``, logged
     whenever the batch carries demonstrations (HPT runs), with ``hpt/sft_rows_truncated`` those
     of them whose demonstration was cut at ``max_new_tokens`` (``metadata["sft_target_truncated"]``).
-    ``rollout/train_completions`` counts every row. ``reward/mean`` is NaN when no sampled row is
-    left (an empty or all-SFT batch).
+    Rows of a part's extra rollout (``metadata["extra_rollout"]``, AEPO's, sampled at another
+    temperature and picked by their reward) are left out the same way and counted in
+    ``rollout/extra_rows``. ``rollout/train_completions`` counts every row. ``reward/mean`` is NaN
+    when no sampled row is left (an empty or all-SFT batch).
     """
     meta = batch.metadata or [{}] * batch.size
-    sft = torch.tensor([bool(m.get(SFT_ROW_KEY)) for m in meta], dtype=torch.bool)
+    sft = batch.flags(SFT_ROW_KEY)  # [B]
+    extra = batch.flags(EXTRA_ROW_KEY)  # [B]
     out: dict[str, float] = {}
     if any(SFT_KEY in m or SFT_ROW_KEY in m for m in meta):
         out["hpt/sft_rows"] = float(sft.sum())
         out["hpt/sft_rows_truncated"] = float(
             sum(bool(m.get(SFT_ROW_KEY) and m.get(SFT_TRUNCATED_KEY)) for m in meta)
         )
-    sampled = ~sft
+    if extra.any():
+        out["rollout/extra_rows"] = float(extra.sum())
+    sampled = ~sft & ~extra
     if batch.size:
         out["rollout/train_completions"] = float(batch.size)
     if not sampled.any():
