@@ -69,7 +69,7 @@ class Trainer:
     ) -> None:
         from unipo.models import LoraSettings, load_model, make_reference
         from unipo.rewards import build_reward_set
-        from unipo.tasks import task_from_config
+        from unipo.tasks import overlap_record, task_from_config
 
         self.cfg = cfg
         self.console = console or Console()
@@ -80,7 +80,7 @@ class Trainer:
         self.phases = PhaseMeter(self.device)  # time and peak memory by phase, every step
         if not cfg.model.path:
             raise ValueError("model.path is empty: give a local Hugging Face causal-LM directory")
-        self.algorithm: Algorithm = copy.deepcopy(build_algorithm(cfg.algorithm))  # stateful parts: own copy
+        self.algorithm: Algorithm = copy.deepcopy(build_algorithm(cfg.algorithm, cfg.rollout.group_size))
         # -- task and rewards (errors surface here, before any model is loaded)
         self.task = task_from_config(cfg.task)
         self.task_reward = self.task.reward_fn()
@@ -119,8 +119,9 @@ class Trainer:
         if not self.train_examples:
             raise ValueError("the task produced no training examples")
         eval_examples = (
-            self.task.examples(cfg.task.eval_size, cfg.task.eval_seed) if cfg.task.eval_size else []
+            self.task.examples(cfg.task.eval_size, cfg.task.eval_seed, "eval") if cfg.task.eval_size else []
         )
+        self.overlap = overlap_record(self.train_examples, eval_examples)  # {eval/train_prompt_overlap: x}
         self.eval_set = EvalSet(eval_examples, *self._encode(eval_examples)) if eval_examples else None
         self.sampler = PromptSampler(len(self.train_examples), seed=cfg.train.seed)
         # -- optimization
@@ -353,7 +354,7 @@ class Trainer:
             metrics_log = self._loggers()
         else:
             metrics_log = self._loggers()
-            before = self.evaluate("eval")
+            before = {**self.evaluate("eval"), **self.overlap}
             if before:
                 metrics_log.log(before, 0)
         last: dict[str, float] = {}
@@ -392,6 +393,7 @@ class Trainer:
         summary = {"steps": self.step, "wall_seconds": wall, "algorithm": self.algorithm.name, "last": last}
         summary.update({f"before/{k.split('/', 1)[1]}": v for k, v in before.items()})
         summary.update({f"after/{k.split('/', 1)[1]}": v for k, v in after.items()})
+        summary.update(self.overlap)  # eval/train_prompt_overlap: whether the evaluation set is held out
         write_json(self.run_dir / "summary.json", summary)
         write_report(self.run_dir, [self.run_dir])  # plots/*.png and report.html
         return summary
