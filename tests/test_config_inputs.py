@@ -71,8 +71,9 @@ def test_string_fields_take_the_raw_text(override: str, key: str, expected: str 
 def test_non_string_fields_still_parse_yaml() -> None:
     cfg = load_config(None, ["rollout.group_size=4", "task.config={min_terms: 2}", "eval.ks=[1,2]"])
     assert cfg.rollout.group_size == 4 and cfg.task.config == {"min_terms": 2} and cfg.eval.ks == [1, 2]
-    cfg = load_preference_config(None, ["data.path=x.jsonl", "data.template={question}!"])
-    assert cfg.data.template == "{question}!"
+    overrides = ["data.path=x.jsonl", "data.template={question}!", "task.template={question}"]
+    cfg = load_preference_config(None, overrides)  # task is a TaskConfig | None there
+    assert cfg.data.template == "{question}!" and cfg.task.template == "{question}"
 
 
 # ------------------------------------------------------------------ file encoding

@@ -99,7 +99,8 @@ class RewardResult:
 
 
 class RewardTimeoutError(TimeoutError):
-    """A reward function did not return within ``RewardSet.timeout_s``."""
+    """A reward function did not return within ``RewardSet.timeout_s`` (kept for callers that catch
+    it; ``RewardSet`` itself records a timeout as a failure of the call's items)."""
 
 
 def run_abandonable(target: Callable[[], Any], timeout_s: float | None, name: str) -> tuple[bool, Any]:
@@ -107,10 +108,10 @@ def run_abandonable(target: Callable[[], Any], timeout_s: float | None, name: st
 
     Returns ``(True, its return value)``, ``(True, _Raised(exception))`` when it raised, or
     ``(False, None)`` when ``timeout_s`` passed first (the thread is abandoned and counted by
-    ``hung_calls``). A daemon ``threading.Thread``, not a
-    ``ThreadPoolExecutor``: the executor joins its workers at interpreter exit, so one hung
-    reward would hang the end of the program. Signals are handled while waiting; an exception a
-    signal handler raises (``KeyboardInterrupt``) propagates from here.
+    ``hung_calls``). A daemon ``threading.Thread``, not a ``ThreadPoolExecutor``: the executor
+    joins its workers at interpreter exit, so one hung reward would hang the end of the program.
+    Signals are handled while waiting; an exception a signal handler raises (``KeyboardInterrupt``)
+    propagates from here.
     """
     box: dict[str, Any] = {}
     done = threading.Event()
