@@ -93,6 +93,7 @@ def test_example_runs_with_every_preset(tiny_model_dir, tmp_path, preset):
         assert 0 < steps[0]["memory/update_peak_mb"] <= steps[0]["memory/peak_mb"]
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
     assert "after/accuracy" in summary and (tmp_path / "run" / "plots").is_dir()
+    assert summary["eval/train_prompt_overlap"] == records(tmp_path / "run")[0]["eval/train_prompt_overlap"]
 
 
 @pytest.mark.slow

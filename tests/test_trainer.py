@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from unipo.config import load_config
+from unipo.tasks import prompt_overlap
 from unipo.train.run_dir import RunDirError
 from unipo.train.trainer import Trainer, TrainingError
 
@@ -55,6 +56,10 @@ def test_tiny_run_writes_metrics_and_changes_params(tiny_model_dir, tmp_path):
     assert (tmp_path / "run" / "final" / "config.json").exists()
     assert (tmp_path / "run" / "plots" / "reward.png").exists()
     assert "after/accuracy" in summary and "before/pass@2" in summary
+    # the evaluation prompts' overlap with training prompts, in the step-0 record and the summary
+    overlap = prompt_overlap(trainer.train_examples, trainer.eval_set.examples)
+    step0 = next(r for r in records if r.get("step") == 0)
+    assert step0["eval/train_prompt_overlap"] == summary["eval/train_prompt_overlap"] == overlap
 
 
 def test_refuses_non_empty_run_dir(tiny_model_dir, tmp_path):

@@ -51,16 +51,10 @@ def route_train(config: str | None, args: list[str]) -> tuple[str, list[str]]:
     import yaml
 
     from unipo.algorithms import list_algorithms
-    from unipo.config import ConfigError
+    from unipo.config import ConfigError, read_config_file
     from unipo.preference import list_presets
 
-    top: dict = {}
-    if config is not None and Path(config).is_file():
-        try:
-            loaded = yaml.safe_load(Path(config).read_text())
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {config} is not valid YAML: {e}") from None
-        top = loaded if isinstance(loaded, dict) else {}
+    top: dict = read_config_file(config) if config is not None and Path(config).is_file() else {}
     algo = top.get("algorithm")
     name = algo.get("name") if isinstance(algo, dict) else None
     for a in args:

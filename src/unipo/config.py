@@ -7,13 +7,27 @@ are rejected before anything runs, with the dotted key, the bad value and what i
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from unipo.config_io import ConfigError, apply_override, parse_yaml, read_config_file
 from unipo.rollout.base import SamplingParams
+
+__all__ = [  # the loading helpers live in unipo.config_io and are re-exported here
+    "Config",
+    "ConfigError",
+    "apply_override",
+    "build_algorithm",
+    "describe_fields",
+    "format_validation_error",
+    "load_config",
+    "parse_yaml",
+    "read_config_file",
+    "validate_yaml",
+]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -57,6 +71,12 @@ class TaskConfig(_Strict):
     name: str = Field("chain_sum", description="reasoning-gym dataset name (source=reasoning_gym).")
     config: dict[str, Any] = Field(default_factory=dict, description="reasoning-gym dataset options.")
     path: str = Field("", description="JSONL file with one example per line (source=jsonl).")
+    eval_path: str = Field(
+        "",
+        description="JSONL file of the evaluation examples (source=jsonl; same columns). Empty: the "
+        "evaluation set is carved out of task.path: eval_size of its unique prompts, chosen by a "
+        "shuffle seeded with eval_seed, are held out and never trained on (at most half of them).",
+    )
     prompt_column: str = Field("question", description="JSONL column holding the prompt.")
     answer_column: str = Field("answer", description="JSONL column holding the reference answer.")
     template: str = Field("{question}", description="Prompt template; must contain {question}.")
@@ -67,7 +87,12 @@ class TaskConfig(_Strict):
     train_size: int = Field(10_000, gt=0, description="Training prompts generated / read.")
     train_seed: int = Field(1, description="Seed of the training prompts.")
     eval_size: int = Field(256, ge=0, description="Held-out prompts (0 disables evaluation).")
-    eval_seed: int = Field(2, description="Seed of the held-out prompts (must differ from train_seed).")
+    eval_seed: int = Field(
+        2,
+        description="Seed of the held-out prompts (must differ from train_seed; for JSONL it also picks "
+        "the prompts carved out of task.path). Their share that are also training prompts is logged as "
+        "eval/train_prompt_overlap.",
+    )
 
     @field_validator("template")
     @classmethod
@@ -78,15 +103,27 @@ class TaskConfig(_Strict):
 
 
 class RewardTerm(_Strict):
-    name: str = Field(description="Built-in reward (task, math, exact_match, format, dapo_overlong, ...).")
+    name: str = Field(
+        description="A built-in reward (task: the task's verifier, math, exact_match, format) or your own "
+        "function f(prompts, completions, **columns) -> list[float | None] as 'module:function' or "
+        "'path/to/file.py:function' (relative to the current directory; logged under the function's name)."
+    )
     weight: float = Field(1.0, description="Weight of this term in the total reward.")
-    params: dict[str, Any] = Field(default_factory=dict, description="Keyword options of the reward.")
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword arguments given to the reward function."
+    )
 
 
 class RolloutConfig(_Strict):
     engine: Literal["hf"] = Field("hf", description="Rollout engine (hf: transformers generate).")
     prompts_per_step: int = Field(16, gt=0, description="Prompts sampled per training step.")
-    group_size: int = Field(8, gt=0, description="Completions per prompt (G).")
+    group_size: int = Field(
+        8,
+        gt=0,
+        description="Completions per prompt (G). Group-relative advantages (group_norm, rloo, ...) need "
+        "G >= 2: a lone completion has no baseline and its advantage is 0 (checked when the algorithm "
+        "is built).",
+    )
     sampling: SamplingParams = Field(default_factory=SamplingParams, description="Sampling settings.")
     max_batch: int = Field(
         256, gt=0, description="Rows one generate call decodes at once (a group is never split across calls)."
@@ -162,7 +199,9 @@ class EvalConfig(_Strict):
 
 class TrainConfig(_Strict):
     output_dir: str = Field("runs/run", description="Run directory (refused if non-empty without overwrite).")
-    overwrite: bool = Field(False, description="Allow writing into a non-empty run directory.")
+    overwrite: bool = Field(
+        False, description="Allow writing into a non-empty run directory (not with resume: pick one)."
+    )
     steps: int = Field(100, gt=0, description="Training steps (one rollout batch each).")
     seed: int = Field(0, description="Seed for sampling, parts and initialization.")
     loggers: list[str] = Field(
@@ -172,12 +211,20 @@ class TrainConfig(_Strict):
     save_final: bool = Field(True, description="Save the final model as an HF directory.")
     save_every: int = Field(0, ge=0, description="Checkpoint every N steps (0: never; a signal still saves).")
     keep_last: int = Field(3, ge=1, description="Checkpoints kept (older ones are deleted).")
-    resume: bool = Field(False, description="Continue from the newest complete checkpoint in output_dir.")
+    resume: bool = Field(
+        False, description="Continue from the newest complete checkpoint in output_dir (not with overwrite)."
+    )
     reward_error_rate: float = Field(
         0.5, ge=0, le=1, description="Fail the run when this share of a step's rewards errors."
     )
     reward_timeout_s: float | None = Field(
-        None, gt=0, description="A reward-function call running longer fails its items (None: no limit)."
+        300.0,  # = unipo.rewards.combine.DEFAULT_TIMEOUT_S (not imported: it would load math-verify)
+        gt=0,
+        description="Seconds one reward-function call (a whole batch) may take; a call past it is abandoned "
+        "and fails its items. 300 s: far above a batch of built-in verifiers (seconds), ~2 s per item for "
+        "a remote judge at 128 items, and a hang costs 5 minutes, not the run. Rewards run in a worker "
+        "thread, so Ctrl-C / SIGTERM are handled meanwhile (the step ends when the call returns or times "
+        "out; a second Ctrl-C stops at once). null: no limit (a hung reward then hangs the step).",
     )
     max_nonfinite_steps: int = Field(
         3, gt=0, description="Stop after this many consecutive non-finite losses."
@@ -212,10 +259,6 @@ class Config(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig, description="Loop and run directory.")
 
 
-class ConfigError(ValueError):
-    """A configuration problem, phrased for the user."""
-
-
 def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     cur: Any = model
     for part in loc[:-1]:
@@ -241,52 +284,82 @@ def format_validation_error(err: ValidationError, root: type[BaseModel] = Config
     return "invalid config:\n  " + "\n  ".join(lines)
 
 
-def apply_override(data: dict[str, Any], dotted: str) -> None:
-    """``a.b.c=value`` sets data['a']['b']['c'] = yaml.safe_load(value)."""
-    if "=" not in dotted:
-        raise ConfigError(f"override {dotted!r} must look like key.sub=value")
-    key, raw = dotted.split("=", 1)
-    value = yaml.safe_load(raw) if raw != "" else ""
-    cur = data
-    parts = key.strip().split(".")
-    for p in parts[:-1]:
-        nxt = cur.setdefault(p, {})
-        if not isinstance(nxt, dict):
-            raise ConfigError(f"override {dotted!r}: '{p}' is a value, not a section")
-        cur = nxt
-    cur[parts[-1]] = value
-
-
 def validate_yaml(model: type[M], path: str | Path | None, overrides: list[str] | None) -> M:
     """YAML file (optional) + dotted ``key=value`` overrides → a validated ``model`` instance."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        loaded = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {p} must hold a mapping at the top level")
-        data = loaded
+    data: dict[str, Any] = read_config_file(path) if path is not None else {}
     for o in overrides or []:
-        apply_override(data, o)
+        apply_override(data, o, model)
     try:
         return model.model_validate(data)
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, model)) from None
 
 
+def check_run_dir_flags(train: Any) -> None:
+    """``train.resume`` and ``train.overwrite`` together are a ``ConfigError``: one keeps the run
+    directory, the other writes over it, and resuming silently would surprise whoever asked for both."""
+    if train.resume and train.overwrite:
+        raise ConfigError(
+            "train.resume=true and train.overwrite=true (--resume and --overwrite) contradict each other: "
+            "resume continues the run in train.output_dir, overwrite starts it afresh; give only one"
+        )
+
+
+def check_reward_terms(terms: list[RewardTerm], key: str) -> None:
+    """Resolve every reward term now, so that a bad name is a one-line ``ConfigError`` before any model
+    loads: an unknown built-in, a ``module:function`` / ``file.py:function`` that cannot be imported,
+    lacks the function or names a non-callable, a ``params`` key that is not a named argument of the
+    function (it would silently vanish into ``**columns``), or two terms logged under one name."""
+    from unipo.rewards import get_reward_fn, reward_label
+
+    labels: dict[str, int] = {}
+    for i, term in enumerate(terms):
+        where = f"{key}[{i}].name={term.name!r}"
+        if term.name != "task":
+            try:
+                fn = get_reward_fn(term.name)
+            except ValueError as e:
+                raise ConfigError(f"{where}: {str(e).removeprefix(f'reward {term.name!r}: ')}") from None
+            try:
+                args = inspect.signature(fn).parameters.values()
+                named = {p.name for p in args if p.kind is not p.VAR_KEYWORD}
+            except (TypeError, ValueError):  # some builtins have no signature: nothing to check
+                named = set(term.params)
+            if bad := sorted(set(term.params) - named):  # a typo would vanish into **columns
+                raise ConfigError(
+                    f"{key}[{i}].params: {bad} are not named arguments of {term.name!r} "
+                    f"(it takes {sorted(named - {'prompts', 'completions'})} besides the columns)"
+                )
+        label = reward_label(term.name)
+        if label in labels or label == "total":
+            raise ConfigError(
+                f"{where} is logged as {label!r}, like {key}[{labels.get(label)}]; reward names must be "
+                "unique (and not 'total'): rename one function"
+            )
+        labels[label] = i
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """YAML file (optional) + dotted overrides → a validated ``Config``; also checks what one field
+    cannot: distinct train/eval seeds, resume vs overwrite, and that every reward term resolves."""
     cfg = validate_yaml(Config, path, overrides)
     if cfg.task.eval_size and cfg.task.eval_seed == cfg.task.train_seed:
         raise ConfigError(
             "task.eval_seed must differ from task.train_seed (held-out prompts need another seed)"
         )
+    check_run_dir_flags(cfg.train)
+    check_reward_terms(cfg.rewards, "rewards")
     return cfg
 
 
-def build_algorithm(cfg: AlgorithmConfig):  # -> Algorithm (import kept local: config stays light)
-    """The preset named in the config with the requested parts swapped and parameters set."""
+def build_algorithm(cfg: AlgorithmConfig, group_size: int | None = None):  # -> Algorithm
+    """The preset named in the config with the requested parts swapped and parameters set.
+
+    With ``group_size`` (``rollout.group_size``), a ``ConfigError`` when it is below the advantage
+    part's ``min_group_size`` (group-relative estimators: 2, since a lone completion has no
+    baseline and every advantage would be 0; parts that do not declare it: 2 if ``uses_groups``,
+    which defaults to True, else 1).
+    """
     from unipo.algorithms import get_algorithm
     from unipo.parts.registry import make_part, part_name
 
@@ -331,6 +404,16 @@ def build_algorithm(cfg: AlgorithmConfig):  # -> Algorithm (import kept local: c
         except (TypeError, ValueError) as e:
             raise ConfigError(f"algorithm.params.{part_name(p)}: {e}") from None
 
+    if group_size is not None:
+        adv = algo.advantage
+        need = int(getattr(adv, "min_group_size", 2 if getattr(adv, "uses_groups", True) else 1))
+        if group_size < need:
+            raise ConfigError(
+                f"rollout.group_size={group_size}, but the advantage {part_name(adv)!r} of {algo.name!r} "
+                f"compares the completions of one prompt and needs group_size >= {need} (with fewer, every "
+                "advantage is 0 and nothing is learned); raise rollout.group_size or choose an advantage "
+                "that does not use groups (algorithm.advantage=reinforce_pp)"
+            )
     try:
         return algo.replace(
             advantage=with_params(algo.advantage),

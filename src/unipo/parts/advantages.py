@@ -108,6 +108,8 @@ class GroupNorm:
     scale_by_std: bool = True
     eps: float = 1e-6
 
+    min_group_size = 2  # a lone completion is its own mean: A = 0
+
     def __call__(self, batch: RolloutBatch) -> tuple[Tensor, Metrics]:
         r = _rewards(batch)  # [B]
         mean, std, count = group_stats(r, batch.group_ids, unbiased=True)  # [B] each
@@ -133,6 +135,8 @@ class RLOO:
     (a group of size 1 gets A = 0 there too).
     """
 
+    min_group_size = 2  # no other sample to leave out: A = 0
+
     def __call__(self, batch: RolloutBatch) -> tuple[Tensor, Metrics]:
         r = _rewards(batch)  # [B]
         mean, _, count = group_stats(r, batch.group_ids)  # [B]
@@ -153,6 +157,8 @@ class GroupMeanBatchStd:
     """
 
     eps: float = 1e-6
+
+    min_group_size = 2  # r − mean_G(r) = 0 for a lone completion
 
     def __call__(self, batch: RolloutBatch) -> tuple[Tensor, Metrics]:
         r = _rewards(batch)  # [B]
@@ -185,6 +191,7 @@ class ReinforcePP:
     kl_estimator: KLEstimator = "k1"
 
     uses_groups = False
+    min_group_size = 1
 
     @property
     def needs_reference(self) -> bool:
@@ -223,6 +230,8 @@ class ReinforcePPBaseline:
     A group of size 1 gets the centred value 0 before whitening (verl: r itself).
     """
 
+    min_group_size = 2  # centred values of lone completions are all 0, and so is their whitening
+
     def __call__(self, batch: RolloutBatch) -> tuple[Tensor, Metrics]:
         r = _rewards(batch)  # [B]
         mean, _, count = group_stats(r, batch.group_ids)  # [B]
@@ -251,6 +260,7 @@ class GAE:
     kl_estimator: KLEstimator = "k1"
 
     uses_groups = False
+    min_group_size = 1
     needs_values = True
 
     @property

@@ -20,6 +20,12 @@ Optional part attributes the trainer reads (never part names):
     needs_old_logprobs: bool   old log-probs must exist before the advantage is computed
     needs_values: bool         (Advantage) a critic must fill batch.values; the part then also
                                offers value_targets(batch) -> [B, T] for the critic's loss
+    uses_groups: bool          (Advantage; default True) the estimator compares the completions of
+                               one prompt, so it reads batch.group_ids (``compute_advantages`` then
+                               requires them)
+    min_group_size: int        (Advantage; default 2 if uses_groups else 1) the smallest
+                               rollout.group_size with a nonzero advantage; ``build_algorithm``
+                               refuses a smaller one (a lone completion has no group baseline)
     refill: bool               (Selection) generate more groups when this part drops some
     token_stats: tuple[str, ...]      per-token statistics of π_θ's full distribution the part reads
                                       from ``LossInputs.stats`` (names of ``unipo.train.logprobs.

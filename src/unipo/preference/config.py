@@ -18,6 +18,8 @@ from unipo.config import (
     ModelConfig,
     RewardTerm,
     TaskConfig,
+    check_reward_terms,
+    check_run_dir_flags,
     validate_yaml,
 )
 from unipo.rollout.base import SamplingParams
@@ -107,8 +109,12 @@ class PrefOptimConfig(_Strict):
 
 class PrefTrainConfig(_Strict):
     output_dir: str = Field("runs/preference", description="Run directory (refused if non-empty).")
-    overwrite: bool = Field(False, description="Allow writing into a non-empty run directory.")
-    resume: bool = Field(False, description="Continue from the newest checkpoint (taken at round ends).")
+    overwrite: bool = Field(
+        False, description="Allow writing into a non-empty run directory (not with resume: pick one)."
+    )
+    resume: bool = Field(
+        False, description="Continue from the newest checkpoint (taken at round ends; not with overwrite)."
+    )
     rounds: int = Field(
         1, gt=0, description="Rounds: passes over offline data, or on-policy sample→train rounds."
     )
@@ -149,6 +155,8 @@ def load_preference_config(
         raise ConfigError(
             "task.eval_seed must differ from task.train_seed (held-out prompts need another seed)"
         )
+    check_run_dir_flags(cfg.train)
+    check_reward_terms(cfg.pairs.rewards, "pairs.rewards")
     if not cfg.data.path and cfg.task is None:
         raise ConfigError(
             "give data.path (offline preference data) or a task (on-policy rounds from its prompts)"

@@ -61,9 +61,9 @@ class PreferenceTrainer:
         self, cfg: PreferenceConfig, *, console: Console | None = None, reward_fns: list[Any] | None = None
     ) -> None:
         from unipo.models import LoraSettings, is_peft_model, load_model
-        from unipo.rewards import RewardSet, get_reward_fn
+        from unipo.rewards import build_reward_set
         from unipo.rollout.hf import HFEngine
-        from unipo.tasks import task_from_config
+        from unipo.tasks import overlap_record, task_from_config
         from unipo.train.collect import PromptSampler
         from unipo.train.evaluate import EvalSet, encode_prompts
 
@@ -109,20 +109,21 @@ class PreferenceTrainer:
 
             self.offline, self.data_stats = load_preference_data(cfg.data, self.tokenizer)
             self.offline = self._as_needed(self.offline)
-        self.eval_set = None
+        self.eval_set, self.overlap = None, {}
         if self.task is not None:
             self._encode = functools.partial(encode_prompts, self.tokenizer, cfg.task)
             if self.online:
                 self.train_examples = self.task.examples(cfg.task.train_size, cfg.task.train_seed)
                 self.sampler = PromptSampler(len(self.train_examples), seed=cfg.train.seed)
-                terms = [
-                    (t.name, self.task.reward_fn() if t.name == "task" else get_reward_fn(t.name), t.weight)
-                    for t in cfg.pairs.rewards
-                ] or [("task", self.task.reward_fn(), 1.0)]
-                self.reward_set = RewardSet([*terms, *(reward_fns or [])])
+                self.reward_set = build_reward_set(cfg.pairs.rewards, self.task.reward_fn(), (), reward_fns)
             if cfg.task.eval_size:
-                ev = self.task.examples(cfg.task.eval_size, cfg.task.eval_seed)
+                ev = self.task.examples(cfg.task.eval_size, cfg.task.eval_seed, "eval")
                 self.eval_set = EvalSet(ev, *self._encode(ev))
+                if self.online:  # offline: the data's rendered prompts against the rendered eval prompts
+                    self.overlap = overlap_record(self.train_examples, ev)
+                else:
+                    trained = [ex.metadata["prompt"] for ex in self.offline]
+                    self.overlap = overlap_record(trained, self.eval_set.prompt_texts)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         o = cfg.optim
         kwargs = {"betas": o.betas} if o.name == "adamw" else {}
@@ -395,10 +396,10 @@ class PreferenceTrainer:
             self.ref_model.load_state_dict(optim["reference"])
 
     def initial_metrics(self) -> dict[str, Any]:
-        return dict(self.data_stats)
+        return {**self.data_stats, **self.overlap}  # eval/train_prompt_overlap: is the evaluation held out
 
     def summary(self) -> dict[str, Any]:
-        return {"rounds": self.round, "preset": self.preset.name}
+        return {"rounds": self.round, "preset": self.preset.name, **self.overlap}
 
     def describe(self, metrics: dict[str, Any]) -> str:
         loss, acc = (metrics.get(k, float("nan")) for k in ("loss/total", "pref/accuracy"))

@@ -1,6 +1,14 @@
 """Reward functions ``f(prompts, completions, **columns) -> list[float | None]`` and their weighted sum."""
 
-from unipo.rewards.combine import RewardResult, RewardSet, RewardTimeoutError, build_reward_set
+from unipo.rewards.combine import (
+    DEFAULT_TIMEOUT_S,
+    RewardResult,
+    RewardSet,
+    RewardTimeoutError,
+    build_reward_set,
+    hung_calls,
+)
+from unipo.rewards.user import RewardSpecError, load_reward_fn, reward_label
 from unipo.rewards.verifiers import (
     REWARD_FUNCTIONS,
     RewardFn,
@@ -13,10 +21,12 @@ from unipo.rewards.verifiers import (
 )
 
 __all__ = [
+    "DEFAULT_TIMEOUT_S",
     "REWARD_FUNCTIONS",
     "RewardFn",
     "RewardResult",
     "RewardSet",
+    "RewardSpecError",
     "RewardTimeoutError",
     "answer_format",
     "answer_format_reward",
@@ -24,5 +34,8 @@ __all__ = [
     "exact_match",
     "extract_answer",
     "get_reward_fn",
+    "hung_calls",
+    "load_reward_fn",
     "math_equivalence",
+    "reward_label",
 ]

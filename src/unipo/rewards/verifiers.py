@@ -180,9 +180,17 @@ REWARD_FUNCTIONS: dict[str, RewardFn] = {
 
 
 def get_reward_fn(name: str) -> RewardFn:
-    """The built-in reward function called ``name``; ValueError listing the allowed names otherwise."""
+    """The built-in reward function called ``name``, or the user's own for ``module:function`` /
+    ``path/to/file.py:function`` (``unipo.rewards.user``); ValueError naming what is allowed otherwise."""
+    from unipo.rewards.user import is_user_reward, load_reward_fn
+
+    if is_user_reward(name):
+        return load_reward_fn(name)
     if name in REWARD_FUNCTIONS:
         return REWARD_FUNCTIONS[name]
     close = difflib.get_close_matches(name, list(REWARD_FUNCTIONS), n=3)
     hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-    raise ValueError(f"unknown reward function {name!r}.{hint} Allowed: {sorted(REWARD_FUNCTIONS)}.")
+    raise ValueError(
+        f"unknown reward function {name!r}.{hint} Allowed: {sorted(REWARD_FUNCTIONS)}, or your own "
+        "function as module:function or path/to/file.py:function."
+    )

@@ -2,11 +2,14 @@
 
 from unipo.tasks.sources import (
     TASK_SOURCES,
+    TRAIN_PROMPT_OVERLAP,
     JsonlTask,
     ReasoningGymTask,
     Task,
     demonstration,
     make_task,
+    overlap_record,
+    prompt_overlap,
     split_overlap,
     task_from_config,
 )
@@ -14,11 +17,14 @@ from unipo.tasks.templates import render_prompt
 
 __all__ = [
     "TASK_SOURCES",
+    "TRAIN_PROMPT_OVERLAP",
     "JsonlTask",
     "ReasoningGymTask",
     "Task",
     "demonstration",
     "make_task",
+    "overlap_record",
+    "prompt_overlap",
     "render_prompt",
     "split_overlap",
     "task_from_config",

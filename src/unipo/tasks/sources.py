@@ -14,16 +14,19 @@ import random
 from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from unipo.rewards.verifiers import RewardFn, extract_answer, math_equivalence
+
+Split = Literal["train", "eval"]
 
 
 class Task(Protocol):
     """What the trainer needs from a task."""
 
-    def examples(self, n: int, seed: int) -> list[dict[str, Any]]:
-        """Up to ``n`` examples, deterministic given ``seed``."""
+    def examples(self, n: int, seed: int, split: Split = "train") -> list[dict[str, Any]]:
+        """Up to ``n`` examples of ``split``, deterministic given ``seed``. A task whose examples
+        come from a fixed pool keeps the "eval" split's prompts out of the "train" split."""
         ...
 
     def reward_fn(self) -> RewardFn:
@@ -89,12 +92,15 @@ class ReasoningGymTask:
                 f"{type(err).__name__}: {err}"
             ) from err
 
-    def examples(self, n: int, seed: int) -> list[dict[str, Any]]:
-        """``n`` examples of ``create_dataset(name, size=n, seed=seed, **config)``.
+    def examples(self, n: int, seed: int, split: Split = "train") -> list[dict[str, Any]]:
+        """``n`` examples of ``create_dataset(name, size=n, seed=seed, **config)``; ``split`` is not
+        read: the seed alone separates training and evaluation draws.
 
         Caution: reasoning-gym generates item ``i`` from ``Random(seed + i)``, so seeds closer
         than ``n`` share items (seed 0 and seed 1 share n - 1). Keep train and held-out seeds far
-        apart (e.g. 0 and 10**6) and check with ``split_overlap``.
+        apart (e.g. 0 and 10**6). Even then a small problem space repeats problems across draws
+        (examples/grpo_chain_sum.yaml: about a third of the held-out prompts are also training
+        prompts): measure it with ``prompt_overlap`` (the trainer logs eval/train_prompt_overlap).
         """
         if n <= 0:
             raise ValueError(f"n must be positive for a reasoning-gym task, got {n}")
@@ -157,9 +163,21 @@ def read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
     return rows
 
 
+def _prompt_key(example: dict[str, Any] | str) -> str:
+    """The text two prompts are compared by: the question (or the string), stripped."""
+    return (example if isinstance(example, str) else example["question"]).strip()
+
+
 @dataclass
 class JsonlTask:
-    """Examples from a JSON-lines file, one object per line, scored by math equivalence."""
+    """Examples from a JSON-lines file, one object per line, scored by math equivalence.
+
+    Evaluation examples never share a prompt with training examples: they come from
+    ``eval_path`` when it is set, else ``holdout_size`` unique prompts of ``path`` are held out
+    (the unique prompt texts, sorted, shuffled with ``random.Random(holdout_seed)``, the first
+    ``holdout_size`` taken; every row with one of them is an evaluation row, the rest train). At
+    most half of the unique prompts may be held out. The split does not depend on the row order.
+    """
 
     path: str
     """Path of the ``.jsonl`` file."""
@@ -167,32 +185,75 @@ class JsonlTask:
     """Key holding the question; renamed to ``"question"``."""
     answer_column: str = "answer"
     """Key holding the reference answer; renamed to ``"answer"`` (converted to str)."""
+    eval_path: str = ""
+    """A separate ``.jsonl`` file of evaluation examples (same columns); empty: carve them out of ``path``."""
+    holdout_size: int = 0
+    """Unique prompts of ``path`` held out for evaluation when there is no ``eval_path`` (0: none)."""
+    holdout_seed: int = 0
+    """Seed of the shuffle that picks the held-out prompts."""
+    _splits: dict[str, list[dict[str, Any]]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
-    def load(self) -> list[dict[str, Any]]:
-        """All rows in file order, with the two columns renamed; blank lines are skipped.
+    def load(self, path: str | None = None) -> list[dict[str, Any]]:
+        """All rows of ``path`` (default: ``self.path``) in file order, with the two columns
+        renamed; blank lines are skipped.
 
         Raises FileNotFoundError for a missing file and ValueError (with the line number) for bad
         JSON, a line that is not an object, or a missing column.
         """
-        path = Path(self.path).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"JSONL task file not found: {str(path)!r}")
+        file = Path(path or self.path).expanduser()
+        if not file.is_file():
+            raise FileNotFoundError(f"JSONL task file not found: {str(file)!r}")
         rows = []
-        for lineno, row in read_jsonl(path):
+        for lineno, row in read_jsonl(file):
             for column in (self.prompt_column, self.answer_column):
                 if column not in row:
                     raise ValueError(
-                        f"{path}:{lineno}: missing column {column!r}; columns present: {sorted(row)}"
+                        f"{file}:{lineno}: missing column {column!r}; columns present: {sorted(row)}"
                     )
             question, answer = row.pop(self.prompt_column), row.pop(self.answer_column)
             if not isinstance(question, str):
-                raise ValueError(f"{path}:{lineno}: column {self.prompt_column!r} must be a string")
+                raise ValueError(f"{file}:{lineno}: column {self.prompt_column!r} must be a string")
             rows.append({**row, "question": question, "answer": str(answer)})
         return rows
 
-    def examples(self, n: int, seed: int) -> list[dict[str, Any]]:
-        """A shuffle of the rows (``random.Random(seed)``), cut to ``n`` rows (all if ``n <= 0``)."""
+    def splits(self) -> dict[str, list[dict[str, Any]]]:
+        """``{"train": rows, "eval": rows}`` in file order (read once, then cached); see the class
+        docstring. ValueError when more than half of the unique prompts would be held out."""
+        if self._splits:
+            return self._splits
         rows = self.load()
+        if self.eval_path:
+            self._splits.update(train=rows, eval=self.load(self.eval_path))
+            return self._splits
+        unique = sorted({_prompt_key(r) for r in rows})
+        if self.holdout_size > len(unique) // 2:
+            raise ValueError(
+                f"task.path {self.path!r} has {len(unique)} unique prompts; holding out task.eval_size="
+                f"{self.holdout_size} of them for evaluation would leave {len(unique) - self.holdout_size} "
+                f"to train on (at most half, {len(unique) // 2}, may be held out): lower task.eval_size, "
+                "give a separate task.eval_path, or set task.eval_size=0"
+            )
+        random.Random(self.holdout_seed).shuffle(unique)
+        held = set(unique[: self.holdout_size])
+        self._splits.update(
+            train=[r for r in rows if _prompt_key(r) not in held],
+            eval=[r for r in rows if _prompt_key(r) in held],
+        )
+        return self._splits
+
+    def examples(self, n: int, seed: int, split: Split = "train") -> list[dict[str, Any]]:
+        """A shuffle (``random.Random(seed)``) of the ``split`` rows, cut to ``n`` rows (all if
+        ``n <= 0``). ValueError for "eval" without ``eval_path`` or ``holdout_size``."""
+        if split not in ("train", "eval"):
+            raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+        if split == "eval" and not (self.eval_path or self.holdout_size):
+            raise ValueError(
+                f"JSONL task {self.path!r} has no evaluation split: give eval_path (task.eval_path) or "
+                "holdout_size (task.eval_size) so that evaluation prompts are not training prompts"
+            )
+        rows = [dict(r) for r in self.splits()[split]]
         random.Random(seed).shuffle(rows)
         return rows[:n] if n > 0 else rows
 
@@ -210,7 +271,7 @@ def make_task(source: str, **kwargs: Any) -> ReasoningGymTask | JsonlTask:
     if source not in TASK_SOURCES:
         raise ValueError(f"unknown task source {source!r}; allowed: {sorted(TASK_SOURCES)}")
     cls = TASK_SOURCES[source]
-    fields = dataclasses.fields(cls)
+    fields = [f for f in dataclasses.fields(cls) if f.init]
     allowed = [f.name for f in fields]
     required = [f.name for f in fields if f.default is MISSING and f.default_factory is MISSING]
     unknown = sorted(set(kwargs) - set(allowed))
@@ -226,12 +287,17 @@ def task_from_config(task_cfg: Any) -> ReasoningGymTask | JsonlTask:
     """The task a ``unipo.config.TaskConfig`` names (only the fields of its source are read)."""
     if task_cfg.source == "reasoning_gym":
         return make_task("reasoning_gym", name=task_cfg.name, config=task_cfg.config)
-    return make_task(
+    task = make_task(
         task_cfg.source,
         path=task_cfg.path,
         prompt_column=task_cfg.prompt_column,
         answer_column=task_cfg.answer_column,
+        eval_path=task_cfg.eval_path,
+        holdout_size=task_cfg.eval_size,
+        holdout_seed=task_cfg.eval_seed,
     )
+    task.splits()  # read and split the file now: its errors come before any model loads
+    return task
 
 
 def demonstration(example: dict[str, Any]) -> str | None:
@@ -250,12 +316,31 @@ def demonstration(example: dict[str, Any]) -> str | None:
     return None
 
 
-def split_overlap(train: list[dict[str, Any]], held_out: list[dict[str, Any]]) -> float:
-    """Share of held-out examples whose ``"question"`` also occurs in ``train`` (exact string match).
+def prompt_overlap(
+    train_examples: list[dict[str, Any]] | list[str], eval_examples: list[dict[str, Any]] | list[str]
+) -> float:
+    """Share of evaluation prompts whose text is also a training prompt, in [0, 1].
 
-    0.0 for an empty held-out set. Duplicated held-out questions count once per occurrence.
+    Prompts are compared by text: an example's ``"question"`` (or the string itself), stripped of
+    surrounding whitespace, exact match otherwise (the template is the same for both sets, so
+    equal questions are equal prompts). A duplicated evaluation prompt counts once per occurrence;
+    0.0 for an empty evaluation set. The trainers log it as ``eval/train_prompt_overlap``.
     """
-    if not held_out:
+    if not eval_examples:
         return 0.0
-    seen = {ex["question"] for ex in train}
-    return sum(ex["question"] in seen for ex in held_out) / len(held_out)
+    seen = {_prompt_key(ex) for ex in train_examples}
+    return sum(_prompt_key(ex) in seen for ex in eval_examples) / len(eval_examples)
+
+
+split_overlap = prompt_overlap  # the earlier name of the same function
+
+TRAIN_PROMPT_OVERLAP = "eval/train_prompt_overlap"
+"""The metric key of ``prompt_overlap`` (the step-0 evaluation record and summary.json); reports
+read it to decide whether to call the evaluation set held-out."""
+
+
+def overlap_record(
+    train_examples: list[dict[str, Any]] | list[str], eval_examples: list[dict[str, Any]] | list[str]
+) -> dict[str, float]:
+    """``{TRAIN_PROMPT_OVERLAP: prompt_overlap(train, eval)}``, or ``{}`` without evaluation examples."""
+    return {TRAIN_PROMPT_OVERLAP: prompt_overlap(train_examples, eval_examples)} if eval_examples else {}

@@ -69,7 +69,7 @@ class Trainer:
     ) -> None:
         from unipo.models import LoraSettings, load_model, make_reference
         from unipo.rewards import build_reward_set
-        from unipo.tasks import task_from_config
+        from unipo.tasks import overlap_record, task_from_config
 
         self.cfg = cfg
         self.console = console or Console()
@@ -80,7 +80,7 @@ class Trainer:
         self.phases = PhaseMeter(self.device)  # time and peak memory by phase, every step
         if not cfg.model.path:
             raise ValueError("model.path is empty: give a local Hugging Face causal-LM directory")
-        self.algorithm: Algorithm = copy.deepcopy(build_algorithm(cfg.algorithm))  # stateful parts: own copy
+        self.algorithm: Algorithm = copy.deepcopy(build_algorithm(cfg.algorithm, cfg.rollout.group_size))
         # -- task and rewards (errors surface here, before any model is loaded)
         self.task = task_from_config(cfg.task)
         self.task_reward = self.task.reward_fn()
@@ -119,8 +119,9 @@ class Trainer:
         if not self.train_examples:
             raise ValueError("the task produced no training examples")
         eval_examples = (
-            self.task.examples(cfg.task.eval_size, cfg.task.eval_seed) if cfg.task.eval_size else []
+            self.task.examples(cfg.task.eval_size, cfg.task.eval_seed, "eval") if cfg.task.eval_size else []
         )
+        self.overlap = overlap_record(self.train_examples, eval_examples)  # {eval/train_prompt_overlap: x}
         self.eval_set = EvalSet(eval_examples, *self._encode(eval_examples)) if eval_examples else None
         self.sampler = PromptSampler(len(self.train_examples), seed=cfg.train.seed)
         # -- optimization
@@ -358,10 +359,10 @@ class Trainer:
         restore_objective(self, path)
 
     def initial_metrics(self) -> dict[str, Any]:
-        return {}
+        return dict(self.overlap)  # eval/train_prompt_overlap: whether the evaluation set is held out
 
     def summary(self) -> dict[str, Any]:
-        return {"algorithm": self.algorithm.name}
+        return {"algorithm": self.algorithm.name, **self.overlap}
 
     def describe(self, metrics: dict[str, Any]) -> str:
         r, h = (metrics.get(k, float("nan")) for k in ("reward/mean", "policy/entropy"))
