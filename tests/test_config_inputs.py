@@ -116,7 +116,8 @@ def _lone_completions() -> RolloutBatch:
         completion_ids=torch.ones(b, t, dtype=torch.long), completion_mask=mask,
         group_ids=torch.arange(b), truncated=torch.zeros(b, dtype=torch.bool),
         rewards=torch.tensor([1.0, 0.0, 1.0, 0.5]), old_logprobs=torch.full((b, t), -1.0),
-        ref_logprobs=torch.full((b, t), -1.2), values=torch.zeros(b, t), metadata=[{} for _ in range(b)],
+        ref_logprobs=torch.full((b, t), -1.2), values=torch.zeros(b, t), entropies=torch.full((b, t), 0.5),
+        metadata=[{} for _ in range(b)],
     )  # fmt: skip
 
 

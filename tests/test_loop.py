@@ -15,11 +15,11 @@ import yaml
 from safetensors.torch import load_file
 
 import unipo.train.checkpoint as ck
-from unipo.config import load_config
+from unipo.config import ConfigError, load_config
 from unipo.preference import load_preference_config
 from unipo.preference.trainer import PreferenceTrainer
 from unipo.train.checkpoint import latest_checkpoint
-from unipo.train.run_dir import RunDirError
+from unipo.train.run_dir import RunDirError, prepare_run_dir
 from unipo.train.signals import Interrupted, StopOnSignal
 from unipo.train.trainer import Trainer
 
@@ -104,8 +104,10 @@ def test_resume_without_checkpoint(tiny_model_dir, tmp_path):
 
 
 def test_resume_and_overwrite_together_is_an_error(tiny_model_dir, tmp_path):
-    with pytest.raises(RunDirError, match="contradict"):
-        Trainer(rl_cfg(tiny_model_dir, tmp_path / "r", "train.resume=true", "train.overwrite=true")).train()
+    with pytest.raises(ConfigError, match="resume"):  # the config refuses it ...
+        rl_cfg(tiny_model_dir, tmp_path / "r", "train.resume=true", "train.overwrite=true")
+    with pytest.raises(RunDirError, match="contradict"):  # ... and so does the run directory, for callers
+        prepare_run_dir(tmp_path / "r", overwrite=True, resume=True)
 
 
 def test_failed_start_is_not_a_run_and_orphans_are_removed(tiny_model_dir, tmp_path):
