@@ -193,8 +193,12 @@ def policy_loss(algorithm: Algorithm, x: LossInputs) -> tuple[Tensor, Metrics]:
         ℓ_{i,t} = w_{i,t} · surrogate_{i,t} + Σ_k reg^k_{i,t}        L = aggregate(ℓ, mask)
 
     where w is the product of every TokenWeight part (1 when there are none). Returns the
-    scalar loss and the metrics of every part.
+    scalar loss and the metrics of every part. Padding never enters: the parts see
+    ``x.without_padding()`` (every [B, T] input selected to 0 where the mask is 0), and the
+    aggregates and ``masked_mean`` select rather than multiply, so NaN/±inf under padding
+    change neither the loss nor its (finite) gradient.
     """
+    x = x.without_padding()
     metrics: Metrics = {}
     weight = torch.ones_like(x.logprobs)  # [B, T]
     for part in algorithm.token_weights:
