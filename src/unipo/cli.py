@@ -288,7 +288,8 @@ def algorithms(
     if name is not None:
         for a in algos:
             if a.name == name:
-                return _show_one(a.describe(), "RL algorithm", _parts_lines(a.describe()))
+                d = a.describe()
+                return _show_one(d, "RL algorithm", _parts_lines(d))
         for p in prefs:
             if p.name == name:
                 d = p.describe()
