@@ -62,7 +62,7 @@ def test_compiled_greedy_matches_plain_and_compiles_once(model_tok):
     for a, b in zip(fast.logits, plain.logits, strict=True):  # inductor may reorder float sums
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
     # 12 + 6 = 18 positions → a 64-slot cache, the shape the graph was compiled for
-    assert fast.past_key_values.layers[0].keys.shape[2] == CACHE_BUCKET
+    assert fast.cache.layers[0].keys.shape[2] == CACHE_BUCKET
     compiled = _graphs() - before
     assert compiled >= 1  # it really compiled
     # other prompt lengths (6 and 9 columns), and every row prefilled: the same bucket, no new graph

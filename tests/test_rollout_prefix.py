@@ -63,8 +63,8 @@ def test_prefix_cache_equals_per_row_prefill(arch_model):
     pos = (rows_mask.cumsum(-1) - 1).masked_fill(rows_mask == 0, 0)
     ref = model(
         input_ids=rows_ids[:, :-1], attention_mask=rows_mask[:, :-1], position_ids=pos[:, :-1],
-        past_key_values=DynamicCache(config=model.config), use_cache=True,
-    ).past_key_values  # fmt: skip
+        cache=DynamicCache(config=model.config), use_cache=True,
+    ).cache  # fmt: skip
     for ours, plain in zip(cache.layers, ref.layers, strict=True):
         assert ours.keys.shape == plain.keys.shape == (12, ours.keys.shape[1], 11, ours.keys.shape[3])
         keep = rows_mask[:, None, :-1, None].bool()  # padding slots are masked out anyway
@@ -234,6 +234,6 @@ def test_static_decode_without_shared_prefix_matches_plain(arch_model):
     torch.manual_seed(0)
     plain = generate_groups(model, ids, mask, 1, False, "dynamic", **GREEDY, **SCORES)
     assert torch.equal(static.sequences, plain.sequences)
-    assert isinstance(static.past_key_values, StaticCache)
+    assert isinstance(static.cache, StaticCache)
     for a, b in zip(static.logits, plain.logits, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)

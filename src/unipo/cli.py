@@ -239,27 +239,82 @@ def preference(
     _run_preference(config, args)
 
 
+def _parts_lines(d: dict) -> list[str]:
+    """One "kind: part(params)" line per part of a described RL preset."""
+    lines = [f"advantage: {d['advantage']}"]
+    lines += [f"selection: {s}" for s in d["selections"]]
+    lines += [f"token weight: {s}" for s in d["token_weights"]]
+    lines += [f"surrogate: {d['surrogate']}"]
+    lines += [f"regularizer: {s}" for s in d["regularizers"]]
+    lines += [f"aggregate: {d['aggregate']}"]
+    return lines + [f"reward: {s}" for s in d["rewards"]]
+
+
+def _show_one(d: dict, kind: str, parts: list[str]) -> None:
+    """One preset in full: a field / value table with its source and every deviation."""
+    table = Table(show_header=False, show_lines=True, title=f"{d['name']} ({kind})")
+    table.add_column("field", style="bold", no_wrap=True)
+    table.add_column("value", overflow="fold")
+    table.add_row("paper", d["paper"])
+    table.add_row("parts" if kind == "RL algorithm" else "loss", "\n".join(parts))
+    if d["notes"]:
+        table.add_row("notes", d["notes"])
+    table.add_row("source", d["source"] or "(not stated)")
+    if d["deviations"] is None:
+        table.add_row("deviations", "(not stated)")
+    elif not d["deviations"]:
+        table.add_row("deviations", "none")
+    else:
+        table.add_row("deviations", "\n".join(f"- {x}" for x in d["deviations"]))
+    console.print(table)
+
+
 @app.command()
 def algorithms(
-    name: Annotated[str | None, typer.Argument(help="Show one preset in full.")] = None,
+    name: Annotated[str | None, typer.Argument(help="Show one preset (RL or preference) in full.")] = None,
 ) -> None:
-    """List every preset: its parts, their defaults and its paper."""
-    from unipo.algorithms import get_algorithm, list_algorithms
+    """List every preset: RL algorithms (parts, defaults, paper) and preference presets.
 
-    algos = [get_algorithm(name)] if name else list_algorithms()
-    table = Table(show_lines=True, title="unipo algorithms")
+    ``unipo algorithms NAME`` shows one of either kind in full, with its source and deviations.
+    """
+    from rich.markup import escape
+
+    from unipo.algorithms import list_algorithms
+    from unipo.preference import list_presets
+
+    algos, prefs = list_algorithms(), list_presets()
+    if name is not None:
+        for a in algos:
+            if a.name == name:
+                d = a.describe()
+                return _show_one(d, "RL algorithm", _parts_lines(d))
+        for p in prefs:
+            if p.name == name:
+                d = p.describe()
+                loss = [d["loss"], *([f"ordering: {d['ordering']}"] if "ordering" in d else [])]
+                return _show_one(d, "preference preset", loss)
+        known = (  # one line, not wrapped, whatever the terminal width
+            f"RL algorithms: {', '.join(a.name for a in algos)}; "
+            f"preference presets: {', '.join(p.name for p in prefs)}"
+        )
+        console.print(f"[bold red]error:[/] unknown preset {escape(repr(name))}; {known}", soft_wrap=True)
+        raise typer.Exit(code=2)
+    table = Table(show_lines=True, title="unipo algorithms (RL)")
     for col in ("name", "parts (defaults)", "paper / notes"):
         table.add_column(col, overflow="fold")
     for a in algos:
         d = a.describe()
-        parts = [f"advantage: {d['advantage']}"]
-        parts += [f"selection: {s}" for s in d["selections"]]
-        parts += [f"token weight: {s}" for s in d["token_weights"]]
-        parts += [f"surrogate: {d['surrogate']}"]
-        parts += [f"regularizer: {s}" for s in d["regularizers"]]
-        parts += [f"aggregate: {d['aggregate']}"]
-        parts += [f"reward: {s}" for s in d["rewards"]]
-        table.add_row(a.name, "\n".join(parts), d["paper"] + (f"\n{d['notes']}" if d["notes"] else ""))
+        about = d["paper"] + (f"\n{d['notes']}" if d["notes"] else "")
+        table.add_row(a.name, "\n".join(_parts_lines(d)), about)
+    console.print(table)
+    title = "preference presets (unipo preference CFG loss.preset=NAME; unipo train algorithm.name=NAME)"
+    table = Table(show_lines=True, title=title)
+    for col in ("name", "loss (defaults)", "paper / notes"):
+        table.add_column(col, overflow="fold")
+    for p in prefs:
+        d = p.describe()
+        loss = d["loss"] + (f"\nordering: {d['ordering']}" if "ordering" in d else "")
+        table.add_row(p.name, loss, d["paper"] + (f"\n{d['notes']}" if d["notes"] else ""))
     console.print(table)
 
 

@@ -213,8 +213,11 @@ def policy_loss(algorithm: Algorithm, x: LossInputs) -> tuple[Tensor, Metrics]:
 
     where w is the product of every TokenWeight part (1 when there are none) and R^j the 0-dim
     terms of regularizers marked ``aggregated`` (``parts/base.py``). Returns the scalar loss and
-    the metrics of every part.
+    the metrics of every part. Padding never enters: the parts see ``x.without_padding()`` (every
+    [B, T] input selected to 0 where the mask is 0), and the aggregates and ``masked_mean`` select
+    rather than multiply, so NaN/±inf under padding change neither the loss nor its (finite) gradient.
     """
+    x = x.without_padding()
     metrics: Metrics = {}
     weight = torch.ones_like(x.logprobs)  # [B, T]
     for part in algorithm.token_weights:

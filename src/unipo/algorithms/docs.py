@@ -61,8 +61,46 @@ def _builtin_parts() -> dict[str, dict[str, type]]:
     return out
 
 
+def _provenance(d: dict[str, Any]) -> list[str]:
+    """The "Source:" line and the deviations (a list, "none", or "not stated") of a described preset."""
+    lines = ["", f"Source: {d['source'] or '(not stated)'}"]
+    if d["deviations"] is None:
+        return [*lines, "", "Deviations: (not stated)"]
+    if not d["deviations"]:
+        return [*lines, "", "Deviations: none."]
+    return [*lines, "", "Deviations:", *[f"- {x}" for x in d["deviations"]]]
+
+
+def _preference_section() -> list[str]:
+    """Every preference preset (``unipo.preference.presets``): loss, ordering, paper, provenance."""
+    from unipo.preference.presets import list_presets
+
+    presets = list_presets()
+    lines = [
+        "",
+        "# Preference presets",
+        "",
+        "Run with `unipo preference CONFIG loss.preset=NAME` or `unipo train CONFIG algorithm.name=NAME`;",
+        "swap a parameter with `preset.with_params(loss={...})` or `loss.params={...}`.",
+        "",
+        "| preset | paper |",
+        "| --- | --- |",
+    ]
+    lines += [f"| [`{p.name}`](#{p.name}) | {p.paper} |" for p in presets]
+    for p in presets:
+        d = p.describe()
+        lines += ["", f"## {p.name}", "", d["paper"], "", f"- loss: `{d['loss']}`"]
+        if "ordering" in d:
+            lines.append(f"- ordering: `{d['ordering']}`")
+        if d["notes"]:
+            lines += ["", f"Notes: {d['notes']}"]
+        lines += _provenance(d)
+    return lines
+
+
 def render_algorithms_markdown() -> str:
-    """The markdown of docs/algorithms.md: every preset with its paper, parts and notes."""
+    """The markdown of docs/algorithms.md: every RL preset with its paper, parts, notes, source and
+    deviations; then the preference presets the same way; then every part."""
     lines: list[str] = [
         "# Algorithms",
         "",
@@ -86,6 +124,8 @@ def render_algorithms_markdown() -> str:
                 lines.append(f"- {label}: " + ", ".join(f"`{v}`" for v in items))
         if a.notes:
             lines += ["", f"Notes: {a.notes}"]
+        lines += _provenance(d)
+    lines += _preference_section()
     lines += [
         "",
         "# Parts",

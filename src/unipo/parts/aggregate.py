@@ -2,6 +2,10 @@
 
 Denominators count the *whole accumulated batch* (``x.num_tokens``, ``x.num_seqs``), so the
 micro-batch losses add up to exactly the full-batch loss under gradient accumulation.
+Padding is selected away (``zero_padding``), never multiplied by 0, so a NaN or ±inf there
+cannot reach the loss. Sequence means count only rows with at least one valid token
+(``x.num_seqs``; an all-padding row adds 0 to the sum and nothing to N_seq), as verl's
+``agg_loss`` (volcengine/verl@b178a3cd verl/trainer/ppo/core_algos.py:agg_loss).
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from unipo.parts.base import LossInputs
+from unipo.parts.base import LossInputs, zero_padding
 from unipo.parts.registry import register
 
 
@@ -21,17 +25,18 @@ class TokenMean:
     (DAPO's token-level loss, arXiv 2503.14476; verl ``token-mean``; TRL ``loss_type="dapo"``)."""
 
     def __call__(self, loss: Tensor, x: LossInputs) -> Tensor:
-        return (loss * x.mask).sum() / x.num_tokens
+        return zero_padding(loss, x.mask).sum() / x.num_tokens
 
 
 @register("aggregate", "seq_mean_token_mean")
 @dataclass(frozen=True)
 class SeqMeanTokenMean:
     """L = (1/N_seq) Σ_i (1/|o_i|) Σ_t ℓ_{i,t}: GRPO's objective (arXiv 2402.03300; verl
-    ``seq-mean-token-mean``; TRL ``loss_type="grpo"``)."""
+    ``seq-mean-token-mean``; TRL ``loss_type="grpo"``). N_seq counts the rows with |o_i| ≥ 1
+    (verl ``agg_loss``: fully masked rows are excluded); an empty row contributes 0."""
 
     def __call__(self, loss: Tensor, x: LossInputs) -> Tensor:
-        per_seq = (loss * x.mask).sum(dim=1) / x.mask.sum(dim=1).clamp(min=1)  # [B]
+        per_seq = zero_padding(loss, x.mask).sum(dim=1) / x.mask.sum(dim=1).clamp(min=1)  # [B]
         return per_seq.sum() / x.num_seqs
 
 
@@ -39,10 +44,11 @@ class SeqMeanTokenMean:
 @dataclass(frozen=True)
 class SeqMeanTokenSum:
     """L = (1/N_seq) Σ_i Σ_t ℓ_{i,t}: per-sequence token *sum*, then mean over sequences
-    (verl ``seq-mean-token-sum``; CANON's aggregation). Longer sequences weigh more."""
+    (verl ``seq-mean-token-sum``; CANON's aggregation). Longer sequences weigh more. N_seq
+    counts the rows with at least one valid token (verl ``agg_loss``)."""
 
     def __call__(self, loss: Tensor, x: LossInputs) -> Tensor:
-        return (loss * x.mask).sum() / x.num_seqs
+        return zero_padding(loss, x.mask).sum() / x.num_seqs
 
 
 @register("aggregate", "seq_mean_token_sum_const")
@@ -55,6 +61,9 @@ class SeqMeanTokenSumConst:
     varies). Source: sail-sg/understand-r1-zero ``masked_sum(..., constant_normalizer=
     generate_max_length)`` then a batch mean; TRL ``loss_type="dr_grpo"`` is the same. verl's
     ``seq-mean-token-sum-norm`` divides by the padded length and does not divide by N_seq.
+    N_seq counts the rows with at least one valid token, as the other sequence means (verl
+    ``agg_loss``); the reference's batch mean would also count an all-padding row, which a
+    sampled completion (≥ 1 token) never is.
     """
 
     constant: int | None = None
@@ -65,7 +74,7 @@ class SeqMeanTokenSumConst:
 
     def __call__(self, loss: Tensor, x: LossInputs) -> Tensor:
         norm = self.constant if self.constant is not None else x.max_len
-        return (loss * x.mask).sum() / (norm * x.num_seqs)
+        return zero_padding(loss, x.mask).sum() / (norm * x.num_seqs)
 
 
 @register("aggregate", "token_sum_norm")
@@ -92,4 +101,4 @@ class TokenSumNorm:
 
     def __call__(self, loss: Tensor, x: LossInputs) -> Tensor:
         norm = self.constant if self.constant is not None else x.max_len
-        return (loss * x.mask).sum() / (self.divisor * norm)
+        return zero_padding(loss, x.mask).sum() / (self.divisor * norm)

@@ -76,6 +76,7 @@ Optional methods:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -91,12 +92,36 @@ Metrics = dict[str, Any]
 LOG_RATIO_CLAMP = 20.0  # |log ρ| ≤ 20 before exp, as verl does; ρ itself is never clamped here
 
 
+_TOKEN_FIELDS = ("logprobs", "old_logprobs", "advantages", "entropies", "ref_logprobs", "old_entropies")
+
+
+def zero_padding(values: Tensor, mask: Tensor) -> Tensor:
+    """``values`` where ``mask`` is set, 0 elsewhere: a select, so NaN/±inf under padding vanish
+    (``values * mask`` would keep them: NaN·0 = NaN, inf·0 = NaN) and get no gradient."""
+    return torch.where(mask.bool(), values, torch.zeros((), dtype=values.dtype, device=values.device))
+
+
+def count_sequences(mask: Tensor) -> int:
+    """Rows of ``mask`` [B, T] with at least one valid token, at least 1: the N_seq of every
+    sequence-mean aggregate (an all-padding row is left out, as verl's ``agg_loss``)."""
+    return max(int((mask.sum(dim=1) > 0).sum()), 1)
+
+
 @dataclass
 class LossInputs:
     """What a per-token loss part may read for one micro-batch of B sequences × T tokens.
 
     ``num_tokens`` / ``num_seqs`` are counted over the *whole accumulated batch* that
     makes one optimizer step, so summing micro-batch losses gives the full-batch loss.
+    ``num_seqs`` counts only rows with at least one valid token: a row whose mask is all zero
+    takes no part in a sequence mean (as verl's ``agg_loss``, volcengine/verl@b178a3cd
+    verl/trainer/ppo/core_algos.py:agg_loss, "exclude fully masked sequences").
+
+    ``without_padding()`` is a copy whose every [B, T] field (log-probs, advantages, entropies,
+    ``stats``, ...) is *selected* to 0 where the mask is 0 (``zero_padding``); ``policy_loss``
+    hands the parts that copy, so a NaN or ±inf a model or a caller left on padding cannot turn
+    the loss or its gradient into NaN (NaN·0 is NaN; a select passes no gradient to the
+    unselected side).
     """
 
     logprobs: Tensor  # [B, T] log π_θ of the sampled tokens, requires grad
@@ -109,7 +134,7 @@ class LossInputs:
     group_ids: Tensor | None = None  # [B]
     rewards: Tensor | None = None  # [B]
     num_tokens: float = 0.0  # valid completion tokens in the accumulated batch
-    num_seqs: float = 0.0  # sequences in the accumulated batch
+    num_seqs: float = 0.0  # sequences with ≥ 1 valid token in the accumulated batch
     max_len: int = 0  # maximum completion length (constant normalizers, Dr. GRPO)
     step: int = 0  # optimizer step (schedules)
     truncated: Tensor | None = None  # [B] bool, hit the generation limit (overlong filtering)
@@ -123,7 +148,7 @@ class LossInputs:
         if self.num_tokens <= 0:
             self.num_tokens = float(self.mask.sum().clamp(min=1).item())
         if self.num_seqs <= 0:
-            self.num_seqs = float(self.mask.shape[0])
+            self.num_seqs = float(count_sequences(self.mask))
         if self.max_len <= 0:
             self.max_len = int(self.mask.shape[1])
         for key, rows in self.row_flags.items():  # counts not given: this micro-batch is the whole batch
@@ -133,9 +158,22 @@ class LossInputs:
                     f"({self.mask.shape[0]},): one bool per row"
                 )
             if key not in self.flag_tokens:
-                self.flag_tokens[key] = float((self.mask * rows[:, None].to(self.mask.dtype)).sum())
+                self.flag_tokens[key] = float((self.mask.bool() & rows[:, None].bool()).sum())
             if key not in self.flag_rows:
                 self.flag_rows[key] = float(rows.sum())
+
+    def without_padding(self) -> LossInputs:
+        """A copy with every [B, T] input 0 where the mask is 0 (selected, not multiplied); the
+        denominators and the [B] fields are kept."""
+        valid = self.mask.bool()  # [B, T]
+        changes: dict[str, Any] = {
+            name: zero_padding(value, valid)
+            for name in _TOKEN_FIELDS
+            if (value := getattr(self, name)) is not None
+        }
+        changes["stats"] = {k: zero_padding(v, valid) for k, v in self.stats.items()}
+        changes["old_stats"] = {k: zero_padding(v, valid) for k, v in self.old_stats.items()}
+        return dataclasses.replace(self, **changes)
 
     @property
     def log_ratio(self) -> Tensor:  # [B, T] log ρ = log π_θ − log π_old, clamped to ±20
@@ -179,8 +217,9 @@ class Aggregate(Protocol):
 
 # ------------------------------------------------------------------ shared helpers
 def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
-    """Mean of ``values`` where ``mask`` is 1 (0 when the mask is empty)."""
-    return (values * mask).sum() / mask.sum().clamp(min=1)
+    """Mean of ``values`` where ``mask`` is 1 (0 when the mask is empty); padding is selected
+    away, not multiplied, so a NaN there does not leak in."""
+    return zero_padding(values, mask).sum() / mask.sum().clamp(min=1)
 
 
 def masked_quantile(values: Tensor, mask: Tensor, q: float) -> Tensor:
@@ -217,8 +256,9 @@ def group_stats(values: Tensor, group_ids: Tensor, unbiased: bool = True) -> tup
 
 
 def broadcast_to_tokens(per_seq: Tensor, mask: Tensor) -> Tensor:
-    """[B] → [B, T]: the same value on every valid token, 0 on padding."""
-    return per_seq[:, None].to(mask.dtype) * mask
+    """[B] → [B, T]: the same value on every valid token, 0 on padding (selected, so a NaN
+    value of an all-padding row stays out)."""
+    return zero_padding(per_seq[:, None].to(mask.dtype).expand(mask.shape), mask)
 
 
 def token_stat(stats: dict[str, Tensor], name: str, part: str) -> Tensor:

@@ -68,12 +68,18 @@ class PreferencePreset:
             changes[attr] = dataclasses.replace(part, **params)
         return dataclasses.replace(self, **changes)
 
-    def describe(self) -> dict[str, str]:
+    def describe(self) -> dict[str, Any]:
+        """Name, loss and ordering with their parameters, paper, notes, source and deviations."""
+
         def one(p: Any) -> str:
             params = ", ".join(f"{f.name}={getattr(p, f.name)!r}" for f in dataclasses.fields(p))
             return f"{getattr(p, 'loss_name', type(p).__name__)}({params})"
 
-        out = {"name": self.name, "loss": one(self.loss), "paper": self.paper, "notes": self.notes}
+        out: dict[str, Any] = {
+            "name": self.name, "loss": one(self.loss), "paper": self.paper, "notes": self.notes,
+            "source": self.source,
+            "deviations": list(self.deviations) if self.deviations is not None else None,
+        }  # fmt: skip
         if self.ordering is not None:
             out["ordering"] = one(self.ordering)
         return out
@@ -90,74 +96,175 @@ def _add(*presets: PreferencePreset) -> None:
 
 
 _F = "Wang et al. 2023, Beyond Reverse KL (f-DPO), arXiv:2309.16240"
+# what each source names was read at these commits
+_TRL = "huggingface/trl@f2cd5771"
+_DPO_LOSS = f"{_TRL} trl/trainer/dpo_trainer.py:_compute_loss"
+_FDPO = "alecwangcq/f-divergence-dpo@07d9369f trainers.py"
+_SPPO = "uclaml/SPPO@5e61c4e9"
+_EXP_CLAMP = "exp(·) exponents are clamped at 80 (as TRL); the authors' code does not clamp."
 _add(
-    PreferencePreset("dpo", "Rafailov et al. 2023, DPO, arXiv:2305.18290", DPO(0.1)),
+    PreferencePreset(
+        "dpo", "Rafailov et al. 2023, DPO, arXiv:2305.18290", DPO(0.1),
+        source=f"{_DPO_LOSS} (loss_type sigmoid, f_divergence_type reverse_kl); trl/trainer/dpo_config.py "
+        "(beta 0.1)",
+        deviations=(),
+    ),
     PreferencePreset(
         "cdpo", "Mitchell 2023, cDPO note (label-smoothed DPO)", CDPO(0.1, eps=0.1),
         notes="ε = 0.1 is ours; biased towards h = 0, see robust_dpo",
+        source=f"{_SPPO} sppo/trainer.py (loss_type sigmoid with label_smoothing); princeton-nlp/SimPO@"
+        "1b3e8f35 scripts/simpo_trainer.py:simpo_loss (the same smoothing)",
+        deviations=(),
     ),
     PreferencePreset(
         "robust_dpo", "Chowdhury et al. 2024, Provably Robust DPO, arXiv:2403.00409",
         RobustDPO(0.1, eps=0.1), notes="ε = label-flip probability; TRL suggests 0.1",
+        source=f"{_DPO_LOSS} (loss_type robust)",
+        deviations=(),
     ),
     PreferencePreset(
         "ipo", "Azar et al. 2023, A General Theoretical Paradigm (IPO), arXiv:2310.12036", IPO(0.1),
         notes="paper convention: per-sequence (summed) log-ratios",
+        source=f"arXiv:2310.12036 Eq. 17 as cited in {_SPPO} sppo/trainer.py (loss_type ipo: (h − 1/(2β))² "
+        "on summed log-ratios) and in TRL's ipo loss",
+        deviations=(),
     ),
     PreferencePreset(
         "ipo_mean", "Azar et al. 2023 (IPO), TRL's ipo loss", IPO(0.1, length_normalized=True),
         notes="TRL convention: log-ratios averaged over each response's tokens",
+        source=f"{_DPO_LOSS} (loss_type ipo: log-ratios divided by the completion length)",
+        deviations=(),
     ),
-    PreferencePreset("f_dpo_reverse_kl", _F, FDPO(0.1, "reverse_kl"), notes="identical to dpo"),
-    PreferencePreset("f_dpo_forward_kl", _F, FDPO(0.1, "forward_kl")),
-    PreferencePreset("f_dpo_js", _F, FDPO(0.1, "js")),
+    PreferencePreset(
+        "f_dpo_reverse_kl", _F, FDPO(0.1, "reverse_kl"), notes="identical to dpo",
+        source=f"{_FDPO} (reverse_kl = DPO's preference_loss); {_DPO_LOSS} (f_divergence_type reverse_kl)",
+        deviations=(),
+    ),
+    PreferencePreset(
+        "f_dpo_forward_kl", _F, FDPO(0.1, "forward_kl"),
+        source=f"{_FDPO}:forward_dpo_loss (f′ = −e^(−ρ)); {_DPO_LOSS} (forward_kl)",
+        deviations=(_EXP_CLAMP,),
+    ),
+    PreferencePreset(
+        "f_dpo_js", _F, FDPO(0.1, "js"),
+        source=f"{_FDPO}:js_dpo_loss (log 2 − log(1 + e^(−ρ)), the same as log σ(ρ) up to a constant that "
+        f"cancels); {_DPO_LOSS} (js_divergence)",
+        deviations=(),
+    ),
     PreferencePreset(
         "f_dpo_alpha", _F, FDPO(0.1, "alpha", alpha=0.5),
-        notes="the paper's α (TRL's coefficient a = 1 − α); authors' default 0.5",
+        notes="the paper's α (TRL's coefficient a = 1 − α); the authors' scripts use 0.3, 0.5 and 0.7",
+        source=f"{_FDPO}:alpha_dpo_loss (f′ = −e^(−αρ)/α, α ∈ (0, 1)); {_DPO_LOSS} (alpha_divergence, "
+        "a = 1 − α)",
+        deviations=(_EXP_CLAMP,),
     ),
     PreferencePreset(
         "simpo", "Meng et al. 2024, SimPO, arXiv:2405.14734", SimPO(2.0, 0.25),
         notes="no reference model; β = 2.0, γ/β = 0.25 (authors' config)",
+        source="princeton-nlp/SimPO@1b3e8f35 scripts/simpo_trainer.py:simpo_loss (sigmoid, mean token "
+        "log-probs), scripts/simpo_config.py (beta 2.0, gamma_beta_ratio 0.25)",
+        deviations=(),
     ),
     PreferencePreset(
         "orpo", "Hong et al. 2024, ORPO, arXiv:2403.07691", ORPO(0.1),
         notes="no reference model; λ = 0.1 (Mistral-ORPO-β script, TRL)",
+        source="xfactlab/orpo@208d2d64 src/orpo_trainer.py: compute_logps, compute_loss; "
+        f"scripts/run_mistral_orpo_beta.sh (--alpha 0.1); {_TRL} trl/experimental/orpo/orpo_config.py",
+        deviations=(
+            "The NLL term is each example's mean over its chosen tokens; the authors' trainer takes the "
+            "model's loss, a mean over every label token of the batch.",
+            "The mean log-prob is clamped at −1e−6 so that log(1 − p) stays finite; the authors' code does "
+            "not clamp.",
+        ),
     ),
     PreferencePreset(
         "sppo", "Wu et al. 2024, Self-Play Preference Optimization, arXiv:2405.00675", SPPO(0.001),
         notes="reference = previous round's policy; paper: K = 5, 3 iterations, RMSprop lr 5e-7",
+        source=f"{_SPPO} sppo/trainer.py (loss_type sppo), scripts/pipeline.sh (beta 0.001, rmsprop, lr "
+        "5e-7), run_sppo_mistral.sh (3 iterations)",
+        deviations=(
+            "Win rates P̂ come from the group's own scores (pairs.win_rates: 0/1 verifier comparisons, or "
+            "σ(s_i − s_j) of reward-model scores); the SPPO code scores pairs with PairRM.",
+        ),
     ),
     PreferencePreset(
         "inpo", "Zhang et al. 2024, Iterative Nash Policy Optimization, arXiv:2407.00617",
         INPO(0.1, tau=0.01),
         notes="reference = previous round's policy, anchor = initial model; β, τ ours (UNVERIFIED)",
+        source="derived from the online-mirror-descent target in the abstract of arXiv:2407.00617 and "
+        "checked against a third-party re-implementation (shared FORMULAS-preference.md); the paper's "
+        "equation and the authors' code were not read",
+        deviations=(
+            "The loss is our derivation, not the paper's equation read off the page: any difference from "
+            "it is unknown.",
+        ),
     ),
     PreferencePreset(
         "xpo", "Xie et al. 2024, Exploratory Preference Optimization, arXiv:2405.21046",
         XPO(0.1, alpha=1e-5), notes="online: each pair = one policy and one reference sample",
+        source=f"{_TRL} trl/experimental/xpo/xpo_trainer.py:_compute_losses (sigmoid + α·log π_θ(ỹ_ref)), "
+        "xpo_config.py (alpha 1e-5)",
+        deviations=(
+            "Pairs without a reference sample (offline data) get no exploration term; TRL always pairs one "
+            "policy and one reference completion.",
+        ),
     ),
     PreferencePreset(
         "lipo", "Liu et al. 2024, LiPO: Listwise Preference Optimization, arXiv:2402.01878",
         LiPOLambda(0.1), notes="listwise (ranked lists of K responses); β is ours",
+        source="a secondary summary of arXiv:2402.01878 (LambdaLoss form, shared FORMULAS-preference.md); "
+        "the paper's equation and the authors' code were not read",
+        deviations=(
+            "The discount is D(τ) = ln(1 + τ); a log₂ discount (NDCG's) would rescale every Δ_ij by the "
+            "same factor.",
+        ),
     ),
     PreferencePreset(
         "curry_dpo", "Pattnaik et al. 2024, Curry-DPO, arXiv:2403.07230", DPO(0.1),
         ordering=CurriculumOrdering(3),
         notes="DPO over curriculum stages, largest score gap first; reference = previous stage",
+        source="arXiv:2403.07230v2 abstract and Fig. 1 (pairs (R1, R4), (R1, R3), (R1, R2) by rating gap, "
+        "the model of iteration i is the reference of i + 1), read through the arXiv HTML and a review "
+        "(liner.com); no authors' code was found",
+        deviations=(
+            "Only the rating-gap ordering is implemented; the paper also orders pairs by other criteria.",
+            "Data that comes only as pairs is sorted by score gap and cut into max_stages equal stages; "
+            "the paper builds its stages from ranked lists of 4 responses.",
+        ),
     ),
     PreferencePreset(
         "sparse_po", "Christopoulou et al. 2024, SparsePO, arXiv:2410.05102", SparsePO(0.1),
-        notes="activation-mask variant without the sequence-KL term (see the loss docstring)",
+        notes="the activation-mask variant (see the loss docstring); β = 0.1 (authors' config)",
+        source="huawei-noah/HEBO@04f4ece8 SparsePO/src/trainers/mapo_trainer.py (MAPOTrainer: masks from "
+        "the reference model's activations, zn_rescale), as read for unipo.preference.losses_t2.SparsePO",
+        deviations=(
+            "Masks read only the residual stream (output_hidden_states); the authors also hook MLP and "
+            "attention internals and the logits.",
+            "No masked sequence-KL term: it needs full-vocabulary reference distributions at every token, "
+            "which the chunked log-prob pass does not keep.",
+        ),
     ),
     PreferencePreset(
         "cpl", "Hejna et al. 2023, Contrastive Preference Learning, arXiv:2310.13639",
         CPL(0.1, lam=0.5), notes="no reference model; α = 0.1, λ = 0.5 (authors' defaults)",
+        source="jhejna/cpl@b333667b research/algs/cpl.py: biased_bce_with_logits, CPL._get_cpl_loss "
+        "(A = α·Σ log π, no discount); configs/mw_image_dense/cpl.yaml (alpha 0.1, contrastive_bias 0.5)",
+        deviations=(),
     ),
     PreferencePreset(
         "spo", "Li et al. 2024, Self-supervised Preference Optimization, arXiv:2409.17791 (EMNLP Findings)",
         SPO(0.1, lam=0.1, removals=2),
-        notes="DPO + λ·preference-degree loss on RAKE key-content-removed copies; classifier form, "
-        "λ and V are ours (authors' code not seen, UNVERIFIED)",
+        notes="DPO + λ·preference-degree loss on RAKE key-content-removed copies; λ = 0.1 and V = 2 are "
+        "ours (UNVERIFIED)",
+        source="the abstract of arXiv:2409.17791 (ACL Anthology 2024.findings-emnlp.845) and a third-party "
+        "review (themoonlight.io: RAKE key content removed, self-supervised classification); the paper's "
+        "method section and the authors' code (github.com/lijian16/SPO) were not seen",
+        deviations=(
+            "The degree classifier scores the copies by the policy's implicit rewards (a Plackett–Luce "
+            "ranking, no extra parameters); the authors may train a classification head.",
+            "Degree labels are the number of key phrases removed; the term is applied to the chosen and "
+            "the rejected response and summed.",
+        ),
     ),
 )  # fmt: skip
 

@@ -227,9 +227,9 @@ def prefill_prefix(
     extra = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(base.forward).parameters else {}
     out = model(
         input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=position_ids[:, :-1],
-        past_key_values=cache, use_cache=True, **extra,
+        cache=cache, use_cache=True, **extra,
     )  # fmt: skip
-    cache = out.past_key_values
+    cache = out.cache
     if (
         type(cache) is not DynamicCache
         or not all(type(layer) is DynamicLayer for layer in cache.layers)
@@ -283,7 +283,7 @@ def generate_groups(
     if cache is None:
         cache = empty  # generate prefills it (or, None, grows a dynamic cache)
     if cache is not None:
-        generate_kwargs["past_key_values"] = cache
+        generate_kwargs["cache"] = cache  # transformers ≥ 5.24 (``past_key_values`` is deprecated)
     if decode == "compiled":
         generate_kwargs["compile_config"] = decode_compile_config(ids.device)
     else:  # never compile behind the caller's back (generate would, for a static cache on CUDA)

@@ -183,7 +183,7 @@ def shared_prompt_fallback(model: nn.Module) -> str | None:
         kind != "full_attention" for kind in (getattr(cfg, "layer_types", None) or ())
     ):
         return "sliding-window attention (its cache layers drop old keys)"
-    # transformers' GradientCheckpointingLayer replaces past_key_values with None in train mode
+    # transformers' GradientCheckpointingLayer replaces the KV cache (``cache``) with None in train mode
     # (a recomputed layer would append to the cache twice), so the prompt's KV never arrives.
     if base.training and any(getattr(m, "gradient_checkpointing", False) is True for m in base.modules()):
         return "gradient checkpointing drops the KV cache in train mode"
@@ -225,15 +225,15 @@ def _shared_prompt_hidden(
     positions = position_ids_from_mask(attention_mask)  # [B, P+T], as the plain pass
     cache = DynamicCache(config=base.config)  # filled by the U unique prompts [U, P]
     prompt = decoder(input_ids=input_ids[first, :-t], attention_mask=attention_mask[first, :-t],
-                     position_ids=positions[first, :-t], past_key_values=cache, use_cache=True)  # fmt: skip
-    cache = prompt.past_key_values
+                     position_ids=positions[first, :-t], cache=cache, use_cache=True)  # fmt: skip
+    cache = prompt.cache
     layers = getattr(cache, "layers", None)
     if type(cache) is not DynamicCache or not layers or any(type(la) is not DynamicLayer for la in layers):
         return None
     cache.batch_select_indices(inverse)  # every layer's K, V: [U, h, P, d] → [B, h, P, d]
     # completions [B, T] on the gathered cache; the [B, P+T] mask's prompt part has the left padding
     out = decoder(input_ids=input_ids[:, -t:], attention_mask=attention_mask, position_ids=positions[:, -t:],
-                  past_key_values=cache, use_cache=True)  # fmt: skip
+                  cache=cache, use_cache=True)  # fmt: skip
     h_first = prompt.last_hidden_state[:, -1][inverse]  # [B, H]: the last prompt token predicts o_1
     return torch.cat([h_first[:, None], out.last_hidden_state[:, :-1]], dim=1)  # [B, T, H]
 

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from unipo.algorithms.base import Algorithm, policy_loss
 from unipo.batch import RolloutBatch
 from unipo.diagnostics.entropy import entropy_diagnostics, ratio_stats
-from unipo.parts.base import LossInputs
+from unipo.parts.base import LossInputs, count_sequences
 from unipo.train.logprobs import completion_logprobs_with_stats
 from unipo.train.nograd import length_grouped_micro_batches
 
@@ -145,7 +145,7 @@ def update_policy(
         for mb_idx in parts:
             minibatch = batch.select(mb_idx)
             num_tokens = float(minibatch.completion_mask.sum().clamp(min=1))
-            num_seqs = float(minibatch.size)
+            num_seqs = float(count_sequences(minibatch.completion_mask))  # rows with ≥ 1 token
             flags = {k: minibatch.flags(k) for k in flag_keys}  # [b] bool each
             lengths = minibatch.completion_mask.sum(1)  # [b]
             flag_tokens = {k: float(lengths[f.to(lengths.device)].sum()) for k, f in flags.items()}
