@@ -84,7 +84,7 @@ def test_sigkill_then_resume_is_bit_identical(tiny_model_dir, tmp_path):
 
 
 def test_checkpoint_write_failure_keeps_previous(tiny_model_dir, tmp_path, monkeypatch):
-    import unipo.train.checkpoint as ck
+    import unipo.train.state_io as sio
 
     cfg = load_config(None, overrides(tiny_model_dir, tmp_path / "run", "task.eval_size=0", "train.steps=1"))
     trainer = Trainer(cfg)
@@ -96,7 +96,7 @@ def test_checkpoint_write_failure_keeps_previous(tiny_model_dir, tmp_path, monke
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(ck, "save_file", disk_full)
+    monkeypatch.setattr(sio, "save_file", disk_full)
     trainer.step = 2
     assert trainer.save_checkpoint() is None  # reported, not raised
     assert latest_checkpoint(tmp_path / "run") == first

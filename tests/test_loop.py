@@ -14,7 +14,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-import unipo.train.checkpoint as ck
+import unipo.train.state_io as sio
 from unipo.config import ConfigError, load_config
 from unipo.preference import load_preference_config
 from unipo.preference.trainer import PreferenceTrainer
@@ -165,14 +165,14 @@ def test_signal_during_the_first_evaluation_stops_at_once(tiny_model_dir, tmp_pa
 
 
 def test_second_sigint_during_a_checkpoint_write_waits_for_it(tiny_model_dir, tmp_path, monkeypatch):
-    real = ck.save_file
+    real = sio.save_file
 
     def save_file(tensors, path):
         os.kill(os.getpid(), signal.SIGINT)  # first: stop after this step
         os.kill(os.getpid(), signal.SIGINT)  # second: would abandon the write, so it waits for it
         real(tensors, path)
 
-    monkeypatch.setattr(ck, "save_file", save_file)
+    monkeypatch.setattr(sio, "save_file", save_file)
     out = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         Trainer(rl_cfg(tiny_model_dir, out, "train.save_every=1")).train()

@@ -197,7 +197,43 @@ class EvalConfig(_Strict):
     ks: list[int] = Field(default_factory=lambda: [1, 2, 4], description="k values for pass@k / maj@k.")
 
 
-class TrainConfig(_Strict):
+class ParallelConfig(_Strict):
+    """How many processes train and how (shared by RL and preference runs: ``train.*``)."""
+
+    parallel: Literal["auto", "none", "ddp", "fsdp2"] = Field(
+        "auto",
+        description="Data parallelism over processes: ddp (every rank holds the model; gradients "
+        "averaged), fsdp2 (parameters, gradients and optimizer state sharded per decoder layer with "
+        "torch's fully_shard; bf16 on GPU), none (one process), auto (ddp when started with several "
+        "processes). The numbers are those of one process on the whole batch (docs/distributed.md).",
+    )
+    nproc: int = Field(
+        1,
+        ge=1,
+        description="Processes on this machine. >1 makes `unipo train` start itself under torchrun "
+        "(--standalone); run torchrun yourself for several machines.",
+    )
+    launcher: Literal["torchrun", "ray"] = Field(
+        "torchrun",
+        description="How nproc > 1 processes are started: torchrun, or Ray Train's TorchTrainer on a Ray "
+        "cluster (train.ray_address; pip install unipo[ray]).",
+    )
+    ray_address: str | None = Field(
+        None, description="Ray cluster to join (e.g. ray://head:10001 or auto); None starts a local one."
+    )
+    ray_use_gpu: bool = Field(False, description="Give every Ray worker one GPU.")
+    dist_backend: Literal["auto", "gloo", "nccl"] = Field(
+        "auto", description="torch.distributed backend: auto = nccl on CUDA devices, else gloo."
+    )
+    dist_timeout_s: float = Field(
+        300.0,
+        gt=0,
+        description="A collective that waits longer fails the run (a rank died or hangs); the others "
+        "stop with the error instead of waiting forever.",
+    )
+
+
+class TrainConfig(ParallelConfig):
     output_dir: str = Field("runs/run", description="Run directory (refused if non-empty without overwrite).")
     overwrite: bool = Field(
         False, description="Allow writing into a non-empty run directory (not with resume: pick one)."

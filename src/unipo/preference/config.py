@@ -16,6 +16,7 @@ from unipo.config import (
     ConfigError,
     EvalConfig,
     ModelConfig,
+    ParallelConfig,
     RewardTerm,
     TaskConfig,
     check_reward_terms,
@@ -107,7 +108,7 @@ class PrefOptimConfig(_Strict):
     epochs: int = Field(1, gt=0, description="Passes over each round's / stage's data.")
 
 
-class PrefTrainConfig(_Strict):
+class PrefTrainConfig(ParallelConfig):
     output_dir: str = Field("runs/preference", description="Run directory (refused if non-empty).")
     overwrite: bool = Field(
         False, description="Allow writing into a non-empty run directory (not with resume: pick one)."

@@ -38,9 +38,13 @@ from unipo.preference.pairs import expand_list, sample_preferences
 from unipo.preference.presets import get_preset
 from unipo.preference.reference import attach_reference, batch_reference, policy_logprobs
 from unipo.preference.variants import add_variants, variant_inputs
+from unipo.rollout.hf import HFEngine
+from unipo.train.dist import init_dist
 from unipo.train.loop import TrainLoop
 from unipo.train.phases import PhaseMeter
-from unipo.train.utils import resolve_device, seed_everything
+from unipo.train.policy_setup import FullParamsEngine, load_policy
+from unipo.train.sharding import average_gradients, full_params, shard_policy
+from unipo.train.utils import process_device, seed_everything
 
 OPTIMIZERS = {"adamw": torch.optim.AdamW, "rmsprop": torch.optim.RMSprop}
 
@@ -60,18 +64,20 @@ class PreferenceTrainer:
     def __init__(
         self, cfg: PreferenceConfig, *, console: Console | None = None, reward_fns: list[Any] | None = None
     ) -> None:
-        from unipo.models import LoraSettings, is_peft_model, load_model
+        from unipo.models import is_peft_model
         from unipo.rewards import build_reward_set
-        from unipo.rollout.hf import HFEngine
         from unipo.tasks import overlap_record, task_from_config
         from unipo.train.collect import PromptSampler
         from unipo.train.evaluate import EvalSet, encode_prompts
 
-        self.cfg, self.console = cfg, console or Console()
-        if cfg.train.threads:
-            torch.set_num_threads(cfg.train.threads)
-        seed_everything(cfg.train.seed)
-        self.device = resolve_device(cfg.model.device)
+        self.cfg = cfg
+        t = cfg.train
+        self.dist = init_dist(t.parallel, t.dist_backend, t.dist_timeout_s, cfg.model.device)
+        self.console = (console or Console()) if self.dist.is_main else Console(quiet=True)
+        if t.threads:
+            torch.set_num_threads(t.threads)
+        seed_everything(t.seed)  # the same on every rank
+        self.device = process_device(cfg.model.device, self.dist)
         self.phases = PhaseMeter(self.device)  # time and peak memory of the update
         if not cfg.model.path:
             raise ValueError("model.path is empty: give a local Hugging Face causal-LM directory")
@@ -80,27 +86,38 @@ class PreferenceTrainer:
         self.iterative = self.preset.any_part("iterative_reference_update")
         self.task = task_from_config(cfg.task) if cfg.task is not None else None
         self.online = not cfg.data.path
-        lora = (
-            LoraSettings(**cfg.model.lora.model_dump(exclude={"enabled"})) if cfg.model.lora.enabled else None
-        )
-        m = cfg.model
-        self.model, self.tokenizer = load_model(
-            m.path, dtype=m.dtype, device=str(self.device), lora=lora, trust_remote_code=m.trust_remote_code,
-            attn_implementation=m.attn_implementation, gradient_checkpointing=m.gradient_checkpointing,
-        )  # fmt: skip
-        self.pad_id = self.tokenizer.pad_token_id
-        self.ref_model: torch.nn.Module | None = None
-        if self.preset.needs_reference_model:  # LoRA + fixed reference: the adapter-disabled policy
-            shared = is_peft_model(self.model) and not self.iterative
+        # the policy (sharded under FSDP2: ``scorer`` is its root); π_ref and INPO's anchor: copies made
+        # before sharding and sharded apart, or, with LoRA and a fixed reference, the adapter-off policy
+        copies: dict[str, torch.nn.Module] = {}
+        needs_copy = self.preset.needs_reference_model
+        anchored = self.preset.any_part("needs_anchor") and self.iterative
+
+        def copy_models(model: torch.nn.Module) -> None:
+            shared = is_peft_model(model) and not self.iterative
             shared = shared and not self.preset.any_part("needs_reference_samples")
-            self.ref_model = self.model if shared else self._frozen_copy()
-        self.anchor_model = (
-            self._frozen_copy() if self.preset.any_part("needs_anchor") and self.iterative else None
+            if needs_copy and not shared:
+                copies["ref"] = copy.deepcopy(model).eval().requires_grad_(False)
+            if anchored:
+                copies["anchor"] = copy.deepcopy(model).eval().requires_grad_(False)
+
+        self.policy = load_policy(
+            cfg.model, self.device, self.dist, reference=False, before_shard=copy_models
         )
-        self.engine = HFEngine(self.model, self.tokenizer, max_batch=cfg.pairs.max_batch)
+        self.model, self.tokenizer, self.scorer = self.policy.model, self.policy.tokenizer, self.policy.scorer
+        self.pad_id = self.tokenizer.pad_token_id
+        self._ref_hf: torch.nn.Module | None = copies.get("ref", self.model if needs_copy else None)
+        self.ref_model = self._ref_hf  # what log-prob passes get (the FSDP2 root of the copy)
+        self.ref_root = self.scorer if self._ref_hf is self.model else None
+        self.anchor_model = copies.get("anchor")
+        if self.dist.sharded:
+            if "ref" in copies:
+                self.ref_model = self.ref_root = shard_policy(copies["ref"], self.device)
+            if self.anchor_model is not None:
+                self.anchor_model = shard_policy(self.anchor_model, self.device)
+        self.engine = self._engine(self.model, self.scorer)
         self.ref_engine = None
         if self.preset.any_part("needs_reference_samples"):
-            self.ref_engine = HFEngine(self.ref_model, self.tokenizer, max_batch=cfg.pairs.max_batch)
+            self.ref_engine = self._engine(self._ref_hf, self.ref_root)
         self.variants = max((int(getattr(p, "response_variants", 0)) for p in self.preset.parts()), default=0)
         self.data_stats: dict[str, float] = {}
         self.offline: list[PreferenceExample] = []
@@ -132,16 +149,24 @@ class PreferenceTrainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda i: min(1.0, (i + 1) / warm) if warm else 1.0
         )
+        if self.dist.enabled:  # each rank samples its own completions
+            seed_everything(t.seed + 1_000_003 * self.dist.rank)
         self.step, self.round, self._nonfinite_run, self._stages_done = 0, 0, 0, 0
         self._pending: dict[str, Any] | None = None  # the round in progress: its data and position
         self.run_dir: Path | None = None
 
     # ------------------------------------------------------------------ models and data
-    def _frozen_copy(self) -> torch.nn.Module:
-        return copy.deepcopy(self.model).eval().requires_grad_(False)
+    def _engine(self, model: torch.nn.Module, root: torch.nn.Module | None) -> Any:
+        engine = HFEngine(model, self.tokenizer, max_batch=self.cfg.pairs.max_batch)
+        return FullParamsEngine(engine, root) if self.dist.sharded and root is not None else engine
 
-    def _ref_context(self) -> contextlib.AbstractContextManager[Any]:
-        return self.model.disable_adapter() if self.ref_model is self.model else contextlib.nullcontext()
+    @contextlib.contextmanager
+    def _ref_context(self) -> Iterator[None]:
+        """π_ref computes inside: the LoRA policy with its adapter off, the reference's FSDP2
+        parameters gathered (its no-grad passes differ in number across ranks)."""
+        off = self.model.disable_adapter() if self._ref_hf is self.model else contextlib.nullcontext()
+        with off, full_params(self.ref_root), full_params(self.anchor_model):
+            yield
 
     def _as_needed(self, examples: list[PreferenceExample]) -> list[PreferenceExample]:
         """Ranked lists become pairs (``data.list_pairs``) unless the preset takes lists."""
@@ -156,6 +181,7 @@ class PreferenceTrainer:
         """One on-policy round of data: sample, score, pair (see ``pairs.sample_preferences``)."""
         cfg = self.cfg.pairs
         examples = [self.train_examples[i] for i in self.sampler.take(cfg.prompts_per_round)]
+        examples = examples[self.dist.share(len(examples))]  # each rank samples its share of the prompts
         ids, texts = self._encode(examples)
         strategy = cfg.strategy
         if strategy == "auto":
@@ -166,6 +192,11 @@ class PreferenceTrainer:
             prompt_texts=texts, group_size=cfg.group_size, sampling=cfg.sampling, strategy=strategy,
             win_prob=cfg.win_prob, reference_engine=self.ref_engine,
         )  # fmt: skip
+        if self.dist.enabled:  # every rank trains on the whole round's pairs, in rank order
+            parts = self.dist.all_gather_object((data, metrics, len(examples)))
+            data = [ex for part in parts for ex in part[0]]
+            total = max(sum(n for _, _, n in parts), 1)
+            metrics = {k: sum(m.get(k, 0.0) * n for _, m, n in parts) / total for k in parts[0][1]}
         return self._as_needed(data), metrics
 
     def _attach_reference(self, examples: list[PreferenceExample]) -> float:
@@ -196,11 +227,11 @@ class PreferenceTrainer:
             if self.anchor_model is not None:
                 anchor, _ = batch_reference(self.anchor_model, batch)
         extra = {} if not self.variants else variant_inputs(
-            self.model, self.ref_model, examples, pad_id=self.pad_id, device=self.device,
+            self.scorer, self.ref_model, examples, pad_id=self.pad_id, device=self.device,
             ref_context=self._ref_context,
         )  # fmt: skip
         return PreferenceInputs(
-            logprobs=policy_logprobs(self.model, batch), mask=batch.response_mask, ref_logprobs=ref,
+            logprobs=policy_logprobs(self.scorer, batch), mask=batch.response_mask, ref_logprobs=ref,
             anchor_logprobs=anchor, valid=batch.valid, scores=batch.scores, win_prob=batch.win_prob,
             from_reference=batch.from_reference, ref_weights=weights, **extra,
         )  # fmt: skip
@@ -215,26 +246,44 @@ class PreferenceTrainer:
         return sums
 
     def _accumulate_and_step(self, examples: list[PreferenceExample]) -> dict[str, float]:
+        """Σ per-example losses / n over micro-batches, clip, step. With several processes every
+        rank holds the same ``examples``; each computes its share of every micro-batch (``world`` ×
+        ``micro_batch_size`` examples) and backpropagates ``world`` × its part of the mean loss, the
+        gradients are averaged, and the metric sums are reduced: the one-process step exactly."""
+        d = self.dist
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, float] = defaultdict(float)
-        n, micro = len(examples), self.cfg.optim.micro_batch_size
+        n, micro = len(examples), self.cfg.optim.micro_batch_size * d.world
         for start in range(0, n, micro):
             chunk = examples[start : start + micro]
-            x = self._inputs(chunk)
-            per_example, metrics = self.loss(x)  # [n_chunk]
+            local = chunk[d.share(len(chunk))]
+            if not local:
+                if d.sharded:  # every rank runs each FSDP unit once per micro-batch
+                    dummy = self.loss(self._inputs(chunk[:1]))[0]
+                    (0.0 * dummy.sum()).backward()
+                continue
+            x = self._inputs(local)
+            per_example, metrics = self.loss(x)  # [n_local]
             loss = per_example.sum() / n
-            loss.backward()
-            w = len(chunk) / n
-            last = x.valid.long().sum(1) - 1  # [n_chunk] index of the worst valid response
+            (loss * d.world).backward()  # gradients are averaged over ranks below
+            w = len(local) / n
+            last = x.valid.long().sum(1) - 1  # [n_local] index of the worst valid response
             logps = x.logps.detach()
             metrics["logps/chosen"] = logps[:, 0].mean()  # Σ_t log π_θ of the best response
             metrics["logps/rejected"] = logps.gather(1, last[:, None]).mean()  # ... of the worst
             for k, v in metrics.items():
                 sums[k] += float(v) * w
             sums["loss/total"] += float(loss.detach())
+        if d.enabled:  # the whole batch's metric sums
+            keys = sorted(set().union(*d.all_gather_object(sorted(sums))))
+            flat = torch.tensor([sums.get(k, 0.0) for k in keys], dtype=torch.float64)
+            sums = defaultdict(float, zip(keys, d.all_reduce(flat, "sum").tolist()))
         params = [p for p in self.model.parameters() if p.requires_grad]
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.max_grad_norm))
+        if d.mode == "ddp":
+            average_gradients(params, d)
+        norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.max_grad_norm)
+        grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
         stepped = math.isfinite(grad_norm) and math.isfinite(sums["loss/total"])
         if stepped:
             self.optimizer.step()
@@ -262,7 +311,7 @@ class PreferenceTrainer:
         sampling = cfg.pairs.sampling.model_copy(update={"temperature": cfg.eval.temperature})
         path = self.run_dir / "samples.jsonl" if self.run_dir else None
         return evaluate(
-            self.model,
+            self.scorer,
             self.engine,
             self.task.reward_fn(),
             self.eval_set,
@@ -273,6 +322,7 @@ class PreferenceTrainer:
             micro_batch=cfg.optim.micro_batch_size,
             samples_path=path,
             tag=tag,
+            dist=self.dist,
         )
 
     # ------------------------------------------------------------------ the objective's stages
@@ -337,7 +387,7 @@ class PreferenceTrainer:
             if prepared != s:
                 fresh = (epoch, start) == (0, 0)  # else resumed mid-stage: π_ref came with the checkpoint
                 if fresh and self.iterative and self._stages_done > 0:  # π_ref ← π_θ, the previous iterate
-                    self.ref_model.load_state_dict(self.model.state_dict())
+                    self._ref_hf.load_state_dict(self.model.state_dict())
                 record["time/reference"] = self._attach_reference(stages[s])
                 prepared = s
             order = self._order(len(stages[s]), s, epoch)
@@ -358,18 +408,24 @@ class PreferenceTrainer:
         self._pending = None
 
     # ------------------------------------------------------------------ state and the loop
-    def state(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        """(optimizer state [+ π_ref's weights mid-stage with an iterated reference], the rest)."""
-        optim = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+    def trainables(self) -> dict[str, tuple[torch.nn.Module, Any]]:
+        """The policy with its optimizer; with an iterated reference also π_ref's weights (a stage
+        started from π_θ then, so a mid-stage resume needs them)."""
+        out: dict[str, tuple[torch.nn.Module, Any]] = {"policy": (self.model, self.optimizer)}
+        if self.iterative and self._ref_hf is not None and self._ref_hf is not self.model:
+            out["reference"] = (self._ref_hf, None)
+        return out
+
+    def state(self) -> dict[str, Any]:
+        """The round's position (with its on-policy data), counters and the LR schedule."""
         pending = None
         if self._pending is not None:
             pending = {k: v for k, v in self._pending.items() if k != "data"}
             # offline rounds rebuild their data; on-policy data is saved (it came from an older π_θ)
             saved = [ex.to_state() for ex in self._pending["data"]] if self.online else None
             pending["data"] = saved
-            if self.iterative and (pending["epoch"], pending["start"]) != (0, 0):
-                optim["reference"] = {k: v.detach().clone() for k, v in self.ref_model.state_dict().items()}
-        state = {
+        return {
+            "scheduler": self.scheduler.state_dict(),
             "round": self.round,
             "step": self.step,
             "stages_done": self._stages_done,
@@ -377,11 +433,9 @@ class PreferenceTrainer:
             "sampler": self.sampler.state_dict() if self.online else {},
             "pending": pending,
         }
-        return optim, state
 
-    def load_state(self, optim: dict[str, Any], state: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(optim["optimizer"])
-        self.scheduler.load_state_dict(optim["scheduler"])
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.scheduler.load_state_dict(state["scheduler"])
         self.round, self.step = int(state["round"]), int(state["step"])
         self._stages_done, self._nonfinite_run = int(state["stages_done"]), int(state["nonfinite_run"])
         if self.online:
@@ -392,8 +446,9 @@ class PreferenceTrainer:
             saved = pending["data"]  # saved examples are in their trained form (pairs/lists, variants)
             data = list(self.offline) if saved is None else [PreferenceExample.from_state(d) for d in saved]
             self._pending = {**pending, "data": data}
-        if "reference" in optim:
-            self.ref_model.load_state_dict(optim["reference"])
+
+    def save_final(self, out_dir: Path) -> None:
+        self.policy.save(out_dir)
 
     def initial_metrics(self) -> dict[str, Any]:
         return {**self.data_stats, **self.overlap}  # eval/train_prompt_overlap: is the evaluation held out

@@ -152,9 +152,11 @@ def variant_inputs(
     batch, exist = variant_batch(examples, pad_id)
     batch, exist = batch.to(device), exist.to(device)
     n, k, v = exist.shape
-    if not bool(batch.valid.any()):  # no response has any key content
-        zeros = torch.zeros(n, k, v, device=device)
-        return {"variant_logps": zeros, "variant_ref_logps": zeros, "variant_valid": exist}
+    if not bool(batch.valid.any()):  # no response has any key content: a 0 term, still one pass, so
+        # that FSDP2 ranks (which run every unit's forward once per pass) stay in step
+        logps = 0.0 * policy_logprobs(model, batch).sum() + torch.zeros(n, k, v, device=device)
+        return {"variant_logps": logps, "variant_ref_logps": torch.zeros(n, k, v, device=device),
+                "variant_valid": exist}  # fmt: skip
     mask = batch.response_mask  # [N, K·V, T]
     logps = (policy_logprobs(model, batch) * mask).sum(-1).view(n, k, v)
     ref = torch.zeros_like(logps.detach())

@@ -1,14 +1,18 @@
 """Atomic checkpoints and exact resume.
 
 A checkpoint directory ``checkpoints/step_00000012/`` holds:
-    model.safetensors   trainable parameters (all weights, or the LoRA adapter's)
-    optim.pt            optimizer + LR-scheduler state (loaded with ``weights_only=True``)
-    state.pt            step, sampler position, RNG states (python, numpy, torch, CUDA),
-                        the update-order generator, stateful part state, counters
+    model.safetensors   the policy's trainable parameters (all weights, or the LoRA adapter's),
+    optim.pt            and each optimizer's state (one process), or
+    dcp/                both, sharded, as a torch.distributed.checkpoint (several processes;
+                        ``state_io.py`` reads either layout in either setting)
+    state.pt            the objective's state: step, sampler position, LR scheduler, stateful
+                        part state, counters, and the RNG states (python, numpy, torch, CUDA)
+                        of one process; with several, ``rng_rank<r>.pt`` per rank
     COMPLETE            written last; a directory without it is ignored
 It is written into ``step_….tmp-XXXX`` and renamed into place, then ``checkpoints/latest``
 (a one-line text file) is replaced atomically. A failure mid-write (disk full) removes the
-temporary directory and leaves every earlier checkpoint and ``latest`` untouched.
+temporary directory and leaves every earlier checkpoint and ``latest`` untouched; with several
+processes every rank learns of it and the run goes on (a checkpoint is all ranks' or none).
 """
 
 from __future__ import annotations
@@ -17,15 +21,15 @@ import os
 import random
 import shutil
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
+from unipo.train.dist import Dist
 from unipo.train.run_dir import atomic_write_text
+from unipo.train.state_io import Trainables, load, save_dcp, save_single
 
 CKPT_DIR = "checkpoints"
 
@@ -50,11 +54,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Trainable tensors by name, contiguous and de-aliased (safetensors refuses shared storage)."""
-    return {n: p.detach().contiguous().clone() for n, p in model.named_parameters() if p.requires_grad}
-
-
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -63,32 +62,82 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, optim_state: dict[str, Any],
-                    state: dict[str, Any], keep_last: int = 3) -> Path:  # fmt: skip
-    """Write checkpoint ``step`` atomically, point ``latest`` at it, prune to ``keep_last``."""
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    trainables: Trainables,
+    state: dict[str, Any],
+    keep_last: int = 3,
+    dist: Dist | None = None,
+) -> Path | None:
+    """Write checkpoint ``step`` atomically, point ``latest`` at it, prune to ``keep_last``.
+
+    ``state`` is the objective's (identical on every rank); the RNG states are added here.
+    Returns the directory, or raises the write's ``OSError`` (one process). With several
+    processes every rank calls it; a failure on any rank removes the temporary directory on all
+    and raises there too, so ranks never disagree about which checkpoint exists.
+    """
+    dist = dist or Dist()
     root = run_dir / CKPT_DIR
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:08d}"
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f"{final.name}.tmp-"))
+    tmp: Path | None = None
+    if dist.is_main:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=root, prefix=f"{final.name}.tmp-"))
+    tmp = dist.broadcast_object(tmp)
+    error: BaseException | None = None
     try:
-        save_file(trainable_state(model), str(tmp / "model.safetensors"))
-        torch.save(optim_state, tmp / "optim.pt")
-        torch.save(state, tmp / "state.pt")
-        (tmp / "COMPLETE").write_text(f"{step}\n")
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync_dir(root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    atomic_write_text(root / "latest", final.name + "\n")
-    for old in complete_checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+        if dist.enabled:
+            save_dcp(tmp, trainables)
+            torch.save({"rng": rng_state()}, tmp / f"rng_rank{dist.rank}.pt")
+        else:
+            save_single(tmp, trainables)
+        if dist.is_main:
+            torch.save({**state, "rng": rng_state(), "world": dist.world}, tmp / "state.pt")
+    except OSError as e:
+        error = e
+    errors = [e for e in dist.all_gather_object(error) if e is not None]
+    if errors:
+        if dist.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise errors[0]
+    if dist.is_main:
+        try:
+            (tmp / "COMPLETE").write_text(f"{step}\n")
+            for f in tmp.rglob("*"):
+                if f.is_file():
+                    with open(f, "rb") as fh:
+                        os.fsync(fh.fileno())
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            _fsync_dir(root)
+        except BaseException as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            error = e
+        if error is None:
+            atomic_write_text(root / "latest", final.name + "\n")
+            for old in complete_checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []:
+                shutil.rmtree(old, ignore_errors=True)
+    error = dist.broadcast_object(error)
+    if error is not None:
+        raise error
     return final
+
+
+def load_checkpoint(path: Path, trainables: Trainables, dist: Dist | None = None) -> dict[str, Any]:
+    """Load ``path``'s weights and optimizer states into ``trainables``; return the objective state
+    with this rank's RNG states under ``"rng"`` (rank 0's when the writer had fewer ranks: the
+    run continues, its sampling no longer bit-identical to an uninterrupted one)."""
+    dist = dist or Dist()
+    load(path, trainables)
+    state = torch.load(path / "state.pt", weights_only=True)
+    own = path / f"rng_rank{dist.rank}.pt"
+    if own.exists():
+        state["rng"] = torch.load(own, weights_only=True)["rng"]
+    elif (path / "rng_rank0.pt").exists() and "rng" not in state:
+        state["rng"] = torch.load(path / "rng_rank0.pt", weights_only=True)["rng"]
+    return state
 
 
 def complete_checkpoints(run_dir: Path) -> list[Path]:
@@ -112,22 +161,6 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Load weights into ``model``; return (optimizer/scheduler state, trainer state)."""
-    weights = load_file(str(path / "model.safetensors"))
-    params = dict(model.named_parameters())
-    missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
-    if missing:
-        raise ValueError(f"checkpoint {path} lacks {len(missing)} trainable tensors (e.g. {missing[0]}); "
-                         "was it written by another model or LoRA setting?")  # fmt: skip
-    with torch.no_grad():
-        for name, tensor in weights.items():
-            params[name].copy_(tensor)
-    optim_state = torch.load(path / "optim.pt", weights_only=True)
-    state = torch.load(path / "state.pt", weights_only=True)
-    return optim_state, state
-
-
 def remove_orphans(run_dir: Path) -> list[str]:
     """Delete ``checkpoints/step_*.tmp-*`` left by a process killed mid-write; their names."""
     root = run_dir / CKPT_DIR
@@ -137,80 +170,3 @@ def remove_orphans(run_dir: Path) -> list[str]:
     for p in orphans:
         shutil.rmtree(p, ignore_errors=True)
     return sorted(p.name for p in orphans)
-
-
-@dataclass
-class OpenedRun:
-    """What ``open_run_dir`` found: the directory, the checkpoint to resume (or None), what to say."""
-
-    run_dir: Path
-    checkpoint: Path | None
-    notes: list[str] = field(default_factory=list)  # one line each, printed by the loop
-    changes: dict[str, tuple[Any, Any]] = field(default_factory=dict)  # allowed config changes on resume
-
-
-def open_run_dir(
-    output_dir: str | Path,
-    config: dict[str, Any],
-    *,
-    overwrite: bool,
-    resume: bool,
-    mutable: tuple[str, ...] = (),
-) -> OpenedRun:
-    """Open the run directory at the start of a run (``TrainLoop.run``).
-
-    - refuses a directory that holds a run (or other files) unless ``overwrite``/``resume``,
-      and both at once (``run_dir.prepare_run_dir``); one with no completed step is reused;
-    - removes orphaned ``checkpoints/*.tmp-*`` directories of a kill during a checkpoint write;
-    - ``resume``: the newest complete checkpoint. With none, an empty (or never started)
-      directory starts a new run and says so; a directory holding a run without any
-      checkpoint is refused (resuming would silently start over and truncate its metrics).
-      The config may differ from the saved ``config.yaml`` only under ``mutable`` prefixes
-      (``run_dir.check_resume_changes``);
-    - without a checkpoint to resume, clears the previous run's outputs;
-    - writes ``config.yaml`` (the config the run now follows) and ``env.json`` atomically.
-    The caller restores the checkpoint and then truncates metrics.jsonl to its step.
-    """
-    import yaml
-
-    from unipo.train.run_dir import (
-        RunDirError,
-        check_resume_changes,
-        clear_run_outputs,
-        environment_info,
-        prepare_run_dir,
-        run_dir_state,
-        write_json,
-    )
-
-    state = run_dir_state(output_dir)
-    run_dir = prepare_run_dir(output_dir, overwrite=overwrite, resume=resume)
-    out = OpenedRun(run_dir, None)
-    if orphans := remove_orphans(run_dir):
-        names = ", ".join(orphans)
-        out.notes.append(f"removed {len(orphans)} unfinished checkpoint write(s) of a killed run: {names}")
-    if resume:
-        out.checkpoint = latest_checkpoint(run_dir)
-        if out.checkpoint is None and state == "started":
-            raise RunDirError(
-                f"--resume: {run_dir} holds a run but no complete checkpoint (was train.save_every 0?), so "
-                "there is nothing to continue from; use --overwrite to start it again, or another "
-                "train.output_dir"
-            )
-        if out.checkpoint is None:
-            out.notes.append(f"--resume: nothing to resume in {run_dir} (no run yet); starting a new run")
-        else:
-            saved_path = run_dir / "config.yaml"
-            saved = yaml.safe_load(saved_path.read_text()) if saved_path.exists() else None
-            if isinstance(saved, dict):
-                out.changes = check_resume_changes(run_dir, saved, config, mutable)
-                if out.changes:
-                    listed = "; ".join(f"{k}: {a!r} → {b!r}" for k, (a, b) in out.changes.items())
-                    out.notes.append(f"resuming with changed settings: {listed}")
-    elif state == "unstarted":
-        out.notes.append(f"{run_dir} holds no completed step (an earlier start failed): reusing it")
-    if out.checkpoint is None:
-        clear_run_outputs(run_dir)
-    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
-    write_json(run_dir / "env.json", environment_info())
-    return out

@@ -13,6 +13,7 @@ import torch
 from unipo.batch import EXTRA_ROW_KEY, SFT_KEY, SFT_TRUNCATED_KEY, RolloutBatch
 from unipo.parts.base import ExtraRollout
 from unipo.rollout.base import RolloutEngine, SamplingParams
+from unipo.train.dist import Dist
 from unipo.train.phases import PhaseMeter
 
 log = logging.getLogger("unipo")
@@ -71,6 +72,20 @@ def score(
     return result.total, result.metrics(), result.first_traceback
 
 
+def _combine_reward_metrics(parts: list[tuple[dict[str, float], int]]) -> dict[str, float]:
+    """Reward metrics of the ranks' shares as one batch's: ``*_mean`` weighted by rows (NaN shares
+    left out), every other key (failure counts) summed."""
+    out: dict[str, float] = {}
+    for key in {k for m, _ in parts for k in m}:
+        if key.endswith("_mean"):
+            pairs = [(m[key], n) for m, n in parts if key in m and n and not math.isnan(m[key])]
+            total = sum(n for _, n in pairs)
+            out[key] = sum(v * n for v, n in pairs) / total if total else math.nan
+        else:
+            out[key] = sum(m.get(key, 0.0) for m, _ in parts)
+    return out
+
+
 def _round(
     engine: RolloutEngine,
     reward_set: Any,
@@ -82,8 +97,42 @@ def _round(
     first_group_id: int,
     demonstrations: Callable[[list[dict[str, Any]]], list[list[int] | None]] | None,
     meter: PhaseMeter,
+    dist: Dist | None = None,
 ) -> tuple[RolloutBatch, dict[str, float], str | None, list[Any]]:
-    """Generate and score one round: (batch with every row, reward metrics, traceback, demonstrations)."""
+    """``_local_round`` on this rank's share of the prompts (whole groups), every rank's rows then
+    gathered in prompt order, so each rank returns the whole round (one process: the round)."""
+    if dist is None or not dist.enabled:
+        return _local_round(engine, reward_set, examples, prompt_ids, prompt_texts, group_size, sampling,
+                            first_group_id, demonstrations, meter)  # fmt: skip
+    share = dist.share(len(examples))
+    local = None
+    if share.stop > share.start:
+        local = _local_round(
+            engine, reward_set, examples[share], prompt_ids[share], prompt_texts[share], group_size, sampling,
+            first_group_id + share.start, demonstrations, meter,
+        )  # fmt: skip
+    parts = dist.all_gather_object(None if local is None else (local[0], local[1], local[2]))
+    parts = [p for p in parts if p is not None]
+    batch = RolloutBatch.concat([p[0] for p in parts if p[0].size] or [parts[0][0]])
+    metrics = _combine_reward_metrics([(p[1], p[0].size) for p in parts])
+    traceback = next((p[2] for p in parts if p[2]), None)
+    demos = demonstrations(examples) if demonstrations is not None else [None] * len(examples)
+    return batch, metrics, traceback, demos
+
+
+def _local_round(
+    engine: RolloutEngine,
+    reward_set: Any,
+    examples: list[dict[str, Any]],
+    prompt_ids: list[list[int]],
+    prompt_texts: list[str],
+    group_size: int,
+    sampling: SamplingParams,
+    first_group_id: int,
+    demonstrations: Callable[[list[dict[str, Any]]], list[list[int] | None]] | None,
+    meter: PhaseMeter,
+) -> tuple[RolloutBatch, dict[str, float], str | None, list[Any]]:
+    """Generate and score one round in this process: (batch, reward metrics, traceback, demonstrations)."""
     with meter("generate"):
         gen = engine.generate(prompt_ids, group_size, sampling)
     with meter("reward"):
@@ -134,6 +183,7 @@ def collect(
     demonstrations: Callable[[list[dict[str, Any]]], list[list[int] | None]] | None = None,
     meter: PhaseMeter | None = None,
     extra: ExtraRollout | None = None,
+    dist: Dist | None = None,
 ) -> tuple[RolloutBatch, dict[str, float], dict[str, float], str | None]:
     """Generate, score and select until enough groups survive. Returns (batch, metrics, times, traceback).
 
@@ -153,6 +203,10 @@ def collect(
     dropped, marked ``metadata["extra_rollout"] = True`` with group ids after the main ones, and
     ``extra.merge(main, extra_rows)`` (else an append) gives the batch returned. They never go through
     the selections nor count toward the target groups (``rollout/kept_groups`` is the main batch's).
+
+    With several processes (``dist``) every rank is given the same prompts; each generates and
+    scores its share of them (whole groups) and the rows are gathered, so the selections, the
+    refill decision and everything after run on the whole batch, identically on every rank.
     """
     target_groups = len(examples)
     own = (examples, prompt_ids, prompt_texts)  # this step's prompts: the extra rollout draws on them
@@ -167,7 +221,7 @@ def collect(
     while True:
         batch, rmetrics, tb, demos = _round(
             engine, reward_set, examples, prompt_ids, prompt_texts, group_size, sampling,
-            next_group_id, demonstrations, meter,
+            next_group_id, demonstrations, meter, dist,
         )  # fmt: skip
         next_group_id += len(examples)
         rewards = batch.rewards
@@ -210,7 +264,7 @@ def collect(
         at_t = sampling.model_copy(update={"temperature": extra.temperature})
         rows, rmetrics, tb, _ = _round(
             engine, reward_set, own[0][:n_extra], own[1][:n_extra], own[2][:n_extra], group_size, at_t,
-            next_group_id, demonstrations, meter,
+            next_group_id, demonstrations, meter, dist,
         )  # fmt: skip
         traceback = traceback or tb
         _add_failures(metrics, rmetrics)

@@ -13,7 +13,9 @@ from torch import nn
 
 from unipo.diagnostics.passk import maj_at_k, pass_at_k
 from unipo.rollout.base import RolloutEngine, SamplingParams
+from unipo.train.dist import Dist
 from unipo.train.nograd import batched_logprobs
+from unipo.train.sharding import full_params
 
 CORRECT = 0.999  # a completion is "correct" when its task reward is ≥ this (rewards are 0/1 verifiers)
 
@@ -96,18 +98,75 @@ def evaluate(
     micro_batch: int = 64,
     samples_path: str | Path | None = None,
     tag: str = "eval",
+    dist: Dist | None = None,
 ) -> dict[str, float]:
     """Metrics on the held-out prompts (``reward_fn`` is the task verifier: 1 = correct).
 
     Sampled accuracy is the mean correctness over ``samples`` completions per prompt at
     ``sampling.temperature``; ``accuracy_stderr`` is the standard error over prompts of the
     per-prompt accuracy. pass@k uses the unbiased estimator; maj@k votes over the first k.
+    With several processes (``dist``) each rank evaluates its share of the prompts and the
+    per-sample results are gathered; every rank returns the same metrics, rank 0 writes the
+    samples. ``model`` may be an FSDP2 root (its parameters are gathered for the entropy pass).
     """
-    n_prompts = len(data.examples)
+    dist = dist or Dist()
+    share = dist.share(len(data.examples))
+    local = EvalSet(data.examples[share], data.prompt_ids[share], data.prompt_texts[share])
+    rows = _eval_rows(model, engine, reward_fn, local, samples, sampling, greedy, micro_batch) if len(
+        local.examples
+    ) else {k: [] for k in ("rewards", "completions", "lengths", "truncated", "ent_sum", "tokens", "greedy")}
+    if dist.enabled:
+        parts = dist.all_gather_object(rows)
+        rows = {k: [x for part in parts for x in part[k]] for k in rows}
+    out = _eval_metrics(rows, len(data.examples), samples, ks, greedy, tag)
+    if samples_path is not None and dist.is_main:
+        rows_ex = [ex for ex in data.examples for _ in range(samples)]
+        rows_prompt = [p for p in data.prompt_texts for _ in range(samples)]
+        with open(samples_path, "a") as f:
+            for p, c, r, ex in zip(rows_prompt, rows["completions"], rows["rewards"], rows_ex):
+                rec = {"tag": tag, "prompt": p, "completion": c, "reward": r, "answer": ex.get("answer")}
+                f.write(json.dumps(rec) + "\n")
+    return out
+
+
+def _eval_rows(
+    model: nn.Module, engine: RolloutEngine, reward_fn: Any, data: EvalSet, samples: int,
+    sampling: SamplingParams, greedy: bool, micro_batch: int,
+) -> dict[str, list[Any]]:  # fmt: skip
+    """Per sampled row (prompt-major): reward, completion, length, truncation, entropy sum and
+    token count; per prompt: greedy reward."""
     gen = engine.generate(data.prompt_ids, samples, sampling)
     rows_ex = [ex for ex in data.examples for _ in range(samples)]
     rows_prompt = [p for p in data.prompt_texts for _ in range(samples)]
     rewards = _score(reward_fn, rows_ex, rows_prompt, gen.completions)
+    # token entropy of the sampled completions under the evaluated policy
+    input_ids = torch.cat([gen.prompt_ids, gen.completion_ids], 1)
+    attn = torch.cat([gen.prompt_mask, gen.completion_mask.long()], 1)
+    with full_params(model):
+        _, ent = batched_logprobs(
+            model, input_ids, attn, gen.completion_mask, micro_batch=micro_batch,
+            temperature=sampling.temperature,
+        )  # fmt: skip
+    mask = gen.completion_mask
+    out: dict[str, list[Any]] = {
+        "rewards": rewards,
+        "completions": list(gen.completions),
+        "lengths": mask.sum(1).tolist(),
+        "truncated": gen.truncated.tolist(),
+        "ent_sum": (ent * mask).sum(1).tolist(),
+        "tokens": mask.sum(1).tolist(),
+        "greedy": [],
+    }
+    if greedy:
+        g = engine.generate(data.prompt_ids, 1, sampling.model_copy(update={"greedy": True}))
+        out["greedy"] = _score(reward_fn, data.examples, data.prompt_texts, g.completions)
+    return out
+
+
+def _eval_metrics(
+    rows: dict[str, list[Any]], n_prompts: int, samples: int, ks: list[int], greedy: bool, tag: str
+) -> dict[str, float]:
+    rewards = rows["rewards"]
     correct = [r >= CORRECT for r in rewards]
     per_prompt = torch.tensor(correct, dtype=torch.float32).view(n_prompts, samples).mean(1)  # [N]
     out: dict[str, float] = {
@@ -116,10 +175,10 @@ def evaluate(
         if n_prompts > 1
         else 0.0,
         f"{tag}/reward_mean": float(sum(rewards) / len(rewards)),
-        f"{tag}/length_mean": float(gen.completion_mask.sum(1).float().mean()),
-        f"{tag}/truncated_frac": float(gen.truncated.float().mean()),
+        f"{tag}/length_mean": float(sum(rows["lengths"]) / len(rows["lengths"])),
+        f"{tag}/truncated_frac": float(sum(rows["truncated"]) / len(rows["truncated"])),
     }
-    answers = [_answer_key(c) for c in gen.completions]
+    answers = [_answer_key(c) for c in rows["completions"]]
     for k in ks:
         if k > samples:
             continue
@@ -130,22 +189,9 @@ def evaluate(
             mk += maj_at_k(answers[sl], correct[sl], k)
         out[f"{tag}/pass@{k}"] = pk / n_prompts
         out[f"{tag}/maj@{k}"] = mk / n_prompts
-    # token entropy of the sampled completions under the evaluated policy
-    input_ids = torch.cat([gen.prompt_ids, gen.completion_ids], 1)
-    attn = torch.cat([gen.prompt_mask, gen.completion_mask.long()], 1)
-    _, ent = batched_logprobs(
-        model, input_ids, attn, gen.completion_mask, micro_batch=micro_batch, temperature=sampling.temperature
-    )
-    out[f"{tag}/entropy"] = float((ent * gen.completion_mask).sum() / gen.completion_mask.sum().clamp(min=1))
+    out[f"{tag}/entropy"] = float(sum(rows["ent_sum"]) / max(sum(rows["tokens"]), 1.0))
     if greedy:
-        g = engine.generate(data.prompt_ids, 1, sampling.model_copy(update={"greedy": True}))
-        g_rewards = _score(reward_fn, data.examples, data.prompt_texts, g.completions)
-        out[f"{tag}/greedy_accuracy"] = sum(r >= CORRECT for r in g_rewards) / n_prompts
-    if samples_path is not None:
-        with open(samples_path, "a") as f:
-            for p, c, r, ex in zip(rows_prompt, gen.completions, rewards, rows_ex):
-                rec = {"tag": tag, "prompt": p, "completion": c, "reward": r, "answer": ex.get("answer")}
-                f.write(json.dumps(rec) + "\n")
+        out[f"{tag}/greedy_accuracy"] = sum(r >= CORRECT for r in rows["greedy"]) / n_prompts
     return out
 
 

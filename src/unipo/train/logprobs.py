@@ -315,8 +315,16 @@ def completion_logprobs_with_stats(
     """``completion_logprobs`` plus the named per-token statistics ``{name: [B, T]}`` (0 on padding).
 
     The statistics are computed from the same chunked logits; under autograd they carry
-    gradient (a part detaches what it does not differentiate).
+    gradient (a part detaches what it does not differentiate). ``model`` may be an FSDP2
+    ``ShardedPolicy`` root: the pass then runs as its ``forward`` (``train/sharding.py``).
     """
+    from unipo.train.sharding import ShardedPolicy
+
+    if isinstance(model, ShardedPolicy):
+        return model(
+            input_ids, attention_mask, completion_mask, temperature=temperature, chunk_tokens=chunk_tokens,
+            entropy_grad=entropy_grad, stats=stats, shared_prompt=shared_prompt,
+        )  # fmt: skip
     base = _unwrap(model)
     b, t = completion_mask.shape
     hidden = completion_hidden(model, input_ids, attention_mask, t, shared_prompt=shared_prompt)  # [B, T, H]

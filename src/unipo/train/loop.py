@@ -20,10 +20,17 @@ The loop holds no objective-specific branch: it reads the ``Objective`` protocol
 Evaluation runs on its own random stream (``rng_isolated``): it never shifts the training
 RNG, so a run that evaluates every N steps trains exactly as one that does not, and a signal
 during an evaluation leaves a state that can be checkpointed.
+
+With several processes (``objective.dist``) every rank runs this loop in lockstep: rank 0 alone
+opens and writes the run directory, logs and draws the progress bar; checkpoints are written by
+all ranks together; a stop request (a signal seen by any rank) is agreed on after every record,
+so all ranks stop after the same step; evaluation is not cut short by a signal then (ranks would
+leave its collectives at different points).
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 import traceback as tb_module
 from collections.abc import Iterator
@@ -35,16 +42,16 @@ from rich.console import Console
 from torch import nn
 
 from unipo.train.checkpoint import (
-    OpenedRun,
     latest_checkpoint,
     load_checkpoint,
-    open_run_dir,
     rng_state,
     save_checkpoint,
     set_rng_state,
 )
+from unipo.train.dist import Dist
 from unipo.train.loggers import MultiLogger, make_loggers
 from unipo.train.run_dir import first_eval, truncate_metrics, write_json
+from unipo.train.run_open import OpenedRun, open_run_dir
 from unipo.train.signals import Interrupted, StopOnSignal, run_progress
 from unipo.train.utils import seed_everything
 
@@ -71,6 +78,7 @@ class Objective(Protocol):
     console: Console
     model: nn.Module
     tokenizer: Any
+    dist: Dist  # this process's rank among the run's processes
     run_dir: Path | None
     unit: str  # what one unit of the budget is called: "step" (RL) or "round" (preference)
     resume_mutable: tuple[str, ...]  # config keys, beyond RESUME_MUTABLE, a resume may change
@@ -90,9 +98,13 @@ class Objective(Protocol):
 
     def evaluate(self, tag: str = "eval") -> dict[str, float]: ...
 
-    def state(self) -> tuple[dict[str, Any], dict[str, Any]]: ...  # (optimizer state, the rest)
+    def trainables(self) -> dict[str, tuple[nn.Module, Any]]: ...  # {name: (module, optimizer)}
 
-    def load_state(self, optim: dict[str, Any], state: dict[str, Any]) -> None: ...
+    def state(self) -> dict[str, Any]: ...  # everything else a resume needs (rank-identical)
+
+    def load_state(self, state: dict[str, Any]) -> None: ...
+
+    def save_final(self, out_dir: Path) -> None: ...  # the final model as a Hugging Face directory
 
     def initial_metrics(self) -> dict[str, Any]: ...  # logged with the step-0 evaluation
 
@@ -115,17 +127,17 @@ def rng_isolated(seed: int) -> Iterator[None]:
 def write_objective_checkpoint(
     obj: Objective, keep_last: int, stop: StopOnSignal | None = None
 ) -> Path | None:
-    """Checkpoint ``obj`` at its log step. A failed write (disk full, read-only) is reported with
-    the path and the previous complete checkpoint, which stays intact; returns None then."""
+    """Checkpoint ``obj`` at its log step (every rank together). A failed write (disk full,
+    read-only) is reported with the path and the previous complete checkpoint, which stays
+    intact; returns None then and the run goes on."""
     assert obj.run_dir is not None
-    optim, state = obj.state()
-    state = {**state, "rng": rng_state()}
+    guard = stop.critical() if stop is not None else contextlib.nullcontext()
+    status = obj.console.status(f"[bold]checkpointing[/] {obj.unit} {obj.units_done}")
     try:
-        with obj.console.status(f"[bold]checkpointing[/] {obj.unit} {obj.units_done}"):
-            if stop is None:
-                return save_checkpoint(obj.run_dir, obj.log_step, obj.model, optim, state, keep_last)
-            with stop.critical():
-                return save_checkpoint(obj.run_dir, obj.log_step, obj.model, optim, state, keep_last)
+        with status, guard:
+            return save_checkpoint(
+                obj.run_dir, obj.log_step, obj.trainables(), obj.state(), keep_last, obj.dist
+            )
     except OSError as e:
         why = "no space left on device" if e.errno == 28 else (e.strerror or str(e))
         prev = latest_checkpoint(obj.run_dir)
@@ -137,8 +149,8 @@ def write_objective_checkpoint(
 
 def restore_objective(obj: Objective, path: Path) -> None:
     """Load a checkpoint written by ``write_objective_checkpoint`` into ``obj``."""
-    optim, state = load_checkpoint(path, obj.model)
-    obj.load_state(optim, state)
+    state = load_checkpoint(path, obj.trainables(), obj.dist)
+    obj.load_state(state)
     set_rng_state(state["rng"])
 
 
@@ -153,11 +165,21 @@ class TrainLoop:
 
     # ------------------------------------------------------------------ pieces
     def _open(self) -> OpenedRun:
-        t = self.cfg.train
-        opened = open_run_dir(
-            t.output_dir, self.cfg.model_dump(mode="json"), overwrite=t.overwrite, resume=t.resume,
-            mutable=RESUME_MUTABLE + tuple(self.obj.resume_mutable),
-        )  # fmt: skip
+        """Rank 0 opens the run directory; every rank learns the outcome (or the error)."""
+        t, dist = self.cfg.train, self.obj.dist
+        opened: OpenedRun | Exception | None = None
+        if dist.is_main:
+            try:
+                opened = open_run_dir(
+                    t.output_dir, self.cfg.model_dump(mode="json"), overwrite=t.overwrite, resume=t.resume,
+                    mutable=RESUME_MUTABLE + tuple(self.obj.resume_mutable),
+                )  # fmt: skip
+            except Exception as e:  # re-raised on every rank below
+                opened = e
+        opened = dist.broadcast_object(opened)
+        if isinstance(opened, Exception):
+            raise opened
+        assert opened is not None
         self.obj.run_dir = opened.run_dir
         for note in opened.notes:
             self.console.print(f"[yellow]{note}[/]")
@@ -165,7 +187,9 @@ class TrainLoop:
 
     def _evaluate(self, stop: StopOnSignal, tag: str = "eval") -> dict[str, float]:
         # the same stream for every evaluation (common random numbers: before/after differ by the model)
-        with stop.abortable(), rng_isolated(self.cfg.train.seed * 1_000_003 + 7919):
+        dist = self.obj.dist
+        cut = stop.abortable() if not dist.enabled else contextlib.nullcontext()  # ranks stay in step
+        with cut, rng_isolated(self.cfg.train.seed * 1_000_003 + 7919 + 104_729 * dist.rank):
             return self.obj.evaluate(tag)
 
     def _checkpoint(self, stop: StopOnSignal) -> None:
@@ -175,9 +199,8 @@ class TrainLoop:
     # ------------------------------------------------------------------ the run
     def run(self) -> dict[str, Any]:
         from unipo.diagnostics.report import write_report
-        from unipo.models import save_model
 
-        obj, cfg = self.obj, self.cfg
+        obj, cfg, dist = self.obj, self.cfg, self.obj.dist
         opened = self._open()
         run_dir = opened.run_dir
         t_start = time.perf_counter()
@@ -185,11 +208,14 @@ class TrainLoop:
         if opened.checkpoint is not None:  # metrics.jsonl is cut back before the sinks open it
             restore_objective(obj, opened.checkpoint)
             self._saved_step = obj.log_step
-            truncate_metrics(run_dir, obj.log_step)
+            if dist.is_main:
+                truncate_metrics(run_dir, obj.log_step)
             before = {k: v for k, v in first_eval(run_dir).items() if k.startswith("eval/")}
             where = f"{obj.unit} {obj.units_done}, step {obj.log_step}"
             self.console.print(f"resumed from {opened.checkpoint} ({where})")
-        log = MultiLogger(make_loggers(["jsonl", *cfg.train.loggers], run_dir, cfg.model_dump(mode="json")))
+        config = cfg.model_dump(mode="json")
+        sinks = make_loggers(["jsonl", *cfg.train.loggers], run_dir, config) if dist.is_main else []
+        log = MultiLogger(sinks)  # rank 0 alone writes metrics
         last: dict[str, Any] = {}
         with StopOnSignal() as stop:
             try:
@@ -218,38 +244,45 @@ class TrainLoop:
         if cfg.train.save_every and self._saved_step != obj.log_step:
             write_objective_checkpoint(obj, cfg.train.keep_last)
         if cfg.train.save_final:
-            save_model(obj.model, obj.tokenizer, run_dir / "final")
+            obj.save_final(run_dir / "final")  # collective when the model is sharded
         summary: dict[str, Any] = {"steps": obj.log_step, "wall_seconds": wall, "last": last, **obj.summary()}
         summary.update({f"before/{k.split('/', 1)[1]}": v for k, v in before.items()})
         summary.update({f"after/{k.split('/', 1)[1]}": v for k, v in after.items()})
-        write_json(run_dir / "summary.json", summary)
-        write_report(run_dir, [run_dir])  # plots/*.png and report.html
+        if dist.enabled:
+            summary["processes"] = dist.world
+        if dist.is_main:
+            write_json(run_dir / "summary.json", summary)
+            write_report(run_dir, [run_dir])  # plots/*.png and report.html
+        dist.barrier()  # nobody leaves before rank 0 has written the run's last files
         return summary
 
     def _train(self, stop: StopOnSignal, log: MultiLogger) -> dict[str, Any]:
         """The units of the run; returns the last record. Raises ``Interrupted`` after a
-        checkpoint when a signal asked to stop."""
-        obj, cfg = self.obj, self.cfg
+        checkpoint when a signal (on any rank) asked to stop."""
+        obj, cfg, dist = self.obj, self.cfg, self.obj.dist
         every, save_every = cfg.eval.every, cfg.train.save_every
         last: dict[str, Any] = {}
-        with run_progress(self.console, obj.units_total, obj.units_done, obj.unit, obj.describe) as advance:
+        progress = run_progress(self.console, obj.units_total, obj.units_done, obj.unit, obj.describe)
+        with progress as advance:
             while obj.units_done < obj.units_total:
                 units_before = obj.units_done
                 data, collected = obj.collect()
+                stopping = False
                 for record in obj.update(data):
                     record = {**collected, **record}
                     collected = {}  # the collect stage's metrics go with its first record
                     final = obj.units_done >= obj.units_total
-                    if every and obj.log_step % every == 0 and not final and not stop.requested:
+                    stopping = dist.any(stop.requested)  # every rank stops after the same record
+                    if every and obj.log_step % every == 0 and not final and not stopping:
                         record.update(self._evaluate(stop))
                     log.log(record, obj.log_step)
                     last = record
-                    if stop.requested:
+                    if stopping:
                         break
                 advance(last, obj.units_done - units_before)
                 due = save_every and obj.units_done > units_before and obj.units_done % save_every == 0
-                if due or stop.requested:
+                if due or stopping:
                     self._checkpoint(stop)
-                if stop.requested:
-                    raise Interrupted(f"stopped by {stop.signal_name}")
+                if stopping:
+                    raise Interrupted(f"stopped by {stop.signal_name or 'a signal on another rank'}")
         return last

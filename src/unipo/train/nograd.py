@@ -19,7 +19,9 @@ import torch
 from torch import Tensor, nn
 
 from unipo.batch import RolloutBatch
+from unipo.train.dist import Dist
 from unipo.train.logprobs import completion_logprobs_with_stats, prompt_index
+from unipo.train.sharding import full_params
 
 
 def completion_widths(completion_mask: Tensor) -> Tensor:
@@ -127,11 +129,41 @@ def batched_logprobs(
 
 
 def rollout_batch_logprobs(
-    model: nn.Module, batch: RolloutBatch, device: torch.device, **kwargs: Any
+    model: nn.Module,
+    batch: RolloutBatch,
+    device: torch.device,
+    *,
+    dist: Dist | None = None,
+    root: nn.Module | None = None,
+    **kwargs: Any,
 ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
     """``batched_logprobs_with_stats`` over a ``RolloutBatch`` on ``device``: (log-probs [B, T],
     entropies [B, T], {name: [B, T]}) on the CPU at the batch's full width T, zero past the
-    longest completion. ``kwargs``: micro_batch, temperature, stats, shared_prompt, ..."""
+    longest completion. ``kwargs``: micro_batch, temperature, stats, shared_prompt, ...
+
+    With several processes (``dist``) every rank scores its share of the rows (whole prompt
+    groups) and the results are gathered, so every rank returns the whole batch's values.
+    ``root``: the FSDP2 unit holding ``model``'s weights (its parameters are gathered for the pass,
+    ``sharding.full_params``); None when ``model`` is not sharded or is itself the root.
+    """
+    if dist is not None and dist.enabled:
+        shares = dist.group_shares(batch.group_ids)
+        counts = [s.stop - s.start for s in shares]
+        mine = shares[dist.rank]
+        names = tuple(kwargs.get("stats", ()))
+        t = batch.completion_ids.shape[1]
+        if counts[dist.rank]:
+            with full_params(root if root is not None else model):
+                lp, ent, st = rollout_batch_logprobs(
+                    model, batch.select(list(range(mine.start, mine.stop))), device, **kwargs
+                )
+        else:
+            lp = ent = torch.zeros(0, t)
+            st = {k: torch.zeros(0, t) for k in names}
+        return (
+            dist.gather_rows(lp, counts), dist.gather_rows(ent, counts),
+            {k: dist.gather_rows(v, counts) for k, v in st.items()},
+        )  # fmt: skip
     b = batch.trim().to(device)
     ids, attn, cmask = b.input_ids, b.attention_mask, b.completion_mask
     lp, ent, st = batched_logprobs_with_stats(model, ids, attn, cmask, **kwargs)

@@ -29,13 +29,15 @@ from unipo.parts.base import masked_mean
 from unipo.rollout.hf import HFEngine
 from unipo.train.collect import PromptSampler, collect
 from unipo.train.critic import Critic
+from unipo.train.dist import init_dist
 from unipo.train.evaluate import EvalSet, encode_prompts, evaluate
 from unipo.train.loop import TrainLoop, restore_objective, write_objective_checkpoint
 from unipo.train.nograd import rollout_batch_logprobs
 from unipo.train.phases import PhaseMeter
+from unipo.train.policy_setup import FullParamsEngine, load_policy
 from unipo.train.sft import demonstration_ids
 from unipo.train.update import UpdateSettings, update_policy
-from unipo.train.utils import batch_metrics, lr_schedule, resolve_device, seed_everything
+from unipo.train.utils import batch_metrics, lr_schedule, process_device, seed_everything
 
 log = logging.getLogger("unipo")
 
@@ -67,16 +69,18 @@ class Trainer:
         console: Console | None = None,
         extra_rewards: list[tuple[str, RewardFn, float]] | None = None,
     ) -> None:
-        from unipo.models import LoraSettings, load_model, make_reference
         from unipo.rewards import build_reward_set
         from unipo.tasks import overlap_record, task_from_config
 
         self.cfg = cfg
-        self.console = console or Console()
-        if cfg.train.threads:
-            torch.set_num_threads(cfg.train.threads)
-        seed_everything(cfg.train.seed)
-        self.device = resolve_device(cfg.model.device)
+        t = cfg.train
+        self.dist = init_dist(t.parallel, t.dist_backend, t.dist_timeout_s, cfg.model.device)
+        # rank 0 alone prints (its console is the caller's); the others keep quiet
+        self.console = (console or Console()) if self.dist.is_main else Console(quiet=True)
+        if t.threads:
+            torch.set_num_threads(t.threads)
+        seed_everything(t.seed)  # the same on every rank: models, value heads and parts start equal
+        self.device = process_device(cfg.model.device, self.dist)
         self.phases = PhaseMeter(self.device)  # time and peak memory by phase, every step
         if not cfg.model.path:
             raise ValueError("model.path is empty: give a local Hugging Face causal-LM directory")
@@ -85,27 +89,29 @@ class Trainer:
         self.task = task_from_config(cfg.task)
         self.task_reward = self.task.reward_fn()
         self.reward_set = build_reward_set(
-            cfg.rewards, self.task_reward, self.algorithm.rewards, extra_rewards, cfg.train.reward_timeout_s
+            cfg.rewards, self.task_reward, self.algorithm.rewards, extra_rewards, t.reward_timeout_s
         )
-        # -- model
-        lora = (
-            LoraSettings(**cfg.model.lora.model_dump(exclude={"enabled"})) if cfg.model.lora.enabled else None
-        )
-        self.model, self.tokenizer = load_model(
-            cfg.model.path,
-            dtype=cfg.model.dtype,
-            device=str(self.device),
-            trust_remote_code=cfg.model.trust_remote_code,
-            attn_implementation=cfg.model.attn_implementation,
-            lora=lora,
-            gradient_checkpointing=cfg.model.gradient_checkpointing,
-        )
-        # π_ref only when a part reads it; with LoRA, the adapter-disabled policy (no weight copy)
-        self.reference = make_reference(self.model) if self.algorithm.needs_reference else None
-        self.engine = HFEngine(
+        # -- models: the policy, π_ref only when a part reads it (LoRA: the adapter-disabled policy),
+        # the critic only when a part asks for values (PPO's GAE); FSDP2 shards all of them
+        o = cfg.optim
+        self.critic: Critic | None = None
+
+        def make_critic(model: torch.nn.Module) -> None:  # from the policy before it is sharded
+            self.critic = Critic.from_policy(
+                model, lr=o.critic_lr, micro_batch_size=o.micro_batch_size, max_grad_norm=o.max_grad_norm,
+                epochs=o.epochs, dist=self.dist,
+            )  # fmt: skip
+
+        needs_critic = self.algorithm.any_part("needs_values")
+        self.policy = load_policy(cfg.model, self.device, self.dist, reference=self.algorithm.needs_reference,
+                                  before_shard=make_critic if needs_critic else None)  # fmt: skip
+        self.model, self.tokenizer = self.policy.model, self.policy.tokenizer
+        self.reference = self.policy.reference
+        engine = HFEngine(
             self.model, self.tokenizer, max_batch=cfg.rollout.max_batch,
             prefill_once=cfg.rollout.prefill_once, decode=cfg.rollout.decode,
         )  # fmt: skip
+        self.engine = FullParamsEngine(engine, self.policy.scorer) if self.dist.sharded else engine
         self._demonstrations = (  # SFT targets in the batch metadata, only when a part reads them (HPT)
             functools.partial(
                 demonstration_ids, self.tokenizer, max_tokens=cfg.rollout.sampling.max_new_tokens
@@ -131,11 +137,8 @@ class Trainer:
         )
         total = cfg.train.steps * cfg.optim.epochs * cfg.optim.minibatches
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_schedule(cfg, total))
-        self.critic = None  # a value model, only when a part asks for values (PPO's GAE)
-        if self.algorithm.any_part("needs_values"):
-            o = cfg.optim
-            self.critic = Critic.from_policy(self.model, lr=o.critic_lr, micro_batch_size=o.micro_batch_size,
-                                             max_grad_norm=o.max_grad_norm, epochs=o.epochs)  # fmt: skip
+        if self.dist.enabled:  # each rank samples its own completions
+            seed_everything(t.seed + 1_000_003 * self.dist.rank)
         self.update_rng = torch.Generator().manual_seed(cfg.train.seed + 17)
         self.step = 0
         self.next_group_id = 0
@@ -153,13 +156,15 @@ class Trainer:
         return examples, ids, texts
 
     def _logprob_pass(
-        self, model: torch.nn.Module, batch: RolloutBatch, stats: tuple[str, ...] = ()
+        self, model: torch.nn.Module, batch: RolloutBatch, stats: tuple[str, ...] = (),
+        root: torch.nn.Module | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        """No-grad log-probs [B, T], entropies [B, T] and named per-token stats, on the CPU."""
+        """No-grad log-probs [B, T], entropies [B, T] and named per-token stats of the whole batch,
+        on the CPU (each rank computes its share; ``root``: the FSDP2 unit holding ``model``)."""
         return rollout_batch_logprobs(
             model, batch, self.device, micro_batch=self.cfg.optim.micro_batch_size,
             temperature=self.cfg.rollout.sampling.temperature, stats=stats,
-            shared_prompt=self.cfg.optim.shared_prompt,
+            shared_prompt=self.cfg.optim.shared_prompt, dist=self.dist, root=root,
         )  # fmt: skip
 
     # ------------------------------------------------------------------ the objective's stages
@@ -200,6 +205,7 @@ class Trainer:
             demonstrations=self._demonstrations,
             meter=self.phases,
             extra=self.algorithm.extra_rollout(self._last_metrics),  # a part's second rollout (AEPO)
+            dist=self.dist,
         )
         self.next_group_id = (
             int(batch.group_ids.max()) + 1 if batch.size else self.next_group_id + len(examples)
@@ -236,11 +242,11 @@ class Trainer:
         with meter("logprobs"):  # π_old and π_ref passes (none when on-policy and β = 0)
             if off_policy or self.algorithm.any_part("needs_old_logprobs"):  # else π_old = sg(π_θ)
                 stat_names = self.algorithm.old_token_stats
-                old_lp, old_ent, old_stats = self._logprob_pass(self.model, batch, stat_names)
+                old_lp, old_ent, old_stats = self._logprob_pass(self.policy.scorer, batch, stat_names)
                 batch = batch.replace(old_logprobs=old_lp, entropies=old_ent)
             if self.reference is not None:
-                with self.reference.active() as ref_model:
-                    ref_lp, _, _ = self._logprob_pass(ref_model, batch)
+                with self.policy.reference_model() as (ref_model, ref_root):
+                    ref_lp, _, _ = self._logprob_pass(ref_model, batch, root=ref_root)
                 batch = batch.replace(ref_logprobs=ref_lp)
         if self.critic is not None:
             with meter("critic"):
@@ -263,8 +269,8 @@ class Trainer:
         )
         with meter("update"):
             upd, skipped = update_policy(
-                self.model, self.optimizer, self.scheduler, self.algorithm, batch, settings,
-                step=self.step, generator=self.update_rng, old_stats=old_stats,
+                self.policy.scorer, self.optimizer, self.scheduler, self.algorithm, batch, settings,
+                step=self.step, generator=self.update_rng, old_stats=old_stats, dist=self.dist,
             )  # fmt: skip
         metrics.update(upd)
         # first-order predicted entropy change (Cui et al.) beside the measured one, paired over steps
@@ -274,7 +280,8 @@ class Trainer:
         h_after = None
         if cfg.train.entropy_change == "exact" and not skipped:  # the same tokens under π_θ after
             with meter("entropy_rescore"):
-                h_after = float(masked_mean(self._logprob_pass(self.model, batch)[1], batch.completion_mask))
+                rescored = self._logprob_pass(self.policy.scorer, batch)[1]  # [B, T]
+                h_after = float(masked_mean(rescored, batch.completion_mask))
         pred = upd.get("entropy/pred_change", math.nan)
         on = cfg.train.entropy_change != "none"
         metrics.update(self.diagnostics.step(metrics, h_before if on else None, pred, h_after))
@@ -313,19 +320,24 @@ class Trainer:
         n = len(self.eval_set.examples)
         with self.console.status(f"[bold]evaluating[/] {n} held-out prompts × {cfg.eval.samples} samples"):
             return evaluate(
-                self.model, self.engine, self.task_reward, self.eval_set,
+                self.policy.scorer, self.engine, self.task_reward, self.eval_set,
                 samples=cfg.eval.samples, sampling=sampling, ks=cfg.eval.ks, greedy=cfg.eval.greedy,
-                micro_batch=cfg.optim.micro_batch_size, samples_path=path, tag=tag,
+                micro_batch=cfg.optim.micro_batch_size, samples_path=path, tag=tag, dist=self.dist,
             )  # fmt: skip
 
     # ------------------------------------------------------------------ state and the loop
-    def state(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        """(optimizer/scheduler state, everything else a resumed run needs to continue exactly);
-        the loop adds the RNG states and writes the weights."""
-        optim = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+    def trainables(self) -> dict[str, tuple[torch.nn.Module, Any]]:
+        """What checkpoints hold as tensors: the policy (and the critic) with their optimizers."""
+        out: dict[str, tuple[torch.nn.Module, Any]] = {"policy": (self.model, self.optimizer)}
         if self.critic is not None:
-            optim["critic"] = self.critic.state_dict()
-        state = {
+            out["critic"] = self.critic.trainable()
+        return out
+
+    def state(self) -> dict[str, Any]:
+        """Everything else a resumed run needs to continue exactly (the same on every rank); the
+        loop adds the RNG states."""
+        return {
+            "scheduler": self.scheduler.state_dict(),
             "step": self.step,
             "next_group_id": self.next_group_id,
             "sampler": self.sampler.state_dict(),
@@ -335,13 +347,9 @@ class Trainer:
             "entropy_dynamics": self.diagnostics.state_dict(),
             "last_metrics": self._last_metrics,
         }
-        return optim, state
 
-    def load_state(self, optim: dict[str, Any], state: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(optim["optimizer"])
-        self.scheduler.load_state_dict(optim["scheduler"])
-        if self.critic is not None:
-            self.critic.load_state_dict(optim["critic"])
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.scheduler.load_state_dict(state["scheduler"])
         self.step = int(state["step"])
         self.next_group_id = int(state["next_group_id"])
         self.sampler.load_state_dict(state["sampler"])
@@ -350,6 +358,9 @@ class Trainer:
         self._nonfinite_run = int(state["nonfinite_run"])
         self.diagnostics.load_state_dict(state["entropy_dynamics"])
         self._last_metrics = dict(state["last_metrics"])
+
+    def save_final(self, out_dir: Path) -> None:
+        self.policy.save(out_dir)
 
     def save_checkpoint(self) -> Path | None:
         """Write a checkpoint now (the loop does this on its cadence); None when the write failed."""

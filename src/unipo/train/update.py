@@ -31,8 +31,10 @@ from unipo.algorithms.base import Algorithm, policy_loss
 from unipo.batch import RolloutBatch
 from unipo.diagnostics.entropy import entropy_diagnostics, ratio_stats
 from unipo.parts.base import LossInputs, count_sequences
+from unipo.train.dist import Dist
 from unipo.train.logprobs import completion_logprobs_with_stats
 from unipo.train.nograd import length_grouped_micro_batches
+from unipo.train.sharding import average_gradients
 
 
 @dataclass
@@ -46,6 +48,7 @@ class UpdateSettings:
     chunk_tokens: int | None = None  # None: sized by vocabulary (logprobs.default_chunk_tokens)
     shared_prompt: bool = True  # run each prompt once per micro-batch; shuffle groups, not rows
     length_grouped: bool = True  # micro-batches by completion length when no part reads across rows
+    entropy_grad: bool = False  # the current entropies carry gradient (an entropy regularizer)
 
 
 class NonFiniteLoss(RuntimeError):
@@ -97,6 +100,52 @@ def micro_batch_rows(minibatch: RolloutBatch, size: int, by_length: bool) -> lis
     ]
 
 
+def forward_global(
+    model: nn.Module, micro: RolloutBatch, settings: UpdateSettings, stats: tuple[str, ...], dist: Dist
+) -> tuple[Tensor, Tensor, dict[str, Tensor], Tensor]:
+    """log π_θ [b, t], entropies [b, t] and ``stats`` of the *global* micro-batch ``micro`` (on the
+    device), and an ``anchor`` to add to the backward loss (0, or 0·a dummy pass, see below).
+
+    One process: one forward pass. Several: this rank forwards its share of the rows (contiguous,
+    whole prompt groups, ``Dist.group_shares``) and the other ranks' values are gathered, so every
+    rank holds the same [b, t] tensors and computes the same loss, while only its own rows carry
+    gradient into its own model. With FSDP2 a rank whose share is empty still runs a 1-row pass
+    (``anchor`` = 0·its output) so that every rank runs each unit's forward/backward once; the
+    shared-prompt pass is off then, because it runs the decoder a data-dependent number of times.
+    """
+    shared = settings.shared_prompt and not dist.sharded
+
+    def forward(rows: RolloutBatch) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        return completion_logprobs_with_stats(
+            model, rows.input_ids, rows.attention_mask, rows.completion_mask,
+            temperature=settings.temperature, chunk_tokens=settings.chunk_tokens,
+            entropy_grad=settings.entropy_grad, shared_prompt=shared, stats=stats,
+        )  # fmt: skip
+
+    zero = torch.zeros((), device=micro.completion_mask.device)
+    if not dist.enabled:
+        return *forward(micro), zero
+    shares = dist.group_shares(micro.group_ids)
+    counts = [s.stop - s.start for s in shares]
+    t = micro.completion_mask.shape[1]
+    anchor = zero
+    if counts[dist.rank]:
+        mine = shares[dist.rank]
+        logp, ent, st = forward(micro.select(list(range(mine.start, mine.stop))).trim())
+    else:
+        logp = ent = micro.completion_mask.new_zeros(0, t)
+        st = {k: micro.completion_mask.new_zeros(0, t) for k in stats}
+        if dist.sharded:  # every rank runs each FSDP unit once per micro-batch
+            d_logp, d_ent, d_st = forward(micro.select([0]).trim())
+            anchor = 0.0 * (d_logp.sum() + d_ent.sum() + sum((v.sum() for v in d_st.values()), zero))
+
+    def glob(local: Tensor) -> Tensor:  # [n_r, t_r] → [b, t], this rank's rows with their gradient
+        full = dist.with_local_grad(dist.gather_rows(local, counts), local, counts)
+        return torch.nn.functional.pad(full, (0, t - full.shape[1])) if full.shape[1] < t else full
+
+    return glob(logp), glob(ent), {k: glob(v) for k, v in st.items()}, anchor
+
+
 def update_policy(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -108,14 +157,24 @@ def update_policy(
     step: int,
     generator: torch.Generator,
     old_stats: dict[str, Tensor] | None = None,
+    dist: Dist | None = None,
 ) -> tuple[dict[str, float], int]:
     """Run the optimizer steps for one rollout batch. Returns (metrics, skipped non-finite steps).
+
+    With several processes (``dist``) ``batch`` is the whole batch on every rank: the minibatches
+    and micro-batches are cut identically everywhere (``settings.micro_batch_size`` rows per rank,
+    so a global micro-batch holds ``world`` × that), every rank forwards its share of each
+    micro-batch (``forward_global``), computes the loss of the whole micro-batch, and backpropagates
+    ``world`` × it into its own rows; averaging the gradients over ranks (``ddp``: one all-reduce
+    per step; ``fsdp2``: FSDP's reduce-scatter) then gives exactly the one-process gradient.
 
     ``old_stats`` ({name: [B, T]} over the rows of ``batch``, from the trainer's old-logprob
     pass) feeds ``LossInputs.old_stats`` for parts with ``old_token_stats``. Without it, and
     only when the update is a single optimizer step (π_old = π_θ at every micro-batch), they
     are taken from the current forward pass, detached; otherwise it is an error.
     """
+    dist = dist or Dist()
+    settings.entropy_grad = algorithm.needs_entropy_grad
     device = next(model.parameters()).device
     cur_names, old_names = algorithm.token_stats, algorithm.old_token_stats
     single_step = settings.epochs == 1 and settings.minibatches == 1
@@ -152,21 +211,11 @@ def update_policy(
             flag_rows = {k: float(f.sum()) for k, f in flags.items()}
             optimizer.zero_grad(set_to_none=True)
             finite = True
-            for sel in micro_batch_rows(minibatch, settings.micro_batch_size, by_length):
+            for sel in micro_batch_rows(minibatch, settings.micro_batch_size * dist.world, by_length):
                 rows = mb_idx[sel]  # [b] rows of the whole batch
                 micro = minibatch.select(sel).trim().to(device)
                 # with no statistics requested this takes the fused LM head (logprobs.py)
-                logp, ent, stats = completion_logprobs_with_stats(
-                    model,
-                    micro.input_ids,
-                    micro.attention_mask,
-                    micro.completion_mask,
-                    temperature=settings.temperature,
-                    chunk_tokens=settings.chunk_tokens,
-                    entropy_grad=algorithm.needs_entropy_grad,
-                    shared_prompt=settings.shared_prompt,
-                    stats=forward_names,
-                )
+                logp, ent, stats, anchor = forward_global(model, micro, settings, forward_names, dist)
                 width = micro.completion_mask.shape[1]
                 if old_stats is not None:  # [B, T_full] rows of the batch → this micro-batch, trimmed
                     micro_old = {
@@ -199,7 +248,7 @@ def update_policy(
                 if not torch.isfinite(loss):
                     finite = False
                     break
-                loss.backward()
+                (loss * dist.world + anchor).backward()  # ranks' gradients are averaged below
                 acc["loss/total"].append(loss.detach())
                 acc["policy/entropy"].append(
                     (ent.detach() * micro.completion_mask).sum() / micro.completion_mask.sum().clamp(min=1)
@@ -213,11 +262,15 @@ def update_policy(
                         acc[k].append(torch.tensor(v))
                 for k, v in metrics.items():
                     acc[k].append(torch.as_tensor(v).detach())
+            if finite and dist.mode == "ddp":
+                average_gradients(params, dist)
             grad_norm = (
                 torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
                 if finite
                 else torch.tensor(math.nan)
             )
+            if hasattr(grad_norm, "full_tensor"):  # FSDP2: a replicated DTensor of the global norm
+                grad_norm = grad_norm.full_tensor()
             if not finite or not torch.isfinite(grad_norm):
                 optimizer.zero_grad(set_to_none=True)
                 skipped += 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,6 +23,15 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def process_device(name: str, dist: Any) -> torch.device:
+    """This process's device: ``model.device`` resolved, and under several processes on CUDA the
+    GPU of this rank (``cuda:LOCAL_RANK``)."""
+    device = resolve_device(name)
+    if getattr(dist, "enabled", False) and device.type == "cuda":
+        return torch.device("cuda", dist.local_rank)
+    return device
 
 
 def lr_schedule(cfg: Config, total: int) -> Callable[[int], float]:
