@@ -93,22 +93,54 @@ def route_train(config: str | None, args: list[str]) -> tuple[str, list[str]]:
     )
 
 
-def _run_preference(config: str | None, args: list[str]) -> None:
-    from unipo.config import ConfigError
+def run_objective(kind: str, config: str | None, args: list[str]) -> dict:
+    """Build the RL (``kind="rl"``) or preference objective from the config and run it in the one
+    loop: what every process of a run does (alone, under torchrun, or as a Ray Train worker)."""
+    from unipo.config import load_config
     from unipo.preference import load_preference_config
-    from unipo.preference.trainer import PreferenceTrainer, PreferenceTrainingError
+    from unipo.preference.trainer import PreferenceTrainer
+    from unipo.train.trainer import Trainer
+
+    if kind == "preference":
+        return PreferenceTrainer(load_preference_config(config, args), console=console).train()
+    return Trainer(load_config(config, args), console=console).train()
+
+
+def _train_or_launch(kind: str, config: str | None, args: list[str]) -> None:
+    """Run here, or start ``train.nproc`` processes (torchrun or Ray) that each run here."""
+    from unipo.config import ConfigError, load_config
+    from unipo.launch import in_launched_process, launch_ray, launch_torchrun
+    from unipo.preference import load_preference_config
+    from unipo.preference.trainer import PreferenceTrainingError
+    from unipo.train.dist import DistError
     from unipo.train.run_dir import RunDirError
     from unipo.train.signals import Interrupted
+    from unipo.train.trainer import TrainingError
 
     try:
-        summary = PreferenceTrainer(load_preference_config(config, args), console=console).train()
+        cfg = load_preference_config(config, args) if kind == "preference" else load_config(config, args)
+        t = cfg.train
+        if t.nproc > 1 and not in_launched_process():
+            if t.launcher == "ray":
+                launch_ray(kind, config, args, t.nproc, t.ray_address, t.ray_use_gpu)
+                return
+            code = launch_torchrun(t.nproc, ["train", *([config] if config else []), *args])
+            if code:
+                raise typer.Exit(code=code)
+            return
+        summary = run_objective(kind, config, args)
     except Interrupted as e:
         console.print(f"[yellow]{e}[/]")
         raise typer.Exit(code=130) from None
-    except (ConfigError, RunDirError, PreferenceTrainingError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, RunDirError, TrainingError, PreferenceTrainingError, DistError, FileNotFoundError,
+            ValueError) as e:  # fmt: skip
         _fail(str(e))
         return
     console.print({k: round(v, 4) if isinstance(v, float) else v for k, v in summary.items() if k != "last"})
+
+
+def _run_preference(config: str | None, args: list[str]) -> None:
+    _train_or_launch("preference", config, args)
 
 
 @app.command()
@@ -124,11 +156,10 @@ def train(
 
     A preference preset as ``algorithm.name`` (or a preference config: sections data / loss /
     pairs) runs the preference trainer, offline or in on-policy rounds, as ``unipo preference``.
+    ``train.nproc=N`` trains on N processes (torchrun; ``train.launcher=ray`` for Ray), data
+    parallel (``train.parallel=ddp|fsdp2``).
     """
-    from unipo.config import ConfigError, load_config
-    from unipo.train.run_dir import RunDirError
-    from unipo.train.signals import Interrupted
-    from unipo.train.trainer import Trainer, TrainingError
+    from unipo.config import ConfigError
 
     config, args = _run_args(config, overrides, overwrite=overwrite, resume=resume)
     try:
@@ -136,21 +167,7 @@ def train(
     except ConfigError as e:
         _fail(str(e))
         return
-    if kind == "preference":
-        _run_preference(config, args)
-        return
-    try:
-        cfg = load_config(config, args)
-        summary = Trainer(cfg, console=console).train()
-    except Interrupted as e:
-        console.print(f"[yellow]{e}[/]")
-        raise typer.Exit(code=130) from None
-    except (ConfigError, RunDirError, TrainingError, FileNotFoundError, ValueError) as e:
-        _fail(str(e))
-        return
-    console.print(
-        {k: round(v, 4) if isinstance(v, float) else v for k, v in summary.items() if k != "last"},
-    )
+    _train_or_launch(kind, config, args)
 
 
 @app.command("eval")
@@ -344,6 +361,15 @@ def demo(
 
 
 def main() -> None:
+    if "WORLD_SIZE" in __import__("os").environ:  # a torchrun worker: its traceback goes to the error
+        from torch.distributed.elastic.multiprocessing.errors import record  # file torchrun prints
+
+        record(_main)()
+    else:
+        _main()
+
+
+def _main() -> None:
     try:
         app()
     except KeyboardInterrupt:

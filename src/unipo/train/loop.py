@@ -56,8 +56,15 @@ from unipo.train.signals import Interrupted, StopOnSignal, run_progress
 from unipo.train.utils import seed_everything
 
 # config keys every objective lets a resumed run change: the budget, checkpoint cadence, sinks,
-# the device, and evaluation cadence (none of them changes a trained number)
+# the device, evaluation cadence and the number of processes (a checkpoint of N resumes on M)
 RESUME_MUTABLE = (
+    "train.nproc",
+    "train.parallel",
+    "train.launcher",
+    "train.ray_address",
+    "train.ray_use_gpu",
+    "train.dist_backend",
+    "train.dist_timeout_s",
     "train.resume",
     "train.overwrite",
     "train.save_every",
