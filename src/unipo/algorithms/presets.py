@@ -7,6 +7,7 @@ The presets live in small files by family and are all registered by importing th
 
 from __future__ import annotations
 
+import unipo.algorithms.presets_adv  # noqa: F401  (T2 advantage estimators: bnpo, canon, riskpo, rover, ...)
 from unipo.algorithms import presets_t2  # noqa: F401  (T2 seed methods: lp_reg, siren, bapo, d3s, ...)
 from unipo.algorithms.presets_entropy import clip_cov, forking_tokens, kl_cov
 from unipo.algorithms.presets_grpo import (
