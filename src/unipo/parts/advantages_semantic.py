@@ -150,6 +150,8 @@ class COPO:
 
     eps: float = 1e-6
 
+    min_group_size = 1  # the global term carries the reward signal even with one completion a prompt
+
     def __call__(self, batch: RolloutBatch) -> tuple[Tensor, Metrics]:
         r = rewards_of(batch, "copo")  # [B]
         local, metrics = GroupNorm(scale_by_std=True, eps=self.eps)(batch)  # [B, T]
