@@ -117,19 +117,22 @@ def _lone_completions() -> RolloutBatch:
         group_ids=torch.arange(b), truncated=torch.zeros(b, dtype=torch.bool),
         rewards=torch.tensor([1.0, 0.0, 1.0, 0.5]), old_logprobs=torch.full((b, t), -1.0),
         ref_logprobs=torch.full((b, t), -1.2), values=torch.zeros(b, t), entropies=torch.full((b, t), 0.5),
-        metadata=[{} for _ in range(b)],
+        metadata=[{"completion": f"answer {i}", "answer": str(i)} for i in range(b)],
     )  # fmt: skip
 
 
 def test_min_group_size_matches_what_each_advantage_does_with_lone_completions() -> None:
-    # the attribute the check reads must be true: below it, every advantage is 0
+    # the attribute the check reads must be true: below it, the advantage carries no reward signal
+    # (with one completion per prompt it is the same whatever the rewards: 0 for group-relative
+    # estimators, a reward-free shaping term for some, e.g. EMPG's future-clarity bonus)
     _load_builtin_parts()
     batch = _lone_completions()  # every completion its own group (G = 1)
+    flipped = batch.replace(rewards=1.0 - batch.rewards)
     for name, cls in PARTS["advantage"].items():
-        part = cls()
-        need = getattr(part, "min_group_size", 2 if getattr(part, "uses_groups", True) else 1)
-        adv, _ = part(batch)
-        assert bool((adv == 0).all()) == (need > 1), name
+        need = getattr(cls(), "min_group_size", 2 if getattr(cls(), "uses_groups", True) else 1)
+        adv, _ = cls()(batch)
+        adv_flipped, _ = cls()(flipped)
+        assert bool(torch.equal(adv, adv_flipped)) == (need > 1), name
 
 
 @pytest.mark.parametrize("algo", list_algorithms(), ids=lambda a: a.name)

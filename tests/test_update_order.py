@@ -50,7 +50,7 @@ def _batch(vocab: int) -> RolloutBatch:
         completion_mask=cmask,
         group_ids=group_ids,
         truncated=lengths == T,
-        rewards=torch.randn(n, generator=g),
+        rewards=torch.randn(n, generator=g).sigmoid(),  # in (0, 1): PACS reads rewards as labels
         advantages=adv,
         old_logprobs=(-1.5 + logp_noise) * cmask,  # ratio ≠ 1, so clipping rules take part
         ref_logprobs=(-1.6 + 0.5 * logp_noise) * cmask,

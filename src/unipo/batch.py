@@ -67,6 +67,9 @@ class RolloutBatch:
     advantages: Tensor | None = None  # [B, T] per-token advantage
     values: Tensor | None = None  # [B, T] critic values (PPO) when a value head exists
     metadata: list[dict[str, Any]] = field(default_factory=list)  # per item: texts, answer, task entry
+    # name -> [B, T] per-token statistic of π_old (``TOKEN_STATS`` names an Advantage part lists in
+    # ``old_token_stats``, e.g. "sum_pi_squared" for the optimal token baseline), no grad
+    old_stats: dict[str, Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -120,6 +123,11 @@ class RolloutBatch:
                     f"RolloutBatch.{name} has shape {tuple(value.shape)}, expected {shape} "
                     f"(B={b} completions, P={p} prompt tokens, T={t} completion tokens)"
                 )
+        for name, value in self.old_stats.items():
+            if tuple(value.shape) != (b, t):
+                raise ValueError(
+                    f"RolloutBatch.old_stats[{name!r}] has shape {tuple(value.shape)}, expected {(b, t)}"
+                )
         if self.metadata and len(self.metadata) != b:
             raise ValueError(f"RolloutBatch.metadata has {len(self.metadata)} items, expected {b}")
 
@@ -134,7 +142,8 @@ class RolloutBatch:
             for name in _PER_ITEM_TENSORS
         }
         meta = [self.metadata[i] for i in idx.tolist()] if self.metadata else []
-        return RolloutBatch(**kept, metadata=meta)
+        stats = {k: v[idx.to(v.device)] for k, v in self.old_stats.items()}
+        return RolloutBatch(**kept, metadata=meta, old_stats=stats)
 
     def replace(self, **changes: Any) -> RolloutBatch:
         return replace(self, **changes)
@@ -145,7 +154,9 @@ class RolloutBatch:
             for f in fields(self)
             if f.name in _PER_ITEM_TENSORS
         }
-        return RolloutBatch(**moved, metadata=self.metadata)
+        return RolloutBatch(
+            **moved, metadata=self.metadata, old_stats={k: v.to(device) for k, v in self.old_stats.items()}
+        )
 
     def trim(self) -> RolloutBatch:
         """Drop all-padding columns: leading prompt columns and trailing completion columns."""
@@ -162,7 +173,8 @@ class RolloutBatch:
                 out[name] = v[:, p0:]
             else:
                 out[name] = v[:, :t1]
-        return RolloutBatch(**out, metadata=self.metadata)
+        stats = {k: v[:, :t1] for k, v in self.old_stats.items()}
+        return RolloutBatch(**out, metadata=self.metadata, old_stats=stats)
 
     @staticmethod
     def concat(batches: list[RolloutBatch], pad_token_id: int = 0) -> RolloutBatch:
@@ -191,4 +203,10 @@ class RolloutBatch:
                 padded.append(torch.nn.functional.pad(v, pad, value=fill))
             out[name] = torch.cat(padded)
         meta = [m for b in batches for m in (b.metadata or [{}] * b.size)]
-        return RolloutBatch(**out, metadata=meta)
+        shared = set.intersection(*(set(b.old_stats) for b in batches))  # one some batch lacks: dropped
+        right = torch.nn.functional.pad
+        stats = {
+            k: torch.cat([right(b.old_stats[k], (0, t - b.old_stats[k].shape[1])) for b in batches])
+            for k in sorted(shared)
+        }
+        return RolloutBatch(**out, metadata=meta, old_stats=stats)

@@ -29,6 +29,8 @@ expected one. Values under padding (mask 0) are never read: NaN or ±inf there i
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -87,6 +89,8 @@ def compute_advantages(
     values: Tensor | None = None,
     truncated: Tensor | None = None,
     old_entropies: Tensor | None = None,
+    old_stats: dict[str, Tensor] | None = None,
+    metadata: list[dict[str, Any]] | None = None,
 ) -> Tensor:
     """Per-token advantages [B, T] from scalar rewards [B] via the algorithm's advantage part.
 
@@ -95,7 +99,10 @@ def compute_advantages(
     REINFORCE++ with a KL coefficient needs old_logprobs and ref_logprobs [B, T]; GAE needs
     the critic's values [B, T]; entropy-shaped advantages (ARES, EMPG, ...) read the rollout's
     token entropies ``old_entropies`` [B, T] (π_old's, as the trainer's old-logprob pass gives
-    them). The result carries no gradient.
+    them); ``old_stats`` ({name: [B, T]}) π_old's per-token statistics an advantage reads
+    (``optimal_token_baseline``: ``"sum_pi_squared"``); ``metadata`` (one dict per row) what
+    advantages read from the rollout (the completion text for answer clustering: SEED-GRPO, COPO,
+    Polychromic; ``"remax_baseline"``: ReMax's greedy reward). The result carries no gradient.
     """
     algo = _resolve(algorithm)
     adv_part = algo.advantage
@@ -137,7 +144,11 @@ def compute_advantages(
         ref_logprobs=None if ref_logprobs is None else zero_padding(ref_logprobs.detach(), valid),
         values=None if values is None else zero_padding(values.detach(), valid),
         entropies=None if old_entropies is None else zero_padding(old_entropies.detach(), valid),
+        old_stats={k: zero_padding(v.detach(), valid) for k, v in (old_stats or {}).items()},
+        metadata=list(metadata) if metadata is not None else [],
     )
+    if metadata is not None and len(metadata) != b:
+        raise ValueError(f"metadata has {len(metadata)} items; expected one per row, B={b}")
     with torch.no_grad():
         adv, _ = adv_part(batch)
     return adv
@@ -159,6 +170,7 @@ def compute_loss(
     values: Tensor | None = None,
     stats: dict[str, Tensor] | None = None,
     old_stats: dict[str, Tensor] | None = None,
+    metadata: list[dict[str, Any]] | None = None,
     step: int = 0,
 ) -> tuple[Tensor, dict[str, float]]:
     """The algorithm's policy loss (a scalar to minimize) and its metrics as floats.
@@ -181,6 +193,7 @@ def compute_loss(
             that parts read (``algorithm.token_stats`` / ``old_token_stats``, e.g.
             ``"topp_entropy:0.8"``; ``unipo.train.logprobs.completion_logprobs_with_stats``
             computes them).
+        metadata: one dict per row of what advantages read from the rollout (``compute_advantages``).
         step: optimizer step (seeds Clip-Cov's random choice).
     """
     algo = _resolve(algorithm)
@@ -239,6 +252,8 @@ def compute_loss(
             values=values,
             truncated=truncated,
             old_entropies=old_entropies,
+            old_stats=old_stats,
+            metadata=metadata,
         )
     elif advantages.dim() == 1:
         adv = broadcast_to_tokens(advantages.detach(), mask)

@@ -2,12 +2,17 @@
 
 The presets live in small files by family and are all registered by importing this module:
 ``presets_grpo`` (group/batch advantages, GSPO, PPO with a critic, REINFORCE) and
-``presets_entropy`` (Clip-Cov, KL-Cov, forking tokens).
+``presets_entropy`` (Clip-Cov, KL-Cov, forking tokens), ``presets_peers`` (verl's and TRL's newer
+baselines: CISPO, SAPO, GMPO, GPG, DPPO, ReMax, OPO, GDPO, pass@k GRPO; PACS and ReMix).
 """
 
 from __future__ import annotations
 
-from unipo.algorithms import presets_t2  # noqa: F401  (T2 seed methods: lp_reg, siren, bapo, d3s, ...)
+from unipo.algorithms import (
+    presets_adv,  # noqa: F401  (T2 advantage estimators: bnpo, canon, riskpo, rover, ...)
+    presets_peers,  # noqa: F401  (peers' baselines: cispo, sapo, gmpo, remax, ...)
+    presets_t2,  # noqa: F401  (T2 seed methods: lp_reg, siren, bapo, d3s, ...)
+)
 from unipo.algorithms.presets_entropy import clip_cov, forking_tokens, kl_cov
 from unipo.algorithms.presets_grpo import (
     dapo,

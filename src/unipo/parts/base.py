@@ -65,11 +65,12 @@ Optional methods:
                                         the next-token entropy (HAPO); applied by the engine
     extra_rollout(metrics) -> ExtraRollout | None
                                         a second, smaller rollout for the next step, beside the main
-                                        one (AEPO's samples at a regulated temperature): ``collect``
-                                        samples G completions for the first ⌊fraction·P⌋ (≥ 1) of the
-                                        step's prompts at its temperature, after the main batch is
-                                        selected and refilled (its groups never count toward the
-                                        target), scores them, marks them ``metadata["extra_rollout"]``
+                                        one (AEPO's samples at a regulated temperature, ReMax's greedy
+                                        baseline): ``collect`` samples ``samples`` (default G)
+                                        completions for the first ⌊fraction·P⌋ (≥ 1) of the step's
+                                        prompts at its temperature (0: greedy decoding), after the main
+                                        batch is selected and refilled (its groups never count toward
+                                        the target), scores them, marks them ``metadata["extra_rollout"]``
                                         with group ids of their own, and hands (main, extra) to its
                                         ``merge`` (default: append); ``metrics`` are the previous step's
 """
@@ -292,14 +293,17 @@ class ExtraRollout:
     """
 
     fraction: float  # of the step's prompts: the first ⌊fraction·P⌋, at least one
-    temperature: float  # their sampling temperature
+    temperature: float  # their sampling temperature; 0 decodes greedily (ReMax's baseline)
     merge: Callable[[RolloutBatch, RolloutBatch], tuple[RolloutBatch, Metrics]] | None = None
+    samples: int | None = None  # completions per prompt; None: the run's group size G
 
     def __post_init__(self) -> None:
         if not 0 < self.fraction <= 1:
             raise ValueError(f"ExtraRollout.fraction must be in (0, 1], got {self.fraction}")
-        if self.temperature <= 0:
-            raise ValueError(f"ExtraRollout.temperature must be > 0, got {self.temperature}")
+        if self.temperature < 0:
+            raise ValueError(f"ExtraRollout.temperature must be ≥ 0 (0: greedy), got {self.temperature}")
+        if self.samples is not None and self.samples < 1:
+            raise ValueError(f"ExtraRollout.samples must be ≥ 1 (or None: G), got {self.samples}")
 
 
 def scalar(x: Tensor | float) -> Tensor:

@@ -55,6 +55,22 @@ class PromptSampler:
         self.position = state["position"]
 
 
+def score_result(
+    reward_set: Any,
+    examples: list[dict[str, Any]],
+    prompts: list[str],
+    completions: list[str],
+    extra_columns: dict[str, list[Any]],
+) -> Any:
+    """Run the reward set with the examples' columns; returns its ``RewardResult``."""
+    columns: dict[str, list[Any]] = {}
+    keys = {k for ex in examples for k in ex if k != "question"}
+    for k in keys:
+        columns[k] = [ex.get(k) for ex in examples]
+    columns.update(extra_columns)
+    return reward_set(prompts, completions, **columns)
+
+
 def score(
     reward_set: Any,
     examples: list[dict[str, Any]],
@@ -63,12 +79,7 @@ def score(
     extra_columns: dict[str, list[Any]],
 ) -> tuple[list[float | None], dict[str, float], str | None]:
     """Run the reward set; returns (totals with None for excluded items, metrics, first traceback)."""
-    columns: dict[str, list[Any]] = {}
-    keys = {k for ex in examples for k in ex if k != "question"}
-    for k in keys:
-        columns[k] = [ex.get(k) for ex in examples]
-    columns.update(extra_columns)
-    result = reward_set(prompts, completions, **columns)
+    result = score_result(reward_set, examples, prompts, completions, extra_columns)
     return result.total, result.metrics(), result.first_traceback
 
 
@@ -84,6 +95,18 @@ def _combine_reward_metrics(parts: list[tuple[dict[str, float], int]]) -> dict[s
         else:
             out[key] = sum(m.get(key, 0.0) for m, _ in parts)
     return out
+
+
+def row_components(
+    reward_set: Any, result: Any
+) -> list[tuple[dict[str, Any] | None, dict[str, float] | None]]:
+    """Per row (its reward components {name: value}, their weights {name: weight}) when the reward set
+    has several terms (GDPO normalizes each apart), else (None, None)."""
+    comps = getattr(result, "components", None) or {}
+    if len(comps) < 2:
+        return [(None, None)] * len(result.total)
+    weights = {name: float(w) for name, _, w in getattr(reward_set, "rewards", ())} or None
+    return [({k: v[i] for k, v in comps.items()}, weights) for i in range(len(result.total))]
 
 
 def _round(
@@ -144,7 +167,9 @@ def _local_round(
             "truncated": gen.truncated.tolist(),
             "max_new_tokens": [sampling.max_new_tokens] * len(lengths),
         }
-        totals, rmetrics, tb = score(reward_set, rows_ex, rows_prompt, gen.completions, extra)
+        result = score_result(reward_set, rows_ex, rows_prompt, gen.completions, extra)
+        totals, rmetrics, tb = result.total, result.metrics(), result.first_traceback
+        comps = row_components(reward_set, result)
     rewards = torch.tensor([math.nan if r is None else float(r) for r in totals], dtype=torch.float32)
     group_ids = torch.arange(len(examples)).repeat_interleave(group_size) + first_group_id
     demos = demonstrations(examples) if demonstrations is not None else [None] * len(examples)
@@ -158,10 +183,11 @@ def _local_round(
         truncated=gen.truncated.cpu(),
         rewards=rewards,
         metadata=[
-            {"prompt": p, "completion": c, "answer": ex.get("answer"), "reward_components": None}
+            {"prompt": p, "completion": c, "answer": ex.get("answer"), "reward_components": rc}
+            | ({"reward_weights": rw} if rw is not None else {})
             | ({SFT_KEY: list(d)} if d is not None else {})
             | ({SFT_TRUNCATED_KEY: True} if getattr(d, "truncated", False) else {})
-            for p, c, ex, d in zip(rows_prompt, gen.completions, rows_ex, rows_demo)
+            for p, c, ex, d, (rc, rw) in zip(rows_prompt, gen.completions, rows_ex, rows_demo, comps)
         ],
     )
     return batch, rmetrics, tb, demos
@@ -187,6 +213,9 @@ def collect(
 ) -> tuple[RolloutBatch, dict[str, float], dict[str, float], str | None]:
     """Generate, score and select until enough groups survive. Returns (batch, metrics, times, traceback).
 
+    With several reward terms every row carries ``metadata["reward_components"]`` ({name: value}) and
+    ``metadata["reward_weights"]`` ({name: weight}) (GDPO's per-term normalization); else None / absent.
+
     Generation and scoring run as the ``generate`` and ``reward`` phases of ``meter`` (the
     trainer's, which also measures their peak memory; a CPU meter of its own when None);
     ``times`` holds their seconds, summed over refill rounds.
@@ -197,9 +226,10 @@ def collect(
     and ``metadata["sft_target_truncated"] = True`` when they were cut at ``max_new_tokens``; the
     examples drawn with a cut one (refill rounds included) are counted in ``hpt/demonstrations_truncated``.
 
-    ``extra`` (a part's ``extra_rollout`` request, AEPO's) is drawn once the main batch is selected
-    and refilled: G completions for each of the first ⌊fraction·P⌋ (at least one) of this step's own
-    prompts (refills excluded), at ``extra.temperature``; they are scored, rows with no reward
+    ``extra`` (a part's ``extra_rollout`` request, AEPO's, ReMax's) is drawn once the main batch is
+    selected and refilled: ``extra.samples`` (default G) completions for each of the first
+    ⌊fraction·P⌋ (at least one) of this step's own prompts (refills excluded), at
+    ``extra.temperature`` (0: greedy decoding); they are scored, rows with no reward
     dropped, marked ``metadata["extra_rollout"] = True`` with group ids after the main ones, and
     ``extra.merge(main, extra_rows)`` (else an append) gives the batch returned. They never go through
     the selections nor count toward the target groups (``rollout/kept_groups`` is the main batch's).
@@ -261,9 +291,12 @@ def collect(
     metrics["rollout/kept_groups"] = float(torch.unique(out.group_ids).numel()) if out.size else 0.0
     if extra is not None:
         n_extra = max(1, int(len(own[0]) * extra.fraction))  # the code: the first len // 4 prompts
-        at_t = sampling.model_copy(update={"temperature": extra.temperature})
+        n_samples = extra.samples or group_size
+        at_t = sampling.model_copy(
+            update={"greedy": True} if extra.temperature == 0 else {"temperature": extra.temperature}
+        )
         rows, rmetrics, tb, _ = _round(
-            engine, reward_set, own[0][:n_extra], own[1][:n_extra], own[2][:n_extra], group_size, at_t,
+            engine, reward_set, own[0][:n_extra], own[1][:n_extra], own[2][:n_extra], n_samples, at_t,
             next_group_id, demonstrations, meter, dist,
         )  # fmt: skip
         traceback = traceback or tb
@@ -271,7 +304,7 @@ def collect(
         rows = rows.select(~torch.isnan(rows.rewards))
         for m in rows.metadata:
             m[EXTRA_ROW_KEY] = True
-        metrics["rollout/extra_completions"] = float(n_extra * group_size)
+        metrics["rollout/extra_completions"] = float(n_extra * n_samples)
         metrics["rollout/extra_temperature"] = extra.temperature
         metrics["rollout/extra_reward_mean"] = float(rows.rewards.mean()) if rows.size else math.nan
         if extra.merge is not None:

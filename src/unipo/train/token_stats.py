@@ -97,3 +97,17 @@ def logit_fisher_self(logits: Tensor, targets: Tensor, temperature: float, arg: 
         p = probs.gather(-1, targets[:, None]).squeeze(-1)
         s2, s3 = (probs**2).sum(-1), (probs**3).sum(-1)
         return p * (1 - p) ** 2 + (s3 - p**3) - (p - s2) ** 2
+
+
+@register_token_stat("sum_pi_squared")
+def sum_pi_squared(logits: Tensor, targets: Tensor, temperature: float, arg: float | None) -> Tensor:
+    """Σ_v π(v)² of the next-token distribution at the sampling temperature (its collision probability).
+
+    ‖e_y − π‖² = 1 − 2π(y) + Σπ² is the squared norm of the logit-space gradient of log π(y), the
+    optimal token baseline's per-token variance proxy. As verl ``calculate_sum_pi_squared_from_logits``
+    (verl-project/verl@1dda039 verl/utils/torch_functional.py): exp(logsumexp(2z) − 2·logsumexp(z))
+    for z = logits / T. No gradient.
+    """
+    with torch.no_grad():
+        z = logits.detach() / temperature  # [n, V]
+        return torch.exp(torch.logsumexp(2 * z, dim=-1) - 2 * torch.logsumexp(z, dim=-1))

@@ -243,7 +243,7 @@ class Trainer:
             if off_policy or self.algorithm.any_part("needs_old_logprobs"):  # else π_old = sg(π_θ)
                 stat_names = self.algorithm.old_token_stats
                 old_lp, old_ent, old_stats = self._logprob_pass(self.policy.scorer, batch, stat_names)
-                batch = batch.replace(old_logprobs=old_lp, entropies=old_ent)
+                batch = batch.replace(old_logprobs=old_lp, entropies=old_ent, old_stats=old_stats)
             if self.reference is not None:
                 with self.policy.reference_model() as (ref_model, ref_root):
                     ref_lp, _, _ = self._logprob_pass(ref_model, batch, root=ref_root)
