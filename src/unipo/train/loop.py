@@ -58,6 +58,7 @@ from unipo.train.utils import seed_everything
 # config keys every objective lets a resumed run change: the budget, checkpoint cadence, sinks,
 # the device, evaluation cadence and the number of processes (a checkpoint of N resumes on M)
 RESUME_MUTABLE = (
+    "train.output_dir",  # a run directory that was moved or copied
     "train.nproc",
     "train.parallel",
     "train.launcher",

@@ -39,12 +39,12 @@ class ShardedPolicy(nn.Module):
 
     def __init__(self, policy: nn.Module) -> None:
         super().__init__()
-        self.policy = policy
+        self.module = policy  # ``module``: what unipo's unwrapping follows, as for DDP
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, completion_mask: Tensor, **kw: Any) -> Any:
         from unipo.train.logprobs import completion_logprobs_with_stats
 
-        policy = self.policy
+        policy = self.module
         return completion_logprobs_with_stats(policy, input_ids, attention_mask, completion_mask, **kw)
 
 

@@ -106,8 +106,9 @@ def forward_global(
     """log π_θ [b, t], entropies [b, t] and ``stats`` of the *global* micro-batch ``micro`` (on the
     device), and an ``anchor`` to add to the backward loss (0, or 0·a dummy pass, see below).
 
-    One process: one forward pass. Several: this rank forwards its share of the rows (contiguous,
-    whole prompt groups, ``Dist.group_shares``) and the other ranks' values are gathered, so every
+    One process: one forward pass. Several: this rank forwards its share of the rows (contiguous and
+    balanced, ``Dist.share``: a group may be cut, which changes no value) and the other ranks' values
+    are gathered, so every
     rank holds the same [b, t] tensors and computes the same loss, while only its own rows carry
     gradient into its own model. With FSDP2 a rank whose share is empty still runs a 1-row pass
     (``anchor`` = 0·its output) so that every rank runs each unit's forward/backward once; the
@@ -125,7 +126,7 @@ def forward_global(
     zero = torch.zeros((), device=micro.completion_mask.device)
     if not dist.enabled:
         return *forward(micro), zero
-    shares = dist.group_shares(micro.group_ids)
+    shares = [dist.share(micro.size, r) for r in range(dist.world)]
     counts = [s.stop - s.start for s in shares]
     t = micro.completion_mask.shape[1]
     anchor = zero
@@ -248,7 +249,8 @@ def update_policy(
                 if not torch.isfinite(loss):
                     finite = False
                     break
-                (loss * dist.world + anchor).backward()  # ranks' gradients are averaged below
+                if loss.requires_grad or anchor.requires_grad:  # else no row of this micro-batch is here
+                    (loss * dist.world + anchor).backward()  # ranks' gradients are averaged below
                 acc["loss/total"].append(loss.detach())
                 acc["policy/entropy"].append(
                     (ent.detach() * micro.completion_mask).sum() / micro.completion_mask.sum().clamp(min=1)
