@@ -117,7 +117,8 @@ def _lone_completions() -> RolloutBatch:
         group_ids=torch.arange(b), truncated=torch.zeros(b, dtype=torch.bool),
         rewards=torch.tensor([1.0, 0.0, 1.0, 0.5]), old_logprobs=torch.full((b, t), -1.0),
         ref_logprobs=torch.full((b, t), -1.2), values=torch.zeros(b, t), entropies=torch.full((b, t), 0.5),
-        metadata=[{"completion": f"answer {i}", "answer": str(i)} for i in range(b)],
+        old_stats={"sum_pi_squared": torch.full((b, t), 0.3)},
+        metadata=[{"completion": f"answer {i}", "answer": str(i), "remax_baseline": 0.5} for i in range(b)],
     )  # fmt: skip
 
 
