@@ -49,6 +49,13 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / (a.abs().max() + 1e-12))
 
 
+def norm_ratio(dist_grads: list[torch.Tensor], one_grads: list[torch.Tensor]) -> float:
+    """|g_dist| / |g_one| (1 when both are 0, e.g. an all-zero advantage): 2 if ranks summed."""
+    a = torch.sqrt(sum((g.double() ** 2).sum() for g in dist_grads))
+    b = torch.sqrt(sum((g.double() ** 2).sum() for g in one_grads))
+    return 1.0 if float(a) == float(b) == 0.0 else float(a / b)
+
+
 def fixed_batch(b_groups: int = 4, g: int = 4, p: int = 4, t: int = 6) -> RolloutBatch:
     gen = torch.Generator().manual_seed(0)
     b = b_groups * g
@@ -105,9 +112,7 @@ def compare_rl(model_dir: str, d: Dist) -> dict:
             "loss": abs(m1["loss/total"] - m2["loss/total"]) / max(1.0, abs(m1["loss/total"])),
             "grad": max(rel(a, b) for a, b in zip(g1, g2)),
             "param": max(rel(a, b) for a, b in zip(p1, p2)),
-            "grad_norm_ratio": float(
-                torch.sqrt(sum((b**2).sum() for b in g2)) / torch.sqrt(sum((a**2).sum() for a in g1))
-            ),
+            "grad_norm_ratio": norm_ratio(g2, g1),
         }
     return out
 
@@ -152,9 +157,7 @@ def compare_preference(model_dir: str, data: str, d: Dist, root: Path) -> dict:
         out[p.name] = {
             "loss": abs(m1["loss/total"] - m2["loss/total"]) / max(1.0, abs(m1["loss/total"])),
             "grad": max(rel(a, b) for a, b in zip(g1, g2)),
-            "grad_norm_ratio": float(
-                torch.sqrt(sum((b**2).sum() for b in g2)) / torch.sqrt(sum((a**2).sum() for a in g1))
-            ),
+            "grad_norm_ratio": norm_ratio(g2, g1),
         }
     return out
 

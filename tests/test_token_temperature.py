@@ -129,7 +129,7 @@ def test_hapo_samples_training_rollouts_at_per_token_temperatures(tiny_model_dir
     assert bool(((spread >= 0.9 * 0.95 - 1e-6) & (spread <= 0.9 * 1.05 + 1e-6)).all())  # T₀(1 ± τ)
     assert bool((spread[1:] >= spread[:-1]).all())  # higher entropy → higher temperature
     # the normalization is checkpointed with the algorithm's state
-    state = trainer.state()[1]["algorithm"]
+    state = trainer.state()["algorithm"]
     hapo_state = next(v for k, v in state.items() if k.endswith("hapo_clip"))
     assert hapo_state["pivot"] is not None and hapo_state["pivot"] == pytest.approx(
         trainer.algorithm.surrogate.state_dict()["pivot"]
