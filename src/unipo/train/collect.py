@@ -82,6 +82,7 @@ def _round(
     first_group_id: int,
     demonstrations: Callable[[list[dict[str, Any]]], list[list[int] | None]] | None,
     meter: PhaseMeter,
+    flag_columns: tuple[str, ...] = (),
 ) -> tuple[RolloutBatch, dict[str, float], str | None, list[Any]]:
     """Generate and score one round: (batch with every row, reward metrics, traceback, demonstrations)."""
     with meter("generate"):
@@ -90,14 +91,15 @@ def _round(
         rows_ex = [ex for ex in examples for _ in range(group_size)]
         rows_prompt = [p for p in prompt_texts for _ in range(group_size)]
         lengths = gen.completion_mask.sum(1).long().tolist()
+        group_ids = torch.arange(len(examples)).repeat_interleave(group_size) + first_group_id
         extra = {
             "completion_length": lengths,
             "truncated": gen.truncated.tolist(),
             "max_new_tokens": [sampling.max_new_tokens] * len(lengths),
+            "group_id": group_ids.tolist(),  # rows of one prompt share it: group rewards (TTRL, EMPO)
         }
         totals, rmetrics, tb = score(reward_set, rows_ex, rows_prompt, gen.completions, extra)
     rewards = torch.tensor([math.nan if r is None else float(r) for r in totals], dtype=torch.float32)
-    group_ids = torch.arange(len(examples)).repeat_interleave(group_size) + first_group_id
     demos = demonstrations(examples) if demonstrations is not None else [None] * len(examples)
     rows_demo = [d for d in demos for _ in range(group_size)]
     batch = RolloutBatch(
@@ -112,6 +114,7 @@ def _round(
             {"prompt": p, "completion": c, "answer": ex.get("answer"), "reward_components": None}
             | ({SFT_KEY: list(d)} if d is not None else {})
             | ({SFT_TRUNCATED_KEY: True} if getattr(d, "truncated", False) else {})
+            | {k: ex[k] for k in flag_columns if k in ex}  # example columns parts read as row flags
             for p, c, ex, d in zip(rows_prompt, gen.completions, rows_ex, rows_demo)
         ],
     )
@@ -134,6 +137,7 @@ def collect(
     demonstrations: Callable[[list[dict[str, Any]]], list[list[int] | None]] | None = None,
     meter: PhaseMeter | None = None,
     extra: ExtraRollout | None = None,
+    flag_columns: tuple[str, ...] = (),
 ) -> tuple[RolloutBatch, dict[str, float], dict[str, float], str | None]:
     """Generate, score and select until enough groups survive. Returns (batch, metrics, times, traceback).
 
@@ -153,6 +157,9 @@ def collect(
     dropped, marked ``metadata["extra_rollout"] = True`` with group ids after the main ones, and
     ``extra.merge(main, extra_rows)`` (else an append) gives the batch returned. They never go through
     the selections nor count toward the target groups (``rollout/kept_groups`` is the main batch's).
+
+    ``flag_columns`` (the algorithm's ``row_flags``) are example columns copied into each row's
+    metadata, so that a part reads them as row flags (AdaCoT's ``adacot_slm``).
     """
     target_groups = len(examples)
     own = (examples, prompt_ids, prompt_texts)  # this step's prompts: the extra rollout draws on them
@@ -167,7 +174,7 @@ def collect(
     while True:
         batch, rmetrics, tb, demos = _round(
             engine, reward_set, examples, prompt_ids, prompt_texts, group_size, sampling,
-            next_group_id, demonstrations, meter,
+            next_group_id, demonstrations, meter, flag_columns,
         )  # fmt: skip
         next_group_id += len(examples)
         rewards = batch.rewards
@@ -210,7 +217,7 @@ def collect(
         at_t = sampling.model_copy(update={"temperature": extra.temperature})
         rows, rmetrics, tb, _ = _round(
             engine, reward_set, own[0][:n_extra], own[1][:n_extra], own[2][:n_extra], group_size, at_t,
-            next_group_id, demonstrations, meter,
+            next_group_id, demonstrations, meter, flag_columns,
         )  # fmt: skip
         traceback = traceback or tb
         _add_failures(metrics, rmetrics)

@@ -69,7 +69,7 @@ class Trainer:
     ) -> None:
         from unipo.models import LoraSettings, load_model, make_reference
         from unipo.rewards import build_reward_set
-        from unipo.tasks import overlap_record, task_from_config
+        from unipo.tasks import hide_labels, overlap_record, task_from_config
 
         self.cfg = cfg
         self.console = console or Console()
@@ -85,7 +85,8 @@ class Trainer:
         self.task = task_from_config(cfg.task)
         self.task_reward = self.task.reward_fn()
         self.reward_set = build_reward_set(
-            cfg.rewards, self.task_reward, self.algorithm.rewards, extra_rewards, cfg.train.reward_timeout_s
+            cfg.rewards, self.task_reward, self.algorithm.rewards, extra_rewards, cfg.train.reward_timeout_s,
+            combiner=cfg.reward_combiner,
         )
         # -- model
         lora = (
@@ -118,6 +119,8 @@ class Trainer:
         self.train_examples = self.task.examples(cfg.task.train_size, cfg.task.train_seed)
         if not self.train_examples:
             raise ValueError("the task produced no training examples")
+        if cfg.task.hide_labels:  # test-time RL: the rewards never see a training label (eval keeps them)
+            self.train_examples = [hide_labels(ex) for ex in self.train_examples]
         eval_examples = (
             self.task.examples(cfg.task.eval_size, cfg.task.eval_seed, "eval") if cfg.task.eval_size else []
         )
@@ -200,6 +203,7 @@ class Trainer:
             demonstrations=self._demonstrations,
             meter=self.phases,
             extra=self.algorithm.extra_rollout(self._last_metrics),  # a part's second rollout (AEPO)
+            flag_columns=self.algorithm.row_flags,  # example columns parts read as row flags (AdaCoT)
         )
         self.next_group_id = (
             int(batch.group_ids.max()) + 1 if batch.size else self.next_group_id + len(examples)
@@ -334,6 +338,7 @@ class Trainer:
             "nonfinite_run": self._nonfinite_run,
             "entropy_dynamics": self.diagnostics.state_dict(),
             "last_metrics": self._last_metrics,
+            "rewards": self.reward_set.state_dict(),  # stateful rewards and the reward combiner
         }
         return optim, state
 
@@ -350,6 +355,7 @@ class Trainer:
         self._nonfinite_run = int(state["nonfinite_run"])
         self.diagnostics.load_state_dict(state["entropy_dynamics"])
         self._last_metrics = dict(state["last_metrics"])
+        self.reward_set.load_state_dict(state.get("rewards", {}))  # absent in checkpoints before it existed
 
     def save_checkpoint(self) -> Path | None:
         """Write a checkpoint now (the loop does this on its cadence); None when the write failed."""
