@@ -141,6 +141,8 @@ def evaluate(
         g = engine.generate(data.prompt_ids, 1, sampling.model_copy(update={"greedy": True}))
         g_rewards = _score(reward_fn, data.examples, data.prompt_texts, g.completions)
         out[f"{tag}/greedy_accuracy"] = sum(r >= CORRECT for r in g_rewards) / n_prompts
+    if (pop := getattr(reward_fn, "pop_metrics", None)) is not None:  # e.g. the sandbox's code/<reason>
+        out.update({f"{tag}/{k}": float(v) for k, v in pop().items()})
     if samples_path is not None:
         with open(samples_path, "a") as f:
             for p, c, r, ex in zip(rows_prompt, gen.completions, rewards, rows_ex):
