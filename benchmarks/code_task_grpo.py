@@ -43,30 +43,58 @@ def main() -> None:
     base = build_tiny_model(run_dir / "base", seed=0, overwrite=True, **MODEL)
     model, tok = load_model(base, dtype="float32", device="cpu")
     examples = CodeTask().examples(4000, seed=1)
-    rows = sft_rows(tok, [tok(ex["question"], add_special_tokens=False)["input_ids"] for ex in examples],
-                    [ex["answer"] for ex in examples])
+    rows = sft_rows(
+        tok,
+        [tok(ex["question"], add_special_tokens=False)["input_ids"] for ex in examples],
+        [ex["answer"] for ex in examples],
+    )
     losses = sft(model, rows, steps=args.sft_steps, batch_size=64, lr=1e-3, seed=0, pad_id=tok.pad_token_id)
     warm = save_model(model, tok, run_dir / "warm_start")
     t_sft = time.perf_counter() - t0
     overrides = [
-        f"model.path={warm}", "model.device=cpu", "task.source=code", "task.train_size=2000", "task.train_seed=1",
-        f"task.eval_size={args.eval_size}", "task.eval_seed=2", "task.chat=false", "algorithm.name=grpo",
-        "algorithm.params={kl: {coef: 0.0}}", "rollout.prompts_per_step=16", "rollout.group_size=8",
-        "rollout.sampling.max_new_tokens=10", "rollout.sampling.temperature=1.0", "optim.lr=3e-4",
-        "optim.micro_batch_size=128", f"eval.samples={args.samples}", "eval.ks=[1,2,4]",
-        f"train.steps={args.steps}", f"train.output_dir={run_dir / 'grpo'}", "train.overwrite=true", "train.seed=0",
-        "train.threads=1", "train.entropy_change=none",
+        f"model.path={warm}",
+        "model.device=cpu",
+        "task.source=code",
+        "task.train_size=2000",
+        "task.train_seed=1",
+        f"task.eval_size={args.eval_size}",
+        "task.eval_seed=2",
+        "task.chat=false",
+        "algorithm.name=grpo",
+        "algorithm.params={kl: {coef: 0.0}}",
+        "rollout.prompts_per_step=16",
+        "rollout.group_size=8",
+        "rollout.sampling.max_new_tokens=10",
+        "rollout.sampling.temperature=1.0",
+        "optim.lr=3e-4",
+        "optim.micro_batch_size=128",
+        f"eval.samples={args.samples}",
+        "eval.ks=[1,2,4]",
+        f"train.steps={args.steps}",
+        f"train.output_dir={run_dir / 'grpo'}",
+        "train.overwrite=true",
+        "train.seed=0",
+        "train.threads=1",
+        "train.entropy_change=none",
     ]
     summary = Trainer(load_config(None, overrides)).train()
     before, after = before_after(run_dir / "grpo", args.eval_size, args.samples)
     delta = after - before  # per prompt, paired
     out = {
-        "pass_rate_before": float(before.mean()), "pass_rate_after": float(after.mean()),
-        "change": float(delta.mean()), "change_paired_se": float(delta.std(unbiased=True) / math.sqrt(len(delta))),
-        "greedy_before": summary.get("before/greedy_accuracy"), "greedy_after": summary.get("after/greedy_accuracy"),
-        "sft_loss": [losses[0], losses[-1]], "sft_seconds": t_sft, "grpo_seconds": summary["wall_seconds"],
-        "total_seconds": time.perf_counter() - t0, "steps": args.steps, "eval_prompts": args.eval_size,
-        "samples": args.samples, "train_prompt_overlap": summary.get("eval/train_prompt_overlap"),
+        "pass_rate_before": float(before.mean()),
+        "pass_rate_after": float(after.mean()),
+        "change": float(delta.mean()),
+        "change_paired_se": float(delta.std(unbiased=True) / math.sqrt(len(delta))),
+        "greedy_before": summary.get("before/greedy_accuracy"),
+        "greedy_after": summary.get("after/greedy_accuracy"),
+        "sft_loss": [losses[0], losses[-1]],
+        "sft_seconds": t_sft,
+        "grpo_seconds": summary["wall_seconds"],
+        "total_seconds": time.perf_counter() - t0,
+        "steps": args.steps,
+        "eval_prompts": args.eval_size,
+        "samples": args.samples,
+        "train_prompt_overlap": summary.get("eval/train_prompt_overlap"),
     }
     Path(run_dir / "code_task_summary.json").write_text(json.dumps(out, indent=2))
     print(json.dumps(out, indent=2))

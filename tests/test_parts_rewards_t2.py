@@ -53,8 +53,8 @@ def test_adacot_selective_loss_mask():
     assert weight.tolist() == [[1, 0, 1, 1], [1, 1, 1, 1], [1, 0, 0, 1]]
     assert float(metrics["adacot/masked_tokens"]) == 3.0
     # no flag in the inputs: all ones
-    plain = LossInputs(logprobs=torch.zeros(1, 2), old_logprobs=torch.zeros(1, 2), advantages=torch.zeros(1, 2),
-                       mask=torch.ones(1, 2))  # fmt: skip
+    zeros = torch.zeros(1, 2)
+    plain = LossInputs(logprobs=zeros, old_logprobs=zeros, advantages=zeros, mask=torch.ones(1, 2))
     assert SelectiveLossMask()(plain)[0].tolist() == [[1.0, 1.0]]
     algo = build_algorithm(AlgorithmConfig(name="grpo", token_weights=["adacot_slm"]))
     assert algo.row_flags == ("adacot_slm",)  # collect copies the example column into each row's metadata
@@ -66,7 +66,9 @@ def test_code_task_split_and_canonical_answers_pass():
     assert not set(train) & set(held) and len(train) + len(held) == 18 * 41
     examples = task.examples(50, seed=3)
     assert examples == task.examples(50, seed=3)  # deterministic
-    assert task.examples(5, seed=0, split="eval")[0]["question"] not in {e["question"] for e in task.examples(0, 0)}
+    assert task.examples(5, seed=0, split="eval")[0]["question"] not in {
+        e["question"] for e in task.examples(0, 0)
+    }
     ex = examples[0]
     reward = task.reward_fn()
     got = reward(["p"] * 2, [ex["answer"], "0"], tests=[ex["tests"]] * 2, template=[ex["template"]] * 2)
@@ -99,7 +101,9 @@ def test_hidden_labels_train_with_ttrl_and_evaluate_with_labels(tiny_model_dir, 
     assert "rewards/ttrl/majority_ratio" in step and "rewards/ttrl_mean" in step
     assert "after/accuracy" in summary  # evaluation still scores against the labels
     # with labels hidden, a reward that needs them fails with the column named
-    bad = load_config(None, [*cfg_overrides(tiny_model_dir, tmp_path / "bad"), "rewards=[{name: exact_match}]"])
+    bad = load_config(
+        None, [*cfg_overrides(tiny_model_dir, tmp_path / "bad"), "rewards=[{name: exact_match}]"]
+    )
     with pytest.raises(Exception, match="answer"):
         Trainer(bad).train()
 

@@ -22,7 +22,8 @@ def test_lagrange_two_steps_by_hand():
     # sigma(0) = 0.5, objective scale = m - sum sigma = 1 - 0.5 = 0.5
     # total_0 = 0.5*1 + 0.5*0.2 = 0.6; total_1 = 0.5*0 + 0.5*0.6 = 0.3
     assert total == [pytest.approx(0.6), pytest.approx(0.3)]
-    # mean c = 0.4, violation -0.1; g = sigma'(0)*(-0.1) = 0.25*-0.1 = -0.025; b = -0.025; lambda = 0 + 0.1*0.025
+    # mean c = 0.4, violation -0.1; g = sigma'(0)*(-0.1) = 0.25*-0.1 = -0.025; b = -0.025;
+    # lambda = 0 - 0.1 * b = 0.0025
     assert metrics == {"lagrange/c": 0.5, "lagrange/c_violation": pytest.approx(-0.1),
                        "lagrange/objective_scale": 0.5}  # fmt: skip
     assert comb.lambdas["c"] == pytest.approx(0.0025)
@@ -73,8 +74,9 @@ def test_hypervolume_combiner_meta_reward():
 
 def test_reward_set_with_combiner_logs_and_checkpoints():
     comb = LagrangeCombiner({"short": 0.9}, lr=0.5, momentum=0.0, max_grad_norm=None)
-    rs = RewardSet([("task", lambda p, c, **k: [1.0] * len(c), 1.0),
-                    ("short", lambda p, c, **k: [float(len(x) < 3) for x in c], 1.0)], combiner=comb)  # fmt: skip
+    terms = [("task", lambda p, c, **k: [1.0] * len(c), 1.0),
+             ("short", lambda p, c, **k: [float(len(x) < 3) for x in c], 1.0)]  # fmt: skip
+    rs = RewardSet(terms, combiner=comb)
     result = rs(["q", "q"], ["ab", "abcd"])
     # sigma(0) = 0.5: total = 0.5*1 + 0.5*short -> [1.0, 0.5]
     assert result.total == [1.0, 0.5]
@@ -82,8 +84,9 @@ def test_reward_set_with_combiner_logs_and_checkpoints():
     assert metrics["rewards/lagrange/short"] == 0.5
     assert metrics["rewards/lagrange/short_violation"] == pytest.approx(0.5 - 0.9)
     state = rs.state_dict()
-    assert state == {"rewards": {}, "combiner": {"lambdas": {"short": pytest.approx(0.5 * 0.25 * 0.4)},
-                                                 "buffers": {"short": pytest.approx(0.25 * -0.4)}}}  # fmt: skip
+    # g = sigma'(0) * (0.5 - 0.9) = 0.25 * -0.4; lambda = -lr * g = 0.5 * 0.25 * 0.4
+    lam, buf = pytest.approx(0.5 * 0.25 * 0.4), pytest.approx(0.25 * -0.4)
+    assert state == {"rewards": {}, "combiner": {"lambdas": {"short": lam}, "buffers": {"short": buf}}}
     fresh = LagrangeCombiner({"short": 0.9}, lr=0.5, momentum=0.0, max_grad_norm=None)
     RewardSet(rs.rewards, combiner=fresh).load_state_dict(state)
     assert fresh.lambdas == comb.lambdas
@@ -94,7 +97,7 @@ def test_combiner_config_errors(tmp_path):
         make_combiner("lagrangian")
     with pytest.raises(ValueError, match="not reward terms"):
         RewardSet([("task", lambda p, c, **k: [0.0] * len(c), 1.0)], combiner=LagrangeCombiner({"x": 1.0}))
-    with pytest.raises(ConfigError, match="reward_combiner: .*bad params"):
+    with pytest.raises(ConfigError, match=r"reward_combiner: .*bad params"):
         load_config(None, ["reward_combiner={name: lagrange, params: {threshold: 1}}"])
 
 
@@ -107,7 +110,8 @@ def test_trainer_resume_restores_the_combiner_exactly(tiny_model_dir, tmp_path):
             f"model.path={tiny_model_dir}", "model.device=cpu", "task.name=chain_sum",
             "task.config={min_terms: 2, max_terms: 2, min_digits: 1, max_digits: 1}", "task.train_size=40",
             "task.eval_size=0", "task.chat=false", "rollout.prompts_per_step=2", "rollout.group_size=4",
-            "rollout.sampling.max_new_tokens=4", "optim.lr=1e-3", "optim.micro_batch_size=8", "train.threads=1",
+            "rollout.sampling.max_new_tokens=4", "optim.lr=1e-3", "optim.micro_batch_size=8",
+            "train.threads=1",
             f"train.steps={steps}", f"train.output_dir={out}", "train.save_every=1", "train.save_final=false",
             "rewards=[{name: task}, {name: format, weight: 0.0}]",
             "reward_combiner={name: lagrange, params: {thresholds: {format: 0.5}, lr: 1.0}}", *extra,

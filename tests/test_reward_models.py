@@ -45,7 +45,9 @@ def test_classifier_reward_matches_direct_forward(rm_dir):
     prompts = ["2+2=", "2+2=", "say hi: "]
     completions = ["4", "five hundred", "hi"]
     reward = ClassifierReward()
-    got = reward(prompts, completions, path=str(rm_dir), device="cpu", batch_size=2)  # 2 batches, right-padded
+    got = reward(
+        prompts, completions, path=str(rm_dir), device="cpu", batch_size=2
+    )  # 2 batches, right-padded
     expected = direct_scores(rm_dir, [p + c for p, c in zip(prompts, completions)])
     assert got == pytest.approx(expected, abs=1e-5)
     # the model is loaded once and kept
@@ -75,15 +77,16 @@ def test_refuses_pickle_weights_and_missing_path(tmp_path, rm_dir):
     (bad / "pytorch_model.bin").write_bytes(b"not loaded")
     with pytest.raises(ValueError, match="safetensors only"):
         ClassifierReward()(["a"], ["b"], path=str(bad), device="cpu")
-    with pytest.raises(ValueError, match="needs params.path"):
+    with pytest.raises(ValueError, match=r"needs params\.path"):
         ClassifierReward()(["a"], ["b"])
 
 
 def test_polar_scores_reference_and_candidate_together(rm_dir):
     text = polar_text("Q?", "Beijing.", "Shanghai.")
     assert text == "Q?\nBeijing.<|reward|>Q?\nShanghai.[UNUSED_TOKEN_130]"
-    got = PolicyDiscriminatorReward()(["Q?"], ["Shanghai."], path=str(rm_dir), device="cpu", reference="answer",
-                                      answer=["Beijing."])  # fmt: skip
+    polar = PolicyDiscriminatorReward()
+    kwargs = {"path": str(rm_dir), "device": "cpu", "reference": "answer", "answer": ["Beijing."]}
+    got = polar(["Q?"], ["Shanghai."], **kwargs)
     assert got == pytest.approx(direct_scores(rm_dir, [text]), abs=1e-5)
     with pytest.raises(ValueError, match="reference column 'reference'"):
         PolicyDiscriminatorReward()(["Q?"], ["x"], path=str(rm_dir), device="cpu")

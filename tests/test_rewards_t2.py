@@ -50,7 +50,11 @@ def test_empo_semantic_entropy_reward():
     empo = SemanticEntropy()
     # group 0: answers a, a, a, b -> clusters {a: 3/4, b: 1/4}; H = -(.75 ln .75 + .25 ln .25) = 0.5623 < ln 4
     # group 1: answers x, y -> all distinct: H = ln 2 = H_max -> every reward 0
-    completions = ["<answer>a</answer>"] * 3 + ["<answer>b</answer>", "<answer>x</answer>", "<answer>y</answer>"]
+    completions = ["<answer>a</answer>"] * 3 + [
+        "<answer>b</answer>",
+        "<answer>x</answer>",
+        "<answer>y</answer>",
+    ]
     got = empo(["q"] * 6, completions, group_id=[0, 0, 0, 0, 1, 1])
     assert got == [0.75, 0.75, 0.75, 0.25, 0.0, 0.0]
     h0 = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
@@ -60,8 +64,8 @@ def test_empo_semantic_entropy_reward():
 def test_empo_empty_answer_scores_zero_and_clusters_are_greedy():
     assert clusters(["a", "", "a", "b", ""], lambda x, y: x == y) == [0, 1, 0, 2, 3]
     # answers "", "c", "c", "d" (an empty <answer> is an empty answer: its own cluster, reward 0)
-    got = SemanticEntropy()(["q"] * 4, ["<answer> </answer>", "<answer>c</answer>", "<answer>c</answer>", "d"],
-                            group_id=[0] * 4)  # fmt: skip
+    texts = ["<answer> </answer>", "<answer>c</answer>", "<answer>c</answer>", "d"]
+    got = SemanticEntropy()(["q"] * 4, texts, group_id=[0] * 4)
     # clusters: "" (1/4), "c" (2/4), "d" (1/4); H = 1.0397 < ln 4 = 1.386 -> r = [0 (empty), .5, .5, .25]
     assert got == [0.0, 0.5, 0.5, 0.25]
 
@@ -87,7 +91,8 @@ def test_hapo_history_updates_after_scoring_and_is_checkpointed():
     # first batch: no history -> all 0; then h[q] = min correct length = min(8, 6) = 6 (the "5" is wrong)
     assert hapo(["q"] * 3, ["4", "5", "4"], **kw) == [0.0, 0.0, 0.0]
     assert hapo.history == {"q": 6}
-    # second batch with h = 6: correct L=3 -> cos(pi/4); wrong L=4 -> min(cos(pi/3), 0) = 0; correct L=12 -> -0.7
+    # second batch with h = 6: correct L=3 -> cos(pi/4); wrong L=4 -> min(cos(pi/3), 0) = 0;
+    # correct L=12 = 2h -> -1, floored at -0.7
     kw["completion_length"] = [3, 4, 12]
     got = hapo(["q"] * 3, ["4", "5", "4"], **kw)
     assert got == [pytest.approx(math.cos(math.pi / 4)), 0.0, -0.7]
@@ -108,7 +113,9 @@ def test_hbpo_budget_reward_piecewise():
     assert budget_reward(1024, 512, True, lmax) == pytest.approx(4 * math.cos(math.pi / 8) - 0.125)
     assert budget_reward(300, 512, False, lmax) == 0.0  # wrong
     assert budget_reward(5000, 512, True, lmax) == 0.0  # beyond L_max
-    assert budget_reward(2048, None, True, lmax) == pytest.approx(4 * math.cos(math.pi / 4))  # no budget: cosine
+    assert budget_reward(2048, None, True, lmax) == pytest.approx(
+        4 * math.cos(math.pi / 4)
+    )  # no budget: cosine
     assert hbpo_f2(4096, lmax, beta) == pytest.approx(0.0, abs=1e-12)
 
 
@@ -129,7 +136,13 @@ def test_adacot_triggering_penalty():
     assert cot_triggered("<think>\n</think>42") is False
     assert cot_triggered("<think>let me see</think>42") is True
     assert cot_triggered("42") is None
-    completions = ["<think></think>1", "<think>work</think>1", "<think>work</think>1", "<think> </think>1", "1"]
+    completions = [
+        "<think></think>1",
+        "<think>work</think>1",
+        "<think>work</think>1",
+        "<think> </think>1",
+        "1",
+    ]
     need = [True, True, False, False, True]
     # miss (needs, empty) -> -2; ok; over (no need, thought) -> -3; ok; no think block -> -5
     got = adacot_penalty(["q"] * 5, completions, needs_cot=need, miss=2.0, over=3.0, format_penalty=5.0)
@@ -140,5 +153,5 @@ def test_reward_names_resolve_to_fresh_instances():
     for name in ("code", "ttrl", "empo", "hapo", "hbpo", "adacot", "reward_model", "polar"):
         assert callable(get_reward_fn(name))
     assert get_reward_fn("hapo") is not get_reward_fn("hapo")  # stateful: one per run
-    with pytest.raises(ValueError, match="Allowed:.*ttrl"):
+    with pytest.raises(ValueError, match=r"Allowed:.*ttrl"):
         get_reward_fn("ttlr")

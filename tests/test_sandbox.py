@@ -35,9 +35,14 @@ def test_passing_and_failing_programs(sandbox):
     assert sandbox.run_python("def f(x):\n    return 3*x", ["assert f(2) == 4"]).reason == "failed"
     assert sandbox.run_python("def f(x) return", ["assert f(2) == 4"]).reason == "error"
     # partial credit: 2 of 3 tests pass
-    got = sandbox.run_python("def f(x):\n    return x", ["assert f(1)==1", "assert f(2)==2", "assert f(3)==4"],
-                             partial=True)  # fmt: skip
-    assert (got.reason, got.passed, got.total, got.score(partial=True)) == ("partial", 2, 3, pytest.approx(2 / 3))
+    tests = ["assert f(1)==1", "assert f(2)==2", "assert f(3)==4"]
+    got = sandbox.run_python("def f(x):\n    return x", tests, partial=True)
+    assert (got.reason, got.passed, got.total, got.score(partial=True)) == (
+        "partial",
+        2,
+        3,
+        pytest.approx(2 / 3),
+    )
 
 
 def test_early_exit_is_not_a_pass(sandbox):
@@ -71,7 +76,10 @@ def test_write_outside_the_directory(sandbox, tmp_path):
     assert sandbox.run_python(f"import os\nos.remove({str(tmp_path)!r})").reason == "write_outside"
     assert not target.exists()
     # writing in its own directory is allowed
-    assert sandbox.run_python("open('a.txt', 'w').write('x')\nassert open('a.txt').read() == 'x'").reason == "passed"
+    assert (
+        sandbox.run_python("open('a.txt', 'w').write('x')\nassert open('a.txt').read() == 'x'").reason
+        == "passed"
+    )
 
 
 def test_socket_is_refused(sandbox):
@@ -127,7 +135,9 @@ def db(tmp_path: Path) -> str:
 
 def test_sql_execution_accuracy(sandbox, db):
     assert sandbox.run_sql("SELECT name FROM item WHERE price > 4", db, expected=[["b"]]).reason == "passed"
-    assert sandbox.run_sql("SELECT name FROM item", db, gold="SELECT name FROM item ORDER BY name DESC").reason == (
+    assert sandbox.run_sql(
+        "SELECT name FROM item", db, gold="SELECT name FROM item ORDER BY name DESC"
+    ).reason == (
         "passed"  # compared as multisets
     )
     assert sandbox.run_sql("SELECT name FROM item", db, expected=[["b"]]).reason == "failed"
@@ -156,7 +166,12 @@ def test_code_reward_scores_and_counts_reasons(sandbox):
     tests = ["assert f(1) == 3", "assert f(2) == 5"]
     got = reward(["p"] * 4, ["2*x+1", "x+2", "__import__('os').fork()", "x+"], tests=[tests] * 4,
                  template=[template] * 4)  # fmt: skip
-    assert got == [1.0, 0.0, 0.0, 0.0]  # 2x+1 passes; x+2 fails f(2)=5 (4); the fork is refused; x+ is a syntax error
+    assert got == [
+        1.0,
+        0.0,
+        0.0,
+        0.0,
+    ]  # 2x+1 passes; x+2 fails f(2)=5 (4); the fork is refused; x+ is a syntax error
     metrics = reward.pop_metrics()
     assert {k: v for k, v in metrics.items() if k != "code/programs_per_s"} == {
         "code/passed": 1.0, "code/failed": 1.0, "code/process": 1.0, "code/error": 1.0,

@@ -38,7 +38,8 @@ def _fail(msg: str) -> None:
 
 
 PREFERENCE_SECTIONS = {"data", "loss", "pairs"}  # top-level sections only a preference config has
-RL_SECTIONS = {"rollout", "rewards", "reward_combiner"}  # ... only an RL config has (and a file's algorithm section)
+# ... only an RL config has (and a file's algorithm section)
+RL_SECTIONS = {"rollout", "rewards", "reward_combiner"}
 
 
 def route_train(config: str | None, args: list[str]) -> tuple[str, list[str]]:

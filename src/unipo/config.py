@@ -70,7 +70,8 @@ class TaskConfig(_Strict):
     source: Literal["reasoning_gym", "jsonl", "code"] = Field(
         "reasoning_gym",
         description="Where prompts come from: reasoning-gym generators, a JSONL file, or the generated code "
-        "task (fill in a linear function's return expression; scored by running its unit tests in the sandbox; "
+        "task (fill in a linear function's return expression; scored by running its unit tests in the "
+        "sandbox; "
         "options in task.config, e.g. {max_b: 20}).",
     )
     name: str = Field("chain_sum", description="reasoning-gym dataset name (source=reasoning_gym).")
@@ -129,7 +130,8 @@ class RewardCombinerConfig(_Strict):
     name: str = Field(description="lagrange (constrained RLHF) or hypervolume (dynamic weighting).")
     params: dict[str, Any] = Field(
         default_factory=dict,
-        description="Its options, e.g. {thresholds: {format: 0.8}, lr: 0.01} for lagrange (see `unipo rewards`).",
+        description="Its options, e.g. {thresholds: {format: 0.8}, lr: 0.01} for lagrange "
+        "(see `unipo rewards`).",
     )
 
 

@@ -50,7 +50,10 @@ class HBPOAdvantage:
         inter = (r - mean) / (std + self.eps) * (count > 1)  # [B]
         meta = batch.metadata or [{}] * batch.size
         budgets = [parse_budget(str(m.get("completion", "")), self.pattern) for m in meta]
-        keys = [(int(g), b if b is not None else self.max_length) for g, b in zip(batch.group_ids.tolist(), budgets)]
+        keys = [
+            (int(g), b if b is not None else self.max_length)
+            for g, b in zip(batch.group_ids.tolist(), budgets)
+        ]
         members: dict[tuple[int, int], list[int]] = defaultdict(list)
         for i, key in enumerate(keys):
             members[key].append(i)
@@ -89,7 +92,9 @@ class SelectiveLossMask:
 
     def __post_init__(self) -> None:
         if self.position < 0 or self.width < 1:
-            raise ValueError(f"adacot_slm needs position >= 0 and width >= 1, got {self.position}, {self.width}")
+            raise ValueError(
+                f"adacot_slm needs position >= 0 and width >= 1, got {self.position}, {self.width}"
+            )
 
     @property
     def row_flags(self) -> tuple[str, ...]:

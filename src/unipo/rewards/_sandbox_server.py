@@ -13,7 +13,8 @@ Fences, outermost first (each one is kept when the others are missing):
                     the directory, so this caps the output) and open files; no_new_privs; Landlock
                     (writes only beneath its directory, reads only the Python and system libraries,
                     TCP bind/connect denied, signals scoped to its own domain); a seccomp filter
-                    (compiled once by libseccomp, loaded with prctl) that refuses sockets, fork/vfork/exec, clone without
+                    (compiled once by libseccomp, loaded with prctl) that refuses sockets,
+                    fork/vfork/exec, clone without
                     CLONE_THREAD, ptrace, kill family, namespace/mount/rlimit/module/bpf calls
                     with EPERM; the wall clock, enforced here with SIGKILL
     in-process      an audit hook (sys.addaudithook) that names the reason of an attempt
@@ -27,6 +28,7 @@ introspection (a limit shared by every exec-based harness): it can only forge it
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import json
@@ -39,8 +41,26 @@ import signal
 import sys
 import tempfile
 
-PRELOAD = ("math", "re", "itertools", "functools", "collections", "string", "random", "json", "operator",
-           "heapq", "bisect", "fractions", "decimal", "statistics", "datetime", "sqlite3", "io", "traceback")
+PRELOAD = (
+    "math",
+    "re",
+    "itertools",
+    "functools",
+    "collections",
+    "string",
+    "random",
+    "json",
+    "operator",
+    "heapq",
+    "bisect",
+    "fractions",
+    "decimal",
+    "statistics",
+    "datetime",
+    "sqlite3",
+    "io",
+    "traceback",
+)
 for _name in PRELOAD:  # imported before the fences: a program may use them without reading new files
     __import__(_name)
 import sqlite3  # noqa: E402
@@ -88,7 +108,9 @@ def landlock_abi() -> int:
 def landlock(abi: int, writable: str, readable: list[str]) -> None:
     """Deny every handled access except: all beneath ``writable``, read beneath ``readable``."""
     handled = FS_EXECUTE | FS_WRITE_FILE | FS_READ_FILE | FS_READ_DIR | FS_WRITE_ANY
-    handled |= (FS_REFER if abi >= 2 else 0) | (FS_TRUNCATE if abi >= 3 else 0) | (FS_IOCTL_DEV if abi >= 5 else 0)
+    handled |= (
+        (FS_REFER if abi >= 2 else 0) | (FS_TRUNCATE if abi >= 3 else 0) | (FS_IOCTL_DEV if abi >= 5 else 0)
+    )
     fields = [handled]
     if abi >= 4:
         fields.append(NET_BIND_TCP | NET_CONNECT_TCP)  # no rule: every TCP bind/connect is denied
@@ -122,20 +144,62 @@ def landlock(abi: int, writable: str, readable: list[str]) -> None:
 
 # ------------------------------------------------------------------ seccomp through libseccomp (per child)
 DENIED_SYSCALLS = (
-    "socket", "socketpair", "fork", "vfork", "execve", "execveat", "ptrace", "process_vm_readv",
-    "process_vm_writev", "kill", "tkill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo", "pidfd_open",
-    "pidfd_send_signal", "pidfd_getfd", "mount", "umount2", "pivot_root", "chroot", "unshare", "setns",
-    "setrlimit", "prlimit64", "init_module", "finit_module", "delete_module", "bpf", "perf_event_open",
-    "keyctl", "add_key", "request_key", "reboot", "swapon", "swapoff", "io_uring_setup", "userfaultfd",
-    "kexec_load", "open_by_handle_at", "name_to_handle_at", "acct", "quotactl",
+    "socket",
+    "socketpair",
+    "fork",
+    "vfork",
+    "execve",
+    "execveat",
+    "ptrace",
+    "process_vm_readv",
+    "process_vm_writev",
+    "kill",
+    "tkill",
+    "tgkill",
+    "rt_sigqueueinfo",
+    "rt_tgsigqueueinfo",
+    "pidfd_open",
+    "pidfd_send_signal",
+    "pidfd_getfd",
+    "mount",
+    "umount2",
+    "pivot_root",
+    "chroot",
+    "unshare",
+    "setns",
+    "setrlimit",
+    "prlimit64",
+    "init_module",
+    "finit_module",
+    "delete_module",
+    "bpf",
+    "perf_event_open",
+    "keyctl",
+    "add_key",
+    "request_key",
+    "reboot",
+    "swapon",
+    "swapoff",
+    "io_uring_setup",
+    "userfaultfd",
+    "kexec_load",
+    "open_by_handle_at",
+    "name_to_handle_at",
+    "acct",
+    "quotactl",
 )
 _path = ctypes.util.find_library("seccomp")
 SECCOMP = ctypes.CDLL(_path, use_errno=True) if _path else None
 if SECCOMP is not None:
     SECCOMP.seccomp_init.restype = ctypes.c_void_p
     SECCOMP.seccomp_init.argtypes = [ctypes.c_uint32]
-    SECCOMP.seccomp_rule_add_exact_array.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int,
-                                                     ctypes.c_uint, ctypes.c_void_p]
+    SECCOMP.seccomp_rule_add_exact_array.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_uint32,
+        ctypes.c_int,
+        ctypes.c_uint,
+        ctypes.c_void_p,
+    ]
     SECCOMP.seccomp_rule_add.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint]
     SECCOMP.seccomp_load.argtypes = [ctypes.c_void_p]
     SECCOMP.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
@@ -143,8 +207,12 @@ if SECCOMP is not None:
 
 
 class _ArgCmp(ctypes.Structure):  # struct scmp_arg_cmp
-    _fields_ = [("arg", ctypes.c_uint), ("op", ctypes.c_int), ("datum_a", ctypes.c_uint64),
-                ("datum_b", ctypes.c_uint64)]
+    _fields_ = [
+        ("arg", ctypes.c_uint),
+        ("op", ctypes.c_int),
+        ("datum_a", ctypes.c_uint64),
+        ("datum_b", ctypes.c_uint64),
+    ]
 
 
 def seccomp_program() -> bytes:
@@ -202,13 +270,47 @@ def audit_hook(tmp: str, result_fd: int):  # type: ignore[no-untyped-def]
     """(hook, flag): the hook maps audit events to reasons; flag(reason) writes it and exits."""
     write, exit_, abspath = os.write, os._exit, os.path.abspath  # bound now: the program may rebind os.*
     write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-    process = {"os.fork", "os.forkpty", "os.system", "os.exec", "os.posix_spawn", "os.spawn",
-               "subprocess.Popen", "os.kill", "os.killpg", "signal.pthread_kill", "pty.spawn"}
-    forbidden = {"ctypes.dlopen", "ctypes.dlsym", "ctypes.dlsym/handle", "ctypes.cdata", "resource.setrlimit",
-                 "resource.prlimit", "gc.get_objects", "gc.get_referrers", "gc.get_referents",
-                 "sys._current_frames", "sys.addaudithook"}
-    fs_write = {"os.remove", "os.rename", "os.rmdir", "os.mkdir", "os.chmod", "os.chown", "os.symlink",
-                "os.link", "os.truncate", "os.utime", "shutil.rmtree", "shutil.copyfile", "shutil.move"}
+    process = {
+        "os.fork",
+        "os.forkpty",
+        "os.system",
+        "os.exec",
+        "os.posix_spawn",
+        "os.spawn",
+        "subprocess.Popen",
+        "os.kill",
+        "os.killpg",
+        "signal.pthread_kill",
+        "pty.spawn",
+    }
+    forbidden = {
+        "ctypes.dlopen",
+        "ctypes.dlsym",
+        "ctypes.dlsym/handle",
+        "ctypes.cdata",
+        "resource.setrlimit",
+        "resource.prlimit",
+        "gc.get_objects",
+        "gc.get_referrers",
+        "gc.get_referents",
+        "sys._current_frames",
+        "sys.addaudithook",
+    }
+    fs_write = {
+        "os.remove",
+        "os.rename",
+        "os.rmdir",
+        "os.mkdir",
+        "os.chmod",
+        "os.chown",
+        "os.symlink",
+        "os.link",
+        "os.truncate",
+        "os.utime",
+        "shutil.rmtree",
+        "shutil.copyfile",
+        "shutil.move",
+    }
     inside = tmp.rstrip("/") + "/"
 
     def flag(reason: str) -> None:
@@ -229,15 +331,21 @@ def audit_hook(tmp: str, result_fd: int):  # type: ignore[no-untyped-def]
         elif event in forbidden:
             flag("forbidden")
         elif event == "open":
-            path, mode, flags = (tuple(args) + (None, None, None))[:3]
-            if isinstance(path, (str, bytes)) and "environ" in os.fsdecode(path) and "/proc" in os.fsdecode(path):
+            path, mode, flags = (*tuple(args), None, None, None)[:3]
+            if (
+                isinstance(path, (str, bytes))
+                and "environ" in os.fsdecode(path)
+                and "/proc" in os.fsdecode(path)
+            ):
                 flag("env")
             writes = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
                 isinstance(flags, int) and flags & write_flags
             )
             if writes and outside(path):
                 flag("write_outside")
-        elif (event in fs_write and args and outside(args[0])) or (event in ("os.rename", "shutil.move") and len(args) > 1 and outside(args[1])):
+        elif (event in fs_write and args and outside(args[0])) or (
+            event in ("os.rename", "shutil.move") and len(args) > 1 and outside(args[1])
+        ):
             flag("write_outside")
 
     return hook, flag
@@ -268,21 +376,30 @@ def _run_python(req: dict, flag, nonce: str) -> str:  # type: ignore[no-untyped-
 
 def _run_sql(req: dict, flag, nonce: str) -> str:  # type: ignore[no-untyped-def]
     def authorizer(action: int, *args: object) -> int:  # ATTACH/DETACH and PRAGMA writes are refused
-        return sqlite3.SQLITE_DENY if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH) else sqlite3.SQLITE_OK
+        return (
+            sqlite3.SQLITE_DENY
+            if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH)
+            else sqlite3.SQLITE_OK
+        )
 
     try:
         conn = sqlite3.connect(f"file:{req['db']}?mode=ro&immutable=1", uri=True)
         conn.set_authorizer(authorizer)
         got = conn.execute(req["code"]).fetchmany(int(req.get("max_rows", 10000)) + 1)
-        expected = [tuple(r) for r in req["expected"]] if req.get("expected") is not None else (
-            conn.execute(req["gold"]).fetchall())
+        expected = (
+            [tuple(r) for r in req["expected"]]
+            if req.get("expected") is not None
+            else (conn.execute(req["gold"]).fetchall())
+        )
     except MemoryError:
         return "MEMORY"
     except sqlite3.DatabaseError as err:
         return "FORBIDDEN" if "not authorized" in str(err) else f"ERROR {type(err).__name__}"
     except BaseException as err:
         return f"ERROR {type(err).__name__}"
-    same = sorted(map(repr, got)) == sorted(map(repr, expected)) if not req.get("ordered") else got == expected
+    same = (
+        sorted(map(repr, got)) == sorted(map(repr, expected)) if not req.get("ordered") else got == expected
+    )
     return f"PASS {nonce} 1 1" if same else "FAIL"
 
 
@@ -302,8 +419,19 @@ def child(req: dict, tmp: str, result_fd: int, nonce: str, fences: dict) -> None
     resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     LIBC.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
-    readable = [p for p in {sys.base_prefix, sys.prefix, "/usr/lib", "/lib", "/lib64", "/usr/lib64",
-                            "/etc/ld.so.cache", "/etc/localtime"}]
+    readable = [
+        p
+        for p in {
+            sys.base_prefix,
+            sys.prefix,
+            "/usr/lib",
+            "/lib",
+            "/lib64",
+            "/usr/lib64",
+            "/etc/ld.so.cache",
+            "/etc/localtime",
+        }
+    ]
     if req.get("db"):
         readable.append(req["db"])
     if fences["landlock"]:
@@ -314,14 +442,12 @@ def child(req: dict, tmp: str, result_fd: int, nonce: str, fences: dict) -> None
     sys.stderr = sys.stdout
     hook, flag = audit_hook(tmp, result_fd)
     if req.get("audit", True):
-        os.environ = _EnvGuard(flag)  # type: ignore[assignment]
+        os.environ = _EnvGuard(flag)  # type: ignore[assignment]  # noqa: B003 (already empty: a guard, not a clear)
         os.environb = os.environ  # type: ignore[assignment]
         sys.addaudithook(hook)
     verdict = _run_sql(req, flag, nonce) if req.get("kind") == "sql" else _run_python(req, flag, nonce)
-    try:
+    with contextlib.suppress(BaseException):
         sys.stdout.flush()
-    except BaseException:
-        pass
     os.write(result_fd, (verdict + "\n").encode())
     os._exit(0)
 
@@ -396,8 +522,14 @@ def run_one(req: dict, root: str, fences: dict) -> dict:
         reason = "error"
     elif sig is not None:
         reason = "crash"
-    return {"reason": reason, "passed": passed, "total": total, "cpu_s": cpu, "stdout": stdout,
-            "detail": verdict[:200]}
+    return {
+        "reason": reason,
+        "passed": passed,
+        "total": total,
+        "cpu_s": cpu,
+        "stdout": stdout,
+        "detail": verdict[:200],
+    }
 
 
 def _alive_group(pid: int) -> bool:
@@ -424,7 +556,12 @@ def main() -> None:
             try:
                 out = run_one(req, root, fences)
             except Exception as err:  # a failure of the sandbox itself, not of the program
-                out = {"reason": "sandbox_error", "passed": 0, "total": 0, "detail": f"{type(err).__name__}: {err}"}
+                out = {
+                    "reason": "sandbox_error",
+                    "passed": 0,
+                    "total": 0,
+                    "detail": f"{type(err).__name__}: {err}",
+                }
             print(json.dumps(out), flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -330,7 +330,8 @@ class RewardSet:
         """``{"combiner": ..., "rewards": {name: ...}}`` of the parts that keep state (their own
         ``state_dict``); saved in every checkpoint by the trainer (``Trainer.state``)."""
         fns = {name: _unwrap(fn) for name, fn, _ in self.rewards}
-        out: dict[str, Any] = {"rewards": {k: f.state_dict() for k, f in fns.items() if hasattr(f, "state_dict")}}
+        states = {k: f.state_dict() for k, f in fns.items() if hasattr(f, "state_dict")}
+        out: dict[str, Any] = {"rewards": states}
         if self.combiner is not None and hasattr(self.combiner, "state_dict"):
             out["combiner"] = self.combiner.state_dict()
         return out

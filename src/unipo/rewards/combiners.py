@@ -63,7 +63,9 @@ class LagrangeCombiner:
         if not self.thresholds:
             raise ValueError("reward_combiner lagrange needs thresholds: {component name: threshold}")
         if self.lr <= 0 or not 0 <= self.momentum < 1:
-            raise ValueError(f"lagrange lr must be > 0 and momentum in [0, 1); got {self.lr}, {self.momentum}")
+            raise ValueError(
+                f"lagrange lr must be > 0 and momentum in [0, 1); got {self.lr}, {self.momentum}"
+            )
         for name in self.thresholds:
             self.lambdas.setdefault(name, float(self.init))
             self.buffers.setdefault(name, 0.0)
@@ -71,7 +73,9 @@ class LagrangeCombiner:
     def check(self, names: Sequence[str]) -> None:
         missing = sorted(set(self.thresholds) - set(names))
         if missing:
-            raise ValueError(f"reward_combiner lagrange constrains {missing}, which are not reward terms {list(names)}")
+            raise ValueError(
+                f"reward_combiner lagrange constrains {missing}, which are not reward terms {list(names)}"
+            )
 
     def squash(self, x: float) -> float:
         return math.tanh(x) if self.equality else 1.0 / (1.0 + math.exp(-x))
@@ -79,7 +83,9 @@ class LagrangeCombiner:
     def squash_grad(self, x: float) -> float:
         return 1.0 - math.tanh(x) ** 2 if self.equality else self.squash(x) * (1.0 - self.squash(x))
 
-    def __call__(self, components: Components, weights: dict[str, float]) -> tuple[list[float | None], dict[str, float]]:
+    def __call__(
+        self, components: Components, weights: dict[str, float]
+    ) -> tuple[list[float | None], dict[str, float]]:
         sig = {k: self.squash(v) for k, v in self.lambdas.items()}
         objective_scale = len(self.thresholds) - sum(sig.values())
         total: list[float | None] = []
@@ -155,7 +161,9 @@ class HypervolumeCombiner:
     buffer: list[list[float]] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
 
-    def __call__(self, components: Components, weights: dict[str, float]) -> tuple[list[float | None], dict[str, float]]:
+    def __call__(
+        self, components: Components, weights: dict[str, float]
+    ) -> tuple[list[float | None], dict[str, float]]:
         total: list[float | None] = []
         for i in range(_rows(components)):
             values = [col[i] for col in components.values()]
@@ -166,7 +174,9 @@ class HypervolumeCombiner:
         metrics = {"hypervolume/meta_reward": self.meta}
         means = {n: _mean(col) for n, col in components.items()}
         if self.names and list(components) != self.names:
-            raise ValueError(f"hypervolume combiner: components changed from {self.names} to {list(components)}")
+            raise ValueError(
+                f"hypervolume combiner: components changed from {self.names} to {list(components)}"
+            )
         if all(m is not None for m in means.values()):
             self.names = list(components)
             point = [-m if n in self.minimize else m for n, m in means.items()]  # type: ignore[operator]
@@ -175,7 +185,7 @@ class HypervolumeCombiner:
                 contribution = 0.0
             else:
                 ref, front = self.buffer[0], self.buffer[1:]
-                contribution = max(hypervolume(front + [point], ref) - hypervolume(front, ref), 0.0)
+                contribution = max(hypervolume([*front, point], ref) - hypervolume(front, ref), 0.0)
                 if contribution > 0:
                     self.buffer.append(point)
                 self.meta = 0.5 + 1.5 * math.tanh(contribution)

@@ -16,7 +16,9 @@ from collections.abc import Sequence
 from typing import Any
 
 
-def _correct(verifier: str, prompts: list[str], completions: list[str], columns: dict[str, Any]) -> list[bool]:
+def _correct(
+    verifier: str, prompts: list[str], completions: list[str], columns: dict[str, Any]
+) -> list[bool]:
     from unipo.rewards.verifiers import get_reward_fn
 
     scores = get_reward_fn(verifier)(prompts, completions, **columns)
@@ -100,7 +102,12 @@ def parse_budget(completion: str, pattern: str = BUDGET_PATTERN) -> int | None:
 
 
 def budget_reward(
-    length: int, budget: int | None, correct: bool, max_length: float, scale: float = 4.0, alpha: float | None = None
+    length: int,
+    budget: int | None,
+    correct: bool,
+    max_length: float,
+    scale: float = 4.0,
+    alpha: float | None = None,
 ) -> float:
     """HBPO Eq. (reward_intra): f2(b) if correct and n ≤ b; f1 = β·cos(π n/(2 L_max)) − α|n − b| if
     correct and b < n ≤ L_max; 0 otherwise. Without a budget: β·cos(π n/(2 L_max)) (the code's case)."""
@@ -130,10 +137,17 @@ def hbpo_reward(
     """
     n = len(completions)
     lengths = [int(x) for x in _column(columns, "completion_length", n, "the hbpo reward")]
-    limits = [max_length] * n if max_length is not None else _column(columns, "max_new_tokens", n, "the hbpo reward")
+    limits = (
+        [max_length] * n
+        if max_length is not None
+        else _column(columns, "max_new_tokens", n, "the hbpo reward")
+    )
     budgets = columns.get("budget") or [parse_budget(c, pattern) for c in completions]
     correct = _correct(verifier, prompts, completions, {k: v for k, v in columns.items() if k != "budget"})
-    return [budget_reward(L, b, ok, float(m), scale, alpha) for L, b, ok, m in zip(lengths, budgets, correct, limits)]
+    return [
+        budget_reward(L, b, ok, float(m), scale, alpha)
+        for L, b, ok, m in zip(lengths, budgets, correct, limits)
+    ]
 
 
 THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL)

@@ -60,8 +60,8 @@ class ClassifierReward:
 
     @torch.no_grad()
     def score_texts(
-        self, texts: list[str], path: str, *, device: str = "auto", batch_size: int = 16, max_length: int = 1024,
-        label: int = 0, probability: bool = False,
+        self, texts: list[str], path: str, *, device: str = "auto", batch_size: int = 16,
+        max_length: int = 1024, label: int = 0, probability: bool = False,
     ) -> list[float]:  # fmt: skip
         model, tok = self.load(path, device)
         tok.padding_side, tok.truncation_side = "right", "left"
@@ -82,8 +82,12 @@ class ClassifierReward:
         template: str = "{prompt}{completion}", **columns: Any,
     ) -> list[float | None]:  # fmt: skip
         if not path:
-            raise ValueError("the reward_model reward needs params.path: a local sequence-classification checkpoint")
-        texts = [template.replace("{prompt}", p).replace("{completion}", c) for p, c in zip(prompts, completions)]
+            raise ValueError(
+                "the reward_model reward needs params.path: a local sequence-classification checkpoint"
+            )
+        texts = [
+            template.replace("{prompt}", p).replace("{completion}", c) for p, c in zip(prompts, completions)
+        ]
         return list(self.score_texts(texts, path, device=device, batch_size=batch_size, max_length=max_length,
                                      label=label, probability=probability))  # fmt: skip
 
@@ -119,6 +123,10 @@ class PolicyDiscriminatorReward(ClassifierReward):
             raise ValueError("the polar reward needs params.path: a local policy-discriminator checkpoint")
         refs = columns.get(reference)
         if refs is None or len(refs) != len(completions):
-            raise ValueError(f"the polar reward needs the reference column {reference!r} (one per completion)")
+            raise ValueError(
+                f"the polar reward needs the reference column {reference!r} (one per completion)"
+            )
         texts = [polar_text(p, str(r), c, sep, end) for p, r, c in zip(prompts, refs, completions)]
-        return list(self.score_texts(texts, path, device=device, batch_size=batch_size, max_length=max_length))
+        return list(
+            self.score_texts(texts, path, device=device, batch_size=batch_size, max_length=max_length)
+        )

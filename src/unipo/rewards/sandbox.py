@@ -98,7 +98,7 @@ class _Server:
 
     def request(self, req: dict[str, Any]) -> dict[str, Any]:
         with self.lock:
-            for attempt in (0, 1):  # a dead server (killed from outside) is restarted once
+            for _attempt in (0, 1):  # a dead server (killed from outside) is restarted once
                 if self.proc is None or self.proc.poll() is not None:
                     self._start()
                 assert self.proc is not None and self.proc.stdin and self.proc.stdout
@@ -147,7 +147,9 @@ class Sandbox:
     def _request(self, req: dict[str, Any], limits: SandboxLimits | None, server: int = 0) -> RunResult:
         full = {**asdict(limits or self.limits), **req}
         out = self.servers[server % len(self.servers)].request(full)
-        return RunResult(**{k: out[k] for k in ("reason", "passed", "total", "cpu_s", "stdout", "detail") if k in out})
+        return RunResult(
+            **{k: out[k] for k in ("reason", "passed", "total", "cpu_s", "stdout", "detail") if k in out}
+        )
 
     def run_python(
         self, code: str, tests: list[str] | str | None = None, *, partial: bool = False, audit: bool = True,
@@ -190,14 +192,21 @@ class Sandbox:
     def _build(kind: str, fn: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
         if kind == "sql":
             if (kwargs.get("expected") is None) == (kwargs.get("gold") is None):
-                raise ValueError("an SQL item needs exactly one of expected (rows) or gold (a reference query)")
+                raise ValueError(
+                    "an SQL item needs exactly one of expected (rows) or gold (a reference query)"
+                )
             return {"kind": "sql", "code": kwargs["sql"], "db": str(Path(kwargs["db"]).resolve()),
                     "expected": kwargs.get("expected"), "gold": kwargs.get("gold"),
                     "ordered": bool(kwargs.get("ordered", False))}  # fmt: skip
         tests = kwargs.get("tests")
         tests = [tests] if isinstance(tests, str) else list(tests or [])
-        return {"kind": "python", "code": kwargs["code"], "tests": tests,
-                "partial": bool(kwargs.get("partial", False)), "audit": bool(kwargs.get("audit", True))}
+        return {
+            "kind": "python",
+            "code": kwargs["code"],
+            "tests": tests,
+            "partial": bool(kwargs.get("partial", False)),
+            "audit": bool(kwargs.get("audit", True)),
+        }
 
     def close(self) -> None:
         for server in self.servers:
