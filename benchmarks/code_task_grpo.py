@@ -24,6 +24,21 @@ from unipo.train.run_dir import prepare_run_dir
 MODEL = {"hidden_size": 128, "num_layers": 2, "num_heads": 4}
 
 
+def warm_start(run_dir: Path, steps: int) -> tuple[Path, list[float]]:
+    """The tiny model, fine-tuned on (question, canonical expression) pairs of training problems."""
+    from unipo.models import build_tiny_model, load_model, save_model
+    from unipo.tasks.code import CodeTask
+    from unipo.train.sft import sft, sft_rows
+
+    base = build_tiny_model(run_dir / "base", seed=0, overwrite=True, **MODEL)
+    model, tok = load_model(base, dtype="float32", device="cpu")
+    examples = CodeTask().examples(4000, seed=1)
+    prompts = [tok(ex["question"], add_special_tokens=False)["input_ids"] for ex in examples]
+    rows = sft_rows(tok, prompts, [ex["answer"] for ex in examples])
+    losses = sft(model, rows, steps=steps, batch_size=64, lr=1e-3, seed=0, pad_id=tok.pad_token_id)
+    return save_model(model, tok, run_dir / "warm_start"), [losses[0], losses[-1]]
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", default="runs/code_task")
@@ -31,52 +46,29 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--eval-size", type=int, default=146)
     p.add_argument("--samples", type=int, default=4)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--warm", default="", help="an existing warm-start model directory (skips the SFT)")
     args = p.parse_args()
     torch.set_num_threads(1)
-    from unipo.models import build_tiny_model, load_model, save_model
-    from unipo.tasks.code import CodeTask
-    from unipo.train.sft import sft, sft_rows
     from unipo.train.trainer import Trainer
 
     t0 = time.perf_counter()
     run_dir = prepare_run_dir(args.out, overwrite=True)
-    base = build_tiny_model(run_dir / "base", seed=0, overwrite=True, **MODEL)
-    model, tok = load_model(base, dtype="float32", device="cpu")
-    examples = CodeTask().examples(4000, seed=1)
-    rows = sft_rows(
-        tok,
-        [tok(ex["question"], add_special_tokens=False)["input_ids"] for ex in examples],
-        [ex["answer"] for ex in examples],
-    )
-    losses = sft(model, rows, steps=args.sft_steps, batch_size=64, lr=1e-3, seed=0, pad_id=tok.pad_token_id)
-    warm = save_model(model, tok, run_dir / "warm_start")
+    if args.warm:
+        warm, losses = Path(args.warm), [math.nan, math.nan]
+    else:
+        warm, losses = warm_start(run_dir, args.sft_steps)
     t_sft = time.perf_counter() - t0
     overrides = [
-        f"model.path={warm}",
-        "model.device=cpu",
-        "task.source=code",
-        "task.train_size=2000",
-        "task.train_seed=1",
-        f"task.eval_size={args.eval_size}",
-        "task.eval_seed=2",
-        "task.chat=false",
-        "algorithm.name=grpo",
-        "algorithm.params={kl: {coef: 0.0}}",
-        "rollout.prompts_per_step=16",
-        "rollout.group_size=8",
-        "rollout.sampling.max_new_tokens=10",
-        "rollout.sampling.temperature=1.0",
-        "optim.lr=3e-4",
-        "optim.micro_batch_size=128",
-        f"eval.samples={args.samples}",
+        f"model.path={warm}", "model.device=cpu", "task.source=code", "task.train_size=2000",
+        "task.train_seed=1", f"task.eval_size={args.eval_size}", "task.eval_seed=2", "task.chat=false",
+        "algorithm.name=grpo", "algorithm.params={kl: {coef: 0.0}}", "rollout.prompts_per_step=16",
+        "rollout.group_size=8", "rollout.sampling.max_new_tokens=10", "rollout.sampling.temperature=1.0",
+        f"optim.lr={args.lr}", "optim.micro_batch_size=128", f"eval.samples={args.samples}",
         "eval.ks=[1,2,4]",
-        f"train.steps={args.steps}",
-        f"train.output_dir={run_dir / 'grpo'}",
-        "train.overwrite=true",
-        "train.seed=0",
-        "train.threads=1",
-        "train.entropy_change=none",
-    ]
+        f"train.steps={args.steps}", f"train.output_dir={run_dir / 'grpo'}", "train.overwrite=true",
+        "train.seed=0", "train.threads=1", "train.entropy_change=none",
+    ]  # fmt: skip
     summary = Trainer(load_config(None, overrides)).train()
     before, after = before_after(run_dir / "grpo", args.eval_size, args.samples)
     delta = after - before  # per prompt, paired
@@ -87,11 +79,12 @@ def main() -> None:
         "change_paired_se": float(delta.std(unbiased=True) / math.sqrt(len(delta))),
         "greedy_before": summary.get("before/greedy_accuracy"),
         "greedy_after": summary.get("after/greedy_accuracy"),
-        "sft_loss": [losses[0], losses[-1]],
+        "sft_loss": losses,
         "sft_seconds": t_sft,
         "grpo_seconds": summary["wall_seconds"],
         "total_seconds": time.perf_counter() - t0,
         "steps": args.steps,
+        "lr": args.lr,
         "eval_prompts": args.eval_size,
         "samples": args.samples,
         "train_prompt_overlap": summary.get("eval/train_prompt_overlap"),

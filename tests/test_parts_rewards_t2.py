@@ -113,3 +113,28 @@ def cfg_overrides(model_dir, out):
             "task.eval_size=0", "task.chat=false", "task.hide_labels=true", "rollout.prompts_per_step=2",
             "rollout.group_size=2", "rollout.sampling.max_new_tokens=2", "train.steps=1",
             f"train.output_dir={out}"]  # fmt: skip
+
+
+def test_pear_advantage_by_hand():
+    from unipo.parts.rewards_t2 import PEARAdvantage
+
+    # completions (ids): row 0 "5 9 7 1" with delimiter (9) at 1; row 1 "5 5 5 0" with no delimiter (0 = pad)
+    batch = _batch([1.0, 1.0], ["", ""], [0, 0])
+    batch = batch.replace(
+        completion_ids=torch.tensor([[5, 9, 7, 1], [5, 5, 5, 0]]),
+        completion_mask=torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 0.0]]),
+        entropies=torch.tensor([[2.0, 9.0, 1.0, 3.0], [1.0, 2.0, 3.0, 50.0]]),
+    )
+    adv, metrics = PEARAdvantage(think_coef=0.5, answer_coef=0.25, delimiter_ids=(9,))(batch)
+    # row 0: think = [0] -> H = 2; answer = [2, 3] -> H = (1+3)/2 = 2; r~ = 1 - 0.5*2 + 0.25*2 = 0.5
+    # row 1: no delimiter: think = [0, 1, 2] -> H = 2 (padding 50 ignored); r~ = 1 - 0.5*2 = 0.0
+    # group of 2: mean 0.25, unbiased std = sqrt(2 * 0.25^2) = 0.35355 -> A = ±0.25 / 0.35355 = ±0.7071
+    a = 0.25 / (math.sqrt(2 * 0.25**2) + 1e-6)
+    assert adv[:, 0].tolist() == pytest.approx([a, -a], abs=1e-5)
+    assert float(adv[1, 3]) == 0.0  # padding
+    assert float(metrics["pear/think_entropy"]) == pytest.approx(2.0)
+    assert float(metrics["pear/answer_entropy"]) == pytest.approx(
+        1.0
+    )  # (2 + 0) / 2: row 1 has no answer phase
+    with pytest.raises(ValueError, match="entropies"):
+        PEARAdvantage()(_batch([1.0, 0.0], ["", ""], [0, 0]))

@@ -155,3 +155,23 @@ def test_reward_names_resolve_to_fresh_instances():
     assert get_reward_fn("hapo") is not get_reward_fn("hapo")  # stateful: one per run
     with pytest.raises(ValueError, match=r"Allowed:.*ttrl"):
         get_reward_fn("ttlr")
+
+
+def test_catalog_lists_what_exists_and_the_cli_prints_it():
+    from typer.testing import CliRunner
+
+    from unipo.cli import app
+    from unipo.parts.registry import part_class
+    from unipo.rewards.catalog import REWARD_CATALOG, REWARD_FACTORIES
+    from unipo.rewards.combiners import COMBINERS
+
+    for info in REWARD_CATALOG:
+        assert info.source and info.summary
+        if info.kind == "reward":
+            assert info.name in REWARD_FACTORIES
+        elif info.kind == "combiner":
+            assert info.name in COMBINERS
+        else:
+            assert part_class(info.kind, info.name)  # a registered part (advantage, token_weight)
+    out = CliRunner().invoke(app, ["rewards"], terminal_width=200)
+    assert out.exit_code == 0 and "lagrange" in out.output and "ttrl" in out.output

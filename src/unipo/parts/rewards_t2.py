@@ -110,3 +110,66 @@ class SelectiveLossMask:
         masked = flagged.bool()[:, None] & at_decision[None, :] & x.mask.bool()  # [B, T]
         weight = torch.where(masked, torch.zeros_like(weight), weight)
         return weight, {"adacot/masked_tokens": scalar(masked.sum().float())}
+
+
+@register("advantage", "pear")
+@dataclass(frozen=True)
+class PEARAdvantage:
+    """PEAR, the phase entropy aware reward (Huang, Lu & Zhang, arXiv 2510.08026), carried as an
+    advantage: the reward needs the policy's token entropies, which rewards never see.
+
+        r̃_i = r_i − α · H̄_think(i) + γ · H̄_answer(i)          (α = think_coef, γ = answer_coef)
+        A_i = (r̃_i − mean_G(r̃)) / (std_G(r̃) + ε)              (GRPO, unbiased std, ε = 1e-6)
+
+    H̄_think / H̄_answer: mean entropy of π_old (at rollout, ``batch.entropies``; the part asks for
+    the pass with ``needs_old_logprobs``) over the completion tokens before / after the first
+    ``delimiter_ids`` (the token ids of ``</think>``; the delimiter itself counts in neither);
+    without a delimiter (or with ``delimiter_ids=()``) the whole completion is the thinking phase.
+    Entropy in the thinking phase is penalized; γ = 0 leaves the answer phase free ("moderate
+    exploration at the final answer phase"). UNVERIFIED: the authors' code (iNLP-Lab/PEAR,
+    ``entropy.py:compute_score``) and the paper's equation could not be retrieved here; this form
+    follows the abstract and the README (the reward reads ``entropys`` split at ``</think>``).
+    """
+
+    think_coef: float = 1.0
+    answer_coef: float = 0.0
+    delimiter_ids: tuple[int, ...] = ()
+    eps: float = 1e-6
+
+    needs_old_logprobs = True  # π_old's entropies at the sampled tokens must be in the batch
+    min_group_size = 2
+
+    def phases(self, ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """([B, T] thinking-phase mask, [B, T] answer-phase mask) from the completion ids."""
+        think = mask.bool().clone()
+        answer = torch.zeros_like(think)
+        k = len(self.delimiter_ids)
+        if not k:
+            return think, answer
+        pattern = torch.tensor(self.delimiter_ids, device=ids.device)
+        for i in range(ids.shape[0]):
+            windows = ids[i].unfold(0, k, 1) if ids.shape[1] >= k else ids[i][None, :0]  # [T-k+1, k]
+            hits = (windows == pattern).all(-1).nonzero()
+            if hits.numel():
+                start = int(hits[0])
+                think[i, start:] = False
+                answer[i, start + k :] = mask[i, start + k :].bool()
+        return think, answer
+
+    def __call__(self, batch: RolloutBatch) -> tuple[Tensor, Metrics]:
+        if batch.entropies is None:
+            raise ValueError("the pear advantage reads batch.entropies (π_old's); none were computed")
+        mask = batch.completion_mask
+        think, answer = self.phases(batch.completion_ids, mask)  # [B, T] each
+        ent = torch.where(mask.bool(), batch.entropies.float(), torch.zeros_like(batch.entropies.float()))
+        h_think = (ent * think).sum(1) / think.sum(1).clamp(min=1)  # [B]
+        h_answer = (ent * answer).sum(1) / answer.sum(1).clamp(min=1)  # [B]
+        r = torch.nan_to_num(batch.rewards.float(), nan=0.0) - self.think_coef * h_think
+        r = r + self.answer_coef * h_answer  # [B]
+        mean, std, count = group_stats(r, batch.group_ids, unbiased=True)
+        adv = (r - mean) / (std + self.eps) * (count > 1)
+        return broadcast_to_tokens(adv, mask), {
+            "advantage/abs_mean": scalar(adv.abs().mean()),
+            "pear/think_entropy": scalar(h_think.mean()),
+            "pear/answer_entropy": scalar(h_answer.mean()),
+        }

@@ -109,6 +109,16 @@ REWARD_CATALOG: tuple[RewardInfo, ...] = (
         ("The decision token is at a fixed completion position.",),
     ),
     RewardInfo(
+        "pear",
+        "advantage",
+        "phase entropy aware reward r - a H_think + g H_answer, then GRPO (needs token entropies)",
+        "PEAR arXiv 2510.08026 (abstract, README); UNVERIFIED: code and equation not retrievable",
+        (
+            "Carried as an advantage part: rewards never see token entropies.",
+            "Entropies are pi_old's at rollout; the phase split needs the delimiter's token ids.",
+        ),
+    ),
+    RewardInfo(
         "ttrl",
         "reward",
         "majority-vote pseudo-reward over the group (no labels)",
@@ -146,5 +156,6 @@ REWARD_CATALOG: tuple[RewardInfo, ...] = (
         ),
     ),
 )
-"""Carried elsewhere or not at all: PEAR (phase-entropy reward) and G2RL (gradient-guided reward
-scaling) need per-token entropies / final-layer gradient features; see docs and the report."""
+"""Not carried: G2RL (gradient-guided reward scaling, arXiv 2512.15687) needs a sequence feature
+from the policy's final-layer sensitivity, which no part kind sees today (rewards see text, advantages
+see the batch, token weights see log-probs and named token statistics)."""
