@@ -57,7 +57,7 @@ class CodeExecution:
     @property
     def sandbox(self) -> Sandbox:
         if self._sandbox is None:
-            self._sandbox = Sandbox(workers=1)
+            self._sandbox = Sandbox(workers=2)  # 70 programs/s with one, 95 with two (2 cores, loaded)
         return self._sandbox
 
     def __call__(
