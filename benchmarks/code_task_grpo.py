@@ -48,6 +48,7 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=4)
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--warm", default="", help="an existing warm-start model directory (skips the SFT)")
+    p.add_argument("--overlap", action="store_true", help="evaluate on all problems (seen ones included)")
     args = p.parse_args()
     torch.set_num_threads(1)
     from unipo.train.trainer import Trainer
@@ -61,6 +62,7 @@ def main() -> None:
     t_sft = time.perf_counter() - t0
     overrides = [
         f"model.path={warm}", "model.device=cpu", "task.source=code", "task.train_size=2000",
+        f"task.config={{holdout: {str(not args.overlap).lower()}}}",
         "task.train_seed=1", f"task.eval_size={args.eval_size}", "task.eval_seed=2", "task.chat=false",
         "algorithm.name=grpo", "algorithm.params={kl: {coef: 0.0}}", "rollout.prompts_per_step=16",
         "rollout.group_size=8", "rollout.sampling.max_new_tokens=10", "rollout.sampling.temperature=1.0",
@@ -72,6 +74,18 @@ def main() -> None:
     summary = Trainer(load_config(None, overrides)).train()
     before, after = before_after(run_dir / "grpo", args.eval_size, args.samples)
     delta = after - before  # per prompt, paired
+    from unipo.tasks.code import CodeTask
+    from unipo.train.collect import PromptSampler
+
+    task = CodeTask(holdout=not args.overlap)
+    pool = task.examples(2000, 1)  # the trainer's training examples, walked as its sampler walks them
+    seen_q = {pool[i]["question"] for i in PromptSampler(len(pool), seed=0).take(args.steps * 16)}
+    seen = torch.tensor([ex["question"] in seen_q for ex in task.examples(args.eval_size, 2, "eval")])
+    split = {
+        f"{name}_{when}": float(acc[mask].mean()) if mask.any() else None
+        for name, mask in (("seen", seen), ("unseen", ~seen))
+        for when, acc in (("before", before), ("after", after))
+    }
     out = {
         "pass_rate_before": float(before.mean()),
         "pass_rate_after": float(after.mean()),
@@ -88,6 +102,8 @@ def main() -> None:
         "eval_prompts": args.eval_size,
         "samples": args.samples,
         "train_prompt_overlap": summary.get("eval/train_prompt_overlap"),
+        "eval_prompts_trained_on": float(seen.float().mean()),
+        **split,
     }
     Path(run_dir / "code_task_summary.json").write_text(json.dumps(out, indent=2))
     print(json.dumps(out, indent=2))

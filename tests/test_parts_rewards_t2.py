@@ -63,7 +63,8 @@ def test_adacot_selective_loss_mask():
 def test_code_task_split_and_canonical_answers_pass():
     task = CodeTask()
     train, held = task.problems("train"), task.problems("eval")
-    assert not set(train) & set(held) and len(train) + len(held) == 18 * 41
+    assert not set(train) & set(held) and len(train) + len(held) == 18 * 41  # a in [-9, 9] \ {0}, |b| <= 20
+    assert CodeTask(holdout=False).problems("eval") == CodeTask(holdout=False).problems("train")
     examples = task.examples(50, seed=3)
     assert examples == task.examples(50, seed=3)  # deterministic
     assert task.examples(5, seed=0, split="eval")[0]["question"] not in {

@@ -9,6 +9,8 @@ f(x) = a·x + b with a ∈ [−9, 9] \\ {0}, b ∈ [−max_b, max_b]. The comple
 sandbox (the ``code`` reward), so any expression that computes f passes (``x*3+5``, ``5+3*x``).
 Problems are split by a fixed rule, never by the seed: (7a + b) mod 5 = 0 are the evaluation
 problems (about a fifth), the others train; so held-out prompts are never training prompts.
+``holdout=False`` draws both splits from all problems instead (evaluation prompts then overlap
+training ones, as reasoning-gym tasks do: ``eval/train_prompt_overlap`` says how much).
 Generated, no download.
 """
 
@@ -31,6 +33,8 @@ class CodeTask:
 
     max_b: int = 20
     """Largest |b|."""
+    holdout: bool = True
+    """Keep the evaluation problems out of training (False: both splits draw from all problems)."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.max_b <= 99:
@@ -40,6 +44,8 @@ class CodeTask:
         if split not in ("train", "eval"):
             raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
         pairs = [(a, b) for a in range(-9, 10) if a for b in range(-self.max_b, self.max_b + 1)]
+        if not self.holdout:
+            return pairs
         return [(a, b) for a, b in pairs if ((7 * a + b) % 5 == 0) == (split == "eval")]
 
     @staticmethod
