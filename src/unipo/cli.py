@@ -1,4 +1,5 @@
-"""Command line: ``unipo train | preference | eval | report | compare | algorithms | demo | config-help``."""
+"""Command line: ``unipo train | preference | eval | report | compare | algorithms | rewards | demo |
+config-help``."""
 
 from __future__ import annotations
 
@@ -37,7 +38,8 @@ def _fail(msg: str) -> None:
 
 
 PREFERENCE_SECTIONS = {"data", "loss", "pairs"}  # top-level sections only a preference config has
-RL_SECTIONS = {"rollout", "rewards"}  # ... only an RL config has (and a file's algorithm section)
+# ... only an RL config has (and a file's algorithm section)
+RL_SECTIONS = {"rollout", "rewards", "reward_combiner"}
 
 
 def route_train(config: str | None, args: list[str]) -> tuple[str, list[str]]:
@@ -358,6 +360,19 @@ def demo(
     from unipo.demo import run_demo
 
     run_demo(output_dir=output_dir, overwrite=overwrite, quick=quick, console=console)
+
+
+@app.command()
+def rewards() -> None:
+    """List the rewards, reward combiners and reward parts beyond exact answers, with their sources."""
+    from unipo.rewards.catalog import REWARD_CATALOG
+
+    table = Table(title="rewards (config: rewards[].name, reward_combiner.name, algorithm parts)")
+    for col in ("name", "kind", "what", "source", "deviations"):
+        table.add_column(col, overflow="fold")
+    for r in REWARD_CATALOG:
+        table.add_row(r.name, r.kind, r.summary, r.source, "\n".join(r.deviations) or "none")
+    console.print(table)
 
 
 def main() -> None:

@@ -67,7 +67,13 @@ class ModelConfig(_Strict):
 
 
 class TaskConfig(_Strict):
-    source: Literal["reasoning_gym", "jsonl"] = Field("reasoning_gym", description="Where prompts come from.")
+    source: Literal["reasoning_gym", "jsonl", "code"] = Field(
+        "reasoning_gym",
+        description="Where prompts come from: reasoning-gym generators, a JSONL file, or the generated code "
+        "task (fill in a linear function's return expression; scored by running its unit tests in the "
+        "sandbox; "
+        "options in task.config, e.g. {max_b: 20}).",
+    )
     name: str = Field("chain_sum", description="reasoning-gym dataset name (source=reasoning_gym).")
     config: dict[str, Any] = Field(default_factory=dict, description="reasoning-gym dataset options.")
     path: str = Field("", description="JSONL file with one example per line (source=jsonl).")
@@ -87,6 +93,12 @@ class TaskConfig(_Strict):
     train_size: int = Field(10_000, gt=0, description="Training prompts generated / read.")
     train_seed: int = Field(1, description="Seed of the training prompts.")
     eval_size: int = Field(256, ge=0, description="Held-out prompts (0 disables evaluation).")
+    hide_labels: bool = Field(
+        False,
+        description="Test-time RL without labels: training rows reach the rewards without their label "
+        "columns (answer, entry), so only label-free rewards (ttrl, empo) can score them; evaluation "
+        "still uses the labels. A reward that reads them then fails with a clear error.",
+    )
     eval_seed: int = Field(
         2,
         description="Seed of the held-out prompts (must differ from train_seed; for JSONL it also picks "
@@ -111,6 +123,15 @@ class RewardTerm(_Strict):
     weight: float = Field(1.0, description="Weight of this term in the total reward.")
     params: dict[str, Any] = Field(
         default_factory=dict, description="Keyword arguments given to the reward function."
+    )
+
+
+class RewardCombinerConfig(_Strict):
+    name: str = Field(description="lagrange (constrained RLHF) or hypervolume (dynamic weighting).")
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Its options, e.g. {thresholds: {format: 0.8}, lr: 0.01} for lagrange "
+        "(see `unipo rewards`).",
     )
 
 
@@ -288,6 +309,9 @@ class Config(_Strict):
     rewards: list[RewardTerm] = Field(
         default_factory=list, description="Reward terms; empty = the task's own verifier."
     )
+    reward_combiner: RewardCombinerConfig | None = Field(
+        None, description="Replaces the weighted sum of the reward terms (stateful; checkpointed)."
+    )
     rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="Sampling.")
     algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig, description="Which parts.")
     optim: OptimConfig = Field(default_factory=OptimConfig, description="Optimizer.")
@@ -385,6 +409,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         )
     check_run_dir_flags(cfg.train)
     check_reward_terms(cfg.rewards, "rewards")
+    if cfg.reward_combiner is not None:
+        from unipo.rewards.combiners import make_combiner
+
+        try:
+            make_combiner(cfg.reward_combiner.name, **cfg.reward_combiner.params)
+        except ValueError as e:
+            raise ConfigError(f"reward_combiner: {e}") from None
     return cfg
 
 

@@ -52,7 +52,9 @@ Optional part attributes the trainer reads (never part names):
                                       ``flag_rows[key]``, their completion tokens / rows counted over
                                       the *whole accumulated minibatch* (like ``num_tokens``), so an
                                       objective normalized by them is the same however the minibatch
-                                      is cut into micro-batches (``flagged`` reads them)
+                                      is cut into micro-batches (``flagged`` reads them); a task
+                                      example column of that name is copied into its rows' metadata
+                                      by collect (AdaCoT's ``adacot_slm``)
 Optional methods:
     state_dict() / load_state_dict(d)   stateful parts (adaptive coefficients, anchors)
     on_step_end(metrics)                update state once per optimizer step

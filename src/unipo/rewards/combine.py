@@ -28,6 +28,14 @@ How a function is called (``RewardSet._score``):
    any thread-based watchdog; such a reward blocks the interpreter.
 
 Reward functions stay plain callables (closures, lambdas): nothing is pickled.
+
+Optional attributes ``RewardSet`` reads (on the function, or the one a ``functools.partial`` wraps):
+    pop_metrics() -> dict[str, float]   counts since the last call, logged as ``rewards/<key>``
+                                        (the sandbox's ``code/<reason>``, TTRL's ``ttrl/...``)
+    state_dict() / load_state_dict(d)   state a resumed run must continue from (HAPO's history);
+                                        ``RewardSet.state_dict`` collects them with the combiner's
+A *combiner* (``unipo.rewards.combiners``) replaces the weighted sum:
+``combiner(components, weights) -> (total, metrics)``; it may keep state (Lagrange multipliers).
 """
 
 from __future__ import annotations
@@ -83,6 +91,8 @@ class RewardResult:
     """Traceback or message of the first failure in this batch, prefixed by the function's name."""
     hung_calls: int = 0
     """Abandoned reward calls of this process still running in the background after this batch."""
+    extra: dict[str, float] = field(default_factory=dict)
+    """What the functions' ``pop_metrics`` and the combiner report, logged as ``rewards/<key>``."""
 
     def metrics(self) -> dict[str, float]:
         """``rewards/{name}_mean`` (over non-None items; NaN if none), ``rewards/total_mean``,
@@ -95,6 +105,7 @@ class RewardResult:
         out["rewards/errors"] = float(sum(self.errors.values()))
         out["rewards/excluded"] = float(self.excluded)
         out["rewards/hung_calls"] = float(self.hung_calls)
+        out.update({f"rewards/{k}": float(v) for k, v in self.extra.items()})
         return out
 
 
@@ -185,7 +196,10 @@ class RewardSet:
     """
 
     def __init__(
-        self, rewards: Sequence[tuple[str, RewardFn, float]], timeout_s: float | None = DEFAULT_TIMEOUT_S
+        self,
+        rewards: Sequence[tuple[str, RewardFn, float]],
+        timeout_s: float | None = DEFAULT_TIMEOUT_S,
+        combiner: Callable[..., tuple[list[float | None], dict[str, float]]] | None = None,
     ) -> None:
         names = [name for name, _, _ in rewards]
         if not rewards:
@@ -201,6 +215,9 @@ class RewardSet:
             raise ValueError(f"timeout_s must be a positive number or None, got {timeout_s!r}")
         self.rewards = [(name, fn, float(weight)) for name, fn, weight in rewards]
         self.timeout_s = timeout_s
+        self.combiner = combiner
+        if combiner is not None and (check := getattr(combiner, "check", None)) is not None:
+            check(names)  # e.g. every constrained component must be a reward term
 
     def __repr__(self) -> str:
         parts = ", ".join(f"{name}*{weight:g}" for name, _, weight in self.rewards)
@@ -290,15 +307,50 @@ class RewardSet:
             components[name], errors[name], message = self._score(name, fn, prompts, completions, columns)
             if message is not None and first is None:
                 first = f"reward function {name!r} failed on {errors[name]}/{n} items:\n{message}"
+        extra: dict[str, float] = {}
+        for _, fn, _ in self.rewards:
+            if (pop := getattr(_unwrap(fn), "pop_metrics", None)) is not None:
+                extra.update(pop())
         total: list[float | None] = []
-        for i in range(n):
-            parts = [components[name][i] for name, _, _ in self.rewards]
-            if any(p is None for p in parts):
-                total.append(None)
-            else:
-                total.append(sum(w * p for (_, _, w), p in zip(self.rewards, parts)))
+        if self.combiner is not None:
+            total, combined = self.combiner(components, {name: w for name, _, w in self.rewards})
+            extra.update(combined)
+        else:
+            for i in range(n):
+                parts = [components[name][i] for name, _, _ in self.rewards]
+                if any(p is None for p in parts):
+                    total.append(None)
+                else:
+                    total.append(sum(w * p for (_, _, w), p in zip(self.rewards, parts)))
         excluded = sum(t is None for t in total)
-        return RewardResult(total, components, errors, excluded, first, hung_calls())
+        return RewardResult(total, components, errors, excluded, first, hung_calls(), extra)
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """``{"combiner": ..., "rewards": {name: ...}}`` of the parts that keep state (their own
+        ``state_dict``); saved in every checkpoint by the trainer (``Trainer.state``)."""
+        fns = {name: _unwrap(fn) for name, fn, _ in self.rewards}
+        states = {k: f.state_dict() for k, f in fns.items() if hasattr(f, "state_dict")}
+        out: dict[str, Any] = {"rewards": states}
+        if self.combiner is not None and hasattr(self.combiner, "state_dict"):
+            out["combiner"] = self.combiner.state_dict()
+        return out
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned (missing entries leave a part as it is)."""
+        fns = {name: _unwrap(fn) for name, fn, _ in self.rewards}
+        for name, part_state in state.get("rewards", {}).items():
+            if name in fns and hasattr(fns[name], "load_state_dict"):
+                fns[name].load_state_dict(part_state)
+        if "combiner" in state and self.combiner is not None and hasattr(self.combiner, "load_state_dict"):
+            self.combiner.load_state_dict(state["combiner"])
+
+
+def _unwrap(fn: Any) -> Any:
+    """The function a ``functools.partial`` (config ``params``) wraps, else ``fn``."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return fn
 
 
 def build_reward_set(
@@ -307,12 +359,15 @@ def build_reward_set(
     part_rewards: Sequence[RewardFn] = (),
     extra: Sequence[tuple[str, RewardFn, float]] | None = None,
     timeout_s: float | None = DEFAULT_TIMEOUT_S,
+    combiner: Any = None,
 ) -> RewardSet:
     """The run's ``RewardSet``: configured terms (objects with ``name``, ``weight``, ``params``;
     the name ``task`` is the task's own verifier, a ``module:function`` or ``path/file.py:function``
     name is the user's own function, logged under the function's name; others are built-ins from
     ``get_reward_fn``), or the task's verifier alone when none are configured; then an algorithm's
-    reward parts (DAPO's overlong shaping, weight 1) and any ``extra`` (name, fn, weight) terms."""
+    reward parts (DAPO's overlong shaping, weight 1) and any ``extra`` (name, fn, weight) terms.
+    ``combiner``: None (the weighted sum), or an object with ``name`` and ``params`` (the config's
+    ``reward_combiner``) built by ``unipo.rewards.combiners.make_combiner``, or a combiner itself."""
     from unipo.rewards.user import reward_label
     from unipo.rewards.verifiers import get_reward_fn
 
@@ -326,4 +381,8 @@ def build_reward_set(
         out.append(("task", task_reward, 1.0))
     out += [(getattr(p, "part_name", type(p).__name__), p, 1.0) for p in part_rewards]
     out += list(extra or [])
-    return RewardSet(out, timeout_s=timeout_s)
+    if combiner is not None and hasattr(combiner, "params") and hasattr(combiner, "name"):
+        from unipo.rewards.combiners import make_combiner
+
+        combiner = make_combiner(combiner.name, **combiner.params)
+    return RewardSet(out, timeout_s=timeout_s, combiner=combiner)

@@ -176,21 +176,27 @@ REWARD_FUNCTIONS: dict[str, RewardFn] = {
     "exact_match": exact_match,
     "format": answer_format,
 }
-"""Built-in reward functions by name (the names used in configs)."""
+"""Built-in reward functions by name (the names used in configs). Stateless ones are shared; the
+rewards of ``unipo.rewards.catalog.REWARD_FACTORIES`` (stateful, or holding a sandbox or a model)
+are built anew for each run by ``get_reward_fn``."""
 
 
 def get_reward_fn(name: str) -> RewardFn:
     """The built-in reward function called ``name``, or the user's own for ``module:function`` /
     ``path/to/file.py:function`` (``unipo.rewards.user``); ValueError naming what is allowed otherwise."""
+    from unipo.rewards.catalog import REWARD_FACTORIES
     from unipo.rewards.user import is_user_reward, load_reward_fn
 
     if is_user_reward(name):
         return load_reward_fn(name)
     if name in REWARD_FUNCTIONS:
         return REWARD_FUNCTIONS[name]
-    close = difflib.get_close_matches(name, list(REWARD_FUNCTIONS), n=3)
+    if name in REWARD_FACTORIES:
+        return REWARD_FACTORIES[name]()
+    names = sorted({*REWARD_FUNCTIONS, *REWARD_FACTORIES})
+    close = difflib.get_close_matches(name, names, n=3)
     hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
     raise ValueError(
-        f"unknown reward function {name!r}.{hint} Allowed: {sorted(REWARD_FUNCTIONS)}, or your own "
+        f"unknown reward function {name!r}.{hint} Allowed: {names}, or your own "
         "function as module:function or path/to/file.py:function."
     )

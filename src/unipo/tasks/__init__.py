@@ -1,12 +1,14 @@
 """Tasks: where examples come from, how they become prompts, and which reward scores them."""
 
 from unipo.tasks.sources import (
+    LABEL_COLUMNS,
     TASK_SOURCES,
     TRAIN_PROMPT_OVERLAP,
     JsonlTask,
     ReasoningGymTask,
     Task,
     demonstration,
+    hide_labels,
     make_task,
     overlap_record,
     prompt_overlap,
@@ -16,12 +18,14 @@ from unipo.tasks.sources import (
 from unipo.tasks.templates import render_prompt
 
 __all__ = [
+    "LABEL_COLUMNS",
     "TASK_SOURCES",
     "TRAIN_PROMPT_OVERLAP",
     "JsonlTask",
     "ReasoningGymTask",
     "Task",
     "demonstration",
+    "hide_labels",
     "make_task",
     "overlap_record",
     "prompt_overlap",

@@ -262,11 +262,17 @@ class JsonlTask:
         return math_equivalence
 
 
-TASK_SOURCES: dict[str, type] = {"reasoning_gym": ReasoningGymTask, "jsonl": JsonlTask}
+def _code_task() -> type:
+    from unipo.tasks.code import CodeTask
+
+    return CodeTask
+
+
+TASK_SOURCES: dict[str, type] = {"reasoning_gym": ReasoningGymTask, "jsonl": JsonlTask, "code": _code_task()}
 """Task classes by the ``source`` name used in configs."""
 
 
-def make_task(source: str, **kwargs: Any) -> ReasoningGymTask | JsonlTask:
+def make_task(source: str, **kwargs: Any) -> Any:
     """Build a task: ``make_task("reasoning_gym", name="chain_sum")``, ``make_task("jsonl", path=...)``."""
     if source not in TASK_SOURCES:
         raise ValueError(f"unknown task source {source!r}; allowed: {sorted(TASK_SOURCES)}")
@@ -283,10 +289,13 @@ def make_task(source: str, **kwargs: Any) -> ReasoningGymTask | JsonlTask:
     return cls(**kwargs)
 
 
-def task_from_config(task_cfg: Any) -> ReasoningGymTask | JsonlTask:
-    """The task a ``unipo.config.TaskConfig`` names (only the fields of its source are read)."""
+def task_from_config(task_cfg: Any) -> Any:
+    """The task a ``unipo.config.TaskConfig`` names (only the fields of its source are read; the
+    code task takes its options from ``task.config``)."""
     if task_cfg.source == "reasoning_gym":
         return make_task("reasoning_gym", name=task_cfg.name, config=task_cfg.config)
+    if task_cfg.source == "code":
+        return make_task("code", **task_cfg.config)
     task = make_task(
         task_cfg.source,
         path=task_cfg.path,
@@ -298,6 +307,16 @@ def task_from_config(task_cfg: Any) -> ReasoningGymTask | JsonlTask:
     )
     task.splits()  # read and split the file now: its errors come before any model loads
     return task
+
+
+LABEL_COLUMNS = ("answer", "entry", "demonstration", "tests", "expected", "gold_sql")
+"""Columns that carry an example's label: ``task.hide_labels`` keeps them from training rewards."""
+
+
+def hide_labels(example: dict[str, Any]) -> dict[str, Any]:
+    """``example`` without its label columns (``LABEL_COLUMNS``): what a label-free (test-time RL)
+    run's rewards see of a training example."""
+    return {k: v for k, v in example.items() if k not in LABEL_COLUMNS}
 
 
 def demonstration(example: dict[str, Any]) -> str | None:

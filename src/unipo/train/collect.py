@@ -121,18 +121,19 @@ def _round(
     demonstrations: Callable[[list[dict[str, Any]]], list[list[int] | None]] | None,
     meter: PhaseMeter,
     dist: Dist | None = None,
+    flag_columns: tuple[str, ...] = (),
 ) -> tuple[RolloutBatch, dict[str, float], str | None, list[Any]]:
     """``_local_round`` on this rank's share of the prompts (whole groups), every rank's rows then
     gathered in prompt order, so each rank returns the whole round (one process: the round)."""
     if dist is None or not dist.enabled:
         return _local_round(engine, reward_set, examples, prompt_ids, prompt_texts, group_size, sampling,
-                            first_group_id, demonstrations, meter)  # fmt: skip
+                            first_group_id, demonstrations, meter, flag_columns)  # fmt: skip
     share = dist.share(len(examples))
     local = None
     if share.stop > share.start:
         local = _local_round(
             engine, reward_set, examples[share], prompt_ids[share], prompt_texts[share], group_size, sampling,
-            first_group_id + share.start, demonstrations, meter,
+            first_group_id + share.start, demonstrations, meter, flag_columns,
         )  # fmt: skip
     parts = dist.all_gather_object(None if local is None else (local[0], local[1], local[2]))
     parts = [p for p in parts if p is not None]
@@ -154,6 +155,7 @@ def _local_round(
     first_group_id: int,
     demonstrations: Callable[[list[dict[str, Any]]], list[list[int] | None]] | None,
     meter: PhaseMeter,
+    flag_columns: tuple[str, ...] = (),
 ) -> tuple[RolloutBatch, dict[str, float], str | None, list[Any]]:
     """Generate and score one round in this process: (batch, reward metrics, traceback, demonstrations)."""
     with meter("generate"):
@@ -162,16 +164,17 @@ def _local_round(
         rows_ex = [ex for ex in examples for _ in range(group_size)]
         rows_prompt = [p for p in prompt_texts for _ in range(group_size)]
         lengths = gen.completion_mask.sum(1).long().tolist()
+        group_ids = torch.arange(len(examples)).repeat_interleave(group_size) + first_group_id
         extra = {
             "completion_length": lengths,
             "truncated": gen.truncated.tolist(),
             "max_new_tokens": [sampling.max_new_tokens] * len(lengths),
+            "group_id": group_ids.tolist(),  # rows of one prompt share it: group rewards (TTRL, EMPO)
         }
         result = score_result(reward_set, rows_ex, rows_prompt, gen.completions, extra)
         totals, rmetrics, tb = result.total, result.metrics(), result.first_traceback
         comps = row_components(reward_set, result)
     rewards = torch.tensor([math.nan if r is None else float(r) for r in totals], dtype=torch.float32)
-    group_ids = torch.arange(len(examples)).repeat_interleave(group_size) + first_group_id
     demos = demonstrations(examples) if demonstrations is not None else [None] * len(examples)
     rows_demo = [d for d in demos for _ in range(group_size)]
     batch = RolloutBatch(
@@ -187,6 +190,7 @@ def _local_round(
             | ({"reward_weights": rw} if rw is not None else {})
             | ({SFT_KEY: list(d)} if d is not None else {})
             | ({SFT_TRUNCATED_KEY: True} if getattr(d, "truncated", False) else {})
+            | {k: ex[k] for k in flag_columns if k in ex}  # example columns parts read as row flags
             for p, c, ex, d, (rc, rw) in zip(rows_prompt, gen.completions, rows_ex, rows_demo, comps)
         ],
     )
@@ -210,6 +214,7 @@ def collect(
     meter: PhaseMeter | None = None,
     extra: ExtraRollout | None = None,
     dist: Dist | None = None,
+    flag_columns: tuple[str, ...] = (),
 ) -> tuple[RolloutBatch, dict[str, float], dict[str, float], str | None]:
     """Generate, score and select until enough groups survive. Returns (batch, metrics, times, traceback).
 
@@ -234,6 +239,9 @@ def collect(
     ``extra.merge(main, extra_rows)`` (else an append) gives the batch returned. They never go through
     the selections nor count toward the target groups (``rollout/kept_groups`` is the main batch's).
 
+    ``flag_columns`` (the algorithm's ``row_flags``) are example columns copied into each row's
+    metadata, so that a part reads them as row flags (AdaCoT's ``adacot_slm``).
+
     With several processes (``dist``) every rank is given the same prompts; each generates and
     scores its share of them (whole groups) and the rows are gathered, so the selections, the
     refill decision and everything after run on the whole batch, identically on every rank.
@@ -251,7 +259,7 @@ def collect(
     while True:
         batch, rmetrics, tb, demos = _round(
             engine, reward_set, examples, prompt_ids, prompt_texts, group_size, sampling,
-            next_group_id, demonstrations, meter, dist,
+            next_group_id, demonstrations, meter, dist, flag_columns,
         )  # fmt: skip
         next_group_id += len(examples)
         rewards = batch.rewards
@@ -297,7 +305,7 @@ def collect(
         )
         rows, rmetrics, tb, _ = _round(
             engine, reward_set, own[0][:n_extra], own[1][:n_extra], own[2][:n_extra], n_samples, at_t,
-            next_group_id, demonstrations, meter, dist,
+            next_group_id, demonstrations, meter, dist, flag_columns,
         )  # fmt: skip
         traceback = traceback or tb
         _add_failures(metrics, rmetrics)

@@ -119,6 +119,12 @@ def evaluate(
         parts = dist.all_gather_object(rows)
         rows = {k: [x for part in parts for x in part[k]] for k in rows}
     out = _eval_metrics(rows, len(data.examples), samples, ks, greedy, tag)
+    if (pop := getattr(reward_fn, "pop_metrics", None)) is not None:  # e.g. the sandbox's code/<reason>
+        counts: dict[str, float] = {}
+        for part in dist.all_gather_object(pop()):
+            for k, v in part.items():
+                counts[k] = counts.get(k, 0.0) + float(v)
+        out.update({f"{tag}/{k}": v for k, v in counts.items()})
     if samples_path is not None and dist.is_main:
         rows_ex = [ex for ex in data.examples for _ in range(samples)]
         rows_prompt = [p for p in data.prompt_texts for _ in range(samples)]

@@ -70,7 +70,7 @@ class Trainer:
         extra_rewards: list[tuple[str, RewardFn, float]] | None = None,
     ) -> None:
         from unipo.rewards import build_reward_set
-        from unipo.tasks import overlap_record, task_from_config
+        from unipo.tasks import hide_labels, overlap_record, task_from_config
 
         self.cfg = cfg
         t = cfg.train
@@ -89,8 +89,16 @@ class Trainer:
         self.task = task_from_config(cfg.task)
         self.task_reward = self.task.reward_fn()
         self.reward_set = build_reward_set(
-            cfg.rewards, self.task_reward, self.algorithm.rewards, extra_rewards, t.reward_timeout_s
+            cfg.rewards, self.task_reward, self.algorithm.rewards, extra_rewards, t.reward_timeout_s,
+            combiner=cfg.reward_combiner,
         )
+        if cfg.reward_combiner is not None and self.dist.enabled:
+            raise ValueError(
+                f"reward_combiner={cfg.reward_combiner.name!r} updates its state (Lagrange multipliers, the "
+                "hypervolume) from the rewards it scores, and each of the "
+                f"{self.dist.world} processes scores only its share of a step: run it with one process "
+                "(train.nproc=1) until combiners reduce their statistics over ranks"
+            )
         # -- models: the policy, π_ref only when a part reads it (LoRA: the adapter-disabled policy),
         # the critic only when a part asks for values (PPO's GAE); FSDP2 shards all of them
         o = cfg.optim
@@ -124,6 +132,8 @@ class Trainer:
         self.train_examples = self.task.examples(cfg.task.train_size, cfg.task.train_seed)
         if not self.train_examples:
             raise ValueError("the task produced no training examples")
+        if cfg.task.hide_labels:  # test-time RL: the rewards never see a training label (eval keeps them)
+            self.train_examples = [hide_labels(ex) for ex in self.train_examples]
         eval_examples = (
             self.task.examples(cfg.task.eval_size, cfg.task.eval_seed, "eval") if cfg.task.eval_size else []
         )
@@ -206,6 +216,7 @@ class Trainer:
             meter=self.phases,
             extra=self.algorithm.extra_rollout(self._last_metrics),  # a part's second rollout (AEPO)
             dist=self.dist,
+            flag_columns=self.algorithm.row_flags,  # example columns parts read as row flags (AdaCoT)
         )
         self.next_group_id = (
             int(batch.group_ids.max()) + 1 if batch.size else self.next_group_id + len(examples)
@@ -346,6 +357,7 @@ class Trainer:
             "nonfinite_run": self._nonfinite_run,
             "entropy_dynamics": self.diagnostics.state_dict(),
             "last_metrics": self._last_metrics,
+            "rewards": self.reward_set.state_dict(),  # stateful rewards and the reward combiner
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -358,6 +370,7 @@ class Trainer:
         self._nonfinite_run = int(state["nonfinite_run"])
         self.diagnostics.load_state_dict(state["entropy_dynamics"])
         self._last_metrics = dict(state["last_metrics"])
+        self.reward_set.load_state_dict(state.get("rewards", {}))  # absent in checkpoints before it existed
 
     def save_final(self, out_dir: Path) -> None:
         self.policy.save(out_dir)
