@@ -1,13 +1,17 @@
 """Built-in presets. Each is a few lines: parts, paper, and the defaults the paper uses.
 
 The presets live in small files by family and are all registered by importing this module:
-``presets_grpo`` (group/batch advantages, GSPO, PPO with a critic, REINFORCE) and
-``presets_entropy`` (Clip-Cov, KL-Cov, forking tokens).
+``presets_grpo`` (group/batch advantages, GSPO, PPO with a critic, REINFORCE),
+``presets_entropy`` (Clip-Cov, KL-Cov, forking tokens), ``presets_t2`` (the seeds' T2 methods) and
+``presets_pref`` (P3O, RTO, f-DPG: the preference papers' methods that sample and read rewards).
 """
 
 from __future__ import annotations
 
-from unipo.algorithms import presets_t2  # noqa: F401  (T2 seed methods: lp_reg, siren, bapo, d3s, ...)
+from unipo.algorithms import (
+    presets_pref,  # noqa: F401  (preference papers on the RL side: p3o, rto, f_dpg_*)
+    presets_t2,  # noqa: F401  (T2 seed methods: lp_reg, siren, bapo, d3s, ...)
+)
 from unipo.algorithms.presets_entropy import clip_cov, forking_tokens, kl_cov
 from unipo.algorithms.presets_grpo import (
     dapo,

@@ -55,5 +55,6 @@ def _load_builtin_parts() -> None:
     from unipo.parts import advantages, aggregate, regularizers, selection, surrogates, weights  # noqa: F401
     from unipo.rewards import shaping  # noqa: F401
 
-    for module in ("advantages_t2", "ares_t2", "clipping_t2", "entropy_t2", "selection_t2", "tokens_t2"):
+    for module in ("advantages_t2", "ares_t2", "clipping_t2", "entropy_t2", "selection_t2", "tokens_t2",
+                   "pairwise", "fdpg", "token_reward"):  # fmt: skip
         importlib.import_module(f"unipo.parts.{module}")
