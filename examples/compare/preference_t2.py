@@ -21,8 +21,11 @@ resumes from its checkpoint. The report (OUT/preference_t2.md and .json): per va
 sampled accuracy after training (mean and 95% percentile-bootstrap interval over the seeds), its
 change from before training, and its difference from dpo paired by seed.
 
-Run time (``--dry-run`` prints it for the chosen cells): calibrated on the 2-core development CPU with
-the demo's warm-started model, one torch thread per cell (``CALIBRATION``); 2 cells at a time.
+Run time (``--dry-run`` prints it for the chosen cells): from CPU seconds measured per round / step of
+each cell kind on the 2-core development CPU with the demo's warm-started model, one torch thread per
+cell (``CALIBRATION``): all 30 cells about 0.7 h of wall time, 2 at a time on two idle cores; OPA-DPO
+(2 SFT epochs and a pair for every wrong sample) and P3O (4 epochs) are the slow ones. On a shared
+machine expect 1.5–2× that.
 """
 
 from __future__ import annotations
@@ -66,9 +69,12 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
                    "algorithm.params={{rto_gae: {{dpo_model: {out}/dpo/seed{seed}/final}}}}"]),
 }
 
-# seconds per round / step of one cell, 1 torch thread, 2 cells at a time on the 2-core development CPU
-# (measured for this script with the demo's warm start; see the report of issue 21)
-CALIBRATION = {"preference": 4.6, "opa_dpo": 5.2, "rl": 3.1, "p3o": 4.4, "rto": 6.0, "eval": 40.0}
+# CPU seconds of one cell with 1 torch thread, on the 2-core development CPU from the demo's warm start:
+# per round / step (the difference of 4- and 2-unit runs of each cell, early in training), per held-out
+# evaluation (256 × 8), and the start (imports, model loading). Two cells at a time on two otherwise
+# idle cores take about their CPU time in wall time; later rounds can pair more prompts than early ones.
+CALIBRATION = {"preference": 0.8, "copg": 1.6, "opa_dpo": 7.2, "rl": 1.3, "p3o": 5.5, "rto": 4.0,
+               "eval": 5.0, "start": 8.0}  # fmt: skip
 
 
 def base_yaml(where: Path, kind: str, model: str) -> Path:
@@ -124,7 +130,7 @@ def estimate(plan: list[dict[str, Any]], parallel: int) -> float:
         if c["done"]:
             continue
         per = CALIBRATION.get(c["variant"], CALIBRATION[c["kind"]])
-        total += UNITS * per + 2 * CALIBRATION["eval"]
+        total += UNITS * per + 2 * CALIBRATION["eval"] + CALIBRATION["start"]
     return total / parallel
 
 
