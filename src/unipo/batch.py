@@ -43,6 +43,7 @@ _PER_ITEM_TENSORS = (
     "entropies",
     "advantages",
     "values",
+    "token_rewards",
 )
 
 
@@ -66,6 +67,7 @@ class RolloutBatch:
     entropies: Tensor | None = None  # [B, T] full-vocabulary entropy of π_old at each token
     advantages: Tensor | None = None  # [B, T] per-token advantage
     values: Tensor | None = None  # [B, T] critic values (PPO) when a value head exists
+    token_rewards: Tensor | None = None  # [B, T] dense per-token reward added to the sequence reward (RTO)
     metadata: list[dict[str, Any]] = field(default_factory=list)  # per item: texts, answer, task entry
     # name -> [B, T] per-token statistic of π_old (``TOKEN_STATS`` names an Advantage part lists in
     # ``old_token_stats``, e.g. "sum_pi_squared" for the optimal token baseline), no grad
@@ -115,6 +117,7 @@ class RolloutBatch:
             "entropies": (b, t),
             "advantages": (b, t),
             "values": (b, t),
+            "token_rewards": (b, t),
         }
         for name, shape in expect.items():
             value = getattr(self, name)

@@ -245,13 +245,23 @@ def preference(
     from unipo.preference import list_presets
 
     if presets:
+        from unipo.algorithms import get_algorithm
+        from unipo.preference.presets import RL_PRESETS
+
         table = Table(show_lines=True, title="unipo preference presets")
-        for col in ("name", "loss (defaults)", "paper / notes"):
+        for col in ("name", "loss (defaults)", "paper / notes", "source"):
             table.add_column(col, overflow="fold")
         for p in list_presets():
             d = p.describe()
-            loss = d["loss"] + (f"\nordering: {d['ordering']}" if "ordering" in d else "")
-            table.add_row(d["name"], loss, d["paper"] + (f"\n{d['notes']}" if d["notes"] else ""))
+            loss = d["loss"] + "".join(f"\n{k}: {d[k]}" for k in ("ordering", "pairing") if k in d)
+            paper = d["paper"] + (f"\n{d['notes']}" if d["notes"] else "")
+            table.add_row(d["name"], loss, paper, d["source"])
+        for name in RL_PRESETS:  # preference papers' methods that run in the RL trainer
+            a = get_algorithm(name)
+            parts = a.describe()
+            table.add_row(f"{name}\n(RL: unipo train algorithm.name={name})",
+                          f"{parts['advantage']}\n{parts['surrogate']}", f"{a.paper}\n{a.notes}",
+                          a.source)  # fmt: skip
         console.print(table)
         return
     config, args = _run_args(config, overrides, overwrite=overwrite, resume=resume)

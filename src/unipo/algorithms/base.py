@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -24,6 +24,9 @@ from unipo.parts.base import (
     scalar,
 )
 from unipo.parts.registry import part_name
+
+if TYPE_CHECKING:
+    from unipo.batch import RolloutBatch
 
 
 @dataclass(frozen=True)
@@ -151,6 +154,19 @@ class Algorithm:
             return rule(entropy, base_temperature)
 
         return token_temperature
+
+    def prepare(
+        self, batch: RolloutBatch, score: Callable[[torch.nn.Module], Tensor]
+    ) -> tuple[RolloutBatch, Metrics]:
+        """Every part's ``prepare(batch, score)`` hook in part order (RTO's frozen DPO model scores the
+        batch): the batch they fill and their metrics; the batch unchanged when no part has one."""
+        metrics: Metrics = {}
+        for part in self.parts():
+            hook = getattr(part, "prepare", None)
+            if hook is not None:
+                batch, more = hook(batch, score)
+                metrics.update(more)
+        return batch, metrics
 
     def replace(self, **changes: Any) -> Algorithm:
         return dataclasses.replace(self, **changes)

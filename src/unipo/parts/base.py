@@ -57,6 +57,15 @@ Optional part attributes the trainer reads (never part names):
                                       by collect (AdaCoT's ``adacot_slm``)
 Optional methods:
     state_dict() / load_state_dict(d)   stateful parts (adaptive coefficients, anchors)
+    prepare(batch, score) -> (batch, metrics)
+                                        runs once per step after the π_old / π_ref passes and before
+                                        the critic and the advantage: a part that needs per-token values
+                                        of a frozen model of its own (RTO's DPO model) gets them from
+                                        ``score(model) -> log-probs [B, T]`` (no grad, on the CPU), the
+                                        trainer's own no-grad pass (its device, micro-batches, rollout
+                                        temperature, shared-prompt pass: the one that made
+                                        ``batch.ref_logprobs``), and returns the batch with what it filled
+                                        (``batch.token_rewards``); ``Algorithm.prepare`` runs every hook
     on_step_end(metrics)                update state once per optimizer step
     check(algorithm) -> str | None      reject an incompatible composition, saying why
     sampling_temperature(metrics) -> float | None

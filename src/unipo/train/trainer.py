@@ -259,6 +259,11 @@ class Trainer:
                 with self.policy.reference_model() as (ref_model, ref_root):
                     ref_lp, _, _ = self._logprob_pass(ref_model, batch, root=ref_root)
                 batch = batch.replace(ref_logprobs=ref_lp)
+            # parts that score the batch with a frozen model of their own (RTO's DPO model): same pass
+            batch, prepared = self.algorithm.prepare(
+                batch, lambda model: self._logprob_pass(model.to(self.device), batch)[0]
+            )
+        metrics.update({k: float(v) for k, v in prepared.items()})
         if self.critic is not None:
             with meter("critic"):
                 batch = batch.replace(values=self.critic.values(batch))
