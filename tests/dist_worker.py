@@ -91,7 +91,7 @@ def rl_step(
             stats=algo.old_token_stats,
         )  # fmt: skip
     batch = base.replace(old_logprobs=lp, entropies=ent, ref_logprobs=lp - 0.1, old_stats=st,
-                         values=torch.zeros_like(lp))  # fmt: skip
+                         values=torch.zeros_like(lp), token_rewards=0.01 * lp)  # fmt: skip
     adv, _ = algo.advantage(batch)  # the whole batch, identical on every rank
     batch = batch.replace(advantages=adv)
     scorer = shard_policy(model, torch.device("cpu")) if d.sharded else model

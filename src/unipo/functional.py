@@ -91,6 +91,7 @@ def compute_advantages(
     old_entropies: Tensor | None = None,
     old_stats: dict[str, Tensor] | None = None,
     metadata: list[dict[str, Any]] | None = None,
+    token_rewards: Tensor | None = None,
 ) -> Tensor:
     """Per-token advantages [B, T] from scalar rewards [B] via the algorithm's advantage part.
 
@@ -102,7 +103,8 @@ def compute_advantages(
     them); ``old_stats`` ({name: [B, T]}) π_old's per-token statistics an advantage reads
     (``optimal_token_baseline``: ``"sum_pi_squared"``); ``metadata`` (one dict per row) what
     advantages read from the rollout (the completion text for answer clustering: SEED-GRPO, COPO,
-    Polychromic; ``"remax_baseline"``: ReMax's greedy reward). The result carries no gradient.
+    Polychromic; ``"remax_baseline"``: ReMax's greedy reward); ``token_rewards`` [B, T] per-token
+    rewards added to the sequence reward (RTO's DPO token reward). The result carries no gradient.
     """
     algo = _resolve(algorithm)
     adv_part = algo.advantage
@@ -113,7 +115,7 @@ def compute_advantages(
     _check_shapes(
         mask,
         {"old_logprobs": old_logprobs, "ref_logprobs": ref_logprobs, "values": values,
-         "old_entropies": old_entropies},
+         "old_entropies": old_entropies, "token_rewards": token_rewards},
         {"rewards": rewards, "group_ids": group_ids, "truncated": truncated},
     )  # fmt: skip
     b = mask.shape[0]
@@ -146,6 +148,7 @@ def compute_advantages(
         entropies=None if old_entropies is None else zero_padding(old_entropies.detach(), valid),
         old_stats={k: zero_padding(v.detach(), valid) for k, v in (old_stats or {}).items()},
         metadata=list(metadata) if metadata is not None else [],
+        token_rewards=None if token_rewards is None else zero_padding(token_rewards.detach().float(), valid),
     )
     if metadata is not None and len(metadata) != b:
         raise ValueError(f"metadata has {len(metadata)} items; expected one per row, B={b}")
@@ -171,6 +174,7 @@ def compute_loss(
     stats: dict[str, Tensor] | None = None,
     old_stats: dict[str, Tensor] | None = None,
     metadata: list[dict[str, Any]] | None = None,
+    token_rewards: Tensor | None = None,
     step: int = 0,
 ) -> tuple[Tensor, dict[str, float]]:
     """The algorithm's policy loss (a scalar to minimize) and its metrics as floats.
@@ -194,6 +198,7 @@ def compute_loss(
             ``"topp_entropy:0.8"``; ``unipo.train.logprobs.completion_logprobs_with_stats``
             computes them).
         metadata: one dict per row of what advantages read from the rollout (``compute_advantages``).
+        token_rewards: [B, T] per-token rewards an advantage adds to the sequence reward (RTO).
         step: optimizer step (seeds Clip-Cov's random choice).
     """
     algo = _resolve(algorithm)
@@ -254,6 +259,7 @@ def compute_loss(
             old_entropies=old_entropies,
             old_stats=old_stats,
             metadata=metadata,
+            token_rewards=token_rewards,
         )
     elif advantages.dim() == 1:
         adv = broadcast_to_tokens(advantages.detach(), mask)

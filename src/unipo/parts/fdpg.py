@@ -71,6 +71,7 @@ class FDPGAdvantage:
 
     needs_reference = True
     needs_old_logprobs = True
+    min_group_size = 2  # the per-prompt normalizer is estimated from the prompt's G samples
 
     def __post_init__(self) -> None:
         if self.divergence not in F_PRIME_LOG:
