@@ -43,6 +43,10 @@ _PER_ITEM_TENSORS = (
     "entropies",
     "advantages",
     "values",
+    "rollout_logprobs",
+    "weight_version",
+    "correction_weights",
+    "loss_mask",
 )
 
 
@@ -66,6 +70,11 @@ class RolloutBatch:
     entropies: Tensor | None = None  # [B, T] full-vocabulary entropy of π_old at each token
     advantages: Tensor | None = None  # [B, T] per-token advantage
     values: Tensor | None = None  # [B, T] critic values (PPO) when a value head exists
+    rollout_logprobs: Tensor | None = None  # [B, T] log μ: the sampler's processed log-probs, no grad
+    weight_version: Tensor | None = None  # [B] long: the weight version that sampled each row
+    correction_weights: Tensor | None = None  # [B, T] ≥ 0 rollout-correction IS weights (None: 1)
+    loss_mask: Tensor | None = None  # [B, T] float: tokens the loss counts (None: completion_mask);
+    # a rollout correction's rejected tokens are 0 here, so they leave the loss and its denominators
     metadata: list[dict[str, Any]] = field(default_factory=list)  # per item: texts, answer, task entry
 
     def __post_init__(self) -> None:
@@ -112,6 +121,10 @@ class RolloutBatch:
             "entropies": (b, t),
             "advantages": (b, t),
             "values": (b, t),
+            "rollout_logprobs": (b, t),
+            "weight_version": (b,),
+            "correction_weights": (b, t),
+            "loss_mask": (b, t),
         }
         for name, shape in expect.items():
             value = getattr(self, name)

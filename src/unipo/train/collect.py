@@ -108,6 +108,8 @@ def _round(
         group_ids=group_ids,
         truncated=gen.truncated.cpu(),
         rewards=rewards,
+        rollout_logprobs=gen.logprobs.cpu() if gen.logprobs is not None else None,
+        weight_version=gen.weight_version.cpu() if gen.weight_version is not None else None,
         metadata=[
             {"prompt": p, "completion": c, "answer": ex.get("answer"), "reward_components": None}
             | ({SFT_KEY: list(d)} if d is not None else {})
