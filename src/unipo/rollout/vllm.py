@@ -102,6 +102,7 @@ class VLLMEngine:
         self.model_name: str | None = None
         self.last_sync: Path | None = None  # the directory of the last disk sync (to re-sync a server)
         self._tmp_sync: Path | None = None
+        self._written: Path | None = None  # the last directory this engine wrote (removed on close)
         self._nccl: Any = None
         self._checked_versions = True  # False once a server lacks /weight_info (older vLLM, no dev mode)
         self._sleeping = False
@@ -137,6 +138,9 @@ class VLLMEngine:
         if self.server is not None:
             self.server.stop()
             self.server = None
+        if self._written is not None:
+            shutil.rmtree(self._written, ignore_errors=True)
+            self._written = None
         if self._tmp_sync is not None:
             shutil.rmtree(self._tmp_sync, ignore_errors=True)
             self._tmp_sync = None
@@ -224,10 +228,9 @@ class VLLMEngine:
                     self._tmp_sync = self._tmp_sync or Path(tempfile.mkdtemp(prefix="unipo-vllm-weights-"))
                     root = self._tmp_sync
                 path = write_safetensors(weights, Path(root) / f"v{version}")
-                old = self.last_sync
-                if old is not None and old != path and old.parent == path.parent:
-                    shutil.rmtree(self.last_sync, ignore_errors=True)  # keep only the newest version's files
-            self.start()
+                if self._written is not None and self._written != path:
+                    shutil.rmtree(self._written, ignore_errors=True)  # keep only the newest version's files
+                self._written = path
             self._retrying("weight sync", lambda: [self._reload(u, path, version) for u in self.urls])
             self.last_sync = path
         self.version = int(version)
@@ -262,6 +265,7 @@ class VLLMEngine:
             "top_p": 1.0 if params.greedy else params.top_p, "top_k": 0 if params.greedy else params.top_k,
             "min_p": 0.0, "repetition_penalty": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0,
             "logprobs": 0, "return_token_ids": True, "skip_special_tokens": True, "ignore_eos": False,
+            "add_special_tokens": False,
         }  # fmt: skip
 
     def _request(self, url: str, body: dict[str, Any]) -> list[dict[str, Any]]:
@@ -270,7 +274,15 @@ class VLLMEngine:
         expected = len(body["prompt"]) * body["n"]
         if len(choices) != expected:
             raise ServerError(f"{url}/v1/completions returned {len(choices)} choices, expected {expected}")
-        return sorted(choices, key=lambda c: c["index"])  # index = prompt·n + j
+        choices = sorted(choices, key=lambda c: c["index"])  # index = prompt·n + j
+        for i, c in enumerate(choices):  # the server must have seen exactly our token ids (no BOS added)
+            seen = c.get("prompt_token_ids")
+            if seen is not None and list(seen) != list(body["prompt"][i // body["n"]]):
+                raise RolloutError(
+                    f"{url} changed prompt {i // body['n']}'s token ids ({len(seen)} tokens received for "
+                    f"{len(body['prompt'][i // body['n']])} sent)"
+                )
+        return choices
 
     def generate(self, prompts: list[list[int]], n: int, params: SamplingParams) -> Generation:
         if self.version is None:
