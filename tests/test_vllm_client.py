@@ -158,6 +158,18 @@ def test_versions_are_verified_before_sampling(tiny, fakes):
         engine.generate([[5]], 1, SamplingParams(max_new_tokens=2))
 
 
+def test_a_sync_the_server_does_not_take_stops_the_run(tiny, fakes):
+    # the stand-in samples with log-prob −0.5 per token: a trainer that agrees passes, one that does
+    # not (a stale LM head, say) stops the run at the sync
+    f = fakes()
+    agree = _engine(tiny, [f.url], verify=lambda g: torch.full_like(g.logprobs, -0.5), verify_tolerance=0.1)
+    agree.update_weights(Path("/x"), 1)
+    assert agree.check_sync() == 0.0
+    stale = _engine(tiny, [f.url], verify=lambda g: torch.full_like(g.logprobs, -3.0), verify_tolerance=0.1)
+    with pytest.raises(RolloutError, match=r"differ from the trainer's by 2\.500 nats .* not sampling"):
+        stale.update_weights(Path("/x"), 2)
+
+
 def test_hapo_token_temperature_is_refused(tiny, fakes):
     engine = _engine(tiny, [fakes().url])
     engine.update_weights(Path("/x"), 0)

@@ -8,6 +8,7 @@ two CPU cores, most of it Python imports in vLLM's three processes).
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from pathlib import Path
@@ -18,10 +19,11 @@ import torch
 from unipo.batch import RolloutBatch
 from unipo.models import build_tiny_model, load_model
 from unipo.rollout.base import SamplingParams
+from unipo.rollout.factory import trainer_logprobs
 from unipo.rollout.hf import HFEngine
-from unipo.rollout.vllm import VLLMEngine
+from unipo.rollout.vllm import RolloutError, VLLMEngine
 from unipo.rollout.vllm_server import http_json
-from unipo.rollout.weights import policy_weights
+from unipo.rollout.weights import policy_weights, write_untied_checkpoint
 from unipo.train.nograd import rollout_batch_logprobs
 
 pytestmark = pytest.mark.vllm
@@ -39,9 +41,13 @@ def served(tmp_path_factory):
     model_dir = build_tiny_model(tmp_path_factory.mktemp("vllm") / "model", hidden_size=64, num_layers=1,
                                  num_heads=2, seed=0)  # fmt: skip
     model, tok = load_model(model_dir, dtype="float32")
-    log = tmp_path_factory.mktemp("vllm-log") / "server.log"
+    tmp = tmp_path_factory.mktemp("vllm-run")
+    # the tied LM head is served untied, as the trainer does on the CPU (rollout/weights.py says why)
     engine = VLLMEngine(
-        tok, HFEngine(model, tok).eos_ids, model_path=str(model_dir), command=[VLLM, "serve"], log_path=log,
+        tok, HFEngine(model, tok).eos_ids, model_path=str(model_dir), command=[VLLM, "serve"],
+        log_path=tmp / "server.log",
+        prepare=lambda: write_untied_checkpoint(model, model_dir, tmp / "served"),
+        untied_head=True, verify=functools.partial(trainer_logprobs, model),
         serve_args=["--dtype", "float32", "--logprobs-mode", "processed_logprobs", "--generation-config",
                     "vllm", "--max-model-len", "256", "--enforce-eager", "--seed", "0"],
         env={"VLLM_CPU_KVCACHE_SPACE": "1"}, max_failures=2, startup_timeout_s=900,
@@ -97,7 +103,8 @@ def test_weight_sync_changes_the_outputs(served):
     with torch.no_grad():
         for p in changed.parameters():
             p.add_(0.5 * torch.randn_like(p))
-    engine.update_weights(policy_weights(changed), version=1)
+    engine.verify = functools.partial(trainer_logprobs, changed)  # the post-sync check compares with it
+    engine.update_weights(policy_weights(changed, untie=True), version=1)
     assert http_json("GET", f"{engine.urls[0]}/weight_info")[1]["weight_version"] == "1"
     gen = engine.generate(_prompts(tok), 4, SamplingParams(max_new_tokens=16, temperature=1.0))
     assert gen.weight_version.tolist() == [1] * 12
@@ -110,7 +117,24 @@ def test_weight_sync_changes_the_outputs(served):
     http_json("POST", f"{engine.urls[0]}/update_weight_version", {"new_version": "default"})
     gen = engine.generate(_prompts(tok), 1, SamplingParams(max_new_tokens=4))
     assert http_json("GET", f"{engine.urls[0]}/weight_info")[1]["weight_version"] == "1"
-    engine.update_weights(policy_weights(before), version=2)  # back to the checkpoint's weights
+    engine.verify = functools.partial(trainer_logprobs, before)
+    engine.update_weights(policy_weights(before, untie=True), version=2)  # back to the checkpoint's
+
+
+def test_a_tied_head_reloads_stale_and_the_check_catches_it(served):
+    # vLLM 0.32 on the CPU: send the tied weights once (as a tied checkpoint's server would load them)
+    # to a server of the untied copy, i.e. without lm_head.weight: the head keeps its old values, and
+    # the post-sync check refuses the sync instead of letting the run sample from a stale head
+    engine, _, _, model_dir = served
+    changed, _ = load_model(model_dir, dtype="float32")
+    with torch.no_grad():
+        changed.get_input_embeddings().weight.mul_(3.0)
+    engine.verify = functools.partial(trainer_logprobs, changed)
+    with pytest.raises(RolloutError, match="not sampling from the synced weights"):
+        engine.update_weights(policy_weights(changed), version=3)
+    before, _ = load_model(model_dir, dtype="float32")
+    engine.verify = functools.partial(trainer_logprobs, before)
+    engine.update_weights(policy_weights(before, untie=True), version=4)
 
 
 @pytest.mark.slow
@@ -131,7 +155,7 @@ def test_a_short_grpo_run_learns_through_vllm(served, tmp_path):
         "optim.lr=1e-2", "optim.micro_batch_size=32", "train.steps=8", "train.save_final=false",
         "train.entropy_change=none", f"train.output_dir={tmp_path / 'run'}", "algorithm.name=grpo",
         "algorithm.regularizers=[]", "algorithm.corrections=[tis]", "rollout.engine=vllm",
-        f"rollout.url=[{engine.urls[0]}]",
+        f"rollout.url=[{engine.urls[0]}]", "rollout.vllm.untie_embeddings=true",  # it serves an untied copy
     ])  # fmt: skip
     trainer = Trainer(cfg, extra_rewards=[("a", count_a, 1.0)])
     a = trainer.tokenizer.convert_tokens_to_ids("a")

@@ -118,6 +118,18 @@ class VLLMOptions(_Strict):
         None,
         description="Where disk sync writes the weights (None: <run dir>/vllm_weights); shared across nodes.",
     )
+    untie_embeddings: Literal["auto", "true", "false"] = Field(
+        "auto",
+        description="A checkpoint with a tied LM head is served untied: an owned server serves an untied "
+        "copy, and syncs send the head on its own (auto: owned servers of a CPU trainer, where vLLM 0.32's "
+        "weight reload leaves a tied head stale; true for a server of yours that serves an untied copy).",
+    )
+    verify_tolerance: float = Field(
+        0.1,
+        ge=0,
+        description="After each weight sync the server samples a short probe; a mean |Δ log p| to the "
+        "trainer's above this stops the run (the server is not using the synced weights). 0: no check.",
+    )
     sleep: bool = Field(
         False, description="Colocated on one GPU: the server sleeps during the update (--enable-sleep-mode)."
     )

@@ -80,6 +80,10 @@ class VLLMEngine:
         startup_timeout_s: float = 900.0,
         backoff_s: float = 2.0,
         initial_version: int | None = 0,
+        prepare: Callable[[], Path] | None = None,
+        untied_head: bool = False,
+        verify: Callable[[Generation], torch.Tensor] | None = None,
+        verify_tolerance: float = 0.1,
     ) -> None:
         if not urls and not model_path:
             raise ValueError("the vLLM engine needs rollout.url (servers you run) or a model path to serve")
@@ -106,6 +110,9 @@ class VLLMEngine:
         self._nccl: Any = None
         self._checked_versions = True  # False once a server lacks /weight_info (older vLLM, no dev mode)
         self._sleeping = False
+        self.prepare = prepare  # writes the directory an owned server serves (an untied copy), or None
+        self.untied_head = untied_head  # the server serves an untied copy: send the LM head on its own
+        self.verify, self.verify_tolerance = verify, verify_tolerance
 
     # ------------------------------------------------------------------ lifecycle
     def _resolve(self, where: Path | Callable[[], Path | None] | None) -> Path | None:
@@ -114,6 +121,8 @@ class VLLMEngine:
     def start(self) -> None:
         """Start the owned server (if any and not running) and learn the served model's name."""
         if self.owned and (self.server is None or not self.server.alive()):
+            if self.prepare is not None and self.server is None:
+                self.argv[-1] = str(self.prepare())
             log_path = self._resolve(self._log_path) or Path(tempfile.gettempdir()) / "unipo-vllm-server.log"
             self.server = VLLMServer(
                 [*self.argv, *self.serve_args], log_path, env=self.env,
@@ -237,6 +246,28 @@ class VLLMEngine:
         if self._sleeping:
             self.wake_up(("kv_cache",))
             self._sleeping = False
+        if self.verify is not None and self.verify_tolerance > 0:
+            self.check_sync()
+
+    def check_sync(self) -> float:
+        """Sample a probe (2 × 8 tokens at temperature 1) and compare the server's log-probs with the
+        trainer's (``verify``): a mean |Δ log p| above ``verify_tolerance`` means the server does not
+        sample from the weights just synced, and the run stops. Returns the mean |Δ|."""
+        probe = self.tokenizer("The answer is", add_special_tokens=False)["input_ids"] or self.eos_ids[:1]
+        gen = self.generate([probe], 2, SamplingParams(max_new_tokens=8, temperature=1.0))
+        mask = gen.completion_mask.bool()
+        theirs = self.verify(gen).to(gen.logprobs)
+        delta = (gen.logprobs - theirs)[mask].abs()
+        mean = float(delta.mean()) if delta.numel() else 0.0
+        if mean > self.verify_tolerance:
+            raise RolloutError(
+                f"after syncing weight version {self.version}, the server's log-probs differ from the "
+                f"trainer's by {mean:.3f} nats per token on average (max {float(delta.max()):.3f}; "
+                f"rollout.vllm.verify_tolerance={self.verify_tolerance}): it is not sampling from the synced "
+                "weights. A known cause: vLLM 0.32 on the CPU reloads a tied LM head stale "
+                "(rollout.vllm.untie_embeddings=true serves an untied copy)"
+            )
+        return mean
 
     # ------------------------------------------------------------------ sleep (colocated GPU)
     def sleep(self, level: int = 1) -> None:

@@ -185,7 +185,8 @@ class Trainer:
             self.engine.update_weights((), self.step)
             return
         with self.phases("weight_sync"):
-            self.engine.update_weights(policy_weights(self.model), self.step)
+            untie = getattr(self.engine, "untied_head", False)  # the server serves an untied copy
+            self.engine.update_weights(policy_weights(self.model, untie=untie), self.step)
 
     def collect(self) -> tuple[RolloutBatch, dict[str, Any]]:
         """Prompts → G completions each → rewards → selections (with refill): the step's batch."""
