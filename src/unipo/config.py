@@ -118,7 +118,7 @@ class VLLMOptions(_Strict):
         None,
         description="Where disk sync writes the weights (None: <run dir>/vllm_weights); shared across nodes.",
     )
-    untie_embeddings: Literal["auto", "true", "false"] = Field(
+    untie_embeddings: bool | Literal["auto"] = Field(
         "auto",
         description="A checkpoint with a tied LM head is served untied: an owned server serves an untied "
         "copy, and syncs send the head on its own (auto: owned servers of a CPU trainer, where vLLM 0.32's "

@@ -60,7 +60,7 @@ def make_engine(
 
     prepare = None
     on_cpu = next(model.parameters()).device.type == "cpu"
-    untie = v.untie_embeddings == "true" or (v.untie_embeddings == "auto" and on_cpu and not r.url)
+    untie = v.untie_embeddings is True or (v.untie_embeddings == "auto" and on_cpu and not r.url)
     untie = untie and is_tied(cfg.model.path)
     if untie and not r.url:
 
