@@ -56,7 +56,8 @@ def run_engine(engine: str, setup: dict, model_dir: Path, device: str, dtype: st
         f"rollout.sampling.max_new_tokens={s['length']}", f"rollout.sampling.min_new_tokens={s['length']}",
         f"rollout.max_batch={s['prompts'] * s['group']}", f"rollout.engine={engine}",
         "algorithm.name=grpo", "algorithm.regularizers=[]", "optim.lr=1e-6",
-        f"optim.micro_batch_size={s['micro']}", f"train.output_dir={scratch / engine}", "train.overwrite=true",
+        f"optim.micro_batch_size={s['micro']}", f"train.output_dir={scratch / engine}",
+        "train.overwrite=true",
         "train.entropy_change=none", "train.save_final=false", "train.seed=0",
         f"rollout.vllm.command=[{a.vllm}, serve]", f"rollout.vllm.enforce_eager={a.enforce_eager}",
     ]  # fmt: skip
@@ -121,14 +122,14 @@ def main(argv: list[str] | None = None) -> None:
                      "config": {**setup, "device": a.device, "dtype": dtype},
                      "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                                  "torch_threads": torch.get_num_threads(),
-                                 "gpu": torch.cuda.get_device_name() if a.device.startswith("cuda") else None}}
+                                 "gpu": torch.cuda.get_device_name() if a.device != "cpu" else None}}
             for engine in a.engines.split(","):
                 print(f"[{name}] {engine} ...", flush=True)
                 entry[engine] = run_engine(engine, setup, model_dir, a.device, dtype, a, Path(tmp))
                 e = entry[engine]
                 print(f"[{name}] {engine}: {e['step_s']:.2f} s/step, generate {e['generate_s']:.2f} s "
-                      f"({e['generated_tokens_per_s']:,.0f} tok/s), sync {e['weight_sync_s']:.2f} s"
-                      + (f", server start {e['server_start_s']:.0f} s" if engine == "vllm" else ""), flush=True)
+                      f"({e['generated_tokens_per_s']:,.0f} tok/s), sync {e['weight_sync_s']:.2f} s, "
+                      f"server start {e['server_start_s']:.0f} s", flush=True)
             if "hf" in entry and "vllm" in entry:
                 entry["vllm_over_hf_generated_tokens_per_s"] = (
                     entry["vllm"]["generated_tokens_per_s"] / entry["hf"]["generated_tokens_per_s"]
