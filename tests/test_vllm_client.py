@@ -187,3 +187,31 @@ def test_an_owned_server_that_dies_while_starting_is_reported_with_its_log(tmp_p
     missing = VLLMServer(["/nonexistent/vllm", "serve"], log)
     with pytest.raises(ServerError, match="make setup-vllm"):
         missing.start()
+
+
+def test_the_factory_builds_an_owned_engine_that_serves_a_tied_model_untied(tiny_model_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    from unipo.config import load_config
+    from unipo.models import load_model
+    from unipo.rollout.factory import make_engine
+
+    cfg = load_config(None, [
+        f"model.path={tiny_model_dir}", "rollout.engine=vllm", "rollout.vllm.enforce_eager=true",
+        "rollout.vllm.command=[/opt/vllm/bin/vllm, serve]",
+    ])  # fmt: skip
+    model, tok = load_model(tiny_model_dir, dtype="float32")
+    engine = make_engine(cfg, model, tok, run_dir=lambda: tmp_path)
+    assert engine.owned and engine.version == 0 and engine.untied_head  # a tied checkpoint, a CPU trainer
+    assert engine.argv == ["/opt/vllm/bin/vllm", "serve", str(tiny_model_dir)]
+    args = engine.serve_args
+    assert args[args.index("--logprobs-mode") + 1] == "processed_logprobs" and "--enforce-eager" in args
+    assert args[args.index("--dtype") + 1] == "float32"
+    served = engine.prepare()  # what start() serves instead of model.path
+    assert json.loads((served / "config.json").read_text())["tie_word_embeddings"] is False
+    weights = load_file(str(served / "model.safetensors"))
+    torch.testing.assert_close(weights["lm_head.weight"], weights["model.embed_tokens.weight"])
+    assert (served / "tokenizer.json").exists()
+    given = make_engine(cfg.model_copy(update={"rollout": cfg.rollout.model_copy(update={"url": ["http://h:1"]})}),
+                        model, tok)  # fmt: skip
+    assert not given.owned and given.version is None and not given.untied_head
