@@ -102,6 +102,7 @@ class VLLMEngine:
         self.max_batch, self.max_failures = max_batch, max_failures
         self.timeout_s, self.startup_timeout_s, self.backoff_s = timeout_s, startup_timeout_s, backoff_s
         self.version: int | None = initial_version if self.owned else None
+        self._files_version = self.version  # the version of the files an owned server starts from
         self.server: VLLMServer | None = None
         self.model_name: str | None = None
         self.last_sync: Path | None = None  # the directory of the last disk sync (to re-sync a server)
@@ -130,8 +131,9 @@ class VLLMEngine:
             )  # fmt: skip
             self.urls = [self.server.start()]
             self.model_name = None
-            if self.version is not None:  # label the server's weights (model_path's files) with the version
-                self._set_version(self.urls[0], self.version)
+            if self._files_version is not None:  # label its weights: the files' version, so that a
+                # server restarted mid-run reports it and is re-synced before sampling (_verify_versions)
+                self._set_version(self.urls[0], self._files_version)
         if self.model_name is None:
             _, body = http_json("GET", f"{self.urls[0]}/v1/models", timeout=self.timeout_s)
             try:
