@@ -135,8 +135,77 @@ class RewardCombinerConfig(_Strict):
     )
 
 
+class VLLMOptions(_Strict):
+    python: str | None = Field(
+        None,
+        description="Python of the environment that has vllm (runs `python -m vllm.entrypoints.cli.main "
+        "serve`); None: `command`, else .venv-vllm/bin/vllm if present, else `vllm` on PATH.",
+    )
+    command: list[str] | None = Field(
+        None,
+        description="Command that starts the server, e.g. ['vllm', 'serve']; model and flags follow.",
+    )
+    args: list[str] = Field(
+        default_factory=list, description="Extra `vllm serve` flags (e.g. ['--tensor-parallel-size', '2'])."
+    )
+    dtype: str = Field("auto", description="Server weight dtype; auto = the policy's dtype.")
+    max_model_len: int | None = Field(
+        None, gt=0, description="Server context length (None: the model's max_position_embeddings)."
+    )
+    gpu_memory_utilization: float | None = Field(
+        None, gt=0, le=1, description="Share of GPU memory the server may take (GPU; None: vLLM's default)."
+    )
+    enforce_eager: bool = Field(
+        False, description="Skip torch.compile / CUDA graphs in the server (faster start, slower decoding)."
+    )
+    cpu_kvcache_gb: float = Field(
+        1.0, gt=0, description="KV cache of a CPU server, GiB (VLLM_CPU_KVCACHE_SPACE)."
+    )
+    weight_sync: Literal["disk", "nccl"] = Field(
+        "disk",
+        description="disk: safetensors in sync_dir + /collective_rpc reload_weights (CPU, GPU, several nodes "
+        "with a shared sync_dir); nccl: vLLM's NCCL weight-transfer routes (GPU trainer and server only).",
+    )
+    sync_dir: str | None = Field(
+        None,
+        description="Where disk sync writes the weights (None: <run dir>/vllm_weights); shared across nodes.",
+    )
+    untie_embeddings: bool | Literal["auto"] = Field(
+        "auto",
+        description="A checkpoint with a tied LM head is served untied: an owned server serves an untied "
+        "copy, and syncs send the head on its own (auto: owned servers of a CPU trainer, where vLLM 0.32's "
+        "weight reload leaves a tied head stale; true for a server of yours that serves an untied copy).",
+    )
+    verify_tolerance: float = Field(
+        0.1,
+        ge=0,
+        description="After each weight sync the server samples a short probe; a mean |Δ log p| to the "
+        "trainer's above this stops the run (the server is not using the synced weights). 0: no check.",
+    )
+    sleep: bool = Field(
+        False, description="Colocated on one GPU: the server sleeps during the update (--enable-sleep-mode)."
+    )
+    timeout_s: float = Field(600.0, gt=0, description="One HTTP request's limit (a generate call, a sync).")
+    startup_timeout_s: float = Field(900.0, gt=0, description="How long an owned server may take to start.")
+
+
 class RolloutConfig(_Strict):
-    engine: Literal["hf"] = Field("hf", description="Rollout engine (hf: transformers generate).")
+    engine: Literal["hf", "vllm"] = Field(
+        "hf",
+        description="Rollout engine. hf: transformers generate on the policy itself; vllm: a `vllm serve` "
+        "process over HTTP (unipo starts one, or give rollout.url).",
+    )
+    url: list[str] | None = Field(
+        None,
+        description="engine=vllm: base URLs of servers you run (VLLM_SERVER_DEV_MODE=1 vllm serve ... "
+        "--logprobs-mode processed_logprobs); requests are balanced over them. None: unipo starts one.",
+    )
+    max_failures: int = Field(
+        3,
+        gt=0,
+        description="engine=vllm: failed attempts in a row (unreachable, slow, error) before the run stops.",
+    )
+    vllm: VLLMOptions = Field(default_factory=VLLMOptions, description="The vLLM engine's options.")
     prompts_per_step: int = Field(16, gt=0, description="Prompts sampled per training step.")
     group_size: int = Field(
         8,
@@ -175,6 +244,11 @@ class AlgorithmConfig(_Strict):
     selections: list[str] | None = Field(None, description="Replace the selection parts by names.")
     token_weights: list[str] | None = Field(None, description="Replace the token-weight parts by names.")
     regularizers: list[str] | None = Field(None, description="Replace the regularizers by names.")
+    corrections: list[str] | None = Field(
+        None,
+        description="Rollout–trainer mismatch corrections by name (tis, mis, geo_rs, bypass), added to any "
+        "preset: e.g. [tis] with params {tis: {level: token, cap: 2.0}}. They read the sampler's log-probs.",
+    )
     params: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="Parameters by part name, e.g. {ppo_clip: {eps_high: 0.28}, kl: {coef: 0.0}}.",
@@ -440,6 +514,7 @@ def build_algorithm(cfg: AlgorithmConfig, group_size: int | None = None):  # -> 
         ("selection", "selections"),
         ("token_weight", "token_weights"),
         ("regularizer", "regularizers"),
+        ("correction", "corrections"),
     ):
         names = getattr(cfg, attr)
         if names is not None:
@@ -490,6 +565,7 @@ def build_algorithm(cfg: AlgorithmConfig, group_size: int | None = None):  # -> 
             token_weights=tuple(with_params(p) for p in algo.token_weights),
             regularizers=tuple(with_params(p) for p in algo.regularizers),
             rewards=tuple(with_params(p) for p in algo.rewards),
+            corrections=tuple(with_params(p) for p in algo.corrections),
         )
     except ValueError as e:
         raise ConfigError(str(e)) from None

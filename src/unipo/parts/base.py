@@ -8,8 +8,15 @@
 | Surrogate   | ``s(x: LossInputs)``              | (per-token policy loss [B, T], metrics)  |
 | Regularizer | ``r(x: LossInputs)``              | (per-token loss term [B, T], metrics)¹   |
 | Aggregate   | ``agg(loss [B, T], x: LossInputs)`` | scalar loss                            |
+| Correction  | ``corr(batch: RolloutBatch)``     | (weights [B, T] ≥ 0, keep [B, T] bool, metrics)² |
 
 ¹ a 0-dim term instead for a part marked ``aggregated`` (below).
+² rollout–trainer mismatch corrections (``parts/corrections.py``: tis, mis, geo_rs, bypass), read
+  ``batch.old_logprobs`` (π_old) and ``batch.rollout_logprobs`` (the sampler μ). The trainer runs
+  them once per rollout batch after the π_old pass: the product of their weights multiplies the
+  surrogate (``LossInputs.correction_weights``, with the token weights), and tokens any of them does
+  not keep leave the loss and its denominators (``RolloutBatch.loss_mask`` → ``LossInputs.mask``).
+  Add them to any preset with ``algorithm.corrections=[tis]`` (+ ``algorithm.params.tis``).
 
 All losses are quantities to *minimize*. Metrics are dicts of 0-dim tensors or floats,
 named ``kind/what`` (``surrogate/clip_frac_low``); the trainer averages and logs them.
@@ -17,7 +24,10 @@ named ``kind/what`` (``surrogate/clip_frac_low``); the trainer averages and logs
 Optional part attributes the trainer reads (never part names):
     needs_reference: bool      ref log-probs must be computed for the batch
     needs_entropy_grad: bool   the current policy's entropy must carry gradient
-    needs_old_logprobs: bool   old log-probs must exist before the advantage is computed
+    needs_old_logprobs: bool   old log-probs must exist before the advantage is computed (and
+                               before the corrections run)
+    old_from_rollout: bool     (Correction) π_old := μ: the trainer takes the sampler's log-probs as
+                               old log-probs and skips its π_old pass (bypass mode)
     needs_values: bool         (Advantage) a critic must fill batch.values; the part then also
                                offers value_targets(batch) -> [B, T] for the critic's loss
     uses_groups: bool          (Advantage; default True) the estimator compares the completions of
@@ -155,6 +165,8 @@ class LossInputs:
     row_flags: dict[str, Tensor] = field(default_factory=dict)  # key -> [B] bool, rows marked (row_flags)
     flag_tokens: dict[str, float] = field(default_factory=dict)  # key -> their tokens, accumulated batch
     flag_rows: dict[str, float] = field(default_factory=dict)  # key -> their rows, accumulated batch
+    rollout_logprobs: Tensor | None = None  # [B, T] log μ of the sampler (processed), no grad
+    correction_weights: Tensor | None = None  # [B, T] rollout corrections' IS weights, no grad (None: 1)
 
     def __post_init__(self) -> None:
         if self.num_tokens <= 0:

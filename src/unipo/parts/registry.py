@@ -6,7 +6,9 @@ import importlib
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-KINDS = ("advantage", "selection", "token_weight", "surrogate", "regularizer", "aggregate", "reward")
+KINDS = (
+    "advantage", "selection", "token_weight", "surrogate", "regularizer", "aggregate", "reward", "correction",
+)
 
 PARTS: dict[str, dict[str, type]] = {k: {} for k in KINDS}
 
@@ -52,7 +54,15 @@ def part_name(part: Any) -> str:
 
 def _load_builtin_parts() -> None:
     # Importing the modules runs their @register decorators.
-    from unipo.parts import advantages, aggregate, regularizers, selection, surrogates, weights  # noqa: F401
+    from unipo.parts import (  # noqa: F401
+        advantages,
+        aggregate,
+        corrections,
+        regularizers,
+        selection,
+        surrogates,
+        weights,
+    )
     from unipo.rewards import shaping  # noqa: F401
 
     for module in (

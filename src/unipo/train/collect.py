@@ -185,6 +185,8 @@ def _local_round(
         group_ids=group_ids,
         truncated=gen.truncated.cpu(),
         rewards=rewards,
+        rollout_logprobs=gen.logprobs.cpu() if gen.logprobs is not None else None,
+        weight_version=gen.weight_version.cpu() if gen.weight_version is not None else None,
         metadata=[
             {"prompt": p, "completion": c, "answer": ex.get("answer"), "reward_components": rc}
             | ({"reward_weights": rw} if rw is not None else {})

@@ -26,7 +26,9 @@ from unipo.batch import RolloutBatch
 from unipo.config import Config, build_algorithm
 from unipo.diagnostics.entropy import RunDiagnostics
 from unipo.parts.base import masked_mean
-from unipo.rollout.hf import HFEngine
+from unipo.parts.corrections import apply_corrections, mismatch_metrics
+from unipo.rollout.factory import make_engine
+from unipo.rollout.weights import policy_weights
 from unipo.train.collect import PromptSampler, collect
 from unipo.train.critic import Critic
 from unipo.train.dist import init_dist
@@ -36,6 +38,7 @@ from unipo.train.nograd import rollout_batch_logprobs
 from unipo.train.phases import PhaseMeter
 from unipo.train.policy_setup import FullParamsEngine, load_policy
 from unipo.train.sft import demonstration_ids
+from unipo.train.sharding import full_params
 from unipo.train.update import UpdateSettings, update_policy
 from unipo.train.utils import batch_metrics, lr_schedule, process_device, seed_everything
 
@@ -60,6 +63,10 @@ class Trainer:
         "train.reward_error_rate",
         "train.entropy_change",
         "rollout.max_batch",
+        "rollout.url",
+        "rollout.max_failures",
+        "rollout.vllm.timeout_s",
+        "rollout.vllm.startup_timeout_s",
     )
 
     def __init__(
@@ -115,10 +122,8 @@ class Trainer:
                                   before_shard=make_critic if needs_critic else None)  # fmt: skip
         self.model, self.tokenizer = self.policy.model, self.policy.tokenizer
         self.reference = self.policy.reference
-        engine = HFEngine(
-            self.model, self.tokenizer, max_batch=cfg.rollout.max_batch,
-            prefill_once=cfg.rollout.prefill_once, decode=cfg.rollout.decode,
-        )  # fmt: skip
+        self.run_dir: Path | None = None
+        engine = make_engine(cfg, self.model, self.tokenizer, run_dir=lambda: self.run_dir)  # hf | vllm
         self.engine = FullParamsEngine(engine, self.policy.scorer) if self.dist.sharded else engine
         self._demonstrations = (  # SFT targets in the batch metadata, only when a part reads them (HPT)
             functools.partial(
@@ -152,7 +157,6 @@ class Trainer:
         self.update_rng = torch.Generator().manual_seed(cfg.train.seed + 17)
         self.step = 0
         self.next_group_id = 0
-        self.run_dir: Path | None = None
         self._t_step = time.perf_counter()
         self._reported_traceback = False
         self._nonfinite_run = 0
@@ -190,10 +194,22 @@ class Trainer:
     def log_step(self) -> int:
         return self.step
 
+    def _sync_engine(self) -> None:
+        """Make the engine sample from the policy's current weights, version = the step count."""
+        if self.engine.version == self.step:
+            return
+        if self.engine.shares_weights:
+            self.engine.update_weights((), self.step)
+            return
+        with self.phases("weight_sync"), full_params(self.policy.scorer if self.dist.sharded else None):
+            untie = getattr(self.engine, "untied_head", False)  # the server serves an untied copy
+            self.engine.update_weights(policy_weights(self.model, untie=untie), self.step)
+
     def collect(self) -> tuple[RolloutBatch, dict[str, Any]]:
         """Prompts → G completions each → rewards → selections (with refill): the step's batch."""
         cfg = self.cfg
         self._t_step = time.perf_counter()
+        self._sync_engine()
         examples, ids, texts = self._prompts(cfg.rollout.prompts_per_step)
         sampling = cfg.rollout.sampling  # a part may steer the rollout temperature (sampling_temperature)
         if (temperature := self.algorithm.sampling_temperature(self._last_metrics)) is not None:
@@ -222,6 +238,15 @@ class Trainer:
             int(batch.group_ids.max()) + 1 if batch.size else self.next_group_id + len(examples)
         )
         self._check_reward_failures(metrics, traceback)
+        versions = batch.weight_version
+        if batch.size and (versions is None or bool((versions != self.step).any())):
+            seen = sorted(set(versions.tolist())) if versions is not None else "unknown"
+            raise TrainingError(
+                f"step {self.step}: rows were sampled with weight version(s) {seen}, the policy's is "
+                f"{self.step}; refusing to train on them"
+            )
+        if getattr(self.engine, "supports_sleep", False):  # free the colocated server's memory for the update
+            self.engine.sleep()
         metrics["rollout/temperature"] = sampling.temperature
         metrics.update(batch_metrics(batch))
         return batch, metrics
@@ -250,8 +275,15 @@ class Trainer:
             return metrics
         off_policy = cfg.optim.epochs > 1 or cfg.optim.minibatches > 1
         old_stats = None
+        bypass = self.algorithm.any_part("old_from_rollout")  # a correction sets π_old := μ
+        if bypass and batch.rollout_logprobs is None:
+            raise TrainingError(
+                "the bypass correction sets π_old := μ, but the rollout engine returned no log-probs"
+            )
         with meter("logprobs"):  # π_old and π_ref passes (none when on-policy and β = 0)
-            if off_policy or self.algorithm.any_part("needs_old_logprobs"):  # else π_old = sg(π_θ)
+            if bypass:
+                batch = batch.replace(old_logprobs=batch.rollout_logprobs)
+            elif off_policy or self.algorithm.any_part("needs_old_logprobs"):  # else π_old = sg(π_θ)
                 stat_names = self.algorithm.old_token_stats
                 old_lp, old_ent, old_stats = self._logprob_pass(self.policy.scorer, batch, stat_names)
                 batch = batch.replace(old_logprobs=old_lp, entropies=old_ent, old_stats=old_stats)
@@ -264,6 +296,13 @@ class Trainer:
                 batch, lambda model: self._logprob_pass(model.to(self.device), batch)[0]
             )
         metrics.update({k: float(v) for k, v in prepared.items()})
+        if batch.rollout_logprobs is not None and batch.old_logprobs is not None and not bypass:
+            mask = batch.completion_mask
+            metrics.update(mismatch_metrics(batch.old_logprobs, batch.rollout_logprobs, mask))
+        if self.algorithm.corrections:  # IS weights, rejections; fixed over the update (parts/corrections.py)
+            weights, loss_mask, corr_metrics = apply_corrections(self.algorithm.corrections, batch)
+            batch = batch.replace(correction_weights=weights, loss_mask=loss_mask)
+            metrics.update(corr_metrics)
         if self.critic is not None:
             with meter("critic"):
                 batch = batch.replace(values=self.critic.values(batch))
@@ -331,6 +370,7 @@ class Trainer:
         if self.eval_set is None:
             return {}
         cfg = self.cfg
+        self._sync_engine()
         sampling = cfg.rollout.sampling.model_copy(update={"temperature": cfg.eval.temperature})
         path = self.run_dir / "samples.jsonl" if self.run_dir else None
         n = len(self.eval_set.examples)
@@ -397,6 +437,14 @@ class Trainer:
         r, h = (metrics.get(k, float("nan")) for k in ("reward/mean", "policy/entropy"))
         return f"reward {r:.3f}  entropy {h:.3f}"
 
+    def close(self) -> None:
+        """Stop what the rollout engine holds (a vLLM server unipo started); idempotent."""
+        self.engine.close()
+
     def train(self) -> dict[str, Any]:
-        """Run (or resume) the loop; returns the summary also written to ``summary.json``."""
-        return TrainLoop(self).run()
+        """Run (or resume) the loop; returns the summary also written to ``summary.json``.
+        The rollout engine is closed when the loop ends, however it ends."""
+        try:
+            return TrainLoop(self).run()
+        finally:
+            self.close()
