@@ -140,7 +140,9 @@ def one_process_env():
         os.environ["WORLD_SIZE"] = saved
 
 
-def preference_step(model_dir: str, data: str, preset: str, parallel: str, out: Path) -> tuple[dict, list]:
+def preference_step(
+    model_dir: str, data: str, preset: str, parallel: str, out: Path, sft: bool = False
+) -> tuple[dict, list]:
     from unipo.preference import load_preference_config
     from unipo.preference.trainer import PreferenceTrainer
 
@@ -154,7 +156,7 @@ def preference_step(model_dir: str, data: str, preset: str, parallel: str, out: 
     examples = trainer._stages(trainer.offline)[0][:8]  # Curry-DPO: its first stage's pairs
     trainer._attach_reference(examples)
     torch.manual_seed(0)
-    metrics = trainer.optimizer_step(examples)
+    metrics = trainer.optimizer_step(examples, sft=sft)
     return metrics, trainer.optimizer.grads
 
 
@@ -163,9 +165,13 @@ def compare_preference(model_dir: str, data: str, d: Dist, root: Path) -> dict:
 
     out = {}
     for p in list_presets():
+        # a preset that builds its own on-policy pairs (OPA-DPO) is DPO's loss after an SFT alignment
+        # stage: its step on these offline pairs is DPO's, plus the SFT stage's step
+        on_policy = p.any_part("needs_on_policy")
+        name, sft = ("dpo", True) if on_policy else (p.name, False)
         with one_process_env():
-            m1, g1 = preference_step(model_dir, data, p.name, "none", root / f"{p.name}-one-{d.rank}")
-        m2, g2 = preference_step(model_dir, data, p.name, d.mode, root / f"{p.name}-dist")
+            m1, g1 = preference_step(model_dir, data, name, "none", root / f"{p.name}-one-{d.rank}", sft)
+        m2, g2 = preference_step(model_dir, data, name, d.mode, root / f"{p.name}-dist", sft)
         out[p.name] = {
             "loss": abs(m1["loss/total"] - m2["loss/total"]) / max(1.0, abs(m1["loss/total"])),
             "grad": max(rel(a, b) for a, b in zip(g1, g2)),
