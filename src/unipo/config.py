@@ -190,6 +190,8 @@ class VLLMOptions(_Strict):
 
 
 class RolloutConfig(_Strict):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
     engine: Literal["hf", "vllm"] = Field(
         "hf",
         description="Rollout engine. hf: transformers generate on the policy itself; vllm: a `vllm serve` "
@@ -206,6 +208,19 @@ class RolloutConfig(_Strict):
         description="engine=vllm: failed attempts in a row (unreachable, slow, error) before the run stops.",
     )
     vllm: VLLMOptions = Field(default_factory=VLLMOptions, description="The vLLM engine's options.")
+    async_: bool = Field(
+        False,
+        alias="async",
+        description="Generate the next step's batch while this one trains (rollout.async=true): rows are "
+        "sampled with the previous weights, tagged with their version, dropped beyond max_staleness. "
+        "engine=hf then samples from a copy of the weights, synced between steps. One process only.",
+    )
+    max_staleness: int = Field(
+        1,
+        ge=0,
+        description="rollout.async: rows more than this many weight versions behind the policy are dropped; "
+        "0 makes the run synchronous.",
+    )
     prompts_per_step: int = Field(16, gt=0, description="Prompts sampled per training step.")
     group_size: int = Field(
         8,
@@ -576,7 +591,7 @@ def describe_fields(model: type[BaseModel] = Config, prefix: str = "") -> list[t
     rows = []
     for name, field in model.model_fields.items():
         ann = field.annotation
-        key = f"{prefix}{name}"
+        key = f"{prefix}{field.alias or name}"  # the name a user writes (rollout.async)
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             rows.extend(describe_fields(ann, key + "."))
         else:

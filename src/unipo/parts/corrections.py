@@ -293,3 +293,39 @@ class Bypass:
         if batch.rollout_logprobs is None:
             _inputs(batch, "bypass")  # the same clear error
         return mask.clone(), mask.bool(), {}
+
+
+@register("correction", "decoupled")
+@dataclass(frozen=True)
+class Decoupled(_NeedsOld):
+    """Decoupled PPO's behaviour weight, for rows sampled by an older policy (asynchronous rollouts):
+
+        L = −E_{y∼μ}[ w_t · min(r_t A_t, clip(r_t, 1−ε, 1+ε) A_t) ],   r_t = π_θ/π_prox,
+        w_t = π_prox(y_t)/μ(y_t),   w_t := 0 where w_t > cap
+
+    π_prox (the *proximal* policy) is the trainer's π_old pass at the weights the update starts
+    from, μ the behaviour policy that sampled (``rollout_logprobs``, possibly versions behind), so the
+    PPO trust region is measured against a recent policy while the data stays off-policy-corrected
+    (Hilton et al., "Batch size-invariance for policy optimization", arXiv 2110.00641, §3; AReaL,
+    arXiv 2505.24298). As AReaL's ``ppo_actor_loss_fn`` (``use_decoupled_loss``,
+    ``behav_imp_weight_cap``; read in a copy of inclusionAI/AReaL's code in the index, commit not
+    known): tokens whose weight exceeds ``cap`` get weight 0 but stay in the loss denominator.
+    ``cap=None`` keeps every weight; 5 is AReaL's usual setting for stale data. Deviation: none in
+    the formula; AReaL's sequence-level variant is not carried.
+    """
+
+    cap: float | None = 5.0
+
+    def __post_init__(self) -> None:
+        if self.cap is not None and not self.cap > 1.0:
+            raise ValueError(f"decoupled cap must be > 1 (AReaL's rule) or None, got {self.cap}")
+
+    def __call__(self, batch: RolloutBatch) -> tuple[Tensor, Tensor, Metrics]:
+        log_ratio, mask = _inputs(batch, "decoupled")
+        w = log_ratio.exp()  # [B, T] π_prox / μ
+        over = mask.bool() & (w > self.cap) if self.cap is not None else torch.zeros_like(mask.bool())
+        w = torch.where(over, torch.zeros_like(w), w) * mask
+        return w, mask.bool(), {
+            "rollout_corr/decoupled_capped_frac": scalar(_frac(over, mask)),
+            "rollout_corr/decoupled_weight_mean": scalar(w.sum() / mask.sum().clamp(min=1)),
+        }

@@ -28,8 +28,8 @@ from unipo.diagnostics.entropy import RunDiagnostics
 from unipo.parts.base import masked_mean
 from unipo.parts.corrections import apply_corrections, mismatch_metrics
 from unipo.rollout.factory import make_engine
-from unipo.rollout.weights import policy_weights
-from unipo.train.collect import PromptSampler, collect
+from unipo.train.async_rollout import Prefetcher, snapshot_if_shared
+from unipo.train.collect import PromptSampler
 from unipo.train.critic import Critic
 from unipo.train.dist import init_dist
 from unipo.train.evaluate import EvalSet, encode_prompts, evaluate
@@ -37,21 +37,17 @@ from unipo.train.loop import TrainLoop, restore_objective, write_objective_check
 from unipo.train.nograd import rollout_batch_logprobs
 from unipo.train.phases import PhaseMeter
 from unipo.train.policy_setup import FullParamsEngine, load_policy
+from unipo.train.rl_collect import RLCollection, TrainingError
 from unipo.train.sft import demonstration_ids
-from unipo.train.sharding import full_params
 from unipo.train.update import UpdateSettings, update_policy
-from unipo.train.utils import batch_metrics, lr_schedule, process_device, seed_everything
+from unipo.train.utils import lr_schedule, process_device, seed_everything
 
 log = logging.getLogger("unipo")
 
 RewardFn = Callable[..., list[float | None]]
 
 
-class TrainingError(RuntimeError):
-    """The run cannot go on (too many reward failures, repeated non-finite losses)."""
-
-
-class Trainer:
+class Trainer(RLCollection):
     """The RL objective: builds everything a config names; ``train()`` runs it in the one loop
     (``TrainLoop``) and returns the summary; ``run_step()`` is one step (collect + update)."""
 
@@ -124,6 +120,16 @@ class Trainer:
         self.reference = self.policy.reference
         self.run_dir: Path | None = None
         engine = make_engine(cfg, self.model, self.tokenizer, run_dir=lambda: self.run_dir)  # hf | vllm
+        self.prefetch: Prefetcher | None = None  # rollout.async: the next batch, generated during the update
+        if cfg.rollout.async_ and cfg.rollout.max_staleness > 0:
+            if self.dist.enabled:
+                raise ValueError(
+                    "rollout.async with several processes is not supported (each rank's collection gathers "
+                    "over the process group the update uses at the same time); use one process or "
+                    "rollout.async=false"
+                )
+            engine = snapshot_if_shared(engine, self.model, self.tokenizer, cfg.rollout)
+            self.prefetch = Prefetcher()
         self.engine = FullParamsEngine(engine, self.policy.scorer) if self.dist.sharded else engine
         self._demonstrations = (  # SFT targets in the batch metadata, only when a part reads them (HPT)
             functools.partial(
@@ -164,11 +170,6 @@ class Trainer:
         self.diagnostics = RunDiagnostics()
 
     # ------------------------------------------------------------------ phases
-    def _prompts(self, k: int) -> tuple[list[dict[str, Any]], list[list[int]], list[str]]:
-        examples = [self.train_examples[i] for i in self.sampler.take(k)]
-        ids, texts = self._encode(examples)
-        return examples, ids, texts
-
     def _logprob_pass(
         self, model: torch.nn.Module, batch: RolloutBatch, stats: tuple[str, ...] = (),
         root: torch.nn.Module | None = None,
@@ -193,63 +194,6 @@ class Trainer:
     @property
     def log_step(self) -> int:
         return self.step
-
-    def _sync_engine(self) -> None:
-        """Make the engine sample from the policy's current weights, version = the step count."""
-        if self.engine.version == self.step:
-            return
-        if self.engine.shares_weights:
-            self.engine.update_weights((), self.step)
-            return
-        with self.phases("weight_sync"), full_params(self.policy.scorer if self.dist.sharded else None):
-            untie = getattr(self.engine, "untied_head", False)  # the server serves an untied copy
-            self.engine.update_weights(policy_weights(self.model, untie=untie), self.step)
-
-    def collect(self) -> tuple[RolloutBatch, dict[str, Any]]:
-        """Prompts → G completions each → rewards → selections (with refill): the step's batch."""
-        cfg = self.cfg
-        self._t_step = time.perf_counter()
-        self._sync_engine()
-        examples, ids, texts = self._prompts(cfg.rollout.prompts_per_step)
-        sampling = cfg.rollout.sampling  # a part may steer the rollout temperature (sampling_temperature)
-        if (temperature := self.algorithm.sampling_temperature(self._last_metrics)) is not None:
-            sampling = sampling.model_copy(update={"temperature": temperature})
-        if (token_temp := self.algorithm.token_temperature_fn(sampling.temperature)) is not None:
-            sampling = sampling.model_copy(update={"token_temperature": token_temp})  # HAPO; training only
-        batch, metrics, _, traceback = collect(
-            engine=self.engine,
-            reward_set=self.reward_set,
-            selections=self.algorithm.selections,
-            examples=examples,
-            prompt_ids=ids,
-            prompt_texts=texts,
-            group_size=cfg.rollout.group_size,
-            sampling=sampling,
-            max_refill_rounds=cfg.rollout.max_refill_rounds,
-            more=self._prompts,
-            next_group_id=self.next_group_id,
-            demonstrations=self._demonstrations,
-            meter=self.phases,
-            extra=self.algorithm.extra_rollout(self._last_metrics),  # a part's second rollout (AEPO)
-            dist=self.dist,
-            flag_columns=self.algorithm.row_flags,  # example columns parts read as row flags (AdaCoT)
-        )
-        self.next_group_id = (
-            int(batch.group_ids.max()) + 1 if batch.size else self.next_group_id + len(examples)
-        )
-        self._check_reward_failures(metrics, traceback)
-        versions = batch.weight_version
-        if batch.size and (versions is None or bool((versions != self.step).any())):
-            seen = sorted(set(versions.tolist())) if versions is not None else "unknown"
-            raise TrainingError(
-                f"step {self.step}: rows were sampled with weight version(s) {seen}, the policy's is "
-                f"{self.step}; refusing to train on them"
-            )
-        if getattr(self.engine, "supports_sleep", False):  # free the colocated server's memory for the update
-            self.engine.sleep()
-        metrics["rollout/temperature"] = sampling.temperature
-        metrics.update(batch_metrics(batch))
-        return batch, metrics
 
     def update(self, batch: RolloutBatch) -> Iterator[dict[str, Any]]:
         """Old/ref log-probs → advantage → μ epochs × minibatches; yields the step's one record
@@ -353,19 +297,6 @@ class Trainer:
         self._last_metrics = metrics
         return metrics
 
-    def _check_reward_failures(self, metrics: dict[str, float], traceback: str | None) -> None:
-        if traceback and not self._reported_traceback:
-            self._reported_traceback = True
-            self.console.print(f"[red]a reward function failed (shown once; items excluded):[/]\n{traceback}")
-        errors = metrics.get("rewards/errors", 0.0)
-        total = max(metrics.get("rollout/completions", 1.0), 1.0)
-        if errors / total > self.cfg.train.reward_error_rate:
-            raise TrainingError(
-                f"{errors:.0f} of {total:.0f} rewards failed this step, above "
-                f"train.reward_error_rate={self.cfg.train.reward_error_rate}"
-                + (f"; first failure:\n{traceback}" if traceback else "")
-            )
-
     def evaluate(self, tag: str = "eval") -> dict[str, float]:
         if self.eval_set is None:
             return {}
@@ -438,7 +369,10 @@ class Trainer:
         return f"reward {r:.3f}  entropy {h:.3f}"
 
     def close(self) -> None:
-        """Stop what the rollout engine holds (a vLLM server unipo started); idempotent."""
+        """Stop what the rollout engine holds (a vLLM server unipo started, the rollout in flight)."""
+        if self.prefetch is not None:
+            self.prefetch.close()
+            self.prefetch = None
         self.engine.close()
 
     def train(self) -> dict[str, Any]:
