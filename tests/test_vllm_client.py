@@ -215,3 +215,91 @@ def test_the_factory_builds_an_owned_engine_that_serves_a_tied_model_untied(tiny
     given = make_engine(cfg.model_copy(update={"rollout": cfg.rollout.model_copy(update={"url": ["http://h:1"]})}),
                         model, tok)  # fmt: skip
     assert not given.owned and given.version is None and not given.untied_head
+
+
+def test_processes_share_servers_and_each_server_is_synced_by_one(tiny, fakes):
+    # two training processes on the same two given servers: rank 0 syncs them (syncs=True), rank 1
+    # only waits at the barrier (after_sync) and then samples from both, starting at its own server
+    a, b = fakes(), fakes()
+    waited: list[str] = []
+    rank0 = _engine(tiny, [a.url, b.url], max_batch=1, after_sync=lambda: waited.append("r0"))
+    rank1 = _engine(tiny, [a.url, b.url], max_batch=1, syncs=False, first_server=1,
+                    after_sync=lambda: waited.append("r1"))  # fmt: skip
+    assert rank0.targets == [a.url, b.url] and rank1.targets == []
+    rank0.update_weights(Path("/x"), 5)
+    rank1.update_weights(iter(()), 5)  # writes nothing, reloads nothing
+    assert a.calls["/collective_rpc"] == 1 and b.calls["/collective_rpc"] == 1 and waited == ["r0", "r1"]
+    gen = rank1.generate([[10], [20], [30]], 1, SamplingParams(max_new_tokens=2))
+    assert [len(a.bodies), len(b.bodies)] == [1, 2]  # chunks to b, a, b: rank 1 starts at server 1
+    assert b.bodies[0]["prompt"] == [[10]] and a.bodies[0]["prompt"] == [[20]]
+    assert gen.weight_version.tolist() == [5, 5, 5]
+    a.version = "4"  # a server another process syncs reports other weights: no re-sync from here
+    with pytest.raises(RolloutError, match=r"reports weight version '4'.*another process syncs it"):
+        rank1.generate([[10]], 1, SamplingParams(max_new_tokens=2))
+
+
+def test_a_process_without_servers_of_its_own_learns_every_url(tiny, fakes):
+    # colocated servers: this process starts none (num_servers=0), the gather gives the others'
+    a, b = fakes(), fakes()
+    _, tok = tiny
+    engine = VLLMEngine(tok, [EOS], model_path="/m", num_servers=0, initial_version=None,
+                        gather_urls=lambda mine: [*mine, a.url, b.url], backoff_s=0.01)  # fmt: skip
+    engine.update_weights(iter(()), 1)
+    assert engine.owned and engine.servers == [] and engine.urls == [a.url, b.url]
+    assert engine.targets == [] and "/collective_rpc" not in a.calls and engine.version == 1
+    with pytest.raises(ValueError, match="num_servers must be at least 1"):
+        VLLMEngine(tok, [EOS], model_path="/m", num_servers=0)  # alone, it would have no server
+
+
+def test_colocated_servers_are_spread_over_processes(tiny_model_dir, tmp_path):
+    from types import SimpleNamespace
+
+    from unipo.config import ConfigError, load_config
+    from unipo.models import load_model
+    from unipo.rollout.factory import make_engine, server_owner
+
+    # ⌊i·W/S⌋: 2 servers on 4 processes → ranks 0 and 2; 3 servers on 2 → ranks 0, 0, 1
+    assert [server_owner(i, 2, 4) for i in range(2)] == [0, 2]
+    assert [server_owner(i, 3, 2) for i in range(3)] == [0, 0, 1]
+    assert [server_owner(i, 4, 4) for i in range(4)] == [0, 1, 2, 3]
+    cfg = load_config(None, [f"model.path={tiny_model_dir}", "rollout.engine=vllm", "rollout.num_servers=2",
+                             "rollout.vllm.command=[/opt/vllm/bin/vllm, serve]"])  # fmt: skip
+    model, tok = load_model(tiny_model_dir, dtype="float32")
+    engines = []
+    for rank in range(4):
+        dist = SimpleNamespace(enabled=True, world=4, rank=rank, barrier=lambda: None,
+                               all_gather_object=lambda x: [x])  # fmt: skip
+        engines.append(make_engine(cfg, model, tok, run_dir=lambda: tmp_path, dist=dist))
+    assert [e.num_servers for e in engines] == [1, 0, 1, 0]
+    assert all(e.version is None for e in engines)  # a first sync at step 0, on every process
+    assert [e._next for e in engines] == [0, 1, 2, 3]
+    assert engines[2].prepare().name == "vllm_model-rank2"  # each owner its own untied copy
+    assert engines[2]._resolve(engines[2]._sync_dir) == tmp_path / "vllm_weights" / "rank2"
+    with pytest.raises(ConfigError, match=r"num_servers=2 counts the vLLM servers .*hf starts none"):
+        load_config(None, ["rollout.num_servers=2"])
+    with pytest.raises(ConfigError, match=r"placement=split .*\(train\.launcher=ray\)"):
+        load_config(None, ["rollout.engine=vllm", "rollout.vllm.placement=split"])
+    load_config(None, ["rollout.engine=vllm", "rollout.vllm.placement=split", "train.launcher=ray"])
+
+
+def test_split_servers_get_bundles_of_their_own():
+    from types import SimpleNamespace
+
+    from unipo.launch import worker_cpus
+    from unipo.rollout.ray_servers import server_bundles, split_overrides
+
+    assert server_bundles(2, 4, 1, use_gpu=True) == [{"CPU": 4.0, "GPU": 1.0}] * 2
+    assert server_bundles(1, 2, 1, use_gpu=False) == [{"CPU": 2.0}]  # CPU trainers: CPU servers
+    assert split_overrides(["http://10.0.0.2:8000", "http://10.0.0.3:8001"], untied=True) == [
+        "rollout.url=[http://10.0.0.2:8000,http://10.0.0.3:8001]", "rollout.vllm.untie_embeddings=true",
+    ]  # fmt: skip
+
+    def cfg(placement: str, servers: int, url=None):
+        vllm = SimpleNamespace(placement=placement, server_cpus=2)
+        rollout = SimpleNamespace(engine="vllm", url=url, num_servers=servers, vllm=vllm)
+        return SimpleNamespace(rollout=rollout)
+
+    # a colocated worker's bundle holds its servers' CPUs too: 3 servers on 2 workers → ⌈3/2⌉ = 2 each
+    assert worker_cpus(cfg("colocate", 3), 2) == 1 + 2 * 2
+    assert worker_cpus(cfg("split", 3), 2) == 1 and worker_cpus(cfg("colocate", 1, url=["u"]), 2) == 1
+    assert worker_cpus(None, 2) == 1

@@ -185,6 +185,17 @@ class VLLMOptions(_Strict):
     sleep: bool = Field(
         False, description="Colocated on one GPU: the server sleeps during the update (--enable-sleep-mode)."
     )
+    placement: Literal["colocate", "split"] = Field(
+        "colocate",
+        description="Where the rollout.num_servers servers unipo starts run. colocate: in the training "
+        "processes' own resources (server i started by process ⌊i·W/S⌋ on its GPU; with "
+        "train.launcher=ray inside Ray Train's placement group); split (train.launcher=ray): on resources "
+        "of their own, a Ray placement group of num_servers bundles (server_cpus, server_gpus).",
+    )
+    server_cpus: int = Field(1, gt=0, description="placement=split: CPUs of each server's Ray bundle.")
+    server_gpus: int = Field(
+        1, ge=0, description="placement=split with train.ray_use_gpu: GPUs of each server's Ray bundle."
+    )
     timeout_s: float = Field(600.0, gt=0, description="One HTTP request's limit (a generate call, a sync).")
     startup_timeout_s: float = Field(900.0, gt=0, description="How long an owned server may take to start.")
 
@@ -206,6 +217,12 @@ class RolloutConfig(_Strict):
         3,
         gt=0,
         description="engine=vllm: failed attempts in a row (unreachable, slow, error) before the run stops.",
+    )
+    num_servers: int = Field(
+        1,
+        gt=0,
+        description="engine=vllm without rollout.url: how many servers unipo starts (requests are balanced "
+        "over them; rollout.vllm.placement says where they run).",
     )
     vllm: VLLMOptions = Field(default_factory=VLLMOptions, description="The vLLM engine's options.")
     async_: bool = Field(
@@ -454,6 +471,24 @@ def check_run_dir_flags(train: Any) -> None:
         )
 
 
+def check_servers(cfg: Any) -> None:
+    """Server settings that only mean something together: several servers or a split placement need
+    servers unipo starts (engine=vllm, no rollout.url), and a split placement needs Ray to place them."""
+    r = cfg.rollout
+    starts = r.engine == "vllm" and not r.url
+    if r.num_servers > 1 and not starts:
+        raise ConfigError(
+            f"rollout.num_servers={r.num_servers} counts the vLLM servers unipo starts, but "
+            + ("rollout.engine=hf starts none" if r.engine != "vllm" else "rollout.url gives yours")
+        )
+    if r.vllm.placement == "split" and starts and cfg.train.launcher != "ray":
+        raise ConfigError(
+            "rollout.vllm.placement=split puts the servers on resources of their own, which the Ray launcher "
+            "places (train.launcher=ray); under torchrun start servers yourself and give rollout.url, or "
+            "use placement=colocate"
+        )
+
+
 def check_reward_terms(terms: list[RewardTerm], key: str) -> None:
     """Resolve every reward term now, so that a bad name is a one-line ``ConfigError`` before any model
     loads: an unknown built-in, a ``module:function`` / ``file.py:function`` that cannot be imported,
@@ -497,6 +532,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             "task.eval_seed must differ from task.train_seed (held-out prompts need another seed)"
         )
     check_run_dir_flags(cfg.train)
+    check_servers(cfg)
     check_reward_terms(cfg.rewards, "rewards")
     if cfg.reward_combiner is not None:
         from unipo.rewards.combiners import make_combiner

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -16,11 +17,14 @@ from unipo.rollout.hf import HFEngine
 from unipo.rollout.weights import is_tied, write_untied_checkpoint
 
 
-def vllm_serve_args(cfg: Any, model: nn.Module) -> list[str]:
-    """The ``vllm serve`` flags of an owned server, from ``rollout.vllm`` and the policy."""
+def vllm_serve_args(cfg: Any, model: nn.Module | str) -> list[str]:
+    """The ``vllm serve`` flags of a server unipo starts, from ``rollout.vllm`` and the policy (or,
+    before it is loaded, the dtype it will have)."""
     v = cfg.rollout.vllm
     dtype = v.dtype
-    if dtype == "auto":
+    if dtype == "auto" and isinstance(model, str):
+        dtype = model
+    elif dtype == "auto":
         dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     args = [
         "--dtype", dtype, "--logprobs-mode", "processed_logprobs", "--generation-config", "vllm",
@@ -41,11 +45,39 @@ def vllm_serve_args(cfg: Any, model: nn.Module) -> list[str]:
     return [*args, *v.args]
 
 
+def server_owner(i: int, num_servers: int, world: int) -> int:
+    """The process that starts colocated server ``i`` of ``num_servers`` among ``world`` processes:
+    spread evenly, ⌊i·W/S⌋ (S ≤ W: one per process at most, the first process of each node
+    when S is the node count; S > W: several per process)."""
+    return i * world // num_servers
+
+
+def _node_address() -> str:
+    """This machine's address as other machines reach it (the one that routes outward)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("10.255.255.255", 1))  # no packet is sent: it only picks the outgoing interface
+            return str(s.getsockname()[0])
+        except OSError:
+            return socket.gethostbyname(socket.gethostname())
+
+
 def make_engine(
-    cfg: Any, model: nn.Module, tokenizer: Any, run_dir: Callable[[], Path | None] = lambda: None
+    cfg: Any,
+    model: nn.Module,
+    tokenizer: Any,
+    run_dir: Callable[[], Path | None] = lambda: None,
+    dist: Any = None,
 ) -> RolloutEngine:
     """The engine ``cfg.rollout.engine`` names. ``run_dir`` gives the run directory once it exists
-    (the vLLM server's log and, by default, the weight-sync directory go there)."""
+    (the vLLM server's log and, by default, the weight-sync directory go there).
+
+    Several processes (``dist``): given servers (``rollout.url``) are synced by rank 0; the
+    ``rollout.num_servers`` servers unipo starts are colocated, server i started by rank
+    ``server_owner(i)`` on that process's device, which syncs it. Every process samples from every
+    server and waits at a barrier after each sync."""
     r = cfg.rollout
     hf = HFEngine(model, tokenizer, max_batch=r.max_batch, prefill_once=r.prefill_once, decode=r.decode)
     if r.engine == "hf":
@@ -54,9 +86,13 @@ def make_engine(
 
     v = r.vllm
 
+    world, rank = (dist.world, dist.rank) if dist is not None and dist.enabled else (1, 0)
+    mine = [i for i in range(r.num_servers) if server_owner(i, r.num_servers, world) == rank]
+    suffix = f"-rank{rank}" if world > 1 else ""
+
     def log_path() -> Path | None:
         d = run_dir()
-        return d / "vllm-server.log" if d is not None else None
+        return d / f"vllm-server{suffix}.log" if d is not None else None
 
     prepare = None
     on_cpu = next(model.parameters()).device.type == "cpu"
@@ -66,22 +102,43 @@ def make_engine(
 
         def prepare() -> Path:  # vLLM 0.32 on the CPU reloads a tied LM head stale (rollout/weights.py)
             root = run_dir() or Path(tempfile.mkdtemp(prefix="unipo-vllm-model-"))
-            return write_untied_checkpoint(model, cfg.model.path, root / "vllm_model")
+            return write_untied_checkpoint(model, cfg.model.path, root / f"vllm_model{suffix}")
 
     def sync_dir() -> Path | None:
         if v.sync_dir:
-            return Path(v.sync_dir)
+            return Path(v.sync_dir) / suffix.lstrip("-")
         d = run_dir()
-        return d / "vllm_weights" if d is not None else None
+        return d / "vllm_weights" / suffix.lstrip("-") if d is not None else None
 
+    env = {"VLLM_CPU_KVCACHE_SPACE": f"{v.cpu_kvcache_gb:g}"}
+    device = next(model.parameters()).device
+    if device.type == "cuda" and world > 1:  # a colocated server shares its process's GPU
+        env["CUDA_VISIBLE_DEVICES"] = _visible_device(device)
+    multi_node = world > int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    colocated = {}
+    if world > 1:
+        colocated = {
+            "gather_urls": lambda urls: [u for part in dist.all_gather_object(urls) for u in part],
+            "after_sync": dist.barrier, "syncs": rank == 0, "first_server": rank,
+        }  # fmt: skip
     return VLLMEngine(
         tokenizer, hf.eos_ids, urls=r.url, model_path=cfg.model.path, serve_args=vllm_serve_args(cfg, model),
-        python=v.python, command=v.command, env={"VLLM_CPU_KVCACHE_SPACE": f"{v.cpu_kvcache_gb:g}"},
+        num_servers=len(mine) if world > 1 else r.num_servers, **colocated,
+        host="0.0.0.0" if multi_node else "127.0.0.1", advertise=_node_address() if multi_node else None,
+        python=v.python, command=v.command, env=env,
         log_path=log_path, sync_dir=sync_dir, weight_sync=v.weight_sync, sleep=v.sleep,
         max_batch=r.max_batch, max_failures=r.max_failures, timeout_s=v.timeout_s,
         startup_timeout_s=v.startup_timeout_s, prepare=prepare, untied_head=untie,
+        initial_version=None if world > 1 else 0,  # several processes: a first sync (collective) at step 0
         verify=functools.partial(trainer_logprobs, model), verify_tolerance=v.verify_tolerance,
     )  # fmt: skip
+
+
+def _visible_device(device: torch.device) -> str:
+    """The physical GPU behind ``device`` as CUDA_VISIBLE_DEVICES names it for a child process."""
+    visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d]
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return visible[index] if index < len(visible) else str(index)
 
 
 def trainer_logprobs(model: nn.Module, gen: Generation) -> Tensor:

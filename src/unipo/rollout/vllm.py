@@ -66,6 +66,13 @@ class VLLMEngine:
         *,
         urls: list[str] | None = None,
         model_path: str | None = None,
+        num_servers: int = 1,
+        syncs: bool = True,
+        gather_urls: Callable[[list[str]], list[str]] | None = None,
+        after_sync: Callable[[], None] | None = None,
+        first_server: int = 0,
+        host: str = "127.0.0.1",
+        advertise: str | None = None,
         serve_args: list[str] | None = None,
         python: str | None = None,
         command: list[str] | None = None,
@@ -90,7 +97,7 @@ class VLLMEngine:
         self.tokenizer = tokenizer
         self.eos_ids = list(eos_ids)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
-        self.urls = [u.rstrip("/") for u in urls or []]
+        self.urls = [u.rstrip("/") for u in urls or []]  # every server this engine samples from
         self.owned = not self.urls
         self.model_path = model_path
         self.serve_args = list(serve_args or [])
@@ -103,7 +110,17 @@ class VLLMEngine:
         self.timeout_s, self.startup_timeout_s, self.backoff_s = timeout_s, startup_timeout_s, backoff_s
         self.version: int | None = initial_version if self.owned else None
         self._files_version = self.version  # the version of the files an owned server starts from
-        self.server: VLLMServer | None = None
+        self.server: VLLMServer | None = None  # the first server this engine started
+        self.servers: list[VLLMServer] = []  # the servers this engine started (num_servers)
+        self.num_servers = int(num_servers) if self.owned else 0
+        if self.owned and self.num_servers < (0 if gather_urls else 1):
+            raise ValueError(f"rollout.num_servers must be at least 1, got {num_servers}")
+        self.syncs = syncs  # given servers: this engine loads the weights into them (one process does)
+        self.gather_urls = gather_urls  # several processes: this one's server URLs -> everyone's
+        self.after_sync = after_sync  # several processes: wait until every process has synced its servers
+        self._next = first_server  # the server the next request goes to (processes start apart)
+        self.host, self.advertise = host, advertise  # where started servers listen / are reached
+        self._gathered = False
         self.model_name: str | None = None
         self.last_sync: Path | None = None  # the directory of the last disk sync (to re-sync a server)
         self._tmp_sync: Path | None = None
@@ -120,20 +137,34 @@ class VLLMEngine:
         return where() if callable(where) else where
 
     def start(self) -> None:
-        """Start the owned server (if any and not running) and learn the served model's name."""
-        if self.owned and (self.server is None or not self.server.alive()):
-            if self.prepare is not None and self.server is None:
-                self.argv[-1] = str(self.prepare())
-            log_path = self._resolve(self._log_path) or Path(tempfile.gettempdir()) / "unipo-vllm-server.log"
-            self.server = VLLMServer(
-                [*self.argv, *self.serve_args], log_path, env=self.env,
-                startup_timeout_s=self.startup_timeout_s,
-            )  # fmt: skip
-            self.urls = [self.server.start()]
-            self.model_name = None
-            if self._files_version is not None:  # label its weights: the files' version, so that a
-                # server restarted mid-run reports it and is re-synced before sampling (_verify_versions)
-                self._set_version(self.urls[0], self._files_version)
+        """Start this engine's servers (on first use; a dead one again, on its port if free), learn
+        every server's URL (``gather_urls``: from every process) and the served model's name."""
+        if self.owned:
+            if not self.servers and self.num_servers:
+                if self.prepare is not None:
+                    self.argv[-1] = str(self.prepare())
+                log = self._resolve(self._log_path) or Path(tempfile.gettempdir()) / "unipo-vllm-server.log"
+                logs = [
+                    log if i == 0 else log.with_name(f"{log.stem}-{i}{log.suffix}")
+                    for i in range(self.num_servers)
+                ]
+                self.servers = [
+                    VLLMServer([*self.argv, *self.serve_args], path, env=self.env, host=self.host,
+                               advertise=self.advertise, startup_timeout_s=self.startup_timeout_s)
+                    for path in logs
+                ]  # fmt: skip
+                self.server = self.servers[0]
+            for server in self.servers:
+                if not server.alive():
+                    url = server.start()
+                    self.model_name = None
+                    if self._files_version is not None:  # label its weights: the files' version, so that
+                        # a server restarted mid-run reports it and is re-synced before sampling
+                        self._set_version(url, self._files_version)
+            if not self._gathered:
+                mine = [server.url for server in self.servers]
+                self.urls = self.gather_urls(mine) if self.gather_urls is not None else mine
+                self._gathered = True
         if self.model_name is None:
             _, body = http_json("GET", f"{self.urls[0]}/v1/models", timeout=self.timeout_s)
             try:
@@ -146,9 +177,9 @@ class VLLMEngine:
             with contextlib.suppress(Exception):
                 self._nccl.close()
             self._nccl = None
-        if self.server is not None:
-            self.server.stop()
-            self.server = None
+        for server in self.servers:
+            server.stop()
+        self.servers, self.server = [], None
         if self._written is not None:
             shutil.rmtree(self._written, ignore_errors=True)
             self._written = None
@@ -176,6 +207,14 @@ class VLLMEngine:
             f"{self.max_failures}); last error: {last}{tail}"
         )
 
+    @property
+    def targets(self) -> list[str]:
+        """The servers this engine loads weights into: the ones it started, or the given ones when
+        ``syncs`` (under several processes one process syncs given servers, each its own started ones)."""
+        if self.owned:
+            return [server.url for server in self.servers]
+        return self.urls if self.syncs else []
+
     # ------------------------------------------------------------------ versions
     def _set_version(self, url: str, version: int) -> None:
         status, body = http_json("POST", f"{url}/update_weight_version", {"new_version": str(version)},
@@ -201,11 +240,15 @@ class VLLMEngine:
             got = self._server_version(url)
             if got is None or got == str(self.version):
                 continue
-            if self.weight_sync == "disk" and self.last_sync is not None and self.version is not None:
+            if (self.weight_sync == "disk" and self.last_sync is not None and self.version is not None
+                    and url in self.targets):  # fmt: skip
                 log.warning("%s reports weight version %s, expected %s: re-syncing", url, got, self.version)
                 self._reload(url, self.last_sync, self.version)
                 continue
-            raise ServerError(f"{url} reports weight version {got!r}, the trainer's is {self.version}")
+            raise ServerError(
+                f"{url} reports weight version {got!r}, the trainer's is {self.version}"
+                + ("" if url in self.targets else " (another process syncs it)")
+            )
 
     # ------------------------------------------------------------------ weights
     def _reload(self, url: str, path: Path, version: int) -> None:
@@ -218,17 +261,24 @@ class VLLMEngine:
         self._set_version(url, version)
 
     def update_weights(self, weights: Weights, version: int) -> None:
-        """Load ``weights`` ((name, tensor) pairs, or a directory of safetensors) into every server."""
+        """Load ``weights`` ((name, tensor) pairs, or a directory of safetensors) into this engine's
+        servers (``targets``), then wait for the other processes' (``after_sync``)."""
+        self._retrying("weight sync", lambda: None)  # this engine's servers run, every URL is known
+        targets = self.targets
         if self._sleeping:  # weights first, the KV cache after the copy (TRL's order, PR #4296)
             self.wake_up(("weights",))
-        if self.weight_sync == "nccl" and not isinstance(weights, (str, Path)):
+        if not targets:
+            pass  # another process loads them (its after_sync below waits for it)
+        elif self.weight_sync == "nccl" and not isinstance(weights, (str, Path)):
             from unipo.rollout.vllm_nccl import NCCLWeightSync
 
             pairs = list(weights)  # every rank of the transfer walks the same list
+
             def send() -> None:
                 if self._nccl is None:
-                    self._nccl = NCCLWeightSync(self.urls, timeout_s=self.timeout_s)
+                    self._nccl = NCCLWeightSync(targets, timeout_s=self.timeout_s)
                 self._nccl.send(pairs, version)
+
             self._retrying("NCCL weight sync", send)
         else:
             if isinstance(weights, (str, Path)):
@@ -242,29 +292,34 @@ class VLLMEngine:
                 if self._written is not None and self._written != path:
                     shutil.rmtree(self._written, ignore_errors=True)  # keep only the newest version's files
                 self._written = path
-            self._retrying("weight sync", lambda: [self._reload(u, path, version) for u in self.urls])
+            self._retrying("weight sync", lambda: [self._reload(u, path, version) for u in targets])
             self.last_sync = path
         self.version = int(version)
         if self._sleeping:
             self.wake_up(("kv_cache",))
             self._sleeping = False
         if self.verify is not None and self.verify_tolerance > 0:
-            self.check_sync()
+            for url in targets:
+                self.check_sync(url)
+        if self.after_sync is not None:
+            self.after_sync()
 
-    def check_sync(self) -> float:
-        """Sample a probe (2 × 8 tokens at temperature 1) and compare the server's log-probs with the
-        trainer's (``verify``): a mean |Δ log p| above ``verify_tolerance`` means the server does not
-        sample from the weights just synced, and the run stops. Returns the mean |Δ|."""
+    def check_sync(self, url: str | None = None) -> float:
+        """Sample a probe (2 × 8 tokens at temperature 1) from ``url`` (default: the first server) and
+        compare its log-probs with the trainer's (``verify``): a mean |Δ log p| above
+        ``verify_tolerance`` means the server does not sample from the weights just synced, and the
+        run stops. Returns the mean |Δ|."""
         probe = self.tokenizer("The answer is", add_special_tokens=False)["input_ids"] or self.eos_ids[:1]
-        gen = self.generate([probe], 2, SamplingParams(max_new_tokens=8, temperature=1.0))
+        params = SamplingParams(max_new_tokens=8, temperature=1.0)
+        gen = self._generate([probe], 2, params, [url] if url else self.urls[:1])
         mask = gen.completion_mask.bool()
         theirs = self.verify(gen).to(gen.logprobs)
         delta = (gen.logprobs - theirs)[mask].abs()
         mean = float(delta.mean()) if delta.numel() else 0.0
         if mean > self.verify_tolerance:
             raise RolloutError(
-                f"after syncing weight version {self.version}, the server's log-probs differ from the "
-                f"trainer's by {mean:.3f} nats per token on average (max {float(delta.max()):.3f}; "
+                f"after syncing weight version {self.version}, {url or 'the server'}'s log-probs differ from "
+                f"the trainer's by {mean:.3f} nats per token on average (max {float(delta.max()):.3f}; "
                 f"rollout.vllm.verify_tolerance={self.verify_tolerance}): it is not sampling from the synced "
                 "weights. A known cause: vLLM 0.32 on the CPU reloads a tied LM head stale "
                 "(rollout.vllm.untie_embeddings=true serves an untied copy)"
@@ -274,12 +329,12 @@ class VLLMEngine:
     # ------------------------------------------------------------------ sleep (colocated GPU)
     def sleep(self, level: int = 1) -> None:
         """Free the servers' GPU memory during the update (``--enable-sleep-mode``, CUDA only)."""
-        for url in self.urls:
+        for url in self.targets:
             check_ok(*http_json("POST", f"{url}/sleep?level={level}", timeout=self.timeout_s), f"{url}/sleep")
         self._sleeping = True
 
     def wake_up(self, tags: tuple[str, ...] = ()) -> None:
-        for url in self.urls:
+        for url in self.targets:
             q = "&".join(f"tags={t}" for t in tags)
             check_ok(*http_json("POST", f"{url}/wake_up{'?' + q if q else ''}", timeout=self.timeout_s),
                      f"{url}/wake_up")  # fmt: skip
@@ -318,6 +373,13 @@ class VLLMEngine:
         return choices
 
     def generate(self, prompts: list[list[int]], n: int, params: SamplingParams) -> Generation:
+        """``n`` completions per prompt, the chunks balanced over every server (round-robin)."""
+        self._retrying("generation", lambda: None)  # started, every URL known
+        return self._generate(prompts, n, params, self.urls)
+
+    def _generate(
+        self, prompts: list[list[int]], n: int, params: SamplingParams, urls: list[str]
+    ) -> Generation:
         if self.version is None:
             raise RolloutError("the vLLM engine has no known weight version: sync weights before generating")
         if self._sleeping:
@@ -329,9 +391,10 @@ class VLLMEngine:
         def attempt() -> list[dict[str, Any]]:
             self._verify_versions()
             bodies = [self._body(c, n, params) for c in chunks]
-            urls = [self.urls[i % len(self.urls)] for i in range(len(chunks))]
+            first, self._next = self._next, self._next + len(chunks)
+            to = [urls[(first + i) % len(urls)] for i in range(len(chunks))]
             with ThreadPoolExecutor(max_workers=min(len(chunks), 16) or 1) as pool:
-                results = list(pool.map(self._request, urls, bodies))
+                results = list(pool.map(self._request, to, bodies))
             return [c for r in results for c in r]
 
         choices = self._retrying("generation", attempt)
@@ -362,4 +425,3 @@ class VLLMEngine:
         texts = self.tokenizer.batch_decode(cids, skip_special_tokens=True)
         version = torch.full((b,), int(self.version), dtype=torch.long)
         return Generation(p_ids, p_mask, cids, mask, truncated, texts, logprobs=logp, weight_version=version)
-

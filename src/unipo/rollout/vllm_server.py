@@ -67,9 +67,13 @@ def check_ok(status: int, body: Any, what: str) -> Any:
     return body
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1", port: int = 0) -> int | None:
+    """A free TCP port on ``host`` (``port``: that one if it is free, else None)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
+        try:
+            s.bind((host, port))
+        except OSError:
+            return None
         return int(s.getsockname()[1])
 
 
@@ -108,7 +112,8 @@ def _terminate(proc: subprocess.Popen, grace_s: float = 20.0) -> None:
 
 
 class VLLMServer:
-    """Starts ``vllm serve <model>`` on 127.0.0.1 at a free port and waits until ``/health`` is 200.
+    """Starts ``vllm serve <model>`` on ``host`` (127.0.0.1) at a free port and waits until ``/health``
+    is 200. ``advertise`` is the address others reach it at (its node's IP when ``host`` is 0.0.0.0).
 
     ``argv`` is the whole command (``serve_command(...) + [model, flags...]``); the port is added.
     ``log_path`` receives the server's stdout and stderr. ``start()`` raises ``ServerError`` with the
@@ -121,7 +126,11 @@ class VLLMServer:
         log_path: Path,
         env: dict[str, str] | None = None,
         startup_timeout_s: float = 900.0,
+        host: str = "127.0.0.1",
+        advertise: str | None = None,
     ) -> None:
+        self.host = host  # the address it binds (0.0.0.0 for a server other machines reach)
+        self.advertise = advertise or host  # the address clients use (this node's IP under Ray)
         self.argv = list(argv)
         self.log_path = Path(log_path)
         self.env = dict(env or {})
@@ -132,7 +141,7 @@ class VLLMServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.advertise}:{self.port}"
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -144,8 +153,9 @@ class VLLMServer:
             return "(no log)"
 
     def start(self) -> str:
-        self.port = free_port()
-        argv = [*self.argv, "--host", "127.0.0.1", "--port", str(self.port)]
+        # a restarted server keeps its port when it can (other processes know its URL)
+        self.port = (free_port(self.host, self.port) if self.port else None) or free_port(self.host)
+        argv = [*self.argv, "--host", self.host, "--port", str(self.port)]
         env = {**os.environ, "VLLM_SERVER_DEV_MODE": "1", **self.env}
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps writing to it
@@ -175,7 +185,7 @@ class VLLMServer:
                     f"its log ({self.log_path}) ends with:\n{self.log_tail()}"
                 )
             with contextlib.suppress(ServerError):
-                if http_json("GET", f"{self.url}/health", timeout=5)[0] == 200:
+                if http_json("GET", f"http://127.0.0.1:{self.port}/health", timeout=5)[0] == 200:
                     return self.url
             time.sleep(1.0)
         self.stop()

@@ -63,6 +63,10 @@ class Trainer(RLCollection):
         "rollout.max_failures",
         "rollout.vllm.timeout_s",
         "rollout.vllm.startup_timeout_s",
+        "rollout.num_servers",  # where and how many servers sample is a resource choice, not a result one
+        "rollout.vllm.placement",
+        "rollout.vllm.server_cpus",
+        "rollout.vllm.server_gpus",
     )
 
     def __init__(
@@ -119,7 +123,7 @@ class Trainer(RLCollection):
         self.model, self.tokenizer = self.policy.model, self.policy.tokenizer
         self.reference = self.policy.reference
         self.run_dir: Path | None = None
-        engine = make_engine(cfg, self.model, self.tokenizer, run_dir=lambda: self.run_dir)  # hf | vllm
+        engine = make_engine(cfg, self.model, self.tokenizer, run_dir=lambda: self.run_dir, dist=self.dist)
         self.prefetch: Prefetcher | None = None  # rollout.async: the next batch, generated during the update
         if cfg.rollout.async_ and cfg.rollout.max_staleness > 0:
             if self.dist.enabled:
