@@ -53,9 +53,13 @@ class ModelConfig(_Strict):
 
 
 class TaskConfig(_Strict):
-    source: Literal["reasoning_gym", "jsonl"] = Field("reasoning_gym", description="Where prompts come from.")
+    source: Literal["reasoning_gym", "jsonl", "addition"] = Field(
+        "reasoning_gym", description="Where prompts come from (addition: unipo.tasks.addition, the demo's)."
+    )
     name: str = Field("chain_sum", description="reasoning-gym dataset name (source=reasoning_gym).")
-    config: dict[str, Any] = Field(default_factory=dict, description="reasoning-gym dataset options.")
+    config: dict[str, Any] = Field(
+        default_factory=dict, description="reasoning-gym dataset options (source=addition: AdditionTask's)."
+    )
     path: str = Field("", description="JSONL file with one example per line (source=jsonl).")
     prompt_column: str = Field("question", description="JSONL column holding the prompt.")
     answer_column: str = Field("answer", description="JSONL column holding the reference answer.")

@@ -60,7 +60,7 @@ class PreferenceTrainer:
         from unipo.models import LoraSettings, is_peft_model, load_model
         from unipo.rewards import RewardSet, get_reward_fn
         from unipo.rollout.hf import HFEngine
-        from unipo.tasks import task_from_config
+        from unipo.tasks import held_out_examples, task_from_config
         from unipo.train.collect import PromptSampler
         from unipo.train.evaluate import EvalSet, encode_prompts
 
@@ -118,7 +118,7 @@ class PreferenceTrainer:
                 ] or [("task", self.task.reward_fn(), 1.0)]
                 self.reward_set = RewardSet([*terms, *(reward_fns or [])])
             if cfg.task.eval_size:
-                ev = self.task.examples(cfg.task.eval_size, cfg.task.eval_seed)
+                ev = held_out_examples(self.task, cfg.task.eval_size, cfg.task.eval_seed)
                 self.eval_set = EvalSet(ev, *self._encode(ev))
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         o = cfg.optim

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from unipo.rewards.verifiers import RewardFn, extract_answer, math_equivalence
+from unipo.tasks.addition import AdditionTask
 
 
 class Task(Protocol):
@@ -201,11 +202,15 @@ class JsonlTask:
         return math_equivalence
 
 
-TASK_SOURCES: dict[str, type] = {"reasoning_gym": ReasoningGymTask, "jsonl": JsonlTask}
+TASK_SOURCES: dict[str, type] = {
+    "reasoning_gym": ReasoningGymTask,
+    "jsonl": JsonlTask,
+    "addition": AdditionTask,
+}
 """Task classes by the ``source`` name used in configs."""
 
 
-def make_task(source: str, **kwargs: Any) -> ReasoningGymTask | JsonlTask:
+def make_task(source: str, **kwargs: Any) -> ReasoningGymTask | JsonlTask | AdditionTask:
     """Build a task: ``make_task("reasoning_gym", name="chain_sum")``, ``make_task("jsonl", path=...)``."""
     if source not in TASK_SOURCES:
         raise ValueError(f"unknown task source {source!r}; allowed: {sorted(TASK_SOURCES)}")
@@ -222,10 +227,12 @@ def make_task(source: str, **kwargs: Any) -> ReasoningGymTask | JsonlTask:
     return cls(**kwargs)
 
 
-def task_from_config(task_cfg: Any) -> ReasoningGymTask | JsonlTask:
+def task_from_config(task_cfg: Any) -> ReasoningGymTask | JsonlTask | AdditionTask:
     """The task a ``unipo.config.TaskConfig`` names (only the fields of its source are read)."""
     if task_cfg.source == "reasoning_gym":
         return make_task("reasoning_gym", name=task_cfg.name, config=task_cfg.config)
+    if task_cfg.source == "addition":
+        return make_task("addition", **task_cfg.config)
     return make_task(
         task_cfg.source,
         path=task_cfg.path,

@@ -47,7 +47,7 @@ def run_eval(cfg: Any, out_dir: str | Path) -> dict[str, float]:
     """
     from unipo.models import load_model
     from unipo.rollout.hf import HFEngine
-    from unipo.tasks import task_from_config
+    from unipo.tasks import held_out_examples, task_from_config
     from unipo.train.run_dir import write_json
     from unipo.train.utils import resolve_device, seed_everything
 
@@ -58,7 +58,7 @@ def run_eval(cfg: Any, out_dir: str | Path) -> dict[str, float]:
     model, tok = load_model(cfg.model.path, dtype=cfg.model.dtype, device=str(device),
                             trust_remote_code=cfg.model.trust_remote_code)  # fmt: skip
     task = task_from_config(cfg.task)
-    examples = task.examples(cfg.task.eval_size, cfg.task.eval_seed)
+    examples = held_out_examples(task, cfg.task.eval_size, cfg.task.eval_seed)
     data = EvalSet(examples, *encode_prompts(tok, cfg.task, examples))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -69,7 +69,7 @@ class Trainer:
     ) -> None:
         from unipo.models import LoraSettings, load_model, make_reference
         from unipo.rewards import build_reward_set
-        from unipo.tasks import task_from_config
+        from unipo.tasks import held_out_examples, task_from_config
 
         self.cfg = cfg
         self.console = console or Console()
@@ -119,7 +119,7 @@ class Trainer:
         if not self.train_examples:
             raise ValueError("the task produced no training examples")
         eval_examples = (
-            self.task.examples(cfg.task.eval_size, cfg.task.eval_seed) if cfg.task.eval_size else []
+            held_out_examples(self.task, cfg.task.eval_size, cfg.task.eval_seed) if cfg.task.eval_size else []
         )
         self.eval_set = EvalSet(eval_examples, *self._encode(eval_examples)) if eval_examples else None
         self.sampler = PromptSampler(len(self.train_examples), seed=cfg.train.seed)
