@@ -102,7 +102,8 @@ def test_jsonl_errors(tmp_path: Path) -> None:
 def test_make_task(tmp_path: Path) -> None:
     assert isinstance(make_task("reasoning_gym", name="chain_sum"), ReasoningGymTask)
     assert make_task("jsonl", path="x.jsonl") == JsonlTask("x.jsonl")
-    with pytest.raises(ValueError, match=r"unknown task source 'hf'; allowed: \['jsonl', 'reasoning_gym'\]"):
+    allowed = r"allowed: \['addition', 'jsonl', 'reasoning_gym'\]"
+    with pytest.raises(ValueError, match=rf"unknown task source 'hf'; {allowed}"):
         make_task("hf", name="x")
     with pytest.raises(ValueError, match=r"unknown fields \['nme'\], missing fields \['name'\]"):
         make_task("reasoning_gym", nme="chain_sum")
