@@ -51,6 +51,10 @@ class Budget:
     micro_batch_size: int
     max_batch: int = 256  # rows one generate call decodes
     device: str = "cpu"
+    # torch CPU threads for the warm start and the run (0: torch's default, at most 4). One thread
+    # makes the demo bit-reproducible (docs/results.md §4) and keeps it from stalling on a busy
+    # machine: with 2 threads on 2 shared cores the warm start took 637 s, with one 166 s (measured).
+    threads: int = 1
 
 
 @dataclass(frozen=True)
@@ -73,7 +77,7 @@ LARGE = Testbed(
                     examples=200_000, sft_steps=600, batch_size=128, lr=3e-4, seed=0),
     Budget(grpo_steps=300, warmup_steps=20, prompts_per_step=64, group_size=16, lr=5e-5, train_size=200_000,
            eval_size=512, eval_samples=64, max_new_tokens=64, micro_batch_size=256, max_batch=1024,
-           device="auto"),
+           device="auto", threads=0),
 )  # fmt: skip
 SIZES: dict[str, Testbed] = {"small": SMALL, "large": LARGE}
 
@@ -117,6 +121,7 @@ def demo_overrides(run_dir: Path, model_dir: Path, tb: Testbed) -> list[str]:
         f"train.output_dir={run_dir}",
         "train.overwrite=true",
         "train.seed=0",
+        f"train.threads={b.threads}",
     ]
 
 
@@ -181,8 +186,8 @@ def run_demo(
     if size not in SIZES:
         raise ValueError(f"demo size {size!r} is not one of {sorted(SIZES)}")
     console = console or Console()
-    torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
     tb = globals()["quick"](SIZES[size]) if quick else SIZES[size]
+    torch.set_num_threads(tb.budget.threads or max(1, min(torch.get_num_threads(), 4)))
     t_start = time.perf_counter()
     run_dir = prepare_run_dir(output_dir, overwrite=overwrite)
     device = str(resolve_device(tb.budget.device))
