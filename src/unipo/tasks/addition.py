@@ -116,20 +116,24 @@ class AdditionTask:
                 "target": a + b, "source": f"addition:{self.digits}"}  # fmt: skip
 
     def pool_examples(self, pool: Pool, n: int, seed: int) -> list[dict[str, Any]]:
-        """``n`` distinct problems of ``pool`` drawn with ``random.Random(seed)`` (fewer only when
-        the pool has fewer); deterministic given (digits, pool_weights, pool, n, seed)."""
+        """``n`` distinct problems of ``pool`` drawn with ``random.Random`` seeded by (pool, seed);
+        all of the pool, shuffled, when it has at most ``4 n`` problems. Deterministic given
+        (digits, pool_weights, pool, n, seed)."""
         if pool not in POOLS:
             raise ValueError(f"addition task: pool must be one of {POOLS}, got {pool!r}")
         if n <= 0:
             raise ValueError(f"addition task: n must be positive, got {n}")
         rng = random.Random(f"{pool}:{seed}")  # a str seed: the pools' streams differ for one seed
         lo, hi = 10 ** (self.digits - 1), 10**self.digits - 1
+        share = dict(zip(POOLS, self.pool_weights))[pool] / sum(self.pool_weights)
+        if 4 * n >= share * self.space:  # a large part of the pool: enumerate it (rejection would stall)
+            pairs = [(a, b) for a in range(lo, hi + 1) for b in range(lo, hi + 1)
+                     if pool_of(question_text(a, b), self.pool_weights) == pool]  # fmt: skip
+            rng.shuffle(pairs)
+            return [self.example(a, b) for a, b in pairs[:n]]
         seen: set[str] = set()
         out: list[dict[str, Any]] = []
-        share = dict(zip(POOLS, self.pool_weights))[pool] / sum(self.pool_weights)
-        tries = 0
-        while len(out) < n and tries < 50 * n / share + 1000:
-            tries += 1
+        while len(out) < n:  # ≤ n of a pool of > 4n: duplicates stay rare, the loop ends
             a, b = rng.randint(lo, hi), rng.randint(lo, hi)
             q = question_text(a, b)
             if q in seen or pool_of(q, self.pool_weights) != pool:
