@@ -123,3 +123,18 @@ def test_testbed_configs_are_valid_and_fit_their_answers(size, tmp_path):
     params = count_parameters(**tb.recipe.model)
     assert (params < 2e6) if size == "small" else (1e7 <= params < 1e8)  # large: tens of millions
     assert quick(tb).recipe.model == tb.recipe.model and quick(tb).recipe.sft_steps < tb.recipe.sft_steps
+
+
+def test_passk_curves_by_hand():
+    import torch
+
+    from unipo.demo import passk_curves
+
+    before = torch.tensor([[1.0, 0.0], [0.0, 0.0]])  # prompt 0: 1 of 2 correct; prompt 1: none
+    after = torch.tensor([[1.0, 1.0], [0.0, 1.0]])
+    c = passk_curves(before, after)
+    # pass@1 = c/n per prompt: before (0.5 + 0) / 2, after (1 + 0.5) / 2; pass@2 = any correct
+    assert c["k"] == [1, 2]
+    assert c["before"] == pytest.approx([0.25, 0.5]) and c["after"] == pytest.approx([0.75, 1.0])
+    # paired changes at k=1: [0.5, 0.5] → s.e. 0; at k=2: [0, 1] → sd 0.7071 / sqrt(2) = 0.5
+    assert c["delta_stderr"] == pytest.approx([0.0, 0.5])
