@@ -67,15 +67,17 @@ class ModelConfig(_Strict):
 
 
 class TaskConfig(_Strict):
-    source: Literal["reasoning_gym", "jsonl", "code"] = Field(
+    source: Literal["reasoning_gym", "jsonl", "code", "addition"] = Field(
         "reasoning_gym",
-        description="Where prompts come from: reasoning-gym generators, a JSONL file, or the generated code "
+        description="Where prompts come from: reasoning-gym generators, a JSONL file, the generated code "
         "task (fill in a linear function's return expression; scored by running its unit tests in the "
-        "sandbox; "
-        "options in task.config, e.g. {max_b: 20}).",
+        "sandbox; options in task.config, e.g. {max_b: 20}), or the demo's worked column addition "
+        "(unipo.tasks.addition; options in task.config: digits, worked, pool_weights).",
     )
     name: str = Field("chain_sum", description="reasoning-gym dataset name (source=reasoning_gym).")
-    config: dict[str, Any] = Field(default_factory=dict, description="reasoning-gym dataset options.")
+    config: dict[str, Any] = Field(
+        default_factory=dict, description="reasoning-gym dataset options (source=addition: AdditionTask's)."
+    )
     path: str = Field("", description="JSONL file with one example per line (source=jsonl).")
     eval_path: str = Field(
         "",
