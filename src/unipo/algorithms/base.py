@@ -98,6 +98,11 @@ class Algorithm:
         return self._stat_names("old_token_stats")
 
     @property
+    def old_sequence_stats(self) -> tuple[str, ...]:
+        """Per-row features of π_old that some part reads (``RolloutBatch.old_sequence_stats``), sorted."""
+        return self._stat_names("old_sequence_stats")
+
+    @property
     def row_flags(self) -> tuple[str, ...]:
         """Metadata keys of row subsets some part reads (``LossInputs.row_flags``), sorted."""
         return self._stat_names("row_flags")

@@ -41,6 +41,12 @@ Optional part attributes the trainer reads (never part names):
                                       from ``LossInputs.stats`` (names of ``unipo.train.logprobs.
                                       TOKEN_STATS``, e.g. "topp_entropy:0.8"); they carry gradient
     old_token_stats: tuple[str, ...]  the same for π_old, read from ``LossInputs.old_stats`` (no grad)
+    old_sequence_stats: tuple[str, ...]
+                                      per-row vector features of π_old's final layer the part reads
+                                      from ``RolloutBatch.old_sequence_stats`` ({name: [B, K]}, names of
+                                      ``unipo.train.sequence_stats.SEQUENCE_STATS``, e.g. G2RL's
+                                      "lm_head_sensitivity"); the π_old pass computes them from the same
+                                      hidden states (no grad); the part also sets needs_old_logprobs
     needs_demonstrations: bool        collection tokenizes each task example's demonstration (its
                                       worked solution or reference answer) into
                                       ``metadata["sft_target_ids"]`` (HPT's SFT branch)

@@ -176,14 +176,16 @@ class Trainer(RLCollection):
     # ------------------------------------------------------------------ phases
     def _logprob_pass(
         self, model: torch.nn.Module, batch: RolloutBatch, stats: tuple[str, ...] = (),
-        root: torch.nn.Module | None = None,
+        root: torch.nn.Module | None = None, sequence_stats: tuple[str, ...] = (),
     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """No-grad log-probs [B, T], entropies [B, T] and named per-token stats of the whole batch,
-        on the CPU (each rank computes its share; ``root``: the FSDP2 unit holding ``model``)."""
+        on the CPU (each rank computes its share; ``root``: the FSDP2 unit holding ``model``);
+        ``sequence_stats`` add [B, K] per-row features to the dict."""
         return rollout_batch_logprobs(
             model, batch, self.device, micro_batch=self.cfg.optim.micro_batch_size,
             temperature=self.cfg.rollout.sampling.temperature, stats=stats,
             shared_prompt=self.cfg.optim.shared_prompt, dist=self.dist, root=root,
+            sequence_stats=sequence_stats,
         )  # fmt: skip
 
     # ------------------------------------------------------------------ the objective's stages
@@ -232,9 +234,14 @@ class Trainer(RLCollection):
             if bypass:
                 batch = batch.replace(old_logprobs=batch.rollout_logprobs)
             elif off_policy or self.algorithm.any_part("needs_old_logprobs"):  # else π_old = sg(π_θ)
-                stat_names = self.algorithm.old_token_stats
-                old_lp, old_ent, old_stats = self._logprob_pass(self.policy.scorer, batch, stat_names)
-                batch = batch.replace(old_logprobs=old_lp, entropies=old_ent, old_stats=old_stats)
+                stat_names, seq_names = self.algorithm.old_token_stats, self.algorithm.old_sequence_stats
+                old_lp, old_ent, old_stats = self._logprob_pass(
+                    self.policy.scorer, batch, stat_names, sequence_stats=seq_names
+                )
+                seq_stats = {k: old_stats.pop(k) for k in seq_names}  # [B, K] features (G2RL)
+                batch = batch.replace(
+                    old_logprobs=old_lp, entropies=old_ent, old_stats=old_stats, old_sequence_stats=seq_stats
+                )
             if self.reference is not None:
                 with self.policy.reference_model() as (ref_model, ref_root):
                     ref_lp, _, _ = self._logprob_pass(ref_model, batch, root=ref_root)
