@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 
 KINDS = (
     "advantage", "selection", "token_weight", "surrogate", "regularizer", "aggregate", "reward", "correction",
+    "rollout",
 )
 
 PARTS: dict[str, dict[str, type]] = {k: {} for k in KINDS}
@@ -63,7 +64,8 @@ def _load_builtin_parts() -> None:
         surrogates,
         weights,
     )
-    from unipo.rewards import shaping  # noqa: F401
+    from unipo.rewards import label_free, shaping  # noqa: F401
+    from unipo.rollout import tree  # noqa: F401  (the "rollout" parts: ETMR)
 
     for module in (
         "advantages_t2", "advantages_norm", "advantages_semantic", "advantages_entropy", "advantages_risk",

@@ -91,7 +91,8 @@ class Trainer(RLCollection):
         self.phases = PhaseMeter(self.device)  # time and peak memory by phase, every step
         if not cfg.model.path:
             raise ValueError("model.path is empty: give a local Hugging Face causal-LM directory")
-        self.algorithm: Algorithm = copy.deepcopy(build_algorithm(cfg.algorithm, cfg.rollout.group_size))
+        r = cfg.rollout  # the group size and engine: parts refuse what they cannot run with
+        self.algorithm: Algorithm = copy.deepcopy(build_algorithm(cfg.algorithm, r.group_size, r.engine))
         # -- task and rewards (errors surface here, before any model is loaded)
         self.task = task_from_config(cfg.task)
         self.task_reward = self.task.reward_fn()
@@ -147,7 +148,7 @@ class Trainer(RLCollection):
         self.train_examples = self.task.examples(cfg.task.train_size, cfg.task.train_seed)
         if not self.train_examples:
             raise ValueError("the task produced no training examples")
-        if cfg.task.hide_labels:  # test-time RL: the rewards never see a training label (eval keeps them)
+        if cfg.task.hide_labels or self.algorithm.label_free:  # test-time RL: rewards never see a label
             self.train_examples = [hide_labels(ex) for ex in self.train_examples]
         eval_examples = (
             self.task.examples(cfg.task.eval_size, cfg.task.eval_seed, "eval") if cfg.task.eval_size else []
