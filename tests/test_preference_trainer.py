@@ -84,7 +84,7 @@ def test_example_runs_with_every_preset(tiny_model_dir, tmp_path, preset):
     assert summary["steps"] >= 1 and summary["preset"] == preset
     steps = [r for r in records(tmp_path / "run") if "loss/total" in r]
     assert steps and all(math.isfinite(r["loss/total"]) for r in steps)
-    assert {"pref/accuracy", "pref/margin", "logps/chosen", "logps/rejected", "pairs/examples"} <= set(
+    assert {"pref/reward_accuracy", "pref/margin", "logps/chosen", "logps/rejected", "pairs/examples"} <= set(
         steps[0]
     )
     assert {"time/update", "memory/peak_mb"} <= set(steps[0]) and steps[0]["time/update"] > 0

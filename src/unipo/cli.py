@@ -1,19 +1,78 @@
-"""Command line: ``unipo train | preference | eval | report | compare | algorithms | demo | config-help``."""
+"""Command line: ``unipo train | preference | eval | report | compare | algorithms | demo | config-help``.
+
+Help texts are Markdown (typer's ``rich_markup_mode="markdown"``): write code as `x`, not ``x``.
+Errors a user can fix are one line, ``error: ...``, and exit code 2 (``_user_errors``).
+"""
 
 from __future__ import annotations
 
+import logging
 import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(
-    add_completion=False, no_args_is_help=True, help="unipo: policy optimization for language models."
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+    help="unipo: policy optimization for language models.",
 )
 console = Console()
+err_console = Console(stderr=True)
+MODEL_COMMANDS = {"train", "eval", "preference", "demo"}  # commands that load transformers models
+
+
+class _DropDeprecations(logging.Filter):
+    """Drops third-party log records about deprecations (transformers' "... are deprecated")."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "deprecated" not in record.getMessage().lower()
+
+
+_DEPRECATION = r".*(is deprecated|are deprecated|will be removed)"
+_show_warning = warnings.showwarning
+
+
+def _show_unipo_warning(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+    """unipo's own warnings as one ``warning: ...`` line on stderr; others as Python shows them."""
+    from unipo.models.task_file import UnipoWarning
+
+    if issubclass(category, UnipoWarning):
+        err_console.print(f"[yellow]warning:[/] {escape(str(message))}", soft_wrap=True)
+    else:
+        _show_warning(message, category, *args, **kwargs)
+
+
+def quiet_third_party(load_models: bool = True) -> None:
+    """Once per process, at the CLI entry: hide the deprecation notices that transformers (and torch,
+    peft) print on every run, as warnings (FutureWarning / DeprecationWarning whose text says
+    "deprecated" or "will be removed") and as transformers log records, and print unipo's own
+    warnings (``UnipoWarning``) as one line. Other warnings are left alone. ``load_models``: also
+    filter transformers' logger (importing it takes a second, so only commands that load models do).
+    """
+    for category in (FutureWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", message=_DEPRECATION, category=category)
+    warnings.showwarning = _show_unipo_warning
+    if load_models:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.get_logger("transformers")  # creates transformers' own handler
+        for handler in logging.getLogger("transformers").handlers:
+            if not any(isinstance(f, _DropDeprecations) for f in handler.filters):
+                handler.addFilter(_DropDeprecations())
+
+
+@app.callback()
+def _entry(ctx: typer.Context) -> None:
+    quiet_third_party(load_models=ctx.invoked_subcommand in MODEL_COMMANDS)
 
 
 def _run_args(
@@ -32,8 +91,109 @@ def _run_args(
 
 
 def _fail(msg: str) -> None:
-    console.print(f"[bold red]error:[/] {msg}")
+    console.print(f"[bold red]error:[/] {escape(msg)}", soft_wrap=True)
     raise typer.Exit(code=2)
+
+
+def _first_disk_full(err: BaseException) -> BaseException:
+    """The earliest ``DiskFullError`` in ``err``'s context chain (a failed write of the error record
+    after the first failure adds a second one)."""
+    from unipo.train.run_dir import DiskFullError
+
+    found, cur, seen = err, err, set()
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, DiskFullError):
+            found = cur
+        cur = cur.__context__
+    return found
+
+
+@contextmanager
+def _user_errors(run_dir: Any = None) -> Iterator[None]:
+    """Turn the errors a user can fix into ``error: ...`` and exit code 2: config and run-directory
+    problems, a missing device, logger package or file, no space left on the device (naming the
+    path and the checkpoint kept), an unwritable place. ``run_dir``: a callable giving the run
+    directory (for the disk-full message), or None."""
+    from unipo.diagnostics.compare import CompareError
+    from unipo.train.checkpoint import disk_full_message
+    from unipo.train.run_dir import DiskFullError, RunDirError, is_disk_full
+
+    def where() -> Any:
+        try:
+            return run_dir() if callable(run_dir) else run_dir
+        except Exception:
+            return None
+
+    try:
+        yield
+    except DiskFullError as e:
+        _fail(disk_full_message(_first_disk_full(e), where()))
+    except (RunDirError, CompareError, ValueError, FileNotFoundError, RuntimeError) as e:
+        if isinstance(e, RuntimeError) and not _is_user_runtime_error(e):
+            raise
+        _fail(str(e))
+    except OSError as e:
+        if is_disk_full(e):
+            _fail(disk_full_message(DiskFullError(e.filename or "?"), where()))
+        _fail(f"{e.strerror or e}: {e.filename}" if e.filename else str(e))
+
+
+def _is_user_runtime_error(e: RuntimeError) -> bool:
+    """TrainingError / PreferenceTrainingError / RunDirError: a run that cannot go on, said plainly."""
+    from unipo.preference.trainer import PreferenceTrainingError
+    from unipo.train.run_dir import RunDirError
+    from unipo.train.trainer import TrainingError
+
+    return isinstance(e, (TrainingError, PreferenceTrainingError, RunDirError))
+
+
+LAST_KEYS = ("reward/mean", "policy/entropy", "response/length_mean", "loss/total", "pref/reward_accuracy",
+             "pref/margin", "time/step")  # fmt: skip
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return "—" if v is None else str(v)
+    return str(v) if isinstance(v, int) else f"{v:.4f}"
+
+
+def print_summary(summary: dict[str, Any], run_dir: Any) -> None:
+    """The end of a run as tables: evaluation before → after, and the last training step."""
+    from unipo.diagnostics.evalset import eval_set_label, overlap_of
+
+    label = eval_set_label([overlap_of(summary, None)])
+    what = summary.get("algorithm") or summary.get("preset") or "run"
+    rounds = f", {summary['rounds']} rounds" if "rounds" in summary else ""
+    wall = summary.get("wall_seconds")
+    head = f"{what}: {summary.get('steps')} steps{rounds}"
+    head += f" in {wall:.0f} s" if isinstance(wall, float) else ""
+    skip = {"train_prompt_overlap"}
+    keys = list(dict.fromkeys(k.split("/", 1)[1] for k in summary if k.startswith(("before/", "after/"))))
+    keys = [k for k in keys if k not in skip]
+    console.print(f"[bold]{escape(head)}[/]")
+    if keys:
+        table = Table(title=f"evaluation on the {label}")
+        for col in ("metric", "before", "after", "change"):
+            table.add_column(col, justify="right")
+        for k in keys:
+            b, a = summary.get(f"before/{k}"), summary.get(f"after/{k}")
+            change = f"{a - b:+.4f}" if isinstance(a, (int, float)) and isinstance(b, (int, float)) else "—"
+            table.add_row(k, _fmt(b), _fmt(a), change)
+        console.print(table)
+    last = summary.get("last") or {}
+    rows = [(k, last[k]) for k in LAST_KEYS if isinstance(last.get(k), (int, float))]
+    if rows:
+        table = Table(title="last training step")
+        table.add_column("metric", justify="right")
+        table.add_column("value", justify="right")
+        for k, v in rows:
+            table.add_row(k, _fmt(v))
+        console.print(table)
+    if run_dir is not None:
+        console.print(
+            f"run directory: [bold]{escape(str(run_dir))}[/] (summary.json, metrics.jsonl, report.html)"
+        )
 
 
 PREFERENCE_SECTIONS = {"data", "loss", "pairs"}  # top-level sections only a preference config has
@@ -100,17 +260,16 @@ def route_train(config: str | None, args: list[str]) -> tuple[str, list[str]]:
 
 
 def _run_preference(config: str | None, args: list[str]) -> None:
-    from unipo.config import ConfigError
     from unipo.preference import load_preference_config
-    from unipo.preference.trainer import PreferenceTrainer, PreferenceTrainingError
-    from unipo.train.run_dir import RunDirError
+    from unipo.preference.trainer import PreferenceTrainer
+    from unipo.train.loggers import check_loggers
 
-    try:
-        summary = PreferenceTrainer(load_preference_config(config, args), console=console).train()
-    except (ConfigError, RunDirError, PreferenceTrainingError, FileNotFoundError, ValueError) as e:
-        _fail(str(e))
-        return
-    console.print({k: round(v, 4) if isinstance(v, float) else v for k, v in summary.items() if k != "last"})
+    cfg = None
+    with _user_errors(lambda: cfg.train.output_dir):
+        cfg = load_preference_config(config, args)
+        check_loggers(cfg.train.loggers)
+        summary = PreferenceTrainer(cfg, console=console).train()
+    print_summary(summary, cfg.train.output_dir)
 
 
 @app.command()
@@ -122,37 +281,36 @@ def train(
         bool, typer.Option(help="Continue from the newest checkpoint in the run directory.")
     ] = False,
 ) -> None:
-    """Train a policy: ``unipo train CONFIG.yaml model.path=DIR algorithm.name=dapo``.
+    """Train a policy: `unipo train CONFIG.yaml model.path=DIR algorithm.name=dapo`.
 
-    A preference preset as ``algorithm.name`` (or a preference config: sections data / loss /
-    pairs) runs the preference trainer, offline or in on-policy rounds, as ``unipo preference``.
+    A preference preset as `algorithm.name` (or a preference config: sections data / loss /
+    pairs) runs the preference trainer, offline or in on-policy rounds, as `unipo preference`.
+
+    The run directory (`train.output_dir`) is refused when it is not empty, unless `--resume` or
+    `--overwrite`. A run on a model saved by unipo warns when its prompt format (template, chat
+    template, system prompt) differs from the one the model was trained with (`unipo_task.json`).
     """
-    from unipo.config import ConfigError, load_config
-    from unipo.train.run_dir import RunDirError
+    from unipo.config import load_config
+    from unipo.train.loggers import check_loggers
     from unipo.train.signals import Interrupted
-    from unipo.train.trainer import Trainer, TrainingError
+    from unipo.train.trainer import Trainer
 
     config, args = _run_args(config, overrides, overwrite=overwrite, resume=resume)
-    try:
+    with _user_errors():
         kind, args = route_train(config, args)
-    except ConfigError as e:
-        _fail(str(e))
-        return
     if kind == "preference":
         _run_preference(config, args)
         return
+    cfg = None
     try:
-        cfg = load_config(config, args)
-        summary = Trainer(cfg, console=console).train()
+        with _user_errors(lambda: cfg.train.output_dir):
+            cfg = load_config(config, args)
+            check_loggers(cfg.train.loggers)  # before the run directory is made
+            summary = Trainer(cfg, console=console).train()
     except Interrupted as e:
-        console.print(f"[yellow]{e}[/]")
+        console.print(f"[yellow]{escape(str(e))}[/]")
         raise typer.Exit(code=130) from None
-    except (ConfigError, RunDirError, TrainingError, FileNotFoundError, ValueError) as e:
-        _fail(str(e))
-        return
-    console.print(
-        {k: round(v, 4) if isinstance(v, float) else v for k, v in summary.items() if k != "last"},
-    )
+    print_summary(summary, cfg.train.output_dir)
 
 
 @app.command("eval")
@@ -162,45 +320,85 @@ def eval_cmd(
         list[str] | None, typer.Argument(help="dotted key=value (task.*, eval.*, rollout.*)")
     ] = None,
     config: Annotated[str | None, typer.Option(help="YAML config to take task/eval settings from.")] = None,
-    out: Annotated[str | None, typer.Option(help="Output directory (default MODEL_DIR/eval).")] = None,
+    out: Annotated[
+        str | None, typer.Option(help="Output directory (default: `evals/<model name>-<date-time>` here).")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Write into a non-empty `--out` directory.")] = False,
 ) -> None:
-    """Accuracy, mean reward, pass@k / maj@k, length and entropy on held-out prompts.
+    """Accuracy, mean reward, pass@k / maj@k, length and entropy on the task's evaluation prompts.
 
-    ``unipo eval runs/demo/final task.name=chain_sum eval.samples=8 eval.ks=[1,4,8]``
+    `unipo eval runs/demo/final task.name=chain_sum eval.samples=8 eval.ks=[1,4,8]`
+
+    A model saved by unipo carries the prompt format and task it was trained with
+    (`unipo_task.json`: template, chat template on or off, system prompt, max_new_tokens, the
+    task and its options, the evaluation seed and size); they are used for every key you do not
+    set, and each key you set to another value is printed. Results go to `--out`, by default a
+    new `evals/<model name>-<date-time>` directory under the current one (never into the model
+    directory): `eval.json` and `samples.jsonl`.
     """
-    from unipo.config import ConfigError, load_config
-    from unipo.train.evaluate import run_eval
+    from unipo.train.evaluate import default_eval_dir, eval_config, run_eval
+    from unipo.train.run_dir import RunDirError, ensure_writable_dir
 
-    try:
-        cfg = load_config(config, [f"model.path={model_dir}", *(overrides or [])])
-        metrics = run_eval(cfg, out or f"{model_dir.rstrip('/')}/eval")
-    except (ConfigError, FileNotFoundError, ValueError) as e:
-        _fail(str(e))
-        return
+    with _user_errors():
+        cfg, saved, differ = eval_config(model_dir, config, list(overrides or []))
+        if not Path(model_dir).is_dir():
+            raise FileNotFoundError(f"model directory {model_dir} does not exist")
+        place = Path(out) if out else default_eval_dir(model_dir)
+        if out and place.is_dir() and any(place.iterdir()) and not overwrite:
+            raise RunDirError(f"{place} is not empty; pass --overwrite to replace its eval.json and "
+                              "samples.jsonl, or give another --out")  # fmt: skip
+        ensure_writable_dir(place, "give another --out", "eval output directory")
+        _print_eval_settings(model_dir, cfg, saved, differ)
+        record = {"settings_from": f"{model_dir}/unipo_task.json" if saved else None,
+                  "differ_from_saved": differ}  # fmt: skip
+        metrics = run_eval(cfg, place, console=console, record=record)
     table = Table(title=f"eval of {model_dir}")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for k, v in metrics.items():
         table.add_row(k, f"{v:.4f}")
     console.print(table)
+    console.print(f"written to [bold]{escape(str(place))}[/] (eval.json, samples.jsonl)")
+
+
+def _print_eval_settings(model_dir: str, cfg: Any, saved: dict[str, Any] | None, differ: list[str]) -> None:
+    t = cfg.task
+    chat = {True: "on", False: "off", None: "if the tokenizer has one"}[t.chat]
+    name = t.name if t.source == "reasoning_gym" else t.path
+    what = (f"task {name} {t.config or ''}, template {t.template!r}, "
+            f"chat template {chat}, {cfg.rollout.sampling.max_new_tokens} new tokens, "
+            f"{t.eval_size} prompts (seed {t.eval_seed})")  # fmt: skip
+    if saved is None:
+        console.print(f"{escape(model_dir)} has no unipo_task.json (not saved by unipo); evaluating with "
+                      f"{escape(what)}", soft_wrap=True)  # fmt: skip
+        return
+    console.print(f"settings the model was trained with ({escape(model_dir)}/unipo_task.json): "
+                  f"{escape(what)}", soft_wrap=True)  # fmt: skip
+    for line in differ:
+        err_console.print(f"[yellow]warning:[/] not as trained: {escape(line)}", soft_wrap=True)
 
 
 @app.command()
 def report(
     run_dirs: Annotated[list[str], typer.Argument(help="Run directories (several are overlaid).")],
     out: Annotated[
-        str | None, typer.Option(help="Where to write report.html and plots/ (default: first run).")
+        str | None,
+        typer.Option(help="Where to write report.html and plots/ (default: the run itself for one run, "
+                     "`reports/<name>-vs-<name>` for several)."),
     ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a report already in `--out`.")] = False,
 ) -> None:
-    """PNG plots and an HTML page for one or several runs."""
+    """PNG plots and an HTML page for one or several runs.
+
+    One run: written into its run directory (`report.html`, `plots/`), as the trainer writes it.
+    Several runs: a new `reports/<name>-vs-<name>` directory (or `--out`); never into a run
+    directory, and an existing report is replaced only with `--overwrite`.
+    """
     from unipo.diagnostics.report import report_main
 
-    try:
-        path = report_main(run_dirs, out)
-    except (FileNotFoundError, ValueError) as e:
-        _fail(str(e))
-        return
-    console.print(f"report: {path}")
+    with _user_errors():
+        path = report_main(run_dirs, out, overwrite)
+    console.print(f"report: {escape(str(path))}")
 
 
 @app.command()
@@ -208,12 +406,10 @@ def compare(
     spec: Annotated[str, typer.Argument(help="Spec YAML: base, variants, seeds, output_dir.")],
 ) -> None:
     """Run each (variant, seed) as a run directory; write compare.html/.json with 95% intervals."""
-    from unipo.diagnostics.compare import CompareError, compare_main
+    from unipo.diagnostics.compare import compare_main
 
-    try:
-        console.print(f"comparison report: {compare_main(spec, console=console)}")
-    except (CompareError, FileNotFoundError) as e:
-        _fail(str(e))
+    with _user_errors():
+        console.print(f"comparison report: {escape(str(compare_main(spec, console=console)))}")
 
 
 @app.command()
@@ -224,7 +420,7 @@ def preference(
     resume: Annotated[bool, typer.Option(help="Continue from the newest checkpoint (round ends).")] = False,
     presets: Annotated[bool, typer.Option("--presets", help="List the preference presets and exit.")] = False,
 ) -> None:
-    """Preference optimization: ``unipo preference CONFIG.yaml model.path=DIR loss.preset=ipo``."""
+    """Preference optimization: `unipo preference CONFIG.yaml model.path=DIR loss.preset=ipo`."""
     from unipo.preference import list_presets
 
     if presets:
@@ -280,14 +476,21 @@ def config_help() -> None:
 
 @app.command()
 def demo(
-    output_dir: Annotated[str, typer.Option(help="Run directory.")] = "runs/demo",
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing demo run directory.")] = True,
+    output_dir: Annotated[str, typer.Option(help="Demo directory.")] = "runs/demo",
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace a previous demo run in the demo directory (`make demo` passes it).")
+    ] = False,
     quick: Annotated[bool, typer.Option(help="A tiny budget (smoke test), not the real demo.")] = False,
 ) -> None:
-    """Build the tiny model, warm-start it, train it with GRPO and show before/after."""
+    """Build the tiny model, warm-start it, train it with GRPO and show before/after.
+
+    A non-empty demo directory is refused unless `--overwrite` is given (then the previous demo
+    run is replaced, and the output says so).
+    """
     from unipo.demo import run_demo
 
-    run_demo(output_dir=output_dir, overwrite=overwrite, quick=quick, console=console)
+    with _user_errors(lambda: output_dir):
+        run_demo(output_dir=output_dir, overwrite=overwrite, quick=quick, console=console)
 
 
 def main() -> None:

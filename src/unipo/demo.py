@@ -2,10 +2,16 @@
 
 1. build a small Llama-style model with a character tokenizer, fully offline;
 2. give it a short supervised warm start on reasoning-gym ``chain_sum`` problems, so its
-   held-out accuracy starts low but above zero (and greedy decoding beats sampling);
+   accuracy starts low but above zero (and greedy decoding beats sampling);
 3. train it with the ``grpo`` preset through the ordinary trainer;
-4. print before/after on held-out problems drawn with a different seed, and write the run
-   directory (metrics.jsonl, plots/, final/ model, summary.json).
+4. print before/after on evaluation problems drawn with a different seed (with the share of them
+   that are also training problems: two-term sums repeat), and write the run directory
+   (metrics.jsonl, plots/, final/ model, summary.json).
+
+A non-empty demo directory is refused unless ``overwrite`` (``unipo demo --overwrite``; ``make
+demo`` passes it and says that it replaces the previous demo run). Both saved models (``warm_start/``
+and ``final/``) carry ``unipo_task.json``: the prompt format they were trained with (no chat
+template), which ``unipo eval`` uses.
 """
 
 from __future__ import annotations
@@ -19,8 +25,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from unipo.config import load_config
-from unipo.train.run_dir import prepare_run_dir, read_metrics, write_json
+from unipo.config import Config, load_config
+from unipo.train.run_dir import RunDirError, prepare_run_dir, read_metrics, write_json
 
 TASK = {"name": "chain_sum", "config": {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 2}}
 MODEL = {"hidden_size": 128, "num_layers": 2, "num_heads": 4}
@@ -59,9 +65,14 @@ def demo_overrides(run_dir: Path, model_dir: Path, budget: dict[str, int]) -> li
     ]
 
 
-def warm_start(run_dir: Path, budget: dict[str, int], console: Console) -> Path:
-    """Build the tiny model and fine-tune it on (question, answer) pairs; returns its directory."""
+def warm_start(run_dir: Path, budget: dict[str, int], console: Console, cfg: Config | None = None) -> Path:
+    """Build the tiny model and fine-tune it on (question, answer) pairs; returns its directory.
+
+    The prompts are the questions as the GRPO run renders them (``cfg.task``: plain text, no chat
+    template), and the saved model records that format in ``unipo_task.json``.
+    """
     from unipo.models import build_tiny_model, load_model, save_model
+    from unipo.models.task_file import task_settings
     from unipo.tasks import ReasoningGymTask
     from unipo.train.sft import sft, sft_rows
 
@@ -72,15 +83,12 @@ def warm_start(run_dir: Path, budget: dict[str, int], console: Console) -> Path:
     ids = [tok(ex["question"], add_special_tokens=False)["input_ids"] for ex in examples]
     rows = sft_rows(tok, ids, [ex["answer"] for ex in examples])
     t0 = time.perf_counter()
-    n = budget["sft_steps"]
-    with console.status("[bold]supervised warm start") as status:
-        losses = sft(
-            model, rows, steps=n, batch_size=64, lr=1e-3, seed=0, pad_id=tok.pad_token_id,
-            on_step=lambda i, loss: status.update(f"[bold]warm start[/] {i + 1}/{n} loss {loss:.3f}"),
-        )  # fmt: skip
+    losses = sft(model, rows, steps=budget["sft_steps"], batch_size=64, lr=1e-3, seed=0,
+                 pad_id=tok.pad_token_id, console=console)  # fmt: skip
     console.print(f"warm start: {budget['sft_steps']} steps, loss {losses[0]:.3f} → {losses[-1]:.3f} "
                   f"in {time.perf_counter() - t0:.0f}s")  # fmt: skip
-    return save_model(model, tok, run_dir / "warm_start")
+    settings = task_settings(cfg.task, tok, cfg.rollout.sampling.max_new_tokens) if cfg is not None else None
+    return save_model(model, tok, run_dir / "warm_start", task=settings)
 
 
 def before_after(run_dir: Path, n_prompts: int, samples: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,26 +101,44 @@ def before_after(run_dir: Path, n_prompts: int, samples: int) -> tuple[torch.Ten
     return correct[:block].view(n_prompts, samples).mean(1), correct[-block:].view(n_prompts, samples).mean(1)
 
 
+def check_demo_dir(output_dir: str | Path, overwrite: bool) -> bool:
+    """Refuse a non-empty demo directory without ``overwrite`` (``RunDirError``); returns whether
+    there is a previous demo run to replace."""
+    p = Path(output_dir)
+    previous = p.is_dir() and any(p.iterdir())
+    if previous and not overwrite:
+        raise RunDirError(
+            f"demo directory {p} is not empty (a previous demo run?); pass --overwrite to replace it, "
+            "or --output-dir DIR to keep it"
+        )
+    return previous
+
+
 def run_demo(
-    output_dir: str = "runs/demo", overwrite: bool = True, quick: bool = False, console: Console | None = None
+    output_dir: str = "runs/demo",
+    overwrite: bool = False,
+    quick: bool = False,
+    console: Console | None = None,
 ) -> dict[str, Any]:
     from unipo.diagnostics.report import write_report
     from unipo.tasks import ReasoningGymTask
     from unipo.train.trainer import Trainer
 
     console = console or Console()
+    if check_demo_dir(output_dir, overwrite):
+        console.print(f"replacing the previous demo run in {output_dir} (--overwrite)")
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
     budget = QUICK if quick else FULL
     t_start = time.perf_counter()
     run_dir = prepare_run_dir(output_dir, overwrite=overwrite)
-    model_dir = warm_start(run_dir, budget, console)
-    cfg = load_config(None, demo_overrides(run_dir, model_dir, budget))
+    cfg = load_config(None, demo_overrides(run_dir, run_dir / "warm_start", budget))
+    warm_start(run_dir, budget, console, cfg)
     trainer = Trainer(cfg, console=console)
     summary = trainer.train()
     task = ReasoningGymTask(TASK["name"], TASK["config"])
     train_q = {ex["question"] for ex in task.examples(budget["train_size"], TRAIN_SEED)}
     held = task.examples(budget["eval_size"], EVAL_SEED)
-    seen = torch.tensor([ex["question"] in train_q for ex in held])  # [N] held-out prompt also in training
+    seen = torch.tensor([ex["question"] in train_q for ex in held])  # [N] evaluation prompt also in training
     acc_before, acc_after = before_after(run_dir, budget["eval_size"], budget["eval_samples"])
     delta = acc_after - acc_before  # paired by prompt
     metrics = read_metrics(run_dir / "metrics.jsonl")
@@ -151,8 +177,11 @@ def run_demo(
 
 
 def _print_table(console: Console, s: dict[str, Any]) -> None:
+    from unipo.diagnostics.evalset import eval_set_label
+
+    label = eval_set_label([s.get("train_prompt_overlap")])  # "held-out set" only at 0 overlap
     table = Table(
-        title=f"held-out {s['eval_prompts']} prompts × {s['eval_samples_per_prompt']} samples (T=1.0)"
+        title=f"{label}: {s['eval_prompts']} prompts × {s['eval_samples_per_prompt']} samples (T=1.0)"
     )
     for col in ("metric", "before GRPO", "after GRPO", "change"):
         table.add_column(col, justify="right")
@@ -169,13 +198,13 @@ def _print_table(console: Console, s: dict[str, Any]) -> None:
     console.print(table)
     if s["accuracy_after_unseen"] is not None and s["accuracy_after_seen"] is not None:
         console.print(
-            f"held-out prompts also in the training pool ({100 * s['train_prompt_overlap']:.0f}%): "
+            f"evaluation prompts also in the training pool ({100 * s['train_prompt_overlap']:.0f}%): "
             f"{100 * s['accuracy_before_seen']:.1f}% → {100 * s['accuracy_after_seen']:.1f}%; "
             f"never seen in training: {100 * s['accuracy_before_unseen']:.1f}% → "
             f"{100 * s['accuracy_after_unseen']:.1f}%"
         )
     console.print(
         f"sampled accuracy change: {100 * (s['accuracy_after'] - s['accuracy_before']):+.1f} pts "
-        f"± {100 * s['accuracy_delta_stderr']:.1f} (paired s.e.); held-out/train overlap "
+        f"± {100 * s['accuracy_delta_stderr']:.1f} (paired s.e.); evaluation/training prompt overlap "
         f"{100 * s['train_prompt_overlap']:.1f}%; {s['steps']} GRPO steps; total {s['wall_seconds']:.0f}s"
     )

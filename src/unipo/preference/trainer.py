@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from rich.console import Console
 
+from unipo.models.task_file import prompt_format_warning
 from unipo.preference.batch import PreferenceBatch, PreferenceExample
 from unipo.preference.config import PreferenceConfig
 from unipo.preference.losses import PreferenceInputs
@@ -130,6 +131,20 @@ class PreferenceTrainer:
         )
         self.step, self.round, self._nonfinite_run, self._stages_done = 0, 0, 0, 0
         self.run_dir: Path | None = None
+        self.task_settings = self._task_settings()
+        prompt_format_warning(cfg.model.path, self.task_settings)  # vs the model's unipo_task.json
+
+    def _task_settings(self) -> dict[str, Any]:
+        """What ``final/unipo_task.json`` records: the task and its prompt format (with the on-policy
+        rounds' max_new_tokens), else, offline without a task, the data's prompt format."""
+        from unipo.models.task_file import format_settings, task_settings
+
+        cfg = self.cfg
+        if cfg.task is not None:
+            max_new = cfg.pairs.sampling.max_new_tokens if self.online else None
+            return task_settings(cfg.task, self.tokenizer, max_new)
+        d = cfg.data
+        return format_settings(d.template, d.chat, d.system_prompt, self.tokenizer)
 
     # ------------------------------------------------------------------ models and data
     def _frozen_copy(self) -> torch.nn.Module:
@@ -366,7 +381,7 @@ class PreferenceTrainer:
                 self.console.print(
                     f"round {self.round}/{cfg.train.rounds}: step {self.step}, "
                     f"loss {last.get('loss/total', float('nan')):.4f}, "
-                    f"accuracy {last.get('pref/accuracy', float('nan')):.2f}"
+                    f"reward accuracy {last.get('pref/reward_accuracy', float('nan')):.2f}"
                 )
                 if cfg.train.save_every and self.round % cfg.train.save_every == 0:
                     self.save()
@@ -376,7 +391,7 @@ class PreferenceTrainer:
         finally:
             log.close()
         if cfg.train.save_final:
-            save_model(self.model, self.tokenizer, self.run_dir / "final")
+            save_model(self.model, self.tokenizer, self.run_dir / "final", task=self.task_settings)
         summary: dict[str, Any] = {
             "steps": self.step,
             "rounds": self.round,

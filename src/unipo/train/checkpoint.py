@@ -8,7 +8,9 @@ A checkpoint directory ``checkpoints/step_00000012/`` holds:
     COMPLETE            written last; a directory without it is ignored
 It is written into ``step_….tmp-XXXX`` and renamed into place, then ``checkpoints/latest``
 (a one-line text file) is replaced atomically. A failure mid-write (disk full) removes the
-temporary directory and leaves every earlier checkpoint and ``latest`` untouched.
+temporary directory and leaves every earlier checkpoint and ``latest`` untouched; a full disk is
+raised as ``run_dir.DiskFullError`` naming the checkpoint (``disk_full_message`` adds which
+checkpoint a ``--resume`` would continue from).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from unipo.train.run_dir import atomic_write_text
+from unipo.train.run_dir import DiskFullError, atomic_write_text, is_disk_full
 
 CKPT_DIR = "checkpoints"
 
@@ -81,8 +83,10 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, optim_stat
             shutil.rmtree(final)
         os.replace(tmp, final)
         _fsync_dir(root)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if is_disk_full(e, where=root):
+            raise DiskFullError(final) from e
         raise
     atomic_write_text(root / "latest", final.name + "\n")
     for old in complete_checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []:
@@ -109,6 +113,23 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
             return newest[-1] if newest and newest[-1] != cand else cand
     ckpts = complete_checkpoints(run_dir)
     return ckpts[-1] if ckpts else None
+
+
+def disk_full_message(err: DiskFullError, run_dir: str | Path | None) -> str:
+    """The one-line report of a run stopped by a full disk: what failed, what is kept, what to do."""
+    msg = str(err)
+    if run_dir is None:
+        return msg + "; free some space and run again"
+    ckpt = latest_checkpoint(Path(run_dir))
+    if ckpt is None:
+        return msg + (
+            "; no checkpoint had been written (train.save_every=0, or too early); free some space and "
+            "run again"
+        )
+    return (
+        f"{msg}; the last checkpoint, {ckpt}, is complete and kept; free some space, then continue "
+        "with --resume"
+    )
 
 
 def load_checkpoint(path: Path, model: torch.nn.Module) -> tuple[dict[str, Any], dict[str, Any]]:

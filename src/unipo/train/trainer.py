@@ -23,8 +23,10 @@ from unipo.algorithms.base import Algorithm
 from unipo.batch import RolloutBatch
 from unipo.config import Config, build_algorithm
 from unipo.diagnostics.entropy import RunDiagnostics
+from unipo.models.task_file import prompt_format_warning, task_settings
 from unipo.parts.base import masked_mean
 from unipo.rollout.hf import HFEngine
+from unipo.rollout.memory import check_generation_memory
 from unipo.train.checkpoint import (
     load_checkpoint,
     open_run_dir,
@@ -38,6 +40,7 @@ from unipo.train.evaluate import EvalSet, encode_prompts, evaluate
 from unipo.train.loggers import MultiLogger, make_loggers
 from unipo.train.nograd import rollout_batch_logprobs
 from unipo.train.phases import PhaseMeter
+from unipo.train.progress import progress_bar
 from unipo.train.run_dir import (
     first_eval,
     truncate_metrics,
@@ -123,6 +126,11 @@ class Trainer:
         )
         self.eval_set = EvalSet(eval_examples, *self._encode(eval_examples)) if eval_examples else None
         self.sampler = PromptSampler(len(self.train_examples), seed=cfg.train.seed)
+        self.task_settings = task_settings(cfg.task, self.tokenizer, cfg.rollout.sampling.max_new_tokens)
+        prompt_format_warning(cfg.model.path, self.task_settings)  # saved with the model: unipo_task.json
+        check_generation_memory(self.engine, self._encode(self.train_examples[:64])[0], [  # KV cache fits?
+            (cfg.rollout.prompts_per_step, cfg.rollout.group_size), (cfg.task.eval_size, cfg.eval.samples)
+        ], cfg.rollout.sampling.max_new_tokens)  # fmt: skip
         # -- optimization
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
@@ -276,11 +284,11 @@ class Trainer:
         sampling = cfg.rollout.sampling.model_copy(update={"temperature": cfg.eval.temperature})
         path = self.run_dir / "samples.jsonl" if self.run_dir else None
         n = len(self.eval_set.examples)
-        with self.console.status(f"[bold]evaluating[/] {n} held-out prompts × {cfg.eval.samples} samples"):
+        with progress_bar(self.console, "evaluate", n * (2 if cfg.eval.greedy else 1)) as progress:
             return evaluate(
                 self.model, self.engine, self.task_reward, self.eval_set,
                 samples=cfg.eval.samples, sampling=sampling, ks=cfg.eval.ks, greedy=cfg.eval.greedy,
-                micro_batch=cfg.optim.micro_batch_size, samples_path=path, tag=tag,
+                micro_batch=cfg.optim.micro_batch_size, samples_path=path, tag=tag, progress=progress,
             )  # fmt: skip
 
     # ------------------------------------------------------------------ checkpoints
@@ -388,7 +396,7 @@ class Trainer:
         if cfg.train.save_every:
             self.save_checkpoint()
         if cfg.train.save_final:
-            save_model(self.model, self.tokenizer, self.run_dir / "final")
+            save_model(self.model, self.tokenizer, self.run_dir / "final", task=self.task_settings)
         summary = {"steps": self.step, "wall_seconds": wall, "algorithm": self.algorithm.name, "last": last}
         summary.update({f"before/{k.split('/', 1)[1]}": v for k, v in before.items()})
         summary.update({f"after/{k.split('/', 1)[1]}": v for k, v in after.items()})
