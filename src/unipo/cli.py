@@ -338,9 +338,11 @@ def eval_cmd(
     """
     from unipo.train.evaluate import default_eval_dir, eval_config, run_eval
     from unipo.train.run_dir import RunDirError, ensure_writable_dir
+    from unipo.train.utils import resolve_device
 
     with _user_errors():
         cfg, saved, differ = eval_config(model_dir, config, list(overrides or []))
+        resolve_device(cfg.model.device)  # a missing GPU is refused before anything is written
         if not Path(model_dir).is_dir():
             raise FileNotFoundError(f"model directory {model_dir} does not exist")
         place = Path(out) if out else default_eval_dir(model_dir)
