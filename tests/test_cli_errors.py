@@ -16,7 +16,8 @@ from unipo.rollout.memory import GenerationMemoryError, check_kv_cache
 from unipo.train.run_dir import DiskFullError, MetricsLog, is_disk_full
 
 TINY_RUN = [
-    "model.device=cpu", "task.name=chain_sum", "task.config={min_terms: 2, max_terms: 2, min_digits: 1, max_digits: 1}",
+    "model.device=cpu", "task.name=chain_sum",
+    "task.config={min_terms: 2, max_terms: 2, min_digits: 1, max_digits: 1}",
     "task.train_size=20", "task.eval_size=0", "task.chat=false", "rollout.prompts_per_step=2",
     "rollout.group_size=2", "rollout.sampling.max_new_tokens=3", "optim.micro_batch_size=4", "train.steps=1",
 ]  # fmt: skip
@@ -90,7 +91,7 @@ def test_read_only_run_directory_by_permissions(tiny_model_dir: Path, tmp_path: 
 
 
 @pytest.mark.slow
-def test_disk_full_names_the_path_and_keeps_the_last_checkpoint(tiny_model_dir: Path, tmp_path: Path, monkeypatch):
+def test_disk_full_names_the_path_and_keeps_the_last_checkpoint(tiny_model_dir, tmp_path, monkeypatch):
     import unipo.train.checkpoint as checkpoint
 
     real, calls = checkpoint.save_file, []
@@ -146,10 +147,11 @@ def test_kv_cache_check_with_the_numbers(tiny):
 
 def test_max_new_tokens_beyond_memory_is_refused_before_the_run(tiny_model_dir: Path, tmp_path: Path):
     out = tmp_path / "run"
-    line = one_error_line(run("train", f"model.path={tiny_model_dir}", *TINY_RUN,
-                              "rollout.sampling.max_new_tokens=100000000000", f"train.output_dir={out}"))  # fmt: skip
+    huge = "rollout.sampling.max_new_tokens=100000000000"
+    line = one_error_line(run("train", f"model.path={tiny_model_dir}", *TINY_RUN, huge,
+                              f"train.output_dir={out}"))  # fmt: skip
     assert "KV cache" in line and "GiB is free on cpu" in line and "100000000000 new tokens" in line
     assert not out.exists()
-    line = one_error_line(run("eval", str(tiny_model_dir), "model.device=cpu", "task.eval_size=2",
-                              "rollout.sampling.max_new_tokens=100000000000", "--out", tmp_path / "ev"))  # fmt: skip
+    line = one_error_line(run("eval", str(tiny_model_dir), "model.device=cpu", "task.eval_size=2", huge,
+                              "--out", tmp_path / "ev"))  # fmt: skip
     assert "KV cache" in line

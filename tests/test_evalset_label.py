@@ -8,11 +8,10 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from unipo.diagnostics.evalset import OVERLAP_KEY, eval_set_label, overlap_of
-from unipo.diagnostics.report import write_report
-
 from test_compare import fake_cell
 from test_report import fake_run
+from unipo.diagnostics.evalset import OVERLAP_KEY, eval_set_label, overlap_of
+from unipo.diagnostics.report import write_report
 
 
 def with_overlap(run: Path, overlap: float | None) -> Path:
@@ -71,7 +70,8 @@ def test_report_and_plots_name_the_evaluation_set(tmp_path, titles, overlap, sai
 
 
 def test_overlaid_report_is_held_out_only_if_every_run_is(tmp_path, titles):
-    runs = [with_overlap(fake_run(tmp_path, "a", (0.2, 0.5)), 0.0), with_overlap(fake_run(tmp_path, "b", (0.1, 0.4)), 0.1)]
+    runs = [with_overlap(fake_run(tmp_path, "a", (0.2, 0.5)), 0.0),
+            with_overlap(fake_run(tmp_path, "b", (0.1, 0.4)), 0.1)]  # fmt: skip
     text = write_report(tmp_path / "out", runs).read_text()
     assert "evaluation on the evaluation set (up to 10% also in training)" in text and "held-out" not in text
 

@@ -8,10 +8,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from test_report import fake_run
 from unipo.cli import app
 from unipo.train.evaluate import default_eval_dir
-
-from test_report import fake_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,7 +47,8 @@ def test_default_eval_dir(tmp_path):
     out = default_eval_dir(model, root=tmp_path / "evals", stamp="20250101-120000")
     assert out == tmp_path / "evals" / "demo-final-20250101-120000"
     out.mkdir(parents=True)
-    assert default_eval_dir(model, tmp_path / "evals", "20250101-120000").name == "demo-final-20250101-120000-2"
+    again = default_eval_dir(model, tmp_path / "evals", "20250101-120000")
+    assert again.name == "demo-final-20250101-120000-2"
     assert default_eval_dir(tmp_path / "my-model", tmp_path / "evals", "x").name == "my-model-x"
 
 
@@ -56,8 +56,9 @@ def test_default_eval_dir(tmp_path):
 def test_eval_writes_under_evals_not_into_the_model(tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     before = sorted(p.name for p in tiny_model_dir.iterdir())
-    args = ["eval", tiny_model_dir, "model.device=cpu", "task.chat=false", "task.eval_size=2", "eval.samples=1",
-            "eval.ks=[1]", "eval.greedy=false", "rollout.sampling.max_new_tokens=2"]  # fmt: skip
+    args = ["eval", tiny_model_dir, "model.device=cpu", "task.chat=false", "task.eval_size=2",
+            "eval.samples=1", "eval.ks=[1]", "eval.greedy=false",
+            "rollout.sampling.max_new_tokens=2"]  # fmt: skip
     res = run(*args)
     assert res.exit_code == 0, res.output
     assert sorted(p.name for p in tiny_model_dir.iterdir()) == before  # nothing written into the model

@@ -71,7 +71,8 @@ def test_eval_with_defaults_sees_the_training_prompts(trained: Path, tmp_path: P
 @pytest.mark.slow
 def test_eval_says_which_keys_differ_from_the_saved_ones(trained: Path, tmp_path: Path):
     res = CliRunner().invoke(app, ["eval", str(trained / "final"), "task.chat=true", "task.eval_size=2",
-                                   "eval.samples=1", "eval.greedy=false", "--out", str(tmp_path / "ev")])  # fmt: skip
+                                   "eval.samples=1", "eval.greedy=false", "--out",
+                                   str(tmp_path / "ev")])  # fmt: skip
     assert res.exit_code == 0, res.output
     text = flat(res.output)
     assert "not as trained: task.chat: trained with false, now true" in text
@@ -84,7 +85,8 @@ def test_run_warns_when_its_prompt_format_differs(trained: Path, tmp_path: Path)
     from unipo.train.trainer import Trainer
 
     final = trained / "final"
-    with pytest.warns(PromptFormatWarning, match=r"task\.chat: the model was trained with false, this run uses true"):
+    said = r"task\.chat: the model was trained with false, this run uses true"
+    with pytest.warns(PromptFormatWarning, match=said):
         Trainer(run_cfg(final, tmp_path / "a", "task.chat=true"))
     with warnings.catch_warnings():
         warnings.simplefilter("error", PromptFormatWarning)
@@ -93,10 +95,13 @@ def test_run_warns_when_its_prompt_format_differs(trained: Path, tmp_path: Path)
 
 def test_eval_settings_fill_only_what_the_user_did_not_set():
     saved = {"task.name": "chain_sum", "task.config": {"min_terms": 2}, "task.chat": False,
-             "task.template": "{question}", "task.eval_seed": 7, "rollout.sampling.max_new_tokens": 8}  # fmt: skip
+             "task.template": "{question}", "task.eval_seed": 7,
+             "rollout.sampling.max_new_tokens": 8}  # fmt: skip
     fill, differ = eval_settings(saved, {"task": {"name": "chain_sum", "chat": True}})
     assert 'task.chat=false' not in fill and differ == ["task.chat: trained with false, now true"]
-    assert {'task.config={"min_terms": 2}', "task.eval_seed=7", "rollout.sampling.max_new_tokens=8"} <= set(fill)
+    assert {'task.config={"min_terms": 2}', "task.eval_seed=7", "rollout.sampling.max_new_tokens=8"} <= set(
+        fill
+    )
     cfg = load_config(None, [*fill, "model.path=m", "task.name=chain_sum", "task.chat=true"])
     assert cfg.task.config == {"min_terms": 2} and cfg.task.chat is True and cfg.task.eval_seed == 7
     # another task: the model's prompt format, that task's own options and seeds
