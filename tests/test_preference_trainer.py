@@ -88,6 +88,7 @@ def test_example_runs_with_every_preset(tiny_model_dir, tmp_path, preset):
         steps[0]
     )
     assert {"time/update", "memory/peak_mb"} <= set(steps[0]) and steps[0]["time/update"] > 0
+    assert not any(k == "pref/accuracy" for r in steps for k in r)  # the old name is gone
     if "memory/update_peak_mb" in steps[0]:  # Linux: the update's own peak, within the run's
         assert 0 < steps[0]["memory/update_peak_mb"] <= steps[0]["memory/peak_mb"]
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))

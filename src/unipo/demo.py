@@ -68,8 +68,8 @@ def demo_overrides(run_dir: Path, model_dir: Path, budget: dict[str, int]) -> li
 def warm_start(run_dir: Path, budget: dict[str, int], console: Console, cfg: Config | None = None) -> Path:
     """Build the tiny model and fine-tune it on (question, answer) pairs; returns its directory.
 
-    The prompts are the questions as the GRPO run renders them (``cfg.task``: plain text, no chat
-    template), and the saved model records that format in ``unipo_task.json``.
+    The prompts are the questions as the GRPO run renders them (``cfg.task``, by default the demo's
+    own: plain text, no chat template), and the saved model records that format in ``unipo_task.json``.
     """
     from unipo.models import build_tiny_model, load_model, save_model
     from unipo.models.task_file import task_settings
@@ -87,7 +87,8 @@ def warm_start(run_dir: Path, budget: dict[str, int], console: Console, cfg: Con
                  pad_id=tok.pad_token_id, console=console)  # fmt: skip
     console.print(f"warm start: {budget['sft_steps']} steps, loss {losses[0]:.3f} → {losses[-1]:.3f} "
                   f"in {time.perf_counter() - t0:.0f}s")  # fmt: skip
-    settings = task_settings(cfg.task, tok, cfg.rollout.sampling.max_new_tokens) if cfg is not None else None
+    cfg = cfg or load_config(None, demo_overrides(run_dir, run_dir / "warm_start", budget))
+    settings = task_settings(cfg.task, tok, cfg.rollout.sampling.max_new_tokens)
     return save_model(model, tok, run_dir / "warm_start", task=settings)
 
 
