@@ -317,7 +317,7 @@ def train(
 def eval_cmd(
     model_dir: Annotated[str, typer.Argument(help="Local HF model directory to evaluate.")],
     overrides: Annotated[
-        list[str] | None, typer.Argument(help="dotted key=value (task.*, eval.*, rollout.*)")
+        list[str] | None, typer.Argument(help="dotted key=value (`task.*`, `eval.*`, `rollout.*`)")
     ] = None,
     config: Annotated[str | None, typer.Option(help="YAML config to take task/eval settings from.")] = None,
     out: Annotated[
