@@ -82,8 +82,9 @@ def test_evaluation_progress_keeps_the_numbers(tiny, tmp_path):
     out = {}
     for name, progress in (("with", lambda n, d: heard.append((n, d))), ("without", None)):
         torch.manual_seed(0)
-        out[name] = evaluate(model, engine, task.reward_fn(), data, samples=2, sampling=sampling, ks=[1, 2],
-                             greedy=True, samples_path=tmp_path / f"{name}.jsonl", progress=progress)  # fmt: skip
+        out[name] = evaluate(model, engine, task.reward_fn(), data, samples=2, sampling=sampling,
+                             ks=[1, 2], greedy=True, samples_path=tmp_path / f"{name}.jsonl",
+                             progress=progress)  # fmt: skip
     assert out["with"] == out["without"]
     assert (tmp_path / "with.jsonl").read_text() == (tmp_path / "without.jsonl").read_text()
     sampled = [n for n, d in heard if d.startswith("sampling")]
@@ -96,8 +97,8 @@ def test_cli_filters_deprecations_but_shows_unipo_warnings(tiny, tmp_path):
     from unipo.models import save_model
 
     model, tok = tiny
-    trained = save_model(model, tok, tmp_path / "model", task={"task.chat": False, "task.template": "{question}",
-                                                               "task.system_prompt": None})  # fmt: skip
+    saved = {"task.chat": False, "task.template": "{question}", "task.system_prompt": None}
+    trained = save_model(model, tok, tmp_path / "model", task=saved)
     cmd = [sys.executable, "-m", "unipo.cli", "train", f"model.path={trained}", "model.device=cpu",
            "task.config={min_terms: 2, max_terms: 2, min_digits: 1, max_digits: 1}", "task.train_size=8",
            "task.eval_size=0", "task.chat=true", "rollout.prompts_per_step=2", "rollout.group_size=2",
@@ -107,7 +108,7 @@ def test_cli_filters_deprecations_but_shows_unipo_warnings(tiny, tmp_path):
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr
     assert "deprecated" not in (done.stdout + done.stderr).lower()
-    warned = [line for line in done.stderr.splitlines() if line.startswith("warning: the prompt format differs")]
+    warned = [ln for ln in done.stderr.splitlines() if ln.startswith("warning: the prompt format differs")]
     assert len(warned) == 1 and "task.chat: the model was trained with false, this run uses true" in warned[0]
     assert "last training step" in done.stdout and "{'steps'" not in done.stdout
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 1
