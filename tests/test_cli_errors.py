@@ -155,3 +155,17 @@ def test_max_new_tokens_beyond_memory_is_refused_before_the_run(tiny_model_dir: 
     line = one_error_line(run("eval", str(tiny_model_dir), "model.device=cpu", "task.eval_size=2", huge,
                               "--out", tmp_path / "ev"))  # fmt: skip
     assert "KV cache" in line
+
+
+def test_a_run_stopped_at_its_start_can_be_run_again(tmp_path: Path):
+    from unipo.train.run_dir import RunDirError, prepare_run_dir
+
+    out = tmp_path / "run"  # what a run leaves when an error stops it before its first result
+    out.mkdir()
+    (out / "config.yaml").write_text("model: {}\n")
+    (out / "env.json").write_text("{}\n")
+    (out / "metrics.jsonl").write_text("")
+    assert prepare_run_dir(out) == out  # no --overwrite needed to fix the error and rerun
+    (out / "metrics.jsonl").write_text('{"step": 0, "eval/accuracy": 0.1}\n')  # a result: keep it
+    with pytest.raises(RunDirError, match="not empty"):
+        prepare_run_dir(out)
