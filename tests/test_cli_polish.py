@@ -35,14 +35,14 @@ def test_help_renders_code_as_markdown():
 
 
 def test_summary_is_a_table(monkeypatch):
-    from unipo import cli
+    from unipo import cli_output
 
     console = Console(record=True, width=160)
-    monkeypatch.setattr(cli, "console", console)
+    monkeypatch.setattr(cli_output, "console", console)
     summary = {"steps": 200, "wall_seconds": 95.2, "algorithm": "grpo", "before/accuracy": 0.19,
                "after/accuracy": 0.288, "before/train_prompt_overlap": 0.0, "after/train_prompt_overlap": 0.0,
                "last": {"reward/mean": 0.31, "policy/entropy": 0.8, "event": "x"}}  # fmt: skip
-    cli.print_summary(summary, "runs/demo")
+    cli_output.print_summary(summary, "runs/demo")
     text = console.export_text()
     assert "grpo: 200 steps in 95 s" in text and "evaluation on the held-out set" in text
     row = next(line for line in text.splitlines() if " accuracy " in line)
