@@ -31,7 +31,7 @@ def test_help_renders_code_as_markdown():
     res = CliRunner().invoke(app, ["train", "--help"], terminal_width=200)
     assert "unipo train CONFIG.yaml model.path=DIR algorithm.name=dapo" in res.output
     res = CliRunner().invoke(app, ["eval", "--help"], terminal_width=200)
-    assert "(task.*, eval.*, rollout.*)" in res.output  # not read as Markdown emphasis
+    assert "task.*" in res.output and "rollout.*" in res.output  # not read as Markdown emphasis
 
 
 def test_summary_is_a_table(monkeypatch):
