@@ -52,9 +52,11 @@ def test_summary_is_a_table(monkeypatch):
 
 
 def test_sft_shows_progress(tiny):
+    import copy
+
     from unipo.train.sft import sft, sft_rows
 
-    model, tok = tiny
+    model, tok = copy.deepcopy(tiny[0]), tiny[1]  # the session's model stays untrained
     rows = sft_rows(tok, [tok("1+1=", add_special_tokens=False)["input_ids"]], ["2"])
     console = Console(record=True, width=120)
     seen = []
