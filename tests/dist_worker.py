@@ -88,10 +88,12 @@ def rl_step(
     with torch.no_grad():
         lp, ent, st = batched_logprobs_with_stats(
             model, base.input_ids, base.attention_mask, base.completion_mask, micro_batch=64,
-            stats=algo.old_token_stats,
+            stats=algo.old_token_stats, sequence_stats=algo.old_sequence_stats,
         )  # fmt: skip
+    seq = {k: st.pop(k) for k in algo.old_sequence_stats}  # [B, K] per-row features (G2RL)
     batch = base.replace(old_logprobs=lp, entropies=ent, ref_logprobs=lp - 0.1, old_stats=st,
-                         values=torch.zeros_like(lp), token_rewards=0.01 * lp)  # fmt: skip
+                         values=torch.zeros_like(lp), token_rewards=0.01 * lp,
+                         old_sequence_stats=seq)  # fmt: skip
     adv, _ = algo.advantage(batch)  # the whole batch, identical on every rank
     batch = batch.replace(advantages=adv)
     scorer = shard_policy(model, torch.device("cpu")) if d.sharded else model

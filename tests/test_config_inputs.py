@@ -119,6 +119,7 @@ def _lone_completions() -> RolloutBatch:
         ref_logprobs=torch.full((b, t), -1.2), values=torch.zeros(b, t), entropies=torch.full((b, t), 0.5),
         old_stats={"sum_pi_squared": torch.full((b, t), 0.3)}, token_rewards=torch.zeros(b, t),
         metadata=[{"completion": f"answer {i}", "answer": str(i), "remax_baseline": 0.5} for i in range(b)],
+        old_sequence_stats={"lm_head_sensitivity": torch.arange(8.0).reshape(b, 2)},  # G2RL's feature
     )  # fmt: skip
 
 

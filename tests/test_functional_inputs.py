@@ -61,6 +61,7 @@ def _loss_and_grads(name: str, d: dict[str, torch.Tensor], pad: float | None):
     g = torch.Generator().manual_seed(7)
     stats = {k: _stat(k, g) for k in algo.token_stats}
     old_stats = {k: _stat(k, g) for k in algo.old_token_stats}
+    features = {k: torch.randn(B, 4, generator=g) for k in algo.old_sequence_stats}  # [B, K] (G2RL)
     pad_at = d["mask"] == 0
 
     def padded(x: torch.Tensor) -> torch.Tensor:
@@ -78,6 +79,7 @@ def _loss_and_grads(name: str, d: dict[str, torch.Tensor], pad: float | None):
         **({"old_stats": {k: padded(v) for k, v in old_stats.items()}} if old_stats else {}),
         metadata=[{"completion": f"the answer is {i % 3}", "remax_baseline": 0.5} for i in range(len(lp))],
         token_rewards=padded(0.01 * d["old_logprobs"]),
+        **({"old_sequence_stats": features} if features else {}),
     )  # fmt: skip
     lp_grad, ent_grad = torch.autograd.grad(loss, (lp, ent), allow_unused=True, materialize_grads=True)
     return loss.detach(), lp_grad, ent_grad, metrics

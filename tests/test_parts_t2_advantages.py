@@ -214,6 +214,22 @@ def test_ettrl_ear_hand_values():
     assert row_values(adv) == pytest.approx([0.25 / 3, 1 / 3, -2 / 3 * 0.25])
 
 
+def test_ettrl_ear_relative_rule_hand_values():
+    # ETTRL's Adv-Res: Y = 1 + (H̄ − H)/H̄. Mean entropies [1, 2, 3] → H̄ = 2 → Y = [1.5, 1, 0.5];
+    # rewards [1, 1, 0] → Dr. GRPO A = [1/3, 1/3, −2/3] → Â = [0.5, 1/3, −1/3] (Y never flips a sign)
+    ent = torch.tensor([[1.0, 1.0], [2.0, 2.0], [3.0, 0.0]])
+    batch = make_batch([1, 1, 0], [0, 0, 0], [[1, 1], [1, 1], [1, 0]], entropies=ent)
+    adv, _ = EntropyAdvantageReshaping(rule="relative", w_min=0.0, w_max=2.0, scale_by_std=False)(batch)
+    assert row_values(adv) == pytest.approx([0.5, 1 / 3, -1 / 3])
+    # H = [1, 1, 7]: H̄ = 3 → Y = [5/3, 5/3, −1/3] → clamped to [0, 2]: row 3 gets 0, not a flipped sign
+    ent = torch.tensor([[1.0, 1.0], [1.0, 1.0], [7.0, 0.0]])
+    batch = make_batch([1, 1, 0], [0, 0, 0], [[1, 1], [1, 1], [1, 0]], entropies=ent)
+    adv, _ = EntropyAdvantageReshaping(rule="relative", w_min=0.0, w_max=2.0, scale_by_std=False)(batch)
+    assert row_values(adv) == pytest.approx([5 / 9, 5 / 9, 0.0])
+    with pytest.raises(ValueError, match="rule"):
+        EntropyAdvantageReshaping(rule="ratio")
+
+
 def test_ettrl_ear_constant_entropy_is_grpo():
     ent = torch.ones(4, 2)
     batch = make_batch([1, 0, 1, 1], [0, 0, 1, 1], torch.ones(4, 2), entropies=ent)

@@ -15,7 +15,11 @@ pytestmark = pytest.mark.slow
 PRESETS = [a.name for a in list_algorithms()]
 # presets that need a local artefact to run: RTO's token reward comes from a DPO-trained model (here the
 # initial model itself, which gives zero DPO rewards but runs the whole path; tests/test_rto.py trains one)
-EXTRA = {"rto": lambda model_dir: [f"algorithm.params={{rto_gae: {{dpo_model: {model_dir}}}}}"]}
+# ETTRL's trees have 1 + B·N leaves each: one tree of 1 + 1·3 = 4 leaves per prompt here
+EXTRA = {
+    "rto": lambda model_dir: [f"algorithm.params={{rto_gae: {{dpo_model: {model_dir}}}}}"],
+    "ettrl": lambda _: ["algorithm.params={etmr: {forks: 3, branches: 1}}"],
+}
 
 
 @pytest.mark.parametrize("name", PRESETS)

@@ -16,7 +16,7 @@ from unipo.rewards.efficiency import (
     hbpo_reward,
     parse_budget,
 )
-from unipo.rewards.label_free import MajorityVote, SemanticEntropy, clusters
+from unipo.rewards.label_free import MajorityVote, SemanticEntropy, TTRLVote, clusters
 
 # ------------------------------------------------------------------ TTRL
 
@@ -31,6 +31,27 @@ def test_ttrl_majority_vote_by_group():
     assert got == [1.0, 1.0, 0.0, 0.0, 1.0, 0.0]
     # majority ratio: group 0 2/4, group 1 1/2 -> mean 0.5
     assert ttrl.pop_metrics() == {"ttrl/majority_ratio": pytest.approx(0.5)}
+
+
+def test_ttrl_vote_part_is_label_free_and_averages_its_ratio_over_groups():
+    from unipo.rewards.combine import build_reward_set
+
+    vote = TTRLVote()
+    assert vote.label_free
+    # call 1, groups 0 and 1: ratios 2/3 and 1/1; call 2, one group: ratio 1/2 → mean over 3 groups
+    assert vote(["q"] * 4, ["4", "4", "5", "9"], group_id=[0, 0, 0, 1]) == [1.0, 1.0, 0.0, 1.0]
+    assert vote(["q"] * 2, ["1", "2"], group_id=[2, 2]) == [1.0, 0.0]
+    assert vote.pop_metrics() == {"ttrl/majority_ratio": pytest.approx((2 / 3 + 1 + 1 / 2) / 3)}
+    assert vote.pop_metrics() == {}
+    with pytest.raises(ValueError, match="match"):
+        TTRLVote(match="fuzzy")
+
+    def task(prompts, completions, **columns):
+        return [1.0] * len(completions)
+
+    # with a label-free part and no configured reward the task verifier is no term; without one it is
+    assert [n for n, _, _ in build_reward_set([], task, [vote]).rewards] == ["ttrl_vote"]
+    assert [n for n, _, _ in build_reward_set([], task, []).rewards] == ["task"]
 
 
 def test_ttrl_math_match_and_missing_group():

@@ -138,3 +138,18 @@ def test_hapo_samples_training_rollouts_at_per_token_temperatures(tiny_model_dir
     n = len(temperatures)
     trainer.evaluate()
     assert len(temperatures) == n
+
+
+def test_sampled_logprobs_records_the_processed_entropy():
+    from unipo.rollout.processors import SampledLogprobs
+
+    # step 1: scores (0, 0, −inf): two equal tokens left (top-k masked the third) → H = ln 2;
+    # step 2: scores (0, ln 3, −inf) → p = (1/4, 3/4, 0) → H = −¼ln¼ − ¾ln¾
+    rec = SampledLogprobs(entropy=True)
+    inf = float("inf")
+    rec(torch.tensor([[5, 0]]), torch.tensor([[0.0, 0.0, -inf]]))
+    rec(torch.tensor([[5, 0, 1]]), torch.tensor([[0.0, math.log(3), -inf]]))
+    h = rec.finish_entropies(2)
+    want = [math.log(2), -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))]
+    assert h.tolist()[0] == pytest.approx(want)
+    assert SampledLogprobs(entropy=True).finish_entropies(3).shape == (0, 3)  # nothing recorded

@@ -81,6 +81,9 @@ class RolloutBatch:
     # name -> [B, T] per-token statistic of π_old (``TOKEN_STATS`` names an Advantage part lists in
     # ``old_token_stats``, e.g. "sum_pi_squared" for the optimal token baseline), no grad
     old_stats: dict[str, Tensor] = field(default_factory=dict)
+    # name -> [B, K] per-row feature of π_old (``SEQUENCE_STATS`` names an Advantage part lists in
+    # ``old_sequence_stats``, e.g. "lm_head_sensitivity" for G2RL), no grad
+    old_sequence_stats: dict[str, Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -144,6 +147,12 @@ class RolloutBatch:
                 raise ValueError(
                     f"RolloutBatch.old_stats[{name!r}] has shape {tuple(value.shape)}, expected {(b, t)}"
                 )
+        for name, value in self.old_sequence_stats.items():
+            if value.dim() != 2 or value.shape[0] != b:
+                raise ValueError(
+                    f"RolloutBatch.old_sequence_stats[{name!r}] has shape {tuple(value.shape)}, expected "
+                    f"({b}, K): one feature row per completion"
+                )
         if self.metadata and len(self.metadata) != b:
             raise ValueError(f"RolloutBatch.metadata has {len(self.metadata)} items, expected {b}")
 
@@ -159,7 +168,8 @@ class RolloutBatch:
         }
         meta = [self.metadata[i] for i in idx.tolist()] if self.metadata else []
         stats = {k: v[idx.to(v.device)] for k, v in self.old_stats.items()}
-        return RolloutBatch(**kept, metadata=meta, old_stats=stats)
+        seq = {k: v[idx.to(v.device)] for k, v in self.old_sequence_stats.items()}
+        return RolloutBatch(**kept, metadata=meta, old_stats=stats, old_sequence_stats=seq)
 
     def replace(self, **changes: Any) -> RolloutBatch:
         return replace(self, **changes)
@@ -171,8 +181,9 @@ class RolloutBatch:
             if f.name in _PER_ITEM_TENSORS
         }
         return RolloutBatch(
-            **moved, metadata=self.metadata, old_stats={k: v.to(device) for k, v in self.old_stats.items()}
-        )
+            **moved, metadata=self.metadata, old_stats={k: v.to(device) for k, v in self.old_stats.items()},
+            old_sequence_stats={k: v.to(device) for k, v in self.old_sequence_stats.items()},
+        )  # fmt: skip
 
     def trim(self) -> RolloutBatch:
         """Drop all-padding columns: leading prompt columns and trailing completion columns."""
@@ -190,7 +201,8 @@ class RolloutBatch:
             else:
                 out[name] = v[:, :t1]
         stats = {k: v[:, :t1] for k, v in self.old_stats.items()}
-        return RolloutBatch(**out, metadata=self.metadata, old_stats=stats)
+        seq = dict(self.old_sequence_stats)  # [B, K]: no token columns to drop
+        return RolloutBatch(**out, metadata=self.metadata, old_stats=stats, old_sequence_stats=seq)
 
     @staticmethod
     def concat(batches: list[RolloutBatch], pad_token_id: int = 0) -> RolloutBatch:
@@ -225,4 +237,6 @@ class RolloutBatch:
             k: torch.cat([right(b.old_stats[k], (0, t - b.old_stats[k].shape[1])) for b in batches])
             for k in sorted(shared)
         }
-        return RolloutBatch(**out, metadata=meta, old_stats=stats)
+        shared_seq = set.intersection(*(set(b.old_sequence_stats) for b in batches))
+        seq = {k: torch.cat([b.old_sequence_stats[k] for b in batches]) for k in sorted(shared_seq)}
+        return RolloutBatch(**out, metadata=meta, old_stats=stats, old_sequence_stats=seq)

@@ -323,7 +323,8 @@ def _parts_lines(d: dict) -> list[str]:
     lines += [f"surrogate: {d['surrogate']}"]
     lines += [f"regularizer: {s}" for s in d["regularizers"]]
     lines += [f"aggregate: {d['aggregate']}"]
-    return lines + [f"reward: {s}" for s in d["rewards"]]
+    lines += [f"reward: {s}" for s in d["rewards"]]
+    return lines + ([f"rollout: {d['rollout']}"] if d.get("rollout") else [])
 
 
 def _show_one(d: dict, kind: str, parts: list[str]) -> None:

@@ -546,13 +546,17 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return cfg
 
 
-def build_algorithm(cfg: AlgorithmConfig, group_size: int | None = None):  # -> Algorithm
+def build_algorithm(
+    cfg: AlgorithmConfig, group_size: int | None = None, engine: str | None = None
+):  # -> Algorithm
     """The preset named in the config with the requested parts swapped and parameters set.
 
     With ``group_size`` (``rollout.group_size``), a ``ConfigError`` when it is below the advantage
     part's ``min_group_size`` (group-relative estimators: 2, since a lone completion has no
     baseline and every advantage would be 0; parts that do not declare it: 2 if ``uses_groups``,
-    which defaults to True, else 1).
+    which defaults to True, else 1). With ``group_size`` and ``engine`` (``rollout.engine``), a
+    ``ConfigError`` when a part's ``check_rollout(group_size, engine)`` refuses them (ETMR's trees:
+    only the hf engine, G a multiple of the tree's leaves).
     """
     from unipo.algorithms import get_algorithm
     from unipo.parts.registry import make_part, part_name
@@ -610,7 +614,7 @@ def build_algorithm(cfg: AlgorithmConfig, group_size: int | None = None):  # -> 
                 "that does not use groups (algorithm.advantage=reinforce_pp)"
             )
     try:
-        return algo.replace(
+        algo = algo.replace(
             advantage=with_params(algo.advantage),
             surrogate=with_params(algo.surrogate),
             aggregate=with_params(algo.aggregate),
@@ -619,9 +623,16 @@ def build_algorithm(cfg: AlgorithmConfig, group_size: int | None = None):  # -> 
             regularizers=tuple(with_params(p) for p in algo.regularizers),
             rewards=tuple(with_params(p) for p in algo.rewards),
             corrections=tuple(with_params(p) for p in algo.corrections),
+            rollout=with_params(algo.rollout) if algo.rollout is not None else None,
         )
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    if group_size is not None and engine is not None:
+        for p in algo.parts():
+            check = getattr(p, "check_rollout", None)
+            if check is not None and (why := check(group_size, engine)):
+                raise ConfigError(f"algorithm {algo.name!r}: its {part_name(p)} part cannot run here: {why}")
+    return algo
 
 
 def describe_fields(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple[str, str, str]]:

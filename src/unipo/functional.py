@@ -97,6 +97,7 @@ def compute_advantages(
     old_stats: dict[str, Tensor] | None = None,
     metadata: list[dict[str, Any]] | None = None,
     token_rewards: Tensor | None = None,
+    old_sequence_stats: dict[str, Tensor] | None = None,
 ) -> Tensor:
     """Per-token advantages [B, T] from scalar rewards [B] via the algorithm's advantage part.
 
@@ -109,7 +110,9 @@ def compute_advantages(
     (``optimal_token_baseline``: ``"sum_pi_squared"``); ``metadata`` (one dict per row) what
     advantages read from the rollout (the completion text for answer clustering: SEED-GRPO, COPO,
     Polychromic; ``"remax_baseline"``: ReMax's greedy reward); ``token_rewards`` [B, T] per-token
-    rewards added to the sequence reward (RTO's DPO token reward). The result carries no gradient.
+    rewards added to the sequence reward (RTO's DPO token reward); ``old_sequence_stats``
+    ({name: [B, K]}) π_old's per-row features (G2RL's ``"lm_head_sensitivity"``, which
+    ``completion_logprobs_with_stats(..., sequence_stats=...)`` computes). The result carries no gradient.
     """
     algo = _resolve(algorithm)
     adv_part = algo.advantage
@@ -152,6 +155,7 @@ def compute_advantages(
         values=None if values is None else zero_padding(values.detach(), valid),
         entropies=None if old_entropies is None else zero_padding(old_entropies.detach(), valid),
         old_stats={k: zero_padding(v.detach(), valid) for k, v in (old_stats or {}).items()},
+        old_sequence_stats={k: v.detach() for k, v in (old_sequence_stats or {}).items()},
         metadata=list(metadata) if metadata is not None else [],
         token_rewards=None if token_rewards is None else zero_padding(token_rewards.detach().float(), valid),
     )
@@ -182,6 +186,7 @@ def compute_loss(
     token_rewards: Tensor | None = None,
     step: int = 0,
     rollout_logprobs: Tensor | None = None,
+    old_sequence_stats: dict[str, Tensor] | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """The algorithm's policy loss (a scalar to minimize) and its metrics as floats.
 
@@ -208,6 +213,8 @@ def compute_loss(
         step: optimizer step (seeds Clip-Cov's random choice).
         rollout_logprobs: [B, T] log μ of the sampler that generated the tokens (its processed
             log-probs); required by the algorithm's corrections. With ``bypass`` it is π_old.
+        old_sequence_stats: {name: [B, K]} per-row features of π_old an advantage reads
+            (``algorithm.old_sequence_stats``: G2RL's ``"lm_head_sensitivity"``).
     """
     algo = _resolve(algorithm)
     if not isinstance(logprobs, Tensor) or logprobs.dim() != 2:
@@ -234,6 +241,12 @@ def compute_loss(
                 f"algorithm {algo.name!r} reads the per-token statistics {missing}: pass "
                 f"{arg}={{name: [B, T]}} (unipo.train.logprobs.completion_logprobs_with_stats computes them)"
             )
+    missing = sorted(set(algo.old_sequence_stats) - set(old_sequence_stats or {}))
+    if advantages is None and missing:
+        raise ValueError(
+            f"algorithm {algo.name!r} reads the per-row features {missing}: pass old_sequence_stats={{name: "
+            "[B, K]}} (completion_logprobs_with_stats(..., sequence_stats=...) computes them) or advantages"
+        )
     valid = mask.bool()  # [B, T]
     mask = mask.to(logprobs.dtype)
     old = logprobs.detach() if old_logprobs is None else old_logprobs.detach()
@@ -278,6 +291,7 @@ def compute_loss(
             old_stats=old_stats,
             metadata=metadata,
             token_rewards=token_rewards,
+            old_sequence_stats=old_sequence_stats,
         )
     elif advantages.dim() == 1:
         adv = broadcast_to_tokens(advantages.detach(), mask)

@@ -43,6 +43,7 @@ class Algorithm:
     regularizers: tuple[Regularizer, ...] = ()
     rewards: tuple[Any, ...] = ()  # reward-shaping terms added to the task reward (RewardFn)
     corrections: tuple[Any, ...] = ()  # rollout–trainer mismatch corrections (parts/corrections.py)
+    rollout: Any = None  # how each group is generated ("rollout" part, rollout/tree.py); None: G flat samples
     notes: str = ""  # defaults the paper uses beyond the parts (G, lr, temperature, ...)
     # provenance: what the final form follows ("arXiv 2503.14476 Eq. 8", "owner/repo@commit
     # path:function"), and every way this preset departs from it, as plain sentences; () states
@@ -66,6 +67,8 @@ class Algorithm:
         yield self.aggregate
         yield from self.rewards
         yield from self.corrections
+        if self.rollout is not None:
+            yield self.rollout
 
     def any_part(self, attribute: str) -> bool:
         return any(bool(getattr(p, attribute, False)) for p in self.parts())
@@ -96,6 +99,17 @@ class Algorithm:
     def old_token_stats(self) -> tuple[str, ...]:
         """Per-token statistics of π_old that some part reads (``LossInputs.old_stats``), sorted."""
         return self._stat_names("old_token_stats")
+
+    @property
+    def old_sequence_stats(self) -> tuple[str, ...]:
+        """Per-row features of π_old that some part reads (``RolloutBatch.old_sequence_stats``), sorted."""
+        return self._stat_names("old_sequence_stats")
+
+    @property
+    def label_free(self) -> bool:
+        """Some reward part needs no label (TTRL's vote): the task's verifier is no reward term and
+        the training rows carry no label (``task.hide_labels``); evaluation still uses the labels."""
+        return self.any_part("label_free")
 
     @property
     def row_flags(self) -> tuple[str, ...]:
@@ -219,6 +233,7 @@ class Algorithm:
             "aggregate": one(self.aggregate),
             "rewards": [one(p) for p in self.rewards],
             **({"corrections": [one(p) for p in self.corrections]} if self.corrections else {}),
+            **({"rollout": one(self.rollout)} if self.rollout is not None else {}),
             "notes": self.notes,
             "source": self.source,
             "deviations": list(self.deviations) if self.deviations is not None else None,

@@ -5,13 +5,15 @@ The presets live in small files by family and are all registered by importing th
 ``presets_entropy`` (Clip-Cov, KL-Cov, forking tokens), ``presets_t2`` (the seeds' T2 methods),
 ``presets_adv`` (the seeds' advantage estimators), ``presets_peers`` (verl's and TRL's newer
 baselines: CISPO, SAPO, GMPO, GPG, DPPO, ReMax, OPO, GDPO, pass@k GRPO; PACS and ReMix) and
-``presets_pref`` (P3O, RTO, f-DPG: the preference papers' methods that sample and read rewards).
+``presets_pref`` (P3O, RTO, f-DPG: the preference papers' methods that sample and read rewards),
+``presets_explore`` (G2RL, ETTRL: a π_old feature pass, a tree rollout).
 """
 
 from __future__ import annotations
 
 from unipo.algorithms import (
     presets_adv,  # noqa: F401  (T2 advantage estimators: bnpo, canon, riskpo, rover, ...)
+    presets_explore,  # noqa: F401  (G2RL's gradient-guided scaling, ETTRL's tree rollouts)
     presets_peers,  # noqa: F401  (peers' baselines: cispo, sapo, gmpo, remax, ...)
     presets_pref,  # noqa: F401  (preference papers on the RL side: p3o, rto, f_dpg_*)
     presets_t2,  # noqa: F401  (T2 seed methods: lp_reg, siren, bapo, d3s, ...)

@@ -216,8 +216,8 @@ ettrl_ear = register_algorithm(
         source="arXiv 2508.11356 abstract (no code found)",
         deviations=(
             "The reshaping rule and its constants are this library's reading of the abstract (UNVERIFIED).",
-            "Trains on the configured task reward; ETTRL uses TTRL majority-vote pseudo-rewards and "
-            "entropy-fork tree rollouts (ETMR), which are not carried.",
+            "Trains on the configured task reward with flat rollouts; ETTRL uses TTRL majority-vote "
+            "pseudo-rewards and entropy-fork tree rollouts (ETMR): the ettrl preset has both.",
             _PLAIN_RECIPE,
         ),
     )

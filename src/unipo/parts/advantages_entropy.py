@@ -99,7 +99,16 @@ class EntropyAdvantageReshaping:
     balances exploration and exploitation in test-time RL). Deviations (neither the paper body nor
     code could be retrieved): the reshaping rule, α = 0.5 and the clamp [0.5, 1.5] are this
     library's reading, UNVERIFIED; rewards are the task's (ETTRL's are majority-vote pseudo-labels
-    and its rollouts come from an entropy-fork tree, ETMR, not carried here).
+    and its rollouts come from an entropy-fork tree, ETMR: the ``ettrl`` preset has both).
+
+    ``rule="relative"`` is the form two survey notes of the paper give for its Adv-Res (both read
+    2026-04; FORMULAS-preference.md §ETTRL): with H̄ the group mean of H_i,
+
+        Y_i = clamp(1 + (H̄ − H_i)/H̄, w_min, w_max)          Â_i = Y_i·A_i
+
+    so every confident (low-entropy) response's advantage grows and every uncertain one's shrinks,
+    whatever its sign (Y_i = 1 when H̄ = 0). The formula's Y is ≤ 2 and < 0 for H_i > 2H̄ (a flipped
+    advantage); the ``ettrl`` preset clamps it to [0, 2].
     """
 
     alpha: float = 0.5
@@ -107,6 +116,7 @@ class EntropyAdvantageReshaping:
     w_max: float = 1.5
     scale_by_std: bool = True
     eps: float = 1e-6
+    rule: str = "zscore"
 
     needs_old_logprobs = True
 
@@ -115,11 +125,16 @@ class EntropyAdvantageReshaping:
             raise ValueError(
                 f"ettrl_ear needs 0 ≤ w_min ≤ 1 ≤ w_max, got w_min={self.w_min}, w_max={self.w_max}"
             )
+        if self.rule not in ("zscore", "relative"):
+            raise ValueError(f"ettrl_ear rule must be 'zscore' or 'relative', got {self.rule!r}")
 
     def weights(self, batch: RolloutBatch, adv: Tensor) -> Tensor:  # [B]
         mask = batch.completion_mask.float()
         h = old_entropies(batch, "ettrl_ear").sum(1) / mask.sum(1).clamp(min=1)  # [B]
         mean, std, _ = group_stats(h, batch.group_ids.to(h.device), unbiased=True)
+        if self.rule == "relative":  # Y = 1 + (H̄ − H)/H̄
+            y = torch.where(mean > 0, 1 + (mean - h) / mean.clamp(min=1e-12), torch.ones_like(h))
+            return y.clamp(self.w_min, self.w_max)
         z = torch.where(std > 0, (h - mean) / (std + self.eps), torch.zeros_like(h))
         return (1 + self.alpha * torch.sign(adv) * z).clamp(self.w_min, self.w_max)
 

@@ -9,6 +9,7 @@
 | Regularizer | ``r(x: LossInputs)``              | (per-token loss term [B, T], metrics)¹   |
 | Aggregate   | ``agg(loss [B, T], x: LossInputs)`` | scalar loss                            |
 | Correction  | ``corr(batch: RolloutBatch)``     | (weights [B, T] ≥ 0, keep [B, T] bool, metrics)² |
+| Rollout     | ``ro.generate(engine, prompt_ids, G, sampling)`` | ``Generation``, G rows per prompt³ |
 
 ¹ a 0-dim term instead for a part marked ``aggregated`` (below).
 ² rollout–trainer mismatch corrections (``parts/corrections.py``: tis, mis, geo_rs, bypass), read
@@ -17,6 +18,11 @@
   surrogate (``LossInputs.correction_weights``, with the token weights), and tokens any of them does
   not keep leave the loss and its denominators (``RolloutBatch.loss_mask`` → ``LossInputs.mask``).
   Add them to any preset with ``algorithm.corrections=[tis]`` (+ ``algorithm.params.tis``).
+³ ``Algorithm.rollout`` (at most one; None: ``engine.generate``'s G flat samples): how collect samples
+  each group of the main rounds (ETMR's entropy-fork trees, ``unipo.rollout.tree``), with the
+  engine's ``generate`` as its only way to sample. It may fill ``Generation.shared_prefix`` (tokens
+  a row took over from the row it forked from; logged as ``rollout/shared_prefix_frac``) and
+  ``Generation.row_metadata`` (joined into each row's metadata).
 
 All losses are quantities to *minimize*. Metrics are dicts of 0-dim tensors or floats,
 named ``kind/what`` (``surrogate/clip_frac_low``); the trainer averages and logs them.
@@ -41,6 +47,15 @@ Optional part attributes the trainer reads (never part names):
                                       from ``LossInputs.stats`` (names of ``unipo.train.logprobs.
                                       TOKEN_STATS``, e.g. "topp_entropy:0.8"); they carry gradient
     old_token_stats: tuple[str, ...]  the same for π_old, read from ``LossInputs.old_stats`` (no grad)
+    old_sequence_stats: tuple[str, ...]
+                                      per-row vector features of π_old's final layer the part reads
+                                      from ``RolloutBatch.old_sequence_stats`` ({name: [B, K]}, names of
+                                      ``unipo.train.sequence_stats.SEQUENCE_STATS``, e.g. G2RL's
+                                      "lm_head_sensitivity"); the π_old pass computes them from the same
+                                      hidden states (no grad); the part also sets needs_old_logprobs
+    label_free: bool                  (reward) the reward needs no label (TTRL's vote): the trainer
+                                      hides the labels of the training rows (as ``task.hide_labels``)
+                                      and, unless rewards are configured, adds no task-verifier term
     needs_demonstrations: bool        collection tokenizes each task example's demonstration (its
                                       worked solution or reference answer) into
                                       ``metadata["sft_target_ids"]`` (HPT's SFT branch)
@@ -78,6 +93,10 @@ Optional methods:
                                         (``batch.token_rewards``); ``Algorithm.prepare`` runs every hook
     on_step_end(metrics)                update state once per optimizer step
     check(algorithm) -> str | None      reject an incompatible composition, saying why
+    check_rollout(group_size, engine) -> str | None
+                                        reject a rollout.group_size / rollout.engine the part cannot run
+                                        with, saying why (``build_algorithm`` raises it as a ConfigError:
+                                        ETMR needs the hf engine's entropies and G a multiple of a tree)
     sampling_temperature(metrics) -> float | None
                                         the rollout temperature for the next step (None: keep the
                                         configured one); ``metrics`` are the previous step's

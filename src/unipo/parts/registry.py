@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 
 KINDS = (
     "advantage", "selection", "token_weight", "surrogate", "regularizer", "aggregate", "reward", "correction",
+    "rollout",
 )
 
 PARTS: dict[str, dict[str, type]] = {k: {} for k in KINDS}
@@ -63,12 +64,13 @@ def _load_builtin_parts() -> None:
         surrogates,
         weights,
     )
-    from unipo.rewards import shaping  # noqa: F401
+    from unipo.rewards import label_free, shaping  # noqa: F401
+    from unipo.rollout import tree  # noqa: F401  (the "rollout" parts: ETMR)
 
     for module in (
         "advantages_t2", "advantages_norm", "advantages_semantic", "advantages_entropy", "advantages_risk",
         "advantages_value", "ares_t2", "clipping_t2", "entropy_t2", "rewards_t2", "selection_t2", "tokens_t2",
         "otb", "peer_advantages", "peer_surrogates", "remax", "surrogates_t2",
-        "pairwise", "fdpg", "token_reward",
+        "pairwise", "fdpg", "token_reward", "g2rl",
     ):  # fmt: skip
         importlib.import_module(f"unipo.parts.{module}")

@@ -364,7 +364,8 @@ def build_reward_set(
     """The run's ``RewardSet``: configured terms (objects with ``name``, ``weight``, ``params``;
     the name ``task`` is the task's own verifier, a ``module:function`` or ``path/file.py:function``
     name is the user's own function, logged under the function's name; others are built-ins from
-    ``get_reward_fn``), or the task's verifier alone when none are configured; then an algorithm's
+    ``get_reward_fn``), or the task's verifier alone when none are configured (and no reward part is
+    ``label_free``: a label-free part, TTRL's vote, is then the reward); then an algorithm's
     reward parts (DAPO's overlong shaping, weight 1) and any ``extra`` (name, fn, weight) terms.
     ``combiner``: None (the weighted sum), or an object with ``name`` and ``params`` (the config's
     ``reward_combiner``) built by ``unipo.rewards.combiners.make_combiner``, or a combiner itself."""
@@ -377,7 +378,7 @@ def build_reward_set(
         if term.params:
             fn = functools.partial(fn, **term.params)
         out.append((reward_label(term.name), fn, term.weight))
-    if not out:
+    if not out and not any(getattr(p, "label_free", False) for p in part_rewards):
         out.append(("task", task_reward, 1.0))
     out += [(getattr(p, "part_name", type(p).__name__), p, 1.0) for p in part_rewards]
     out += list(extra or [])

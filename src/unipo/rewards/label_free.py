@@ -7,8 +7,10 @@ else the whole text). Answers are compared by ``match``: ``"exact"`` (equal stri
 scores 0. Called item by item (``RewardSet``'s retry after a raising batch call) each item is its
 own group: these rewards do not raise on well-formed input, so that path is not expected.
 Run them with ``task.hide_labels=true``: the training rows then carry no label at all.
-ETTRL's entropy-fork tree rollouts (ETMR) and entropy-based advantage reshaping (EAR) are not
-carried here: they change the rollout and the advantage, not the reward.
+``ttrl_vote`` is the majority vote as an algorithm's reward part (the ``ettrl`` preset's): it is
+``label_free``, so a run of that algorithm hides the labels and has no task-verifier term by itself.
+ETTRL's entropy-fork tree rollouts (ETMR, ``unipo.rollout.tree``) and entropy-based advantage
+reshaping (EAR, ``unipo.parts.advantages_entropy``) change the rollout and the advantage, not the reward.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ import math
 import threading
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+from unipo.parts.registry import register
 from unipo.rewards.verifiers import extract_answer
 
 
@@ -165,3 +169,41 @@ class SemanticEntropy(_Counted):
                     out[i] = p[c] if answers[i] else 0.0
         self._add(len(groups), semantic_entropy=total_h)
         return out
+
+
+@register("reward", "ttrl_vote")
+@dataclass(frozen=True)
+class TTRLVote:
+    """TTRL's majority-vote pseudo-reward as an algorithm's reward part: ``MajorityVote`` (its formula,
+    source and deviations), r_i = 1[answer_i ≡ majority answer of the group].
+
+    ``label_free``: an algorithm with this part trains without labels (the trainer hides them from the
+    training rows as ``task.hide_labels`` does) and without the task verifier as a reward term, unless
+    rewards are configured. ``match``: ``"exact"`` or ``"math"``. Logs ``ttrl/majority_ratio``.
+    """
+
+    match: str = "exact"
+    _sums: dict[str, float] = field(default_factory=dict, init=False, repr=False, compare=False, hash=False)
+
+    label_free = True
+
+    def __post_init__(self) -> None:
+        _matcher(self.match)  # a bad ``match`` fails when the part is built
+
+    def __call__(
+        self, prompts: list[str], completions: list[str], group_id: Sequence[Any] | None = None,
+        **columns: Any,
+    ) -> list[float | None]:  # fmt: skip
+        vote = MajorityVote()
+        out = vote(prompts, completions, group_id, match=self.match)
+        groups = len(set(group_id or ()))
+        for key, value in vote.pop_metrics().items():  # per-call means → sums weighted by groups
+            self._sums[key] = self._sums.get(key, 0.0) + value * groups
+        self._sums["_groups"] = self._sums.get("_groups", 0.0) + groups
+        return out
+
+    def pop_metrics(self) -> dict[str, float]:
+        sums = dict(self._sums)
+        self._sums.clear()
+        groups = sums.pop("_groups", 0.0)
+        return {k: v / groups for k, v in sums.items()} if groups else {}

@@ -38,6 +38,13 @@ class SamplingParams(BaseModel):
     min_new_tokens: int = Field(0, ge=0, description="Force at least this many tokens (benchmarks).")
     stop: list[str] = Field(default_factory=list, description="Stop strings (besides EOS).")
     greedy: bool = Field(False, description="Greedy decoding (evaluation).")
+    return_entropy: bool = Field(
+        False,
+        exclude=True,
+        description="Python only, set by a rollout part (ETMR forks at high-entropy tokens): also return "
+        "the entropy of each sampled token's processed distribution (Generation.entropies); engines that "
+        "cannot (vllm) return None.",
+    )
     token_temperature: Callable[[Tensor], Tensor] | None = Field(
         None,
         exclude=True,
@@ -61,6 +68,13 @@ class Generation:
     # padding; None from an engine that cannot return them
     logprobs: Tensor | None = None  # [B, T] float
     weight_version: Tensor | None = None  # [B] long: the weight version that sampled each row
+    # H of the processed distribution each token was drawn from, 0 on padding; only when asked
+    # (SamplingParams.return_entropy) and the engine can (hf)
+    entropies: Tensor | None = None  # [B, T] float
+    # leading completion tokens a row shares with another row of its group, which sampled them (a tree
+    # rollout's branch: its fork prefix); None: every row sampled its whole completion
+    shared_prefix: Tensor | None = None  # [B] long
+    row_metadata: list[dict] | None = None  # per row, merged into the batch's metadata (tree ids)
 
 
 # what ``update_weights`` accepts: (name, tensor) pairs in Hugging Face naming, or a directory of

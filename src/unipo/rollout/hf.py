@@ -323,23 +323,30 @@ class HFEngine:
             [nn.functional.pad(o[0], (0, width - o[0].shape[1]), value=self.pad_id) for o in outs]
         )
         logp = torch.cat([nn.functional.pad(o[2], (0, width - o[2].shape[1])) for o in outs])  # [B, T]
+        ent = None
+        if params.return_entropy:  # [B, T] H of each step's processed distribution
+            ent = torch.cat([nn.functional.pad(o[3], (0, width - o[3].shape[1])) for o in outs])
         stops = torch.cat([o[1] for o in outs])
         mask, truncated = completion_mask_from_ids(
             cids, self.eos_ids, self.pad_id, stops if params.stop else None
         )
         cids = torch.where(mask.bool(), cids, torch.full_like(cids, self.pad_id))
         logp = torch.where(mask.bool(), logp, torch.zeros_like(logp))  # no −inf of a pad token past EOS
+        if ent is not None:
+            ent = torch.where(mask.bool(), ent.to(logp.device), torch.zeros_like(logp))
         rows = [p for p in prompts for _ in range(n)]  # row = prompt·n + j
         p_ids, p_mask = left_pad(rows, self.pad_id, cids.device)
         texts = self.tokenizer.batch_decode(cids, skip_special_tokens=True)
         version = torch.full((cids.shape[0],), -1 if self.version is None else self.version, dtype=torch.long)
-        return Generation(p_ids, p_mask, cids, mask, truncated, texts, logprobs=logp, weight_version=version)
+        return Generation(
+            p_ids, p_mask, cids, mask, truncated, texts, logprobs=logp, weight_version=version, entropies=ent
+        )
 
     def _generate_chunk(
         self, prompts: list[list[int]], n: int, params: SamplingParams
-    ) -> tuple[Tensor, Tensor, Tensor]:
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         """→ (completion ids [len(prompts)·n, T], stopped on a stop string [len(prompts)·n] bool,
-        sampled log-probs [len(prompts)·n, T])."""
+        sampled log-probs [len(prompts)·n, T], entropies [len(prompts)·n, T] or None unless asked)."""
         device = next(self.model.parameters()).device
         ids, mask = left_pad(prompts, self.pad_id, device)  # [U, P]
         was_training = self.model.training
@@ -351,7 +358,7 @@ class HFEngine:
             eos_token_id=self.eos_ids,
             use_cache=True,
         )
-        recorder = SampledLogprobs()
+        recorder = SampledLogprobs(entropy=params.return_entropy)
         if params.greedy:
             kwargs.update(
                 do_sample=False, temperature=None, top_p=None, top_k=None,
@@ -376,9 +383,10 @@ class HFEngine:
             self.model.train(was_training)
         cids = out[:, ids.shape[1] :]  # [U·n, T]
         logp = recorder.finish(out)  # [U·n, T]
+        ent = recorder.finish_entropies(cids.shape[1]).to(logp.device) if params.return_entropy else None
         if params.stop:
             texts = self.tokenizer.batch_decode(cids, skip_special_tokens=True)
             stopped = torch.tensor([any(s in t for s in params.stop) for t in texts], device=cids.device)
         else:
             stopped = torch.zeros(cids.shape[0], dtype=torch.bool, device=cids.device)
-        return cids, stopped, logp
+        return cids, stopped, logp, ent

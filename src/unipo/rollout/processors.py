@@ -60,18 +60,32 @@ class SampledLogprobs(LogitsProcessor):
     that was sampled from it (the last column of ``input_ids``); ``finish(sequences)`` gathers the
     last step's. Memory is one [N, V] row block, not the T × [N, V] of ``output_scores``. These are
     the log-probs vLLM returns with ``--logprobs-mode processed_logprobs``. Rows that already ended
-    get the pad token's value, which the completion mask hides.
+    get the pad token's value, which the completion mask hides. With ``entropy`` it also keeps
+    H_t = −Σ_v μ_t(v) log μ_t(v) of each step's processed distribution (tokens masked to −inf by
+    top-k / top-p count 0) in ``entropies`` [N] per step (ETMR's fork scores).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, entropy: bool = False) -> None:
         self.prev: Tensor | None = None  # [N, V] log_softmax of the last processed scores
         self.steps: list[Tensor] = []  # [N] per generated token
+        self.entropy = entropy
+        self.entropies: list[Tensor] = []  # [N] per step, when ``entropy``
 
     def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
         if self.prev is not None:
             self.steps.append(self.prev.gather(1, input_ids[:, -1:]).squeeze(1))
         self.prev = torch.log_softmax(scores.float(), dim=-1)
+        if self.entropy:
+            logp = self.prev.masked_fill(torch.isinf(self.prev), 0.0)  # [N, V]: −inf · 0 would be NaN
+            self.entropies.append(-(self.prev.exp() * logp).sum(-1))  # [N]
         return scores
+
+    def finish_entropies(self, width: int) -> Tensor:
+        """[N, width] entropies of the recorded steps (``width`` = the generated tokens T)."""
+        if not self.entropies:
+            n = self.prev.shape[0] if self.prev is not None else 0
+            return torch.zeros(n, width)
+        return torch.stack(self.entropies[:width], dim=1)
 
     def finish(self, sequences: Tensor) -> Tensor:
         """[N, T] log μ of the T generated tokens, given ``generate``'s output sequences [N, P+T]."""

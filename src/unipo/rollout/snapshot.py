@@ -37,6 +37,8 @@ class SnapshotEngine:
             snapshot = snapshot.merge_and_unload()  # the names policy_weights gives
         self.model = snapshot.eval().requires_grad_(False)
         self.engine = HFEngine(self.model, tokenizer, **hf_kwargs)
+        self.tokenizer = tokenizer  # as every engine: a rollout part decodes the rows it assembles
+        self.pad_id = self.engine.pad_id  # and pads them as the engine does
         self.params = dict(self.model.state_dict(keep_vars=True))
         self.version: int | None = 0
 

@@ -122,18 +122,19 @@ def _round(
     meter: PhaseMeter,
     dist: Dist | None = None,
     flag_columns: tuple[str, ...] = (),
+    rollout: Any = None,
 ) -> tuple[RolloutBatch, dict[str, float], str | None, list[Any]]:
     """``_local_round`` on this rank's share of the prompts (whole groups), every rank's rows then
     gathered in prompt order, so each rank returns the whole round (one process: the round)."""
     if dist is None or not dist.enabled:
         return _local_round(engine, reward_set, examples, prompt_ids, prompt_texts, group_size, sampling,
-                            first_group_id, demonstrations, meter, flag_columns)  # fmt: skip
+                            first_group_id, demonstrations, meter, flag_columns, rollout)  # fmt: skip
     share = dist.share(len(examples))
     local = None
     if share.stop > share.start:
         local = _local_round(
             engine, reward_set, examples[share], prompt_ids[share], prompt_texts[share], group_size, sampling,
-            first_group_id + share.start, demonstrations, meter, flag_columns,
+            first_group_id + share.start, demonstrations, meter, flag_columns, rollout,
         )  # fmt: skip
     parts = dist.all_gather_object(None if local is None else (local[0], local[1], local[2]))
     parts = [p for p in parts if p is not None]
@@ -156,10 +157,15 @@ def _local_round(
     demonstrations: Callable[[list[dict[str, Any]]], list[list[int] | None]] | None,
     meter: PhaseMeter,
     flag_columns: tuple[str, ...] = (),
+    rollout: Any = None,
 ) -> tuple[RolloutBatch, dict[str, float], str | None, list[Any]]:
-    """Generate and score one round in this process: (batch, reward metrics, traceback, demonstrations)."""
+    """Generate and score one round in this process: (batch, reward metrics, traceback, demonstrations).
+    ``rollout``: the algorithm's rollout part, whose ``generate(engine, ...)`` samples the groups."""
     with meter("generate"):
-        gen = engine.generate(prompt_ids, group_size, sampling)
+        if rollout is not None:  # a structured rollout (ETMR's trees): G rows per prompt all the same
+            gen = rollout.generate(engine, prompt_ids, group_size, sampling)
+        else:
+            gen = engine.generate(prompt_ids, group_size, sampling)
     with meter("reward"):
         rows_ex = [ex for ex in examples for _ in range(group_size)]
         rows_prompt = [p for p in prompt_texts for _ in range(group_size)]
@@ -174,6 +180,9 @@ def _local_round(
         result = score_result(reward_set, rows_ex, rows_prompt, gen.completions, extra)
         totals, rmetrics, tb = result.total, result.metrics(), result.first_traceback
         comps = row_components(reward_set, result)
+    if gen.shared_prefix is not None:  # tokens branches took over from another row instead of sampling
+        rmetrics["rollout/shared_prefix_frac"] = float(gen.shared_prefix.sum()) / max(sum(lengths), 1)
+    row_meta = gen.row_metadata or [{} for _ in lengths]
     rewards = torch.tensor([math.nan if r is None else float(r) for r in totals], dtype=torch.float32)
     demos = demonstrations(examples) if demonstrations is not None else [None] * len(examples)
     rows_demo = [d for d in demos for _ in range(group_size)]
@@ -193,7 +202,10 @@ def _local_round(
             | ({SFT_KEY: list(d)} if d is not None else {})
             | ({SFT_TRUNCATED_KEY: True} if getattr(d, "truncated", False) else {})
             | {k: ex[k] for k in flag_columns if k in ex}  # example columns parts read as row flags
-            for p, c, ex, d, (rc, rw) in zip(rows_prompt, gen.completions, rows_ex, rows_demo, comps)
+            | rm  # what the rollout part says of the row (ETMR: its tree and fork)
+            for p, c, ex, d, (rc, rw), rm in zip(
+                rows_prompt, gen.completions, rows_ex, rows_demo, comps, row_meta
+            )
         ],
     )
     return batch, rmetrics, tb, demos
@@ -217,6 +229,7 @@ def collect(
     extra: ExtraRollout | None = None,
     dist: Dist | None = None,
     flag_columns: tuple[str, ...] = (),
+    rollout: Any = None,
 ) -> tuple[RolloutBatch, dict[str, float], dict[str, float], str | None]:
     """Generate, score and select until enough groups survive. Returns (batch, metrics, times, traceback).
 
@@ -244,6 +257,11 @@ def collect(
     ``flag_columns`` (the algorithm's ``row_flags``) are example columns copied into each row's
     metadata, so that a part reads them as row flags (AdaCoT's ``adacot_slm``).
 
+    ``rollout`` (the algorithm's rollout part, ETMR) samples the main rounds' groups with its
+    ``generate(engine, prompt_ids, group_size, sampling)`` instead of ``engine.generate``; the rows'
+    ``row_metadata`` join their metadata, and ``rollout/shared_prefix_frac`` counts the completion
+    tokens branches share with the row they forked from. The extra rollout stays flat.
+
     With several processes (``dist``) every rank is given the same prompts; each generates and
     scores its share of them (whole groups) and the rows are gathered, so the selections, the
     refill decision and everything after run on the whole batch, identically on every rank.
@@ -261,7 +279,7 @@ def collect(
     while True:
         batch, rmetrics, tb, demos = _round(
             engine, reward_set, examples, prompt_ids, prompt_texts, group_size, sampling,
-            next_group_id, demonstrations, meter, dist, flag_columns,
+            next_group_id, demonstrations, meter, dist, flag_columns, rollout,
         )  # fmt: skip
         next_group_id += len(examples)
         rewards = batch.rewards

@@ -37,6 +37,7 @@ from torch.utils.checkpoint import checkpoint
 
 from unipo.batch import position_ids_from_mask
 from unipo.train import fused_head
+from unipo.train.sequence_stats import sequence_stats_from_hidden
 from unipo.train.token_stats import (  # noqa: F401  (TOKEN_STATS and parse_token_stat re-exported)
     TOKEN_STATS,
     parse_token_stat,
@@ -311,12 +312,16 @@ def completion_logprobs_with_stats(
     entropy_grad: bool = False,
     stats: tuple[str, ...] = (),
     shared_prompt: bool = False,
+    sequence_stats: tuple[str, ...] = (),
 ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
     """``completion_logprobs`` plus the named per-token statistics ``{name: [B, T]}`` (0 on padding).
 
     The statistics are computed from the same chunked logits; under autograd they carry
     gradient (a part detaches what it does not differentiate). ``model`` may be an FSDP2
     ``ShardedPolicy`` root: the pass then runs as its ``forward`` (``train/sharding.py``).
+    ``sequence_stats`` (names of ``unipo.train.sequence_stats.SEQUENCE_STATS``) add ``{name: [B, K]}``
+    entries to the same dict: per-token vectors of the same hidden states summed over each row
+    (G2RL's final-layer sensitivity), without gradient.
     """
     from unipo.train.sharding import ShardedPolicy
 
@@ -324,6 +329,7 @@ def completion_logprobs_with_stats(
         return model(
             input_ids, attention_mask, completion_mask, temperature=temperature, chunk_tokens=chunk_tokens,
             entropy_grad=entropy_grad, stats=stats, shared_prompt=shared_prompt,
+            sequence_stats=sequence_stats,
         )  # fmt: skip
     base = _unwrap(model)
     b, t = completion_mask.shape
@@ -347,4 +353,13 @@ def completion_logprobs_with_stats(
 
     logp = scatter(logp_flat)
     ent = scatter(ent_flat if entropy_grad else ent_flat.detach())
-    return logp, ent, {name: scatter(v) for name, v in stat_flat.items()}
+    out = {name: scatter(v) for name, v in stat_flat.items()}
+    if sequence_stats:  # {name: [B, K]}: vectors of the same hidden states, summed per row
+        rows = torch.arange(b, device=input_ids.device)[:, None].expand(b, t)[valid]  # [N]
+        head = base.get_output_embeddings()
+        per_row = sequence_stats_from_hidden(
+            hidden[valid], head, targets[valid], rows, b, tuple(sequence_stats), temperature=temperature,
+            softcap=softcap, chunk_tokens=chunk_tokens or default_chunk_tokens(head),
+        )  # fmt: skip
+        out.update(per_row)
+    return logp, ent, out

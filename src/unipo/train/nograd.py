@@ -67,6 +67,7 @@ def batched_logprobs_with_stats(
     micro_batch: int,
     stats: tuple[str, ...] = (),
     length_grouped: bool = True,
+    sequence_stats: tuple[str, ...] = (),
     **kwargs: Any,
 ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
     """Log-probs [B, T], entropies [B, T] and ``{name: [B, T]}`` statistics without grad.
@@ -75,6 +76,7 @@ def batched_logprobs_with_stats(
     go to ``completion_logprobs_with_stats`` (temperature, chunk_tokens, shared_prompt). Zero
     on padding, as there. With ``length_grouped`` the micro-batches follow
     ``length_grouped_micro_batches`` and each runs at its own width (module docstring).
+    ``sequence_stats`` add ``{name: [B, K]}`` per-row features to the dict (``sequence_stats.py``).
     """
     b, t = completion_mask.shape
     p = input_ids.shape[1] - t
@@ -101,14 +103,19 @@ def batched_logprobs_with_stats(
             cols = slice(lead, p + w)
             lp, en, st = completion_logprobs_with_stats(
                 model, input_ids[idx, cols], attention_mask[idx, cols], completion_mask[idx, :w],
-                stats=stats, **kwargs,
+                stats=stats, sequence_stats=sequence_stats, **kwargs,
             )  # fmt: skip
             logp[idx, :w] = lp
             ent[idx, :w] = en
             for name in stats:
                 out_stats[name][idx, :w] = st[name]
+            for name in sequence_stats:  # [rows, K]; K known from the first micro-batch
+                acc = out_stats.setdefault(name, st[name].new_zeros(b, st[name].shape[1]))
+                acc[idx] = st[name]
     finally:
         model.train(was_training)
+    for name in sequence_stats:  # every completion empty: no feature at all (width 0)
+        out_stats.setdefault(name, torch.zeros(b, 0, dtype=torch.float32, device=device))
     return logp, ent, out_stats
 
 
@@ -139,7 +146,8 @@ def rollout_batch_logprobs(
 ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
     """``batched_logprobs_with_stats`` over a ``RolloutBatch`` on ``device``: (log-probs [B, T],
     entropies [B, T], {name: [B, T]}) on the CPU at the batch's full width T, zero past the
-    longest completion. ``kwargs``: micro_batch, temperature, stats, shared_prompt, ...
+    longest completion (``sequence_stats`` names: [B, K]). ``kwargs``: micro_batch, temperature,
+    stats, sequence_stats, shared_prompt, ...
 
     With several processes (``dist``) every rank scores its share of the rows (whole prompt
     groups) and the results are gathered, so every rank returns the whole batch's values.
@@ -157,9 +165,10 @@ def rollout_batch_logprobs(
                 lp, ent, st = rollout_batch_logprobs(
                     model, batch.select(list(range(mine.start, mine.stop))), device, **kwargs
                 )
-        else:
+        else:  # no rows here: [0, 0] sequence features, widened by gather_rows to the others' K
             lp = ent = torch.zeros(0, t)
             st = {k: torch.zeros(0, t) for k in names}
+            st.update({k: torch.zeros(0, 0) for k in kwargs.get("sequence_stats", ())})
         return (
             dist.gather_rows(lp, counts), dist.gather_rows(ent, counts),
             {k: dist.gather_rows(v, counts) for k, v in st.items()},
@@ -172,4 +181,5 @@ def rollout_batch_logprobs(
     def padded(v: Tensor) -> Tensor:
         return nn.functional.pad(v.cpu(), (0, pad))  # [B, T_full]
 
-    return padded(lp), padded(ent), {k: padded(v) for k, v in st.items()}
+    per_row = set(kwargs.get("sequence_stats", ()))  # [B, K] features: not token columns
+    return padded(lp), padded(ent), {k: v.cpu() if k in per_row else padded(v) for k, v in st.items()}

@@ -89,6 +89,7 @@ class RLCollection:
             extra=self.algorithm.extra_rollout(self._last_metrics),  # a part's second rollout (AEPO)
             dist=self.dist,
             flag_columns=self.algorithm.row_flags,  # example columns parts read as row flags (AdaCoT)
+            rollout=self.algorithm.rollout,  # a rollout part samples the groups (ETMR's trees); None: flat
         )
         self.next_group_id = (
             int(batch.group_ids.max()) + 1 if batch.size else self.next_group_id + len(examples)

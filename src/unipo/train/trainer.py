@@ -94,7 +94,8 @@ class Trainer(RLCollection):
         self.phases = PhaseMeter(self.device)  # time and peak memory by phase, every step
         if not cfg.model.path:
             raise ValueError("model.path is empty: give a local Hugging Face causal-LM directory")
-        self.algorithm: Algorithm = copy.deepcopy(build_algorithm(cfg.algorithm, cfg.rollout.group_size))
+        r = cfg.rollout  # the group size and engine: parts refuse what they cannot run with
+        self.algorithm: Algorithm = copy.deepcopy(build_algorithm(cfg.algorithm, r.group_size, r.engine))
         # -- task and rewards (errors surface here, before any model is loaded)
         self.task = task_from_config(cfg.task)
         self.task_reward = self.task.reward_fn()
@@ -150,7 +151,7 @@ class Trainer(RLCollection):
         self.train_examples = self.task.examples(cfg.task.train_size, cfg.task.train_seed)
         if not self.train_examples:
             raise ValueError("the task produced no training examples")
-        if cfg.task.hide_labels:  # test-time RL: the rewards never see a training label (eval keeps them)
+        if cfg.task.hide_labels or self.algorithm.label_free:  # test-time RL: rewards never see a label
             self.train_examples = [hide_labels(ex) for ex in self.train_examples]
         eval_examples = (
             self.task.examples(cfg.task.eval_size, cfg.task.eval_seed, "eval") if cfg.task.eval_size else []
@@ -184,14 +185,16 @@ class Trainer(RLCollection):
     # ------------------------------------------------------------------ phases
     def _logprob_pass(
         self, model: torch.nn.Module, batch: RolloutBatch, stats: tuple[str, ...] = (),
-        root: torch.nn.Module | None = None,
+        root: torch.nn.Module | None = None, sequence_stats: tuple[str, ...] = (),
     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """No-grad log-probs [B, T], entropies [B, T] and named per-token stats of the whole batch,
-        on the CPU (each rank computes its share; ``root``: the FSDP2 unit holding ``model``)."""
+        on the CPU (each rank computes its share; ``root``: the FSDP2 unit holding ``model``);
+        ``sequence_stats`` add [B, K] per-row features to the dict."""
         return rollout_batch_logprobs(
             model, batch, self.device, micro_batch=self.cfg.optim.micro_batch_size,
             temperature=self.cfg.rollout.sampling.temperature, stats=stats,
             shared_prompt=self.cfg.optim.shared_prompt, dist=self.dist, root=root,
+            sequence_stats=sequence_stats,
         )  # fmt: skip
 
     # ------------------------------------------------------------------ the objective's stages
@@ -240,9 +243,14 @@ class Trainer(RLCollection):
             if bypass:
                 batch = batch.replace(old_logprobs=batch.rollout_logprobs)
             elif off_policy or self.algorithm.any_part("needs_old_logprobs"):  # else π_old = sg(π_θ)
-                stat_names = self.algorithm.old_token_stats
-                old_lp, old_ent, old_stats = self._logprob_pass(self.policy.scorer, batch, stat_names)
-                batch = batch.replace(old_logprobs=old_lp, entropies=old_ent, old_stats=old_stats)
+                stat_names, seq_names = self.algorithm.old_token_stats, self.algorithm.old_sequence_stats
+                old_lp, old_ent, old_stats = self._logprob_pass(
+                    self.policy.scorer, batch, stat_names, sequence_stats=seq_names
+                )
+                seq_stats = {k: old_stats.pop(k) for k in seq_names}  # [B, K] features (G2RL)
+                batch = batch.replace(
+                    old_logprobs=old_lp, entropies=old_ent, old_stats=old_stats, old_sequence_stats=seq_stats
+                )
             if self.reference is not None:
                 with self.policy.reference_model() as (ref_model, ref_root):
                     ref_lp, _, _ = self._logprob_pass(ref_model, batch, root=ref_root)
