@@ -278,7 +278,10 @@ def _parts_lines(d: dict) -> list[str]:
     lines += [f"surrogate: {d['surrogate']}"]
     lines += [f"regularizer: {s}" for s in d["regularizers"]]
     lines += [f"aggregate: {d['aggregate']}"]
-    return lines + [f"reward: {s}" for s in d["rewards"]]
+    lines += [f"reward: {s}" for s in d["rewards"]]
+    lines += [f"correction: {s}" for s in d.get("corrections", [])]
+    lines += [f"prompt scheduler: {d['scheduler']}"] if d.get("scheduler") else []
+    return lines + [f"buffer: {s}" for s in d.get("buffers", [])]
 
 
 def _show_one(d: dict, kind: str, parts: list[str]) -> None:

@@ -21,6 +21,9 @@ _FIELDS = (
     ("regularizers", "regularizer"),
     ("aggregate", "aggregate"),
     ("rewards", "reward shaping"),
+    ("corrections", "correction"),
+    ("scheduler", "prompt scheduler"),
+    ("buffers", "buffer"),
 )
 
 
@@ -118,8 +121,8 @@ def render_algorithms_markdown() -> str:
         d: dict[str, Any] = a.describe()
         lines += ["", f"## {a.name}", "", f"{a.paper}", ""]
         for key, label in _FIELDS:
-            value = d[key]
-            items = value if isinstance(value, list) else [value]
+            value = d.get(key)  # corrections, scheduler and buffers are absent when the preset has none
+            items = value if isinstance(value, list) else [] if value is None else [value]
             if items:
                 lines.append(f"- {label}: " + ", ".join(f"`{v}`" for v in items))
         if a.notes:

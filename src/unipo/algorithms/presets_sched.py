@@ -56,6 +56,8 @@ mmr1 = register_algorithm(
             "from nothing else: the paper scores every training prompt with N rollouts before training and "
             "every T_update steps (refresh_every=T does that here, as probe rollouts never trained on).",
             "A prompt not yet scored gets the mean VPS of the scored ones (the paper has scored them all).",
+            "With momentum m (0 here and in examples/mmr1.yaml) a prompt's VPS is smoothed before the "
+            "min-max normalization; the code smooths the normalized weights of successive sweeps.",
             "TDS is distinct-3 of the group's completion token ids, a diversity as the paper's §3.1 defines "
             "TDS; the released configuration (Table 6) weights self-BLEU-123, a similarity, with +0.2, and "
             "examples/mmr1.yaml uses the learnability (OVS) alone.",

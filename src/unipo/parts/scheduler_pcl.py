@@ -12,6 +12,7 @@ prompt text (L2-normalized), trained by ``train_steps`` Adam steps on every obse
 
 from __future__ import annotations
 
+import copy
 import math
 import zlib
 from collections.abc import Mapping, Sequence
@@ -125,7 +126,9 @@ class PCL(SchedulerBase):
 
     def state_dict(self) -> dict[str, Any]:
         s = self._bound()
-        return {**self.base_state(), "weight": s["weight"].detach().clone(), "opt": s["opt"].state_dict()}
+        # a snapshot: Adam's state_dict holds its live moment tensors, which the next fit updates in place
+        opt = copy.deepcopy(s["opt"].state_dict())
+        return {**self.base_state(), "weight": s["weight"].detach().clone(), "opt": opt}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.load_base_state(state)
