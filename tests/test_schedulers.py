@@ -258,3 +258,28 @@ def test_presets_show_their_scheduler_and_buffers():
     assert any(x.startswith("buffer: replay(") for x in lines)
     assert any(x.startswith("correction: decoupled(") for x in lines)
     assert any(x.startswith("prompt scheduler: pcl(") for x in _parts_lines(get_algorithm("pcl").describe()))
+
+
+def test_every_rank_trains_rank_zeros_plan():
+    # with several processes, each rank's scheduler plans, and the plan broadcast from rank 0 is the one
+    # every rank's prompts follow (a stand-in Dist whose broadcast hands over rank 0's plan)
+    from unipo.train.rl_collect import RLCollection
+
+    rank0 = PromptPlan((2, 0), (6, 2), metrics={"sched/alloc_mean": 4.0})
+
+    class Rank1Dist:
+        enabled = True
+
+        def broadcast_object(self, obj, src=0):
+            assert src == 0 and obj == PromptPlan((1, 2), (4, 4))  # this rank's own plan goes in
+            return rank0
+
+    class Rank1(RLCollection):
+        dist, train_examples, _sched_metrics = Rank1Dist(), examples("a", "b", "c"), {}
+
+        def _encode(self, exs):
+            return [[ord(e["question"])] for e in exs], [e["question"] for e in exs]
+
+    prompts = Rank1()._plan(PromptPlan((1, 2), (4, 4)))
+    assert prompts.example_ids == [2, 0] and prompts.group_sizes == [6, 2] and prompts.texts == ["c", "a"]
+    assert prompts.ids == [[ord("c")], [ord("a")]]
