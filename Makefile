@@ -72,7 +72,7 @@ setup-vllm: $(VLLM_STAMP)
 # cores, on top of `make test`, past CI's budget; `make test` covers the client against stand-in
 # servers (tests/test_vllm_client.py). Run it before changing rollout/vllm*.py.
 test-vllm: $(STAMP) $(VLLM_STAMP)
-	UNIPO_VLLM=$(abspath $(VLLM_VENV))/bin/vllm $(PY) -m pytest -q -m vllm -p no:xdist tests/test_vllm_engine.py
+	UNIPO_VLLM=$(abspath $(VLLM_VENV))/bin/vllm $(PY) -m pytest -q -m vllm -p no:xdist tests/test_vllm_engine.py tests/test_vllm_scale.py
 
 clean:
 	rm -rf $(VENV) $(TRL_VENV) $(VLLM_VENV) runs .pytest_cache

@@ -48,7 +48,7 @@ def run_args(model_dir: Path, out: Path, *extra: str) -> list[str]:
 
 def steps(run: Path) -> list[dict]:
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [r for r in rows if "train/loss" in r or "loss" in r]
+    return [r for r in rows if "loss/total" in r]
 
 
 def no_server_left(marker: str) -> bool:
@@ -67,8 +67,9 @@ def test_colocated_servers_one_per_torchrun_process(vllm_model, tmp_path):
     # each process started one server on 127.0.0.1 (its own log), synced it, and sampled from both
     logs = sorted(p.name for p in out.glob("vllm-server*.log"))
     assert logs == ["vllm-server-rank0.log", "vllm-server-rank1.log"]
-    for log in logs:
-        assert "Application startup complete" in (out / log).read_text(errors="replace")
+    for log in logs:  # each synced by the process that started it, each sampled from
+        text = (out / log).read_text(errors="replace")
+        assert "POST /collective_rpc" in text and "POST /v1/completions" in text
     assert json.loads((out / "summary.json").read_text())["processes"] == 2
     assert no_server_left(str(tmp_path))
 
@@ -97,5 +98,6 @@ def test_split_servers_on_ray_bundles_of_their_own(vllm_model, tmp_path, monkeyp
     log = tmp_path / ".ray_results" / "unipo-vllm-servers" / "vllm-server-0.log"
     assert "--host 0.0.0.0" in log.read_text(errors="replace")  # reachable from other nodes
     config = (out / "config.yaml").read_text()
-    assert "http://127.0.0.1:" in config and "untie_embeddings: true" in config  # handed over as rollout.url
+    assert "  url:\n  - http://" in config  # handed to the worker as rollout.url (the node's IP)
+    assert "untie_embeddings: true" in config  # a CPU server of a tied checkpoint serves an untied copy
     assert no_server_left(str(tmp_path))

@@ -29,6 +29,7 @@ def vllm_serve_args(cfg: Any, model: nn.Module | str) -> list[str]:
     args = [
         "--dtype", dtype, "--logprobs-mode", "processed_logprobs", "--generation-config", "vllm",
         "--seed", str(cfg.train.seed),
+        "--served-model-name", "policy",  # one name on every server, whichever copy each serves
     ]  # fmt: skip
     if v.max_model_len is not None:
         args += ["--max-model-len", str(v.max_model_len)]
