@@ -158,9 +158,7 @@ class Trainer(RLCollection):
         self.overlap = overlap_record(self.train_examples, eval_examples)  # {eval/train_prompt_overlap: x}
         self.eval_set = EvalSet(eval_examples, *self._encode(eval_examples)) if eval_examples else None
         # the prompt scheduler: which prompts, how many samples each (default: uniform shuffled epochs)
-        self.sampler = self.algorithm.scheduler
-        if self.sampler is None:
-            self.sampler = UniformScheduler()
+        self.sampler = UniformScheduler() if self.algorithm.scheduler is None else self.algorithm.scheduler
         self.sampler.bind(self.train_examples, seed=cfg.train.seed, group_size=cfg.rollout.group_size)
         self._sched_metrics: dict[str, float] = {}
         self.task_settings = task_settings(cfg.task, self.tokenizer, cfg.rollout.sampling.max_new_tokens)
