@@ -324,6 +324,9 @@ def _parts_lines(d: dict) -> list[str]:
     lines += [f"regularizer: {s}" for s in d["regularizers"]]
     lines += [f"aggregate: {d['aggregate']}"]
     lines += [f"reward: {s}" for s in d["rewards"]]
+    lines += [f"correction: {s}" for s in d.get("corrections", [])]
+    lines += [f"prompt scheduler: {d['scheduler']}"] if d.get("scheduler") else []
+    lines += [f"buffer: {s}" for s in d.get("buffers", [])]
     return lines + ([f"rollout: {d['rollout']}"] if d.get("rollout") else [])
 
 

@@ -283,6 +283,16 @@ class AlgorithmConfig(_Strict):
         description="Rollout–trainer mismatch corrections by name (tis, mis, geo_rs, bypass), added to any "
         "preset: e.g. [tis] with params {tis: {level: token, cap: 2.0}}. They read the sampler's log-probs.",
     )
+    scheduler: str | None = Field(
+        None,
+        description="Swap the prompt scheduler by name (uniform, mmr1_vas, pcl, rollout_gdro): which prompts "
+        "a step samples and how many completions each gets.",
+    )
+    buffers: list[str] | None = Field(
+        None,
+        description="Replace the batch buffers by names (replay, rorecomp): recompose the trained batch from "
+        "fresh and stored rows after collection.",
+    )
     params: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="Parameters by part name, e.g. {ppo_clip: {eps_high: 0.28}, kl: {coef: 0.0}}.",
@@ -563,7 +573,9 @@ def build_algorithm(
 
     algo = get_algorithm(cfg.name)
     changes: dict[str, Any] = {}
-    for kind, attr in (("advantage", "advantage"), ("surrogate", "surrogate"), ("aggregate", "aggregate")):
+    singles = (("advantage", "advantage"), ("surrogate", "surrogate"), ("aggregate", "aggregate"),
+               ("scheduler", "scheduler"))  # fmt: skip
+    for kind, attr in singles:
         name = getattr(cfg, attr)
         if name is not None:
             changes[attr] = make_part(kind, name, **cfg.params.get(name, {}))
@@ -572,6 +584,7 @@ def build_algorithm(
         ("token_weight", "token_weights"),
         ("regularizer", "regularizers"),
         ("correction", "corrections"),
+        ("buffer", "buffers"),
     ):
         names = getattr(cfg, attr)
         if names is not None:
@@ -624,6 +637,8 @@ def build_algorithm(
             rewards=tuple(with_params(p) for p in algo.rewards),
             corrections=tuple(with_params(p) for p in algo.corrections),
             rollout=with_params(algo.rollout) if algo.rollout is not None else None,
+            scheduler=with_params(algo.scheduler) if algo.scheduler is not None else None,
+            buffers=tuple(with_params(p) for p in algo.buffers),
         )
     except ValueError as e:
         raise ConfigError(str(e)) from None

@@ -44,6 +44,8 @@ class Algorithm:
     rewards: tuple[Any, ...] = ()  # reward-shaping terms added to the task reward (RewardFn)
     corrections: tuple[Any, ...] = ()  # rollout–trainer mismatch corrections (parts/corrections.py)
     rollout: Any = None  # how each group is generated ("rollout" part, rollout/tree.py); None: G flat samples
+    scheduler: Any = None  # the prompt scheduler (parts/schedulers*.py); None: uniform shuffled epochs
+    buffers: tuple[Any, ...] = ()  # batch recomposition after collection: replay, rorecomp (parts/buffers.py)
     notes: str = ""  # defaults the paper uses beyond the parts (G, lr, temperature, ...)
     # provenance: what the final form follows ("arXiv 2503.14476 Eq. 8", "owner/repo@commit
     # path:function"), and every way this preset departs from it, as plain sentences; () states
@@ -69,6 +71,9 @@ class Algorithm:
         yield from self.corrections
         if self.rollout is not None:
             yield self.rollout
+        if self.scheduler is not None:  # after the others: checkpoint keys of the parts above stay put
+            yield self.scheduler
+        yield from self.buffers
 
     def any_part(self, attribute: str) -> bool:
         return any(bool(getattr(p, attribute, False)) for p in self.parts())
@@ -184,13 +189,23 @@ class Algorithm:
                 metrics.update(more)
         return batch, metrics
 
+    def compose(self, batch: RolloutBatch, step: int) -> tuple[RolloutBatch, Metrics]:
+        """Every buffer part in order (``buf(batch, step)``): the batch the step trains on, recomposed
+        from the collected one (replayed rows added, rows held back), and their metrics."""
+        metrics: Metrics = {}
+        for buf in self.buffers:
+            batch, more = buf(batch, step)
+            metrics.update(more)
+        return batch, metrics
+
     def replace(self, **changes: Any) -> Algorithm:
         return dataclasses.replace(self, **changes)
 
     # ----------------------------------------------------------- part state
     def _stateful(self) -> Iterator[tuple[str, Any]]:
+        """Stateful parts but the scheduler, whose state the trainer saves as its sampler state."""
         for i, part in enumerate(self.parts()):
-            if hasattr(part, "state_dict"):
+            if hasattr(part, "state_dict") and part is not self.scheduler:
                 yield f"{i}:{part_name(part)}", part
 
     def state_dict(self) -> dict[str, Any]:
@@ -234,6 +249,8 @@ class Algorithm:
             "rewards": [one(p) for p in self.rewards],
             **({"corrections": [one(p) for p in self.corrections]} if self.corrections else {}),
             **({"rollout": one(self.rollout)} if self.rollout is not None else {}),
+            **({"scheduler": one(self.scheduler)} if self.scheduler is not None else {}),
+            **({"buffers": [one(p) for p in self.buffers]} if self.buffers else {}),
             "notes": self.notes,
             "source": self.source,
             "deviations": list(self.deviations) if self.deviations is not None else None,

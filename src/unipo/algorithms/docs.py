@@ -22,6 +22,9 @@ _FIELDS = (
     ("aggregate", "aggregate"),
     ("rewards", "reward shaping"),
     ("rollout", "rollout"),
+    ("corrections", "correction"),
+    ("scheduler", "prompt scheduler"),
+    ("buffers", "buffer"),
 )
 
 
@@ -119,7 +122,7 @@ def render_algorithms_markdown() -> str:
         d: dict[str, Any] = a.describe()
         lines += ["", f"## {a.name}", "", f"{a.paper}", ""]
         for key, label in _FIELDS:
-            value = d.get(key)  # "rollout" only when the preset has one
+            value = d.get(key)  # absent when the preset has none
             items = value if isinstance(value, list) else [] if value is None else [value]
             if items:
                 lines.append(f"- {label}: " + ", ".join(f"`{v}`" for v in items))

@@ -4,9 +4,10 @@ The presets live in small files by family and are all registered by importing th
 ``presets_grpo`` (group/batch advantages, GSPO, PPO with a critic, REINFORCE),
 ``presets_entropy`` (Clip-Cov, KL-Cov, forking tokens), ``presets_t2`` (the seeds' T2 methods),
 ``presets_adv`` (the seeds' advantage estimators), ``presets_peers`` (verl's and TRL's newer
-baselines: CISPO, SAPO, GMPO, GPG, DPPO, ReMax, OPO, GDPO, pass@k GRPO; PACS and ReMix) and
+baselines: CISPO, SAPO, GMPO, GPG, DPPO, ReMax, OPO, GDPO, pass@k GRPO; PACS and ReMix),
 ``presets_pref`` (P3O, RTO, f-DPG: the preference papers' methods that sample and read rewards),
-``presets_explore`` (G2RL, ETTRL: a π_old feature pass, a tree rollout).
+``presets_explore`` (G2RL, ETTRL: a π_old feature pass, a tree rollout) and ``presets_sched``
+(prompt schedulers and buffers: MMR1, PCL, Rollout-GDRO, RoRecomp, replay).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from unipo.algorithms import (
     presets_explore,  # noqa: F401  (G2RL's gradient-guided scaling, ETTRL's tree rollouts)
     presets_peers,  # noqa: F401  (peers' baselines: cispo, sapo, gmpo, remax, ...)
     presets_pref,  # noqa: F401  (preference papers on the RL side: p3o, rto, f_dpg_*)
+    presets_sched,  # noqa: F401  (schedulers and buffers: mmr1, pcl, rollout_gdro, rorecomp, grpo_replay)
     presets_t2,  # noqa: F401  (T2 seed methods: lp_reg, siren, bapo, d3s, ...)
 )
 from unipo.algorithms.presets_entropy import clip_cov, forking_tokens, kl_cov

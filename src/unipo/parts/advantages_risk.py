@@ -23,6 +23,13 @@ from unipo.parts.registry import register
 _STATE = dict(default_factory=dict, init=False, repr=False, compare=False, hash=False)
 
 
+def difficulty_bin(solve_rate: Tensor, bins: int) -> Tensor:
+    """Difficulty bin of solve rates p (any shape, long): ⌊(1 − p)·K⌋ clamped to K − 1, so bin 0 holds
+    the solved prompts and bin K − 1 the never-solved ones (``gdro``; ``rollout_gdro`` bins prompts by
+    the same rule)."""
+    return ((1 - solve_rate) * bins).floor().long().clamp(0, bins - 1)
+
+
 def groups_in_order(group_ids: Tensor) -> list[list[int]]:
     """Rows of each group (batch order), groups in order of first appearance."""
     rows: dict[int, list[int]] = {}
@@ -230,7 +237,7 @@ class GDRO:
         self._state.update(log_w=[0.0] * self.bins, m=[0.0] * self.bins, t=[0] * self.bins, pending=None)
 
     def bin_of(self, solve_rate: Tensor) -> Tensor:  # [G] → [G] long
-        return ((1 - solve_rate) * self.bins).floor().long().clamp(0, self.bins - 1)
+        return difficulty_bin(solve_rate, self.bins)
 
     def __call__(self, batch: RolloutBatch) -> tuple[Tensor, Metrics]:
         adv, metrics = GroupNorm(scale_by_std=self.scale_by_std, eps=self.eps)(batch)  # [B, T]

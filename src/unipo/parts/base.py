@@ -10,6 +10,8 @@
 | Aggregate   | ``agg(loss [B, T], x: LossInputs)`` | scalar loss                            |
 | Correction  | ``corr(batch: RolloutBatch)``     | (weights [B, T] ≥ 0, keep [B, T] bool, metrics)² |
 | Rollout     | ``ro.generate(engine, prompt_ids, G, sampling)`` | ``Generation``, G rows per prompt³ |
+| Scheduler   | ``sched.plan(k, step)``, ``sched.observe(batch)`` | ``PromptPlan``, metrics⁴ |
+| Buffer      | ``buf(batch: RolloutBatch, step: int)`` | (batch to train on, metrics)⁵    |
 
 ¹ a 0-dim term instead for a part marked ``aggregated`` (below).
 ² rollout–trainer mismatch corrections (``parts/corrections.py``: tis, mis, geo_rs, bypass), read
@@ -23,6 +25,19 @@
   engine's ``generate`` as its only way to sample. It may fill ``Generation.shared_prefix`` (tokens
   a row took over from the row it forked from; logged as ``rollout/shared_prefix_frac``) and
   ``Generation.row_metadata`` (joined into each row's metadata).
+⁴ the prompt scheduler (``parts/schedulers*.py``; one per algorithm, ``Algorithm.scheduler``, None:
+  ``uniform``, shuffled epochs) decides *before generation* which prompts a step samples and how many
+  completions each gets: ``plan(k, step)`` names k training-example indices (and optionally a group
+  size per prompt) for the step and for each refill round; ``observe(batch)`` sees every scored
+  round (rows carry ``metadata["example_id"]``), before the selections. The trainer calls
+  ``bind(examples, seed, group_size)`` once and checkpoints ``state_dict()`` as its sampler state, so
+  a resumed run plans exactly as an uninterrupted one; with several processes every rank observes the
+  same gathered rounds and rank 0's plan is broadcast.
+⁵ buffers (``parts/buffers.py``: ``replay``, ``rorecomp``) recompose the batch that is trained on once
+  per step, after collection (selections, refills) and before the π_old pass: they may hold fresh rows
+  back and add stored ones, which keep their behaviour log-probs (``rollout_logprobs``) and
+  ``weight_version``, so the corrections and the staleness metrics apply to them. Their contents are
+  part state (``state_dict``), saved in the checkpoint.
 
 All losses are quantities to *minimize*. Metrics are dicts of 0-dim tensors or floats,
 named ``kind/what`` (``surrogate/clip_frac_low``); the trainer averages and logs them.
@@ -43,6 +58,10 @@ Optional part attributes the trainer reads (never part names):
                                rollout.group_size with a nonzero advantage; ``build_algorithm``
                                refuses a smaller one (a lone completion has no group baseline)
     refill: bool               (Selection) generate more groups when this part drops some
+    variable_group_size: bool  (Scheduler) its plans give prompts different numbers of samples; an
+                               algorithm with a part marked ``equal_groups`` is then refused
+    equal_groups: bool         the part assumes every group has rollout.group_size rows (P3O's
+                               micro-batches of whole pairs)
     token_stats: tuple[str, ...]      per-token statistics of π_θ's full distribution the part reads
                                       from ``LossInputs.stats`` (names of ``unipo.train.logprobs.
                                       TOKEN_STATS``, e.g. "topp_entropy:0.8"); they carry gradient
@@ -97,6 +116,8 @@ Optional methods:
                                         reject a rollout.group_size / rollout.engine the part cannot run
                                         with, saying why (``build_algorithm`` raises it as a ConfigError:
                                         ETMR needs the hf engine's entropies and G a multiple of a tree)
+    probe(step) -> PromptPlan | None    (Scheduler) prompts to roll out and observe before the step's
+                                        plan, never trained on (MMR1's VPS sweeps); called until None
     sampling_temperature(metrics) -> float | None
                                         the rollout temperature for the next step (None: keep the
                                         configured one); ``metrics`` are the previous step's
@@ -351,3 +372,27 @@ class ExtraRollout:
 def scalar(x: Tensor | float) -> Tensor:
     """A detached 0-dim tensor for metrics (no host sync until the trainer logs)."""
     return x.detach().float() if isinstance(x, Tensor) else torch.tensor(float(x))
+
+
+@dataclass(frozen=True)
+class PromptPlan:
+    """A prompt scheduler's decision for one round (``Scheduler.plan``): which training examples are
+    sampled, in batch order, and how many completions each gets.
+
+    ``group_sizes`` None gives every prompt ``rollout.group_size``; ``metrics`` (``sched/...``) are logged
+    with the step's."""
+
+    indices: tuple[int, ...]  # [P] indices into the training examples
+    group_sizes: tuple[int, ...] | None = None  # [P] completions per prompt; None: G each
+    metrics: dict[str, float] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.group_sizes is not None:
+            if len(self.group_sizes) != len(self.indices):
+                raise ValueError(
+                    f"PromptPlan.group_sizes has {len(self.group_sizes)} entries for "
+                    f"{len(self.indices)} prompts"
+                )
+            if any(int(g) < 1 for g in self.group_sizes):
+                raise ValueError(f"PromptPlan.group_sizes must be ≥ 1 each, got {list(self.group_sizes)}")
+

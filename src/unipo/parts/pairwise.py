@@ -67,6 +67,7 @@ class P3OClip:
     mode: Literal["joint", "token"] = "joint"
 
     micro_batch_statistics = True  # a row's loss reads its pair partners
+    equal_groups = True  # micro-batches of whole groups need one group size (no allocating scheduler)
 
     def __post_init__(self) -> None:
         if self.eps < 0:

@@ -2,57 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from unipo.batch import EXTRA_ROW_KEY, SFT_KEY, SFT_TRUNCATED_KEY, RolloutBatch
+from unipo.batch import EXAMPLE_KEY, EXTRA_ROW_KEY, SFT_KEY, SFT_TRUNCATED_KEY, RolloutBatch
 from unipo.parts.base import ExtraRollout
 from unipo.rollout.base import RolloutEngine, SamplingParams
 from unipo.train.dist import Dist
 from unipo.train.phases import PhaseMeter
+from unipo.train.prompts import Prompts, PromptSampler
 
 log = logging.getLogger("unipo")
 
-
-@dataclass
-class PromptSampler:
-    """Deterministic, resumable walk over the training examples: a fresh permutation per epoch."""
-
-    n: int
-    seed: int
-    position: int = 0  # examples drawn so far (the resume point)
-    _perm: list[int] = field(default_factory=list, repr=False)
-    _epoch: int = -1
-
-    def _order(self, epoch: int) -> list[int]:
-        if epoch != self._epoch:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._perm = torch.randperm(self.n, generator=g).tolist()
-            self._epoch = epoch
-        return self._perm
-
-    def take(self, k: int) -> list[int]:
-        out = []
-        for _ in range(k):
-            epoch, i = divmod(self.position, self.n)
-            out.append(self._order(epoch)[i])
-            self.position += 1
-        return out
-
-    def state_dict(self) -> dict[str, int]:
-        return {"position": self.position, "n": self.n, "seed": self.seed}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        if state["n"] != self.n or state["seed"] != self.seed:
-            raise ValueError(
-                f"sampler state is for n={state['n']}, seed={state['seed']}; run has {self.n}, {self.seed}"
-            )
-        self.position = state["position"]
+__all__ = ["PromptSampler", "Prompts", "collect", "score", "score_result"]
 
 
 def score_result(
@@ -112,9 +79,7 @@ def row_components(
 def _round(
     engine: RolloutEngine,
     reward_set: Any,
-    examples: list[dict[str, Any]],
-    prompt_ids: list[list[int]],
-    prompt_texts: list[str],
+    prompts: Prompts,
     group_size: int,
     sampling: SamplingParams,
     first_group_id: int,
@@ -124,33 +89,32 @@ def _round(
     flag_columns: tuple[str, ...] = (),
     rollout: Any = None,
 ) -> tuple[RolloutBatch, dict[str, float], str | None, list[Any]]:
-    """``_local_round`` on this rank's share of the prompts (whole groups), every rank's rows then
-    gathered in prompt order, so each rank returns the whole round (one process: the round)."""
+    """``_local_round`` on this rank's share of the prompts (whole groups, whatever their sizes), every
+    rank's rows then gathered in prompt order, so each rank returns the whole round (one process: the
+    round)."""
     if dist is None or not dist.enabled:
-        return _local_round(engine, reward_set, examples, prompt_ids, prompt_texts, group_size, sampling,
-                            first_group_id, demonstrations, meter, flag_columns, rollout)  # fmt: skip
-    share = dist.share(len(examples))
+        return _local_round(engine, reward_set, prompts, group_size, sampling, first_group_id, demonstrations,
+                            meter, flag_columns, rollout)  # fmt: skip
+    share = dist.share(len(prompts))
     local = None
     if share.stop > share.start:
         local = _local_round(
-            engine, reward_set, examples[share], prompt_ids[share], prompt_texts[share], group_size, sampling,
-            first_group_id + share.start, demonstrations, meter, flag_columns, rollout,
+            engine, reward_set, prompts.take(share), group_size, sampling, first_group_id + share.start,
+            demonstrations, meter, flag_columns, rollout,
         )  # fmt: skip
     parts = dist.all_gather_object(None if local is None else (local[0], local[1], local[2]))
     parts = [p for p in parts if p is not None]
     batch = RolloutBatch.concat([p[0] for p in parts if p[0].size] or [parts[0][0]])
     metrics = _combine_reward_metrics([(p[1], p[0].size) for p in parts])
     traceback = next((p[2] for p in parts if p[2]), None)
-    demos = demonstrations(examples) if demonstrations is not None else [None] * len(examples)
+    demos = demonstrations(prompts.examples) if demonstrations is not None else [None] * len(prompts)
     return batch, metrics, traceback, demos
 
 
 def _local_round(
     engine: RolloutEngine,
     reward_set: Any,
-    examples: list[dict[str, Any]],
-    prompt_ids: list[list[int]],
-    prompt_texts: list[str],
+    prompts: Prompts,
     group_size: int,
     sampling: SamplingParams,
     first_group_id: int,
@@ -160,17 +124,53 @@ def _local_round(
     rollout: Any = None,
 ) -> tuple[RolloutBatch, dict[str, float], str | None, list[Any]]:
     """Generate and score one round in this process: (batch, reward metrics, traceback, demonstrations).
+
+    Prompts with different group sizes (a scheduler's allocation) are generated in one call per size
+    and their rows put back in prompt order; prompt i's rows carry group id ``first_group_id + i``."""
+    sizes = prompts.sizes(group_size)
+    gids = [first_group_id + i for i in range(len(prompts))]
+    if len(set(sizes)) <= 1:
+        return _generate_and_score(engine, reward_set, prompts, sizes[0] if sizes else group_size, sampling,
+                                   gids, demonstrations, meter, flag_columns, rollout)  # fmt: skip
+    parts = []
+    for size in dict.fromkeys(sizes):  # distinct sizes in order of first appearance
+        pick = [i for i, s in enumerate(sizes) if s == size]
+        parts.append(_generate_and_score(
+            engine, reward_set, prompts.take(pick), size, sampling, [gids[i] for i in pick], demonstrations,
+            meter, flag_columns, rollout,
+        ))  # fmt: skip
+    batch = RolloutBatch.concat([p[0] for p in parts])
+    batch = batch.select(torch.argsort(batch.group_ids, stable=True))  # prompt order, rows in sample order
+    metrics = _combine_reward_metrics([(p[1], p[0].size) for p in parts])
+    demos = demonstrations(prompts.examples) if demonstrations is not None else [None] * len(prompts)
+    return batch, metrics, next((p[2] for p in parts if p[2]), None), demos
+
+
+def _generate_and_score(
+    engine: RolloutEngine,
+    reward_set: Any,
+    prompts: Prompts,
+    group_size: int,
+    sampling: SamplingParams,
+    group_ids_of: list[int],
+    demonstrations: Callable[[list[dict[str, Any]]], list[list[int] | None]] | None,
+    meter: PhaseMeter,
+    flag_columns: tuple[str, ...] = (),
+    rollout: Any = None,
+) -> tuple[RolloutBatch, dict[str, float], str | None, list[Any]]:
+    """``group_size`` completions of each prompt, scored; prompt i's rows get group id ``group_ids_of[i]``.
     ``rollout``: the algorithm's rollout part, whose ``generate(engine, ...)`` samples the groups."""
+    examples, prompt_texts = prompts.examples, prompts.texts
     with meter("generate"):
         if rollout is not None:  # a structured rollout (ETMR's trees): G rows per prompt all the same
-            gen = rollout.generate(engine, prompt_ids, group_size, sampling)
+            gen = rollout.generate(engine, prompts.ids, group_size, sampling)
         else:
-            gen = engine.generate(prompt_ids, group_size, sampling)
+            gen = engine.generate(prompts.ids, group_size, sampling)
     with meter("reward"):
         rows_ex = [ex for ex in examples for _ in range(group_size)]
         rows_prompt = [p for p in prompt_texts for _ in range(group_size)]
         lengths = gen.completion_mask.sum(1).long().tolist()
-        group_ids = torch.arange(len(examples)).repeat_interleave(group_size) + first_group_id
+        group_ids = torch.tensor(group_ids_of, dtype=torch.long).repeat_interleave(group_size)
         extra = {
             "completion_length": lengths,
             "truncated": gen.truncated.tolist(),
@@ -186,6 +186,7 @@ def _local_round(
     rewards = torch.tensor([math.nan if r is None else float(r) for r in totals], dtype=torch.float32)
     demos = demonstrations(examples) if demonstrations is not None else [None] * len(examples)
     rows_demo = [d for d in demos for _ in range(group_size)]
+    rows_eid = [e for e in prompts.example_ids for _ in range(group_size)] if prompts.example_ids else None
     batch = RolloutBatch(
         prompt_ids=gen.prompt_ids.cpu(),
         prompt_mask=gen.prompt_mask.cpu(),
@@ -202,9 +203,10 @@ def _local_round(
             | ({SFT_KEY: list(d)} if d is not None else {})
             | ({SFT_TRUNCATED_KEY: True} if getattr(d, "truncated", False) else {})
             | {k: ex[k] for k in flag_columns if k in ex}  # example columns parts read as row flags
+            | ({EXAMPLE_KEY: rows_eid[i]} if rows_eid is not None else {})  # the scheduler's prompt index
             | rm  # what the rollout part says of the row (ETMR: its tree and fork)
-            for p, c, ex, d, (rc, rw), rm in zip(
-                rows_prompt, gen.completions, rows_ex, rows_demo, comps, row_meta
+            for i, (p, c, ex, d, (rc, rw), rm) in enumerate(
+                zip(rows_prompt, gen.completions, rows_ex, rows_demo, comps, row_meta)
             )
         ],
     )
@@ -222,7 +224,7 @@ def collect(
     group_size: int,
     sampling: SamplingParams,
     max_refill_rounds: int,
-    more: Any,  # callable k -> (examples, prompt_ids, prompt_texts) for refills
+    more: Any,  # callable k -> Prompts (or (examples, prompt_ids, prompt_texts)) for refills
     next_group_id: int = 0,
     demonstrations: Callable[[list[dict[str, Any]]], list[list[int] | None]] | None = None,
     meter: PhaseMeter | None = None,
@@ -230,8 +232,18 @@ def collect(
     dist: Dist | None = None,
     flag_columns: tuple[str, ...] = (),
     rollout: Any = None,
+    group_sizes: list[int] | None = None,
+    example_ids: list[int] | None = None,
+    observe: Callable[[RolloutBatch], Any] | None = None,
 ) -> tuple[RolloutBatch, dict[str, float], dict[str, float], str | None]:
     """Generate, score and select until enough groups survive. Returns (batch, metrics, times, traceback).
+
+    A prompt scheduler's plan gives each prompt its own number of samples (``group_sizes``, default
+    ``group_size`` each; the prompts of one size are generated together, rows stay in prompt order) and
+    its index into the training examples (``example_ids``: every row carries it in
+    ``metadata["example_id"]``); ``observe`` (the scheduler's) sees every scored round, refills
+    included, with the excluded items dropped and *before* the selections, so a selection that drops
+    groups (dynamic sampling) does not hide their outcome from it.
 
     With several reward terms every row carries ``metadata["reward_components"]`` ({name: value}) and
     ``metadata["reward_weights"]`` ({name: weight}) (GDPO's per-term normalization); else None / absent.
@@ -266,8 +278,9 @@ def collect(
     scores its share of them (whole groups) and the rows are gathered, so the selections, the
     refill decision and everything after run on the whole batch, identically on every rank.
     """
-    target_groups = len(examples)
-    own = (examples, prompt_ids, prompt_texts)  # this step's prompts: the extra rollout draws on them
+    prompts = Prompts(examples, prompt_ids, prompt_texts, group_sizes, example_ids)
+    target_groups = len(prompts)
+    own = prompts  # this step's prompts: the extra rollout draws on them
     kept: list[RolloutBatch] = []
     metrics: dict[str, float] = {}
     meter = meter if meter is not None else PhaseMeter("cpu")
@@ -278,10 +291,10 @@ def collect(
     rounds = 0
     while True:
         batch, rmetrics, tb, demos = _round(
-            engine, reward_set, examples, prompt_ids, prompt_texts, group_size, sampling,
-            next_group_id, demonstrations, meter, dist, flag_columns, rollout,
+            engine, reward_set, prompts, group_size, sampling, next_group_id, demonstrations, meter, dist,
+            flag_columns, rollout,
         )  # fmt: skip
-        next_group_id += len(examples)
+        next_group_id += len(prompts)
         rewards = batch.rewards
         traceback = traceback or tb
         if rounds == 0:
@@ -299,6 +312,8 @@ def collect(
             metrics["rollout/reward_mean_all"] = float(torch.nanmean(rewards)) if batch.size else 0.0
         finite = ~torch.isnan(rewards)
         batch = batch.select(finite)  # excluded items (reward None / failed) leave the batch here
+        if observe is not None:
+            observe(batch)
         for sel in selections:
             batch, smetrics = sel(batch)
             metrics.update({k: float(v) for k, v in smetrics.items()})
@@ -309,7 +324,8 @@ def collect(
         if not wants_refill or n_kept_groups >= target_groups or refills_used >= max_refill_rounds:
             break
         refills_used += 1
-        examples, prompt_ids, prompt_texts = more(target_groups - n_kept_groups)
+        got = more(target_groups - n_kept_groups)
+        prompts = got if isinstance(got, Prompts) else Prompts(*got)
     out = RolloutBatch.concat([b for b in kept if b.size] or kept[:1])
     if wants_refill:
         # keep exactly the target number of groups (verl truncates to train_batch_size as well)
@@ -318,14 +334,15 @@ def collect(
     metrics["rollout/refill_rounds"] = float(refills_used)
     metrics["rollout/kept_groups"] = float(torch.unique(out.group_ids).numel()) if out.size else 0.0
     if extra is not None:
-        n_extra = max(1, int(len(own[0]) * extra.fraction))  # the code: the first len // 4 prompts
+        n_extra = max(1, int(len(own) * extra.fraction))  # the code: the first len // 4 prompts
         n_samples = extra.samples or group_size
         at_t = sampling.model_copy(
             update={"greedy": True} if extra.temperature == 0 else {"temperature": extra.temperature}
         )
+        firsts = dataclasses.replace(own.take(slice(0, n_extra)), group_sizes=None)  # n_samples each
         rows, rmetrics, tb, _ = _round(
-            engine, reward_set, own[0][:n_extra], own[1][:n_extra], own[2][:n_extra], n_samples, at_t,
-            next_group_id, demonstrations, meter, dist, flag_columns,
+            engine, reward_set, firsts, n_samples, at_t, next_group_id, demonstrations, meter, dist,
+            flag_columns,
         )  # fmt: skip
         traceback = traceback or tb
         _add_failures(metrics, rmetrics)

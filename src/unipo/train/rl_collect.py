@@ -1,24 +1,28 @@
-"""The collect stage of the RL objective (a mixin of ``Trainer``): prompts → G completions each →
-rewards → selections (with refill), with the engine synced to the policy's weights and every row's
-weight version checked; with ``rollout.async`` the next batch is generated during the update
-(``async_rollout.py``).
+"""The collect stage of the RL objective (a mixin of ``Trainer``): the prompt scheduler's plan →
+completions → rewards → selections (with refill) → the buffers' recomposition, with the engine synced
+to the policy's weights and every row's weight version checked; with ``rollout.async`` the next batch
+is generated during the update (``async_rollout.py``).
 
 It reads the trainer's attributes (``cfg``, ``engine``, ``model``, ``policy``, ``dist``, ``phases``,
-``algorithm``, ``reward_set``, ``sampler``, ``train_examples``, ``step``, ``prefetch``, ...).
+``algorithm``, ``reward_set``, ``sampler`` (the prompt scheduler), ``train_examples``, ``step``,
+``prefetch``, ...).
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 
 import torch
 
 from unipo.batch import RolloutBatch
+from unipo.parts.base import PromptPlan
 from unipo.rollout.weights import policy_weights
 from unipo.train.async_rollout import drop_stale
 from unipo.train.collect import collect
 from unipo.train.phases import PhaseMeter
+from unipo.train.prompts import Prompts
 from unipo.train.sharding import full_params
 from unipo.train.utils import batch_metrics
 
@@ -30,10 +34,24 @@ class TrainingError(RuntimeError):
 class RLCollection:
     """``collect()`` and what it needs, for ``Trainer``."""
 
-    def _prompts(self, k: int) -> tuple[list[dict[str, Any]], list[list[int]], list[str]]:
-        examples = [self.train_examples[i] for i in self.sampler.take(k)]
+    def _plan(self, plan: PromptPlan | None) -> Prompts | None:
+        """A plan as prompts (rank 0's plan on every rank); its metrics join the step's."""
+        if plan is None:
+            return None
+        if self.dist.enabled:  # every rank observed the same rounds; rank 0's decision is everyone's
+            plan = self.dist.broadcast_object(plan)
+        self._sched_metrics.update(plan.metrics)
+        examples = [self.train_examples[i] for i in plan.indices]
         ids, texts = self._encode(examples)
-        return examples, ids, texts
+        sizes = list(plan.group_sizes) if plan.group_sizes is not None else None
+        return Prompts(examples, ids, texts, sizes, list(plan.indices))
+
+    def _prompts(self, k: int, step: int) -> Prompts:
+        """k prompts of ``step`` from the scheduler (the step's own, and each refill round's)."""
+        return self._plan(self.sampler.plan(k, step))
+
+    def _observe(self, batch: RolloutBatch) -> None:
+        self._sched_metrics.update(self.sampler.observe(batch))
 
     def _sync_engine(self) -> None:
         """Make the engine sample from the policy's current weights, version = the step count."""
@@ -54,35 +72,63 @@ class RLCollection:
         self._t_step = time.perf_counter()
         if self.prefetch is None:
             self._sync_engine()
-            batch, metrics = self._collect_rows(self.phases)
-            return self._accept(batch, metrics, staleness=0)
+            batch, metrics = self._collect_rows(self.phases, self.step)
+            return self._compose(*self._accept(batch, metrics, staleness=0))
         if self.prefetch.future is None:  # the first step (or the first after a resume): no batch ahead
             self._sync_engine()
-        (batch, metrics), waited = self.prefetch.take(lambda: self._collect_rows(PhaseMeter(self.device)))
+        step = self.step
+        rows = self.prefetch.take(lambda: self._collect_rows(PhaseMeter(self.device), step))
+        (batch, metrics), waited = rows
         metrics["time/rollout_wait"] = waited  # how long the update waited for the rollout in flight
         self._sync_engine()  # the background batch samples with the weights this step starts from
-        self.prefetch.start(lambda: self._collect_rows(PhaseMeter(self.device)))
-        return self._accept(batch, metrics, staleness=self.cfg.rollout.max_staleness)
+        self.prefetch.start(lambda: self._collect_rows(PhaseMeter(self.device), step + 1))
+        return self._compose(*self._accept(batch, metrics, staleness=self.cfg.rollout.max_staleness))
 
-    def _collect_rows(self, meter: PhaseMeter) -> tuple[RolloutBatch, dict[str, Any]]:
+    def _compose(self, batch: RolloutBatch, metrics: dict[str, Any]) -> tuple[RolloutBatch, dict[str, Any]]:
+        """The buffers' recomposition of the accepted batch (replayed rows in, rows held back)."""
+        if self.algorithm.buffers:
+            batch, more = self.algorithm.compose(batch, self.step)
+            metrics.update({k: float(v) for k, v in more.items()})
+        return batch, metrics
+
+    def _probe(self, step: int, sampling: Any, meter: PhaseMeter) -> float:
+        """Roll out and observe the scheduler's probe prompts for ``step`` (never trained on); their
+        completions."""
+        probe = getattr(self.sampler, "probe", None)
+        done = 0.0
+        while probe is not None and (prompts := self._plan(probe(step))) is not None:
+            rows, _, _, _ = collect(
+                engine=self.engine, reward_set=self.reward_set, selections=(), examples=prompts.examples,
+                prompt_ids=prompts.ids, prompt_texts=prompts.texts, group_size=self.cfg.rollout.group_size,
+                sampling=sampling, max_refill_rounds=0, more=None, next_group_id=self.next_group_id,
+                meter=meter, dist=self.dist, group_sizes=prompts.group_sizes,
+                example_ids=prompts.example_ids, observe=self._observe,
+            )  # fmt: skip
+            self.next_group_id += len(prompts)
+            done += rows.size
+        return done
+
+    def _collect_rows(self, meter: PhaseMeter, step: int) -> tuple[RolloutBatch, dict[str, Any]]:
         cfg = self.cfg
-        examples, ids, texts = self._prompts(cfg.rollout.prompts_per_step)
+        self._sched_metrics: dict[str, float] = {}
         sampling = cfg.rollout.sampling  # a part may steer the rollout temperature (sampling_temperature)
         if (temperature := self.algorithm.sampling_temperature(self._last_metrics)) is not None:
             sampling = sampling.model_copy(update={"temperature": temperature})
         if (token_temp := self.algorithm.token_temperature_fn(sampling.temperature)) is not None:
             sampling = sampling.model_copy(update={"token_temperature": token_temp})  # HAPO; training only
+        probed = self._probe(step, sampling, meter)
+        prompts = self._prompts(cfg.rollout.prompts_per_step, step)
         batch, metrics, _, traceback = collect(
             engine=self.engine,
             reward_set=self.reward_set,
             selections=self.algorithm.selections,
-            examples=examples,
-            prompt_ids=ids,
-            prompt_texts=texts,
+            examples=prompts.examples,
+            prompt_ids=prompts.ids,
+            prompt_texts=prompts.texts,
             group_size=cfg.rollout.group_size,
             sampling=sampling,
             max_refill_rounds=cfg.rollout.max_refill_rounds,
-            more=self._prompts,
+            more=functools.partial(self._prompts, step=step),
             next_group_id=self.next_group_id,
             demonstrations=self._demonstrations,
             meter=meter,
@@ -90,12 +136,18 @@ class RLCollection:
             dist=self.dist,
             flag_columns=self.algorithm.row_flags,  # example columns parts read as row flags (AdaCoT)
             rollout=self.algorithm.rollout,  # a rollout part samples the groups (ETMR's trees); None: flat
+            group_sizes=prompts.group_sizes,
+            example_ids=prompts.example_ids,
+            observe=self._observe,
         )
         self.next_group_id = (
-            int(batch.group_ids.max()) + 1 if batch.size else self.next_group_id + len(examples)
+            int(batch.group_ids.max()) + 1 if batch.size else self.next_group_id + len(prompts)
         )
         self._check_reward_failures(metrics, traceback)
         metrics["rollout/temperature"] = sampling.temperature
+        if probed:
+            metrics["sched/probe_completions"] = probed
+        metrics.update(self._sched_metrics)
         return batch, metrics
 
     def _accept(

@@ -3,7 +3,7 @@
 Its two stages, driven by the one loop (``unipo.train.loop.TrainLoop``) that also drives
 preference training and owns the run directory, checkpoints, signals, evaluation and logging:
 
-    collect:  prompts → G completions → rewards → selections (refill)
+    collect:  scheduler's prompts → completions → rewards → selections (refill) → buffers
     update:   old/ref log-probs → advantage → μ epochs × minibatches of optimizer steps → metrics
 """
 
@@ -28,10 +28,10 @@ from unipo.diagnostics.entropy import RunDiagnostics
 from unipo.models.task_file import prompt_format_warning, task_settings
 from unipo.parts.base import masked_mean
 from unipo.parts.corrections import apply_corrections, mismatch_metrics
+from unipo.parts.schedulers import UniformScheduler
 from unipo.rollout.factory import make_engine
 from unipo.rollout.memory import check_generation_memory
 from unipo.train.async_rollout import Prefetcher, snapshot_if_shared
-from unipo.train.collect import PromptSampler
 from unipo.train.critic import Critic
 from unipo.train.dist import init_dist
 from unipo.train.evaluate import EvalSet, encode_prompts, evaluate
@@ -158,7 +158,10 @@ class Trainer(RLCollection):
         )
         self.overlap = overlap_record(self.train_examples, eval_examples)  # {eval/train_prompt_overlap: x}
         self.eval_set = EvalSet(eval_examples, *self._encode(eval_examples)) if eval_examples else None
-        self.sampler = PromptSampler(len(self.train_examples), seed=cfg.train.seed)
+        # the prompt scheduler: which prompts, how many samples each (default: uniform shuffled epochs)
+        self.sampler = UniformScheduler() if self.algorithm.scheduler is None else self.algorithm.scheduler
+        self.sampler.bind(self.train_examples, seed=cfg.train.seed, group_size=cfg.rollout.group_size)
+        self._sched_metrics: dict[str, float] = {}
         self.task_settings = task_settings(cfg.task, self.tokenizer, cfg.rollout.sampling.max_new_tokens)
         prompt_format_warning(cfg.model.path, self.task_settings)  # saved with the model: unipo_task.json
         check_generation_memory(self.engine, self._encode(self.train_examples[:64])[0], [  # KV cache fits?
