@@ -67,12 +67,12 @@ class ModelConfig(_Strict):
 
 
 class TaskConfig(_Strict):
-    source: Literal["reasoning_gym", "jsonl", "code"] = Field(
+    source: Literal["reasoning_gym", "jsonl", "code", "env"] = Field(
         "reasoning_gym",
-        description="Where prompts come from: reasoning-gym generators, a JSONL file, or the generated code "
+        description="Where prompts come from: reasoning-gym generators, a JSONL file, the generated code "
         "task (fill in a linear function's return expression; scored by running its unit tests in the "
-        "sandbox; "
-        "options in task.config, e.g. {max_b: 20}).",
+        "sandbox; options in task.config, e.g. {max_b: 20}), or env: the examples of the environment class "
+        "(env.name; its examples(n, seed, split)).",
     )
     name: str = Field("chain_sum", description="reasoning-gym dataset name (source=reasoning_gym).")
     config: dict[str, Any] = Field(default_factory=dict, description="reasoning-gym dataset options.")
@@ -132,6 +132,43 @@ class RewardCombinerConfig(_Strict):
         default_factory=dict,
         description="Its options, e.g. {thresholds: {format: 0.8}, lr: 0.01} for lagrange "
         "(see `unipo rewards`).",
+    )
+
+
+class TurnRewardTerm(_Strict):
+    name: str = Field(description="A per-turn reward computed at rollout time: igpo (information gain).")
+    params: dict[str, Any] = Field(default_factory=dict, description="Its options, e.g. {answer_column: answer}.")
+
+
+class EnvConfig(_Strict):
+    """A multi-turn environment (README: Agents and tools); absent: single-turn completions."""
+
+    name: str = Field(
+        description="A built-in environment (calculator, guess) or your own class as 'module:Class' or "
+        "'path/to/file.py:Class': an unipo.envs.Environment subclass (tools = its public methods) or a "
+        "Gym-style class with reset(**example) and step(action)."
+    )
+    params: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the class.")
+    format: Literal["compact", "chat"] = Field(
+        "compact",
+        description="How tool calls and observations are written: compact ([name args] → =result, for "
+        "character-level models) or chat (OpenAI-compatible <tool_call> JSON and role=tool messages rendered "
+        "by the tokenizer's chat template).",
+    )
+    max_turns: int | None = Field(None, ge=1, description="Model turns per episode (None: the class's, else 4).")
+    max_tokens: int | None = Field(
+        None, ge=1, description="Trajectory tokens after the prompt, model and environment (None: the class's, "
+        "else 256); each turn also stops at rollout.sampling.max_new_tokens.",
+    )
+    tool_timeout_s: float = Field(5.0, gt=0, description="Seconds one tool call may run; past it the call is an "
+                                  "error observation.")  # fmt: skip
+    stop: list[str] = Field(
+        default_factory=list, description="Gym-style environments: strings that end a model turn (an action) "
+        "besides EOS (empty: the class's turn_stop).",
+    )
+    turn_rewards: list[TurnRewardTerm] = Field(
+        default_factory=list, description="Per-turn reward terms added to the environment's step rewards "
+        "(metadata turn_rewards), e.g. [{name: igpo}].",
     )
 
 
@@ -313,6 +350,10 @@ class Config(_Strict):
         None, description="Replaces the weighted sum of the reward terms (stateful; checkpointed)."
     )
     rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="Sampling.")
+    env: EnvConfig | None = Field(
+        None, description="A multi-turn environment: the rollout plays episodes (tools, observations) instead "
+        "of sampling one completion per prompt; every preset trains on the trajectories.",
+    )
     algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig, description="Which parts.")
     optim: OptimConfig = Field(default_factory=OptimConfig, description="Optimizer.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation.")
@@ -408,6 +449,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             "task.eval_seed must differ from task.train_seed (held-out prompts need another seed)"
         )
     check_run_dir_flags(cfg.train)
+    if cfg.task.source == "env" and cfg.env is None:
+        raise ConfigError("task.source=env takes its examples from the environment: set env.name too")
+    if cfg.env is not None:
+        from unipo.envs import env_class
+
+        try:
+            env_class(cfg.env.name)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     check_reward_terms(cfg.rewards, "rewards")
     if cfg.reward_combiner is not None:
         from unipo.rewards.combiners import make_combiner

@@ -12,11 +12,18 @@ import torch
 
 from unipo.batch import EXTRA_ROW_KEY, SFT_KEY, SFT_TRUNCATED_KEY, RolloutBatch
 from unipo.parts.base import ExtraRollout
-from unipo.rollout.base import RolloutEngine, SamplingParams
+from unipo.rollout.base import Generation, RolloutEngine, SamplingParams
 from unipo.train.dist import Dist
 from unipo.train.phases import PhaseMeter
 
 log = logging.getLogger("unipo")
+
+RolloutFn = Callable[[RolloutEngine, list[dict[str, Any]], list[list[int]], int, SamplingParams], Generation]
+"""What produces a round's rows instead of ``engine.generate(prompt_ids, n, sampling)``:
+``rollout(engine, examples, prompt_ids, n, sampling)`` (an environment's multi-turn rollout,
+``unipo.envs.EnvRollout``). Its ``Generation`` may carry, besides the usual fields, ``context_mask`` and
+``turn_index`` [B, T] (onto the batch), ``columns`` (per-row reward columns), ``row_metadata`` (per-row
+metadata) and ``metrics`` (logged with the step's)."""
 
 
 @dataclass
@@ -122,18 +129,19 @@ def _round(
     meter: PhaseMeter,
     dist: Dist | None = None,
     flag_columns: tuple[str, ...] = (),
+    rollout: RolloutFn | None = None,
 ) -> tuple[RolloutBatch, dict[str, float], str | None, list[Any]]:
     """``_local_round`` on this rank's share of the prompts (whole groups), every rank's rows then
     gathered in prompt order, so each rank returns the whole round (one process: the round)."""
     if dist is None or not dist.enabled:
         return _local_round(engine, reward_set, examples, prompt_ids, prompt_texts, group_size, sampling,
-                            first_group_id, demonstrations, meter, flag_columns)  # fmt: skip
+                            first_group_id, demonstrations, meter, flag_columns, rollout)  # fmt: skip
     share = dist.share(len(examples))
     local = None
     if share.stop > share.start:
         local = _local_round(
             engine, reward_set, examples[share], prompt_ids[share], prompt_texts[share], group_size, sampling,
-            first_group_id + share.start, demonstrations, meter, flag_columns,
+            first_group_id + share.start, demonstrations, meter, flag_columns, rollout,
         )  # fmt: skip
     parts = dist.all_gather_object(None if local is None else (local[0], local[1], local[2]))
     parts = [p for p in parts if p is not None]
@@ -156,10 +164,14 @@ def _local_round(
     demonstrations: Callable[[list[dict[str, Any]]], list[list[int] | None]] | None,
     meter: PhaseMeter,
     flag_columns: tuple[str, ...] = (),
+    rollout: RolloutFn | None = None,
 ) -> tuple[RolloutBatch, dict[str, float], str | None, list[Any]]:
     """Generate and score one round in this process: (batch, reward metrics, traceback, demonstrations)."""
     with meter("generate"):
-        gen = engine.generate(prompt_ids, group_size, sampling)
+        if rollout is None:
+            gen = engine.generate(prompt_ids, group_size, sampling)
+        else:
+            gen = rollout(engine, examples, prompt_ids, group_size, sampling)
     with meter("reward"):
         rows_ex = [ex for ex in examples for _ in range(group_size)]
         rows_prompt = [p for p in prompt_texts for _ in range(group_size)]
@@ -170,13 +182,17 @@ def _local_round(
             "truncated": gen.truncated.tolist(),
             "max_new_tokens": [sampling.max_new_tokens] * len(lengths),
             "group_id": group_ids.tolist(),  # rows of one prompt share it: group rewards (TTRL, EMPO)
+            **getattr(gen, "columns", {}),  # a multi-turn rollout's env_reward, tool_calls, turns, ...
         }
         result = score_result(reward_set, rows_ex, rows_prompt, gen.completions, extra)
         totals, rmetrics, tb = result.total, result.metrics(), result.first_traceback
+        rmetrics.update(getattr(gen, "metrics", {}))
         comps = row_components(reward_set, result)
     rewards = torch.tensor([math.nan if r is None else float(r) for r in totals], dtype=torch.float32)
     demos = demonstrations(examples) if demonstrations is not None else [None] * len(examples)
     rows_demo = [d for d in demos for _ in range(group_size)]
+    row_meta = getattr(gen, "row_metadata", None) or [{}] * len(rows_ex)
+    context_mask, turn_index = getattr(gen, "context_mask", None), getattr(gen, "turn_index", None)
     batch = RolloutBatch(
         prompt_ids=gen.prompt_ids.cpu(),
         prompt_mask=gen.prompt_mask.cpu(),
@@ -185,13 +201,16 @@ def _local_round(
         group_ids=group_ids,
         truncated=gen.truncated.cpu(),
         rewards=rewards,
+        context_mask=context_mask.cpu() if context_mask is not None else None,
+        turn_index=turn_index.cpu() if turn_index is not None else None,
         metadata=[
             {"prompt": p, "completion": c, "answer": ex.get("answer"), "reward_components": rc}
             | ({"reward_weights": rw} if rw is not None else {})
             | ({SFT_KEY: list(d)} if d is not None else {})
             | ({SFT_TRUNCATED_KEY: True} if getattr(d, "truncated", False) else {})
             | {k: ex[k] for k in flag_columns if k in ex}  # example columns parts read as row flags
-            for p, c, ex, d, (rc, rw) in zip(rows_prompt, gen.completions, rows_ex, rows_demo, comps)
+            | m  # a multi-turn rollout's per-row turn_rewards, turn_ok, tool_calls, ...
+            for p, c, ex, d, (rc, rw), m in zip(rows_prompt, gen.completions, rows_ex, rows_demo, comps, row_meta)
         ],
     )
     return batch, rmetrics, tb, demos
@@ -215,6 +234,7 @@ def collect(
     extra: ExtraRollout | None = None,
     dist: Dist | None = None,
     flag_columns: tuple[str, ...] = (),
+    rollout: RolloutFn | None = None,
 ) -> tuple[RolloutBatch, dict[str, float], dict[str, float], str | None]:
     """Generate, score and select until enough groups survive. Returns (batch, metrics, times, traceback).
 
@@ -245,6 +265,9 @@ def collect(
     With several processes (``dist``) every rank is given the same prompts; each generates and
     scores its share of them (whole groups) and the rows are gathered, so the selections, the
     refill decision and everything after run on the whole batch, identically on every rank.
+
+    ``rollout`` (``RolloutFn``; an environment's multi-turn rollout) replaces ``engine.generate`` in
+    every round, extra rollout included; None samples one completion per row.
     """
     target_groups = len(examples)
     own = (examples, prompt_ids, prompt_texts)  # this step's prompts: the extra rollout draws on them
@@ -259,7 +282,7 @@ def collect(
     while True:
         batch, rmetrics, tb, demos = _round(
             engine, reward_set, examples, prompt_ids, prompt_texts, group_size, sampling,
-            next_group_id, demonstrations, meter, dist, flag_columns,
+            next_group_id, demonstrations, meter, dist, flag_columns, rollout,
         )  # fmt: skip
         next_group_id += len(examples)
         rewards = batch.rewards
@@ -305,7 +328,7 @@ def collect(
         )
         rows, rmetrics, tb, _ = _round(
             engine, reward_set, own[0][:n_extra], own[1][:n_extra], own[2][:n_extra], n_samples, at_t,
-            next_group_id, demonstrations, meter, dist, flag_columns,
+            next_group_id, demonstrations, meter, dist, flag_columns, rollout,
         )  # fmt: skip
         traceback = traceback or tb
         _add_failures(metrics, rmetrics)

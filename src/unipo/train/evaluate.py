@@ -47,6 +47,7 @@ def run_eval(cfg: Any, out_dir: str | Path) -> dict[str, float]:
 
     Writes ``eval.json`` (the metrics) and ``samples.jsonl`` (every sampled completion) to out_dir.
     """
+    from unipo.envs import build_env_rollout
     from unipo.models import load_model
     from unipo.rollout.hf import HFEngine
     from unipo.tasks import task_from_config
@@ -59,7 +60,7 @@ def run_eval(cfg: Any, out_dir: str | Path) -> dict[str, float]:
     device = resolve_device(cfg.model.device)
     model, tok = load_model(cfg.model.path, dtype=cfg.model.dtype, device=str(device),
                             trust_remote_code=cfg.model.trust_remote_code)  # fmt: skip
-    task = task_from_config(cfg.task)
+    task = task_from_config(cfg.task, getattr(cfg, "env", None))
     examples = task.examples(cfg.task.eval_size, cfg.task.eval_seed, "eval")
     data = EvalSet(examples, *encode_prompts(tok, cfg.task, examples))
     out = Path(out_dir)
@@ -74,6 +75,7 @@ def run_eval(cfg: Any, out_dir: str | Path) -> dict[str, float]:
         model, engine, task.reward_fn(), data,
         samples=cfg.eval.samples, sampling=sampling, ks=cfg.eval.ks, greedy=cfg.eval.greedy,
         micro_batch=cfg.optim.micro_batch_size, samples_path=out / "samples.jsonl",
+        rollout=build_env_rollout(cfg.env, tok) if getattr(cfg, "env", None) is not None else None,
     )  # fmt: skip
     write_json(out / "eval.json", {"model": cfg.model.path, "task": cfg.task.model_dump(), **metrics})
     return metrics
@@ -99,6 +101,7 @@ def evaluate(
     samples_path: str | Path | None = None,
     tag: str = "eval",
     dist: Dist | None = None,
+    rollout: Any = None,
 ) -> dict[str, float]:
     """Metrics on the held-out prompts (``reward_fn`` is the task verifier: 1 = correct).
 
@@ -108,17 +111,29 @@ def evaluate(
     With several processes (``dist``) each rank evaluates its share of the prompts and the
     per-sample results are gathered; every rank returns the same metrics, rank 0 writes the
     samples. ``model`` may be an FSDP2 root (its parameters are gathered for the entropy pass).
+
+    ``rollout`` (``collect.RolloutFn``, an environment's multi-turn rollout) plays episodes instead of
+    sampling one completion; ``reward_fn`` then reads the episode's columns (``env_reward``), the entropy
+    is over the model's tokens, and ``{tag}/turns``, ``{tag}/tool_calls`` (means over samples, with
+    ``*_stderr`` over prompts) are added.
     """
     dist = dist or Dist()
     share = dist.share(len(data.examples))
     local = EvalSet(data.examples[share], data.prompt_ids[share], data.prompt_texts[share])
-    rows = _eval_rows(model, engine, reward_fn, local, samples, sampling, greedy, micro_batch) if len(
+    keys = ("rewards", "completions", "lengths", "truncated", "ent_sum", "tokens", "greedy", "turns", "tool_calls")
+    rows = _eval_rows(model, engine, reward_fn, local, samples, sampling, greedy, micro_batch, rollout) if len(
         local.examples
-    ) else {k: [] for k in ("rewards", "completions", "lengths", "truncated", "ent_sum", "tokens", "greedy")}
+    ) else {k: [] for k in keys}
     if dist.enabled:
         parts = dist.all_gather_object(rows)
         rows = {k: [x for part in parts for x in part[k]] for k in rows}
     out = _eval_metrics(rows, len(data.examples), samples, ks, greedy, tag)
+    for key in ("turns", "tool_calls"):  # episodes: per-sample counts, stderr over prompts
+        if rows.get(key):
+            per_prompt = torch.tensor(rows[key], dtype=torch.float32).view(len(data.examples), samples).mean(1)
+            out[f"{tag}/{key}"] = float(per_prompt.mean())
+            n = per_prompt.numel()
+            out[f"{tag}/{key}_stderr"] = float(per_prompt.std(unbiased=True) / math.sqrt(n)) if n > 1 else 0.0
     if (pop := getattr(reward_fn, "pop_metrics", None)) is not None:  # e.g. the sandbox's code/<reason>
         counts: dict[str, float] = {}
         for part in dist.all_gather_object(pop()):
@@ -137,17 +152,24 @@ def evaluate(
 
 def _eval_rows(
     model: nn.Module, engine: RolloutEngine, reward_fn: Any, data: EvalSet, samples: int,
-    sampling: SamplingParams, greedy: bool, micro_batch: int,
+    sampling: SamplingParams, greedy: bool, micro_batch: int, rollout: Any = None,
 ) -> dict[str, list[Any]]:  # fmt: skip
     """Per sampled row (prompt-major): reward, completion, length, truncation, entropy sum and
-    token count; per prompt: greedy reward."""
-    gen = engine.generate(data.prompt_ids, samples, sampling)
+    token count (and, for episodes, turns and tool calls); per prompt: greedy reward."""
+
+    def generate(n: int, params: SamplingParams) -> Any:
+        if rollout is None:
+            return engine.generate(data.prompt_ids, n, params)
+        return rollout(engine, data.examples, data.prompt_ids, n, params)
+
+    gen = generate(samples, sampling)
     rows_ex = [ex for ex in data.examples for _ in range(samples)]
     rows_prompt = [p for p in data.prompt_texts for _ in range(samples)]
-    rewards = _score(reward_fn, rows_ex, rows_prompt, gen.completions)
-    # token entropy of the sampled completions under the evaluated policy
+    rewards = _score(reward_fn, rows_ex, rows_prompt, gen.completions, getattr(gen, "columns", {}))
+    # token entropy of the sampled completions under the evaluated policy (the model's tokens)
     input_ids = torch.cat([gen.prompt_ids, gen.completion_ids], 1)
-    attn = torch.cat([gen.prompt_mask, gen.completion_mask.long()], 1)
+    seen = getattr(gen, "context_mask", None)
+    attn = torch.cat([gen.prompt_mask, (seen if seen is not None else gen.completion_mask).long()], 1)
     with full_params(model):
         _, ent = batched_logprobs(
             model, input_ids, attn, gen.completion_mask, micro_batch=micro_batch,
@@ -162,10 +184,12 @@ def _eval_rows(
         "ent_sum": (ent * mask).sum(1).tolist(),
         "tokens": mask.sum(1).tolist(),
         "greedy": [],
+        "turns": list(getattr(gen, "columns", {}).get("turns", [])),
+        "tool_calls": list(getattr(gen, "columns", {}).get("tool_calls", [])),
     }
     if greedy:
-        g = engine.generate(data.prompt_ids, 1, sampling.model_copy(update={"greedy": True}))
-        out["greedy"] = _score(reward_fn, data.examples, data.prompt_texts, g.completions)
+        g = generate(1, sampling.model_copy(update={"greedy": True}))
+        out["greedy"] = _score(reward_fn, data.examples, data.prompt_texts, g.completions, getattr(g, "columns", {}))
     return out
 
 
@@ -202,9 +226,10 @@ def _eval_metrics(
 
 
 def _score(
-    reward_fn: Any, examples: list[dict[str, Any]], prompts: list[str], completions: list[str]
+    reward_fn: Any, examples: list[dict[str, Any]], prompts: list[str], completions: list[str],
+    extra: dict[str, list[Any]] | None = None,
 ) -> list[float]:
     keys = {k for ex in examples for k in ex if k != "question"}
-    columns = {k: [ex.get(k) for ex in examples] for k in keys}
+    columns = {k: [ex.get(k) for ex in examples] for k in keys} | dict(extra or {})
     raw = reward_fn(prompts, completions, **columns)
     return [0.0 if (r is None or not math.isfinite(float(r))) else float(r) for r in raw]

@@ -25,6 +25,7 @@ from unipo.algorithms.base import Algorithm
 from unipo.batch import RolloutBatch
 from unipo.config import Config, build_algorithm
 from unipo.diagnostics.entropy import RunDiagnostics
+from unipo.envs import env_rollout
 from unipo.parts.base import masked_mean
 from unipo.rollout.hf import HFEngine
 from unipo.train.collect import PromptSampler, collect
@@ -86,7 +87,7 @@ class Trainer:
             raise ValueError("model.path is empty: give a local Hugging Face causal-LM directory")
         self.algorithm: Algorithm = copy.deepcopy(build_algorithm(cfg.algorithm, cfg.rollout.group_size))
         # -- task and rewards (errors surface here, before any model is loaded)
-        self.task = task_from_config(cfg.task)
+        self.task = task_from_config(cfg.task, cfg.env)  # with an env: its examples or the task's, its reward
         self.task_reward = self.task.reward_fn()
         self.reward_set = build_reward_set(
             cfg.rewards, self.task_reward, self.algorithm.rewards, extra_rewards, t.reward_timeout_s,
@@ -120,6 +121,8 @@ class Trainer:
             prefill_once=cfg.rollout.prefill_once, decode=cfg.rollout.decode,
         )  # fmt: skip
         self.engine = FullParamsEngine(engine, self.policy.scorer) if self.dist.sharded else engine
+        # a multi-turn environment plays episodes in place of engine.generate (None: single-turn)
+        self.rollout = env_rollout(cfg, self.tokenizer, self.policy.scorer, self.device, self.dist)
         self._demonstrations = (  # SFT targets in the batch metadata, only when a part reads them (HPT)
             functools.partial(
                 demonstration_ids, self.tokenizer, max_tokens=cfg.rollout.sampling.max_new_tokens
@@ -217,6 +220,7 @@ class Trainer:
             extra=self.algorithm.extra_rollout(self._last_metrics),  # a part's second rollout (AEPO)
             dist=self.dist,
             flag_columns=self.algorithm.row_flags,  # example columns parts read as row flags (AdaCoT)
+            rollout=self.rollout,
         )
         self.next_group_id = (
             int(batch.group_ids.max()) + 1 if batch.size else self.next_group_id + len(examples)
@@ -334,6 +338,7 @@ class Trainer:
                 self.policy.scorer, self.engine, self.task_reward, self.eval_set,
                 samples=cfg.eval.samples, sampling=sampling, ks=cfg.eval.ks, greedy=cfg.eval.greedy,
                 micro_batch=cfg.optim.micro_batch_size, samples_path=path, tag=tag, dist=self.dist,
+                rollout=self.rollout,
             )  # fmt: skip
 
     # ------------------------------------------------------------------ state and the loop

@@ -244,6 +244,7 @@ def update_policy(
                     row_flags={k: f[sel].to(device) for k, f in flags.items()},
                     flag_tokens=flag_tokens,
                     flag_rows=flag_rows,
+                    turn_index=micro.turn_index,
                 )
                 loss, metrics = policy_loss(algorithm, x)
                 if not torch.isfinite(loss):
