@@ -166,6 +166,13 @@ class EnvConfig(_Strict):
         default_factory=list, description="Gym-style environments: strings that end a model turn (an action) "
         "besides EOS (empty: the class's turn_stop).",
     )
+    summary_tokens: int | None = Field(
+        None, ge=1, description="SUPO's summarization: when a segment's tokens after the prompt reach this, the "
+        "model writes a summary (after summary_prompt) and the episode goes on from the prompt and the summary "
+        "as a new row (None: never).",
+    )
+    summary_prompt: str = Field("\nsummary:", description="Text asking for the summary (environment tokens).")
+    max_summaries: int = Field(1, ge=0, description="Summaries per episode at most.")
     turn_rewards: list[TurnRewardTerm] = Field(
         default_factory=list, description="Per-turn reward terms added to the environment's step rewards "
         "(metadata turn_rewards), e.g. [{name: igpo}].",

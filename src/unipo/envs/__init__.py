@@ -91,7 +91,8 @@ def build_env_rollout(cfg: Any, tokenizer: Any, scorer: Any = None) -> EnvRollou
     from unipo.envs.turn_rewards import make_turn_reward
 
     cls = env_class(cfg.name)
-    limits = EpisodeLimits(_setting(cfg, cls, "max_turns", 4), _setting(cfg, cls, "max_tokens", 256))
+    limits = EpisodeLimits(_setting(cfg, cls, "max_turns", 4), _setting(cfg, cls, "max_tokens", 256),
+                           cfg.summary_tokens, cfg.summary_prompt, cfg.max_summaries)  # fmt: skip
     terms = [make_turn_reward(t.name, scorer, tokenizer, **t.params) for t in cfg.turn_rewards]
     return EnvRollout(episode_factory(cfg, tokenizer), tokenizer, limits, terms)
 

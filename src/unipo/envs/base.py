@@ -83,10 +83,12 @@ class Environment:
         return None
 
     def tools(self) -> list[Tool]:
+        """The public instance methods a subclass defines (not class/static methods, not the base's)."""
         out = []
-        for name, member in inspect.getmembers(self, predicate=inspect.ismethod):
-            if not name.startswith("_") and name not in _BASE_NAMES:
-                out.append(member)
+        for name in dir(type(self)):
+            raw = inspect.getattr_static(self, name, None)
+            if inspect.isfunction(raw) and not name.startswith("_") and name not in _BASE_NAMES:
+                out.append(getattr(self, name))
         return out
 
     def reward(self) -> float:

@@ -12,10 +12,16 @@ completion is the whole trajectory after the prompt, and
 so selections, advantages, surrogates, aggregates and their denominators see model tokens only. Per
 row, ``columns`` reach the reward functions (``env_reward``: the episode's score; ``turns``,
 ``tool_calls``, ``tool_errors``, ``final_answer``, ``env_end``) and ``row_metadata`` lands in
-``RolloutBatch.metadata``: ``turn_rewards`` (list, one per model turn: the environment's step reward
-plus any turn-reward term such as IGPO's information gain), ``turn_ok`` (list of bool: the turn's
-action was valid / its tool calls succeeded), ``tool_calls``, ``turns``, ``env_end``. Group advantages
-are per prompt across whole trajectories: the rows of one prompt share its group id as always.
+``RolloutBatch.metadata``: ``turn_rewards`` (list, one per model turn: the environment's step reward;
+0 for tool environments), ``turn_terms`` ({name: list per turn}: intrinsic turn rewards computed at
+rollout time, IGPO's information gain under "igpo"), ``turn_ok`` (list of bool: the turn's action was
+valid / its tool calls succeeded), ``tool_calls``, ``turns``, ``env_end``. Group advantages are per
+prompt across whole trajectories: the rows of one prompt share its group id as always.
+
+Parts that credit turns (``unipo.parts.agent_turns.turn_returns``) split the row's reward r (the reward
+set's total, ``batch.rewards``) over its K turns: turn k < K−1 gets its step reward, the last turn the
+rest, so the turn rewards sum to r (a Gym environment's default score is the sum of its step rewards;
+a tool environment's reward lands on its final turn); intrinsic terms come on top.
 """
 
 from __future__ import annotations
@@ -43,6 +49,19 @@ class EpisodeGeneration(Generation):
     row_metadata: list[dict[str, Any]] = field(default_factory=list)  # per-row metadata
     metrics: dict[str, float] = field(default_factory=dict)  # env/* (means and counts)
     trajectories: list[Trajectory] = field(default_factory=list)
+    # the prompt each row belongs to, when a rollout returns more rows than prompts × n (SUPO's
+    # segments); None: row = prompt·n + j
+    row_prompt: list[int] | None = None
+
+    def episodes_only(self) -> EpisodeGeneration:
+        """One row per episode (its last segment): what evaluation reads, prompt-major as ``generate``'s."""
+        if self.row_prompt is None:
+            return self
+        last = [i for i, t in enumerate(self.trajectories)
+                if i + 1 == len(self.trajectories) or self.trajectories[i + 1].episode != t.episode]  # fmt: skip
+        return trajectories_to_generation([self.trajectories[i] for i in last], self._tokenizer)
+
+    _tokenizer: Any = field(default=None, repr=False)
 
 
 def _right(rows: Sequence[Sequence[Any]], width: int, fill: Any, dtype: torch.dtype) -> Tensor:
@@ -53,8 +72,9 @@ def _right(rows: Sequence[Sequence[Any]], width: int, fill: Any, dtype: torch.dt
     return out
 
 
-def trajectories_to_generation(trajs: list[Trajectory], tokenizer: Any) -> EpisodeGeneration:
-    """Pad the trajectories into one ``EpisodeGeneration`` (prompts left-padded, completions right-padded)."""
+def trajectories_to_generation(trajs: list[Trajectory], tokenizer: Any, n_per: int = 0) -> EpisodeGeneration:
+    """Pad the trajectories into one ``EpisodeGeneration`` (prompts left-padded, completions right-padded);
+    ``n_per`` (episodes per prompt) maps segmented episodes' rows to their prompts (``row_prompt``)."""
     from unipo.rollout.hf import left_pad
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -69,16 +89,19 @@ def trajectories_to_generation(trajs: list[Trajectory], tokenizer: Any) -> Episo
     truncated = torch.tensor([t.truncated for t in trajs], dtype=torch.bool)
     texts = [tokenizer.decode(t.ids, skip_special_tokens=True) for t in trajs]
     finals = [t.turn_texts[-1] if t.turn_texts and t.end == "answer" else "" for t in trajs]
+    segmented = any(t.segment for t in trajs)
     columns: dict[str, list[Any]] = {
         "env_reward": [t.reward for t in trajs],
         "turns": [t.num_turns for t in trajs],
         "tool_calls": [t.tool_calls for t in trajs],
         "tool_errors": [t.tool_errors for t in trajs],
         "final_answer": finals,
-        "env_end": [t.end for t in trajs],
+        "env_end": [t.episode_end or t.end for t in trajs],
     }
-    meta = [{"turn_rewards": list(t.turn_rewards), "turn_ok": list(t.turn_ok), "tool_calls": t.tool_calls,
-             "turns": t.num_turns, "env_end": t.end} | ({"env_error": t.error} if t.error else {})
+    meta = [{"turn_rewards": list(t.turn_rewards), "turn_terms": {k: list(v) for k, v in t.turn_terms.items()},
+             "turn_ok": list(t.turn_ok), "tool_calls": t.tool_calls, "turns": t.num_turns,
+             "env_end": t.episode_end or t.end, "episode": t.episode, "segment": t.segment}
+            | ({"env_error": t.error} if t.error else {})
             for t in trajs]  # fmt: skip
     n = max(len(trajs), 1)
     metrics = {
@@ -92,13 +115,14 @@ def trajectories_to_generation(trajs: list[Trajectory], tokenizer: Any) -> Episo
     return EpisodeGeneration(
         prompt_ids=p_ids, prompt_mask=p_mask, completion_ids=ids, completion_mask=loss, truncated=truncated,
         completions=texts, context_mask=seen, turn_index=turns, logprobs=logps, columns=columns,
-        row_metadata=meta, metrics=metrics, trajectories=trajs,
+        row_metadata=meta, metrics=metrics, trajectories=trajs, _tokenizer=tokenizer,
+        row_prompt=[t.episode // n_per for t in trajs] if segmented and n_per else None,
     )  # fmt: skip
 
 
 TurnReward = Callable[[list[Trajectory], list[dict[str, Any]]], list[list[float]]]
-"""A per-turn reward term: (trajectories, their examples) → one value per model turn of each, added to
-``turn_rewards`` (IGPO's information gain: ``unipo.envs.turn_rewards``)."""
+"""A per-turn reward term: (trajectories, their examples) → one value per model turn of each, kept in
+``turn_terms[term.name]`` (IGPO's information gain: ``unipo.envs.turn_rewards``)."""
 
 
 class EnvRollout:
@@ -106,7 +130,7 @@ class EnvRollout:
     environment is configured: ``rollout(engine, examples, prompt_ids, n, sampling) -> EpisodeGeneration``.
 
     ``make_episode()`` builds one fresh episode (``ToolEpisode`` / ``GymEpisode``) per row; every row's
-    example is passed to its ``start``. ``turn_rewards`` are added to the environment's step rewards.
+    example is passed to its ``start``. ``turn_rewards`` terms fill ``turn_terms`` under their ``name``.
     """
 
     def __init__(
@@ -127,10 +151,11 @@ class EnvRollout:
     ) -> EpisodeGeneration:  # fmt: skip
         episodes = [self.make_episode() for _ in range(len(examples) * n)]
         trajs = run_episodes(engine, episodes, examples, prompt_ids, n, sampling, self.tokenizer, self.limits)
-        rows = [ex for ex in examples for _ in range(n)]
+        rows = [examples[t.episode // n] for t in trajs]  # each trajectory's (or segment's) example
         for term in self.turn_rewards:
+            name = getattr(term, "name", type(term).__name__)
             for traj, extra in zip(trajs, term(trajs, rows), strict=True):
                 if len(extra) != traj.num_turns:
-                    raise ValueError(f"a turn reward gave {len(extra)} values for {traj.num_turns} turns")
-                traj.turn_rewards = [a + b for a, b in zip(traj.turn_rewards, extra, strict=True)]
-        return trajectories_to_generation(trajs, self.tokenizer)
+                    raise ValueError(f"turn reward {name!r} gave {len(extra)} values for {traj.num_turns} turns")
+                traj.turn_terms[name] = [float(v) for v in extra]
+        return trajectories_to_generation(trajs, self.tokenizer, n)

@@ -38,13 +38,17 @@ class Trajectory:
     logprobs: list[float] | None = field(default_factory=list)  # sampler log μ; 0 on env tokens
     turn_texts: list[str] = field(default_factory=list)
     observations: list[str] = field(default_factory=list)
-    turn_rewards: list[float] = field(default_factory=list)  # per model turn
+    turn_rewards: list[float] = field(default_factory=list)  # per model turn: the environment's step reward
+    turn_terms: dict[str, list[float]] = field(default_factory=dict)  # name -> per turn (IGPO's "igpo")
     turn_ok: list[bool] = field(default_factory=list)  # per model turn
     tool_calls: int = 0
     tool_errors: int = 0
     end: str = ""  # answer | env | turns | tokens | length (see run_episodes)
     reward: float | None = None  # the episode's score; None when score() failed
     error: str = ""
+    episode: int = 0  # the row (prompt·n + j) this trajectory, or segment of one, belongs to
+    segment: int = 0  # SUPO: the segment's place in its episode (0 without summarization)
+    episode_end: str = ""  # the episode's ``end`` (a summarized segment's own end is "summary")
 
     @property
     def truncated(self) -> bool:
@@ -86,12 +90,22 @@ class Trajectory:
 
 @dataclass(frozen=True)
 class EpisodeLimits:
-    max_turns: int = 4  # model turns
-    max_tokens: int = 256  # tokens after the prompt, model and environment together
+    """Turn and token limits of an episode, and SUPO's summarization (``summary_tokens``: when a segment's
+    tokens after its prompt reach it, the model is asked for a summary, ``summary_prompt`` appended as
+    environment tokens; the episode then goes on in a new segment whose prompt is the task prompt and the
+    summary; at most ``max_summaries`` per episode)."""
+
+    max_turns: int = 4  # action turns (summary turns not counted)
+    max_tokens: int = 256  # tokens after the prompt of a segment, model and environment together
+    summary_tokens: int | None = None
+    summary_prompt: str = "\nsummary:"
+    max_summaries: int = 1
 
     def __post_init__(self) -> None:
         if self.max_turns < 1 or self.max_tokens < 1:
             raise ValueError(f"env.max_turns and env.max_tokens must be ≥ 1, got {self.max_turns}, {self.max_tokens}")
+        if self.summary_tokens is not None and not 0 < self.summary_tokens < self.max_tokens:
+            raise ValueError(f"env.summary_tokens must be in (0, max_tokens={self.max_tokens}), got {self.summary_tokens}")
 
 
 def _groups_share_prompts(contexts: list[list[int]], n: int) -> bool:
@@ -109,7 +123,9 @@ def run_episodes(
     limits: EpisodeLimits,
 ) -> list[Trajectory]:
     """Play ``len(prompt_ids) × n`` episodes (row = prompt·n + j, episode ``episodes[row]``); see the
-    module docstring. An episode ends with ``end``:
+    module docstring. Returns one trajectory per episode in row order, or, with summarization
+    (``limits.summary_tokens``), each episode's segments in order (``episode``, ``segment``). An episode
+    ends with ``end``:
 
         answer   the episode said done (a final answer, the goal, terminated)
         env      the environment truncated it
@@ -126,17 +142,28 @@ def run_episodes(
             row = g * n + j
             extra = episodes[row].start(ex)
             ids = _tokens(tokenizer, extra) if extra else []
-            trajs.append(Trajectory(prompt_ids=list(prompt_ids[g]) + ids))
+            trajs.append(Trajectory(prompt_ids=list(prompt_ids[g]) + ids, episode=row))
+    base = [list(t.prompt_ids) for t in trajs]  # each episode's prompt (a new segment starts from it)
+    done: list[Trajectory] = []  # finished segments of summarized episodes
+    summaries, turn_of = [0] * rows, [0] * rows  # summaries made, action turns played
+    summarizing: set[int] = set()
     stops = list(dict.fromkeys([*sampling.stop, *(s for e in episodes[:1] for s in e.stop)]))
     live = list(range(rows))
-    for turn in range(limits.max_turns):
+    for _ in range(limits.max_turns + limits.max_summaries):
         if not live:
             break
+        ask = _tokens(tokenizer, limits.summary_prompt) if limits.summary_tokens is not None else []
+        for r in live:  # SUPO: a long segment is summarized before its next action
+            t = trajs[r]
+            if ask and len(t.ids) >= limits.summary_tokens and summaries[r] < limits.max_summaries \
+                    and len(t.ids) + len(ask) < limits.max_tokens:  # fmt: skip
+                t._append(ask, False, -1, None)
+                summarizing.add(r)
         room = {r: limits.max_tokens - len(trajs[r].ids) for r in live}
         params = sampling.model_copy(update={"max_new_tokens": max(1, min(sampling.max_new_tokens, max(room.values()))),
                                              "stop": stops})  # fmt: skip
         contexts = [trajs[r].prompt_ids + trajs[r].ids for r in live]
-        if turn == 0 and n > 1 and len(live) == rows and _groups_share_prompts(contexts, n):
+        if max(turn_of) == 0 and n > 1 and len(live) == rows and _groups_share_prompts(contexts, n):
             gen = engine.generate(contexts[::n], n, params)
         else:
             gen = engine.generate(contexts, 1, params)
@@ -148,9 +175,23 @@ def run_episodes(
             lp = logps[i][valid].tolist() if logps is not None else None
             cut = len(toks) > room[r]
             toks, lp = toks[: room[r]], (lp[: room[r]] if lp is not None else None)
-            traj._append(toks, True, turn, lp)
+            traj._append(toks, True, traj.num_turns, lp)
             text = tokenizer.decode(toks, skip_special_tokens=True)
             traj.turn_texts.append(text)
+            if r in summarizing:  # the segment ends on its summary; the episode goes on from prompt + summary
+                summarizing.discard(r)
+                summaries[r] += 1
+                traj.turn_rewards.append(0.0)
+                traj.turn_ok.append(True)
+                traj.end = "summary"
+                done.append(traj)
+                nxt = Trajectory(prompt_ids=base[r] + _tokens(tokenizer, text), episode=r, segment=traj.segment + 1)
+                nxt.logprobs = [] if traj.logprobs is not None else None
+                trajs[r] = nxt
+                still.append(r)
+                continue
+            turn = turn_of[r]
+            turn_of[r] += 1
             try:
                 step = episodes[r].act(text)
             except Exception as e:  # noqa: BLE001 - a broken environment ends its episode, not the run
@@ -182,11 +223,17 @@ def run_episodes(
                 still.append(r)
         live = still
     for r, traj in enumerate(trajs):
+        if not traj.end:
+            traj.end = "turns"
         try:
             traj.reward = float(episodes[r].score())
         except Exception as e:  # noqa: BLE001 - the item is excluded (reward None), the run goes on
             traj.reward, traj.error = None, traj.error or f"score: {type(e).__name__}: {e}"
-    return trajs
+        traj.episode_end = traj.end
+    for seg in done:  # a summarized episode's earlier segments share its reward and its end
+        last = trajs[seg.episode]
+        seg.reward, seg.episode_end, seg.error = last.reward, last.end, seg.error or last.error
+    return sorted(done + trajs, key=lambda t: (t.episode, t.segment))
 
 
 def _tokens(tokenizer: Any, text: str) -> list[int]:

@@ -60,6 +60,8 @@ class PolicyScorer:
 class InformationGain:
     """``r_k = P_k − P_{k−1}`` (see the module docstring); 0 for the last turn."""
 
+    name = "igpo"
+
     def __init__(self, scorer: PolicyScorer | None, tokenizer: Any, answer_column: str = "answer",
                  template: str = "{answer}") -> None:  # fmt: skip
         if scorer is None:

@@ -173,10 +173,12 @@ def _local_round(
         else:
             gen = rollout(engine, examples, prompt_ids, group_size, sampling)
     with meter("reward"):
-        rows_ex = [ex for ex in examples for _ in range(group_size)]
-        rows_prompt = [p for p in prompt_texts for _ in range(group_size)]
+        # the prompt of each row: prompt·G + j, or the rollout's own map (SUPO's segments: several rows each)
+        owner = getattr(gen, "row_prompt", None) or [g for g in range(len(examples)) for _ in range(group_size)]
+        rows_ex = [examples[o] for o in owner]
+        rows_prompt = [prompt_texts[o] for o in owner]
         lengths = gen.completion_mask.sum(1).long().tolist()
-        group_ids = torch.arange(len(examples)).repeat_interleave(group_size) + first_group_id
+        group_ids = torch.tensor(owner, dtype=torch.long) + first_group_id
         extra = {
             "completion_length": lengths,
             "truncated": gen.truncated.tolist(),
@@ -190,7 +192,7 @@ def _local_round(
         comps = row_components(reward_set, result)
     rewards = torch.tensor([math.nan if r is None else float(r) for r in totals], dtype=torch.float32)
     demos = demonstrations(examples) if demonstrations is not None else [None] * len(examples)
-    rows_demo = [d for d in demos for _ in range(group_size)]
+    rows_demo = [demos[o] for o in owner]
     row_meta = getattr(gen, "row_metadata", None) or [{}] * len(rows_ex)
     context_mask, turn_index = getattr(gen, "context_mask", None), getattr(gen, "turn_index", None)
     batch = RolloutBatch(

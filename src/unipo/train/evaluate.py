@@ -160,7 +160,8 @@ def _eval_rows(
     def generate(n: int, params: SamplingParams) -> Any:
         if rollout is None:
             return engine.generate(data.prompt_ids, n, params)
-        return rollout(engine, data.examples, data.prompt_ids, n, params)
+        gen = rollout(engine, data.examples, data.prompt_ids, n, params)
+        return gen.episodes_only() if hasattr(gen, "episodes_only") else gen  # one row per episode
 
     gen = generate(samples, sampling)
     rows_ex = [ex for ex in data.examples for _ in range(samples)]
