@@ -21,57 +21,12 @@ from unipo.envs import (
     tool_schema,
 )
 from unipo.envs.formats import ChatTemplateFormat, CompactFormat
+from unipo.envs.scripted import ScriptedEngine
 from unipo.models.tiny import build_tokenizer
-from unipo.rollout.base import Generation, SamplingParams
+from unipo.rollout.base import SamplingParams
 
 
-class ScriptedEngine:
-    """A stand-in ``RolloutEngine``: the continuation of a context is ``script(context_text)``; it honours
-    stop strings (cut after the first), EOS and max_new_tokens, and returns sampler log-probs of −0.5."""
-
-    def __init__(self, tok, script) -> None:
-        self.tok, self.script, self.calls = tok, script, []
-
-    def generate(self, prompts, n, params):
-        rows, trunc = [], []
-        for p in prompts:
-            for _ in range(n):
-                text = self.script(self.tok.decode(p))
-                ids = self.tok(text, add_special_tokens=False)["input_ids"]
-                out, cut = [], True
-                for t in ids[: params.max_new_tokens]:
-                    out.append(t)
-                    if t == self.tok.eos_token_id or any(self.tok.decode(out).endswith(s) for s in params.stop):
-                        cut = False
-                        break
-                rows.append(out)
-                trunc.append(cut)
-        self.calls.append((len(prompts), n))
-        width = max(len(r) for r in rows)
-        ids = torch.zeros(len(rows), width, dtype=torch.long)
-        mask = torch.zeros(len(rows), width)
-        for i, r in enumerate(rows):
-            ids[i, : len(r)], mask[i, : len(r)] = torch.tensor(r), 1.0
-        return _with_logprobs(torch.zeros(len(rows), 1, dtype=torch.long), ids, mask, trunc)
-
-
-def _with_logprobs(p_ids, ids, mask, trunc):
-    gen = Generation(p_ids, torch.ones_like(p_ids), ids, mask, torch.tensor(trunc))
-    gen.logprobs = -0.5 * mask  # [B, T]: what a vLLM engine returns
-    return gen
-
-
-def calculator_script(context: str) -> str:
-    """The optimal calculator policy: [a*b] → [p+c] → answer."""
-    q = context.split("Q: ")[1].split("=")[0]
-    a, rest = q.split("*")
-    b, c = rest.split("+")
-    p = int(a) * int(b)
-    if f"[{p}+{c}]" in context:
-        return f"{p + int(c)}</s>"
-    if f"[{a}*{b}]" in context:
-        return f"[{p}+{c}]"
-    return f"[{a}*{b}]"
+calculator_script = Calculator.oracle
 
 
 @pytest.fixture(scope="module")

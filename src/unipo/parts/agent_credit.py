@@ -133,8 +133,8 @@ class SPAProgress:
 
 
 def shared_prefix_lengths(batch: RolloutBatch) -> list[int]:
-    """Per row, the longest prefix of its completion ids it shares with a row of its group whose reward
-    differs (0 when none does): the tokens before the pivot where the trajectories diverge."""
+    """Per row, the longest prefix of its completion ids it shares with a *different* trajectory of its
+    group whose reward differs (0 when none does): the tokens before the pivot where they diverge."""
     idx, _ = group_index(batch.group_ids)
     lengths = batch.completion_mask.sum(1).long().tolist() if batch.context_mask is None else \
         batch.context_mask.sum(1).long().tolist()  # fmt: skip
@@ -149,7 +149,8 @@ def shared_prefix_lengths(batch: RolloutBatch) -> list[int]:
             n = 0
             while n < min(lengths[i], lengths[j]) and ids[i][n] == ids[j][n]:
                 n += 1
-            best = max(best, n)
+            if n < max(lengths[i], lengths[j]):  # an identical trajectory does not diverge anywhere
+                best = max(best, n)
         out.append(best)
     return out
 
