@@ -29,7 +29,7 @@ from unipo.train.run_dir import prepare_run_dir, write_json
 MODEL = {"hidden_size": 128, "num_layers": 2, "num_heads": 4}
 BUDGETS: dict[str, dict[str, dict[str, Any]]] = {
     "calculator": {
-        "full": {"sft_steps": 150, "rl_steps": 60, "train_size": 4000, "eval_size": 128, "eval_samples": 4,
+        "full": {"sft_steps": 220, "rl_steps": 40, "train_size": 4000, "eval_size": 128, "eval_samples": 4,
                  "prompts": 16, "group": 8, "turn_tokens": 12, "lr": 2e-4},
         "quick": {"sft_steps": 10, "rl_steps": 2, "train_size": 64, "eval_size": 8, "eval_samples": 2,
                   "prompts": 4, "group": 4, "turn_tokens": 12, "lr": 2e-4},
