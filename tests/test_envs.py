@@ -10,8 +10,8 @@ import torch
 
 from unipo.envs import (
     Calculator,
-    EnvRollout,
     Environment,
+    EnvRollout,
     EpisodeLimits,
     GuessNumber,
     GymEpisode,
@@ -24,7 +24,6 @@ from unipo.envs.formats import ChatTemplateFormat, CompactFormat
 from unipo.envs.scripted import ScriptedEngine
 from unipo.models.tiny import build_tokenizer
 from unipo.rollout.base import SamplingParams
-
 
 calculator_script = Calculator.oracle
 
@@ -56,9 +55,10 @@ def test_calculator_round_trip_keeps_ids_masks_and_turns(tok):
     # the first turn of a group went out as one prompt × n; later turns one row per live episode
     assert engine.calls == [(1, 2), (2, 1), (2, 1)]
     # each turn's context is exactly prompt + every token so far
-    assert traj.context_before(2) == prompt + tok("[37*48]=1776\n[1776+15]=1791\n", add_special_tokens=False)[
-        "input_ids"
-    ]
+    assert (
+        traj.context_before(2)
+        == prompt + tok("[37*48]=1776\n[1776+15]=1791\n", add_special_tokens=False)["input_ids"]
+    )
 
 
 def test_turn_limit_and_token_budget_end_episodes(tok):
@@ -119,7 +119,9 @@ def test_tool_timeouts_and_failures_become_observations():
     assert bad.error == "bad_arguments"
     unknown = call_tool(tools, ToolCall("nope", {}), timeout_s=1)
     assert unknown.error == "unknown_tool" and "boom, count, sleep" in unknown.content
-    assert call_tool(tools, ToolCall("count", {"x": "abc"}), timeout_s=1).content == "3"  # numbers become text
+    assert (
+        call_tool(tools, ToolCall("count", {"x": "abc"}), timeout_s=1).content == "3"
+    )  # numbers become text
     # in an episode, the failure is the observation and the episode goes on
     episode = ToolEpisode(Slow(), CompactFormat(), timeout_s=0.2)
     step = episode.act("[boom 1]")
@@ -179,7 +181,8 @@ def test_chat_template_format_is_openai_compatible():
     tok.chat_template = (
         "{% for m in messages %}{% if m['role'] == 'tool' %}<tool>{{ m['content'] }}</s>\n"
         "{% elif m['role'] == 'assistant' %}<|assistant|>{{ m['content'] }}"
-        "{% for c in m.get('tool_calls', []) %}<tool_call>{{ c['function'] | tojson }}</tool_call>{% endfor %}"
+        "{% for c in m.get('tool_calls', []) %}<tool_call>{{ c['function'] | tojson }}</tool_call>"
+        "{% endfor %}"
         "</s>\n{% else %}<|user|>{{ m['content'] }}</s>\n{% endif %}{% endfor %}"
         "{% if add_generation_prompt %}<|assistant|>{% endif %}"
     )

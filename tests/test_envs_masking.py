@@ -19,7 +19,6 @@ from unipo.train import update as update_module
 from unipo.train.logprobs import completion_logprobs
 from unipo.train.update import UpdateSettings, update_policy
 
-
 calculator_script = Calculator.oracle
 
 NAMES = sorted(a.name for a in list_algorithms())
@@ -54,9 +53,17 @@ def episode_batch(tok, varied: bool = False, one_group: bool = False) -> Rollout
     g = torch.Generator().manual_seed(0)
     mask = gen.completion_mask
     noise = 0.3 * torch.randn(mask.shape, generator=g) * mask
-    meta = [m | {"turn_terms": {"igpo": [0.1 * (k + 1) for k in range(m["turns"])]}, "completion": c, "prompt": "q",
-                 "answer": examples[i // 4]["answer"], "remax_baseline": 0.5}
-            for i, (m, c) in enumerate(zip(gen.row_metadata, gen.completions))]  # as collect() stores them
+    meta = [
+        m
+        | {
+            "turn_terms": {"igpo": [0.1 * (k + 1) for k in range(m["turns"])]},
+            "completion": c,
+            "prompt": "q",
+            "answer": examples[i // 4]["answer"],
+            "remax_baseline": 0.5,
+        }
+        for i, (m, c) in enumerate(zip(gen.row_metadata, gen.completions))
+    ]  # as collect() stores them
     return RolloutBatch(
         prompt_ids=gen.prompt_ids, prompt_mask=gen.prompt_mask, completion_ids=gen.completion_ids,
         completion_mask=mask, context_mask=gen.context_mask, turn_index=gen.turn_index,
@@ -65,7 +72,8 @@ def episode_batch(tok, varied: bool = False, one_group: bool = False) -> Rollout
         rewards=torch.tensor(gen.columns["env_reward"]) if not varied else torch.rand(n, generator=g),
         metadata=meta, old_stats={"sum_pi_squared": torch.rand(mask.shape, generator=g) * mask},
         old_logprobs=(-1.5 + noise) * mask, ref_logprobs=(-1.6 + 0.5 * noise) * mask,
-        entropies=(1.0 + torch.rand(mask.shape, generator=g)) * mask, values=torch.randn(n, mask.shape[1]) * mask,
+        entropies=(1.0 + torch.rand(mask.shape, generator=g)) * mask,
+        values=torch.randn(n, mask.shape[1]) * mask,
     )  # fmt: skip
 
 
@@ -98,7 +106,9 @@ def test_no_environment_token_gets_gradient(model_and_tok, monkeypatch, name: st
     def recording(m, ids, attn, cmask, **kw):
         logp, ent, stats = original(m, ids, attn, cmask, **kw)
         if logp.requires_grad:
-            logp.register_hook(lambda g, mask=cmask.detach().clone(): grads.append((g.detach().clone(), mask)))
+            logp.register_hook(
+                lambda g, mask=cmask.detach().clone(): grads.append((g.detach().clone(), mask))  # noqa: B008
+            )
         return logp, ent, stats
 
     monkeypatch.setattr(update_module, "completion_logprobs_with_stats", recording)
@@ -113,7 +123,9 @@ def test_no_environment_token_gets_gradient(model_and_tok, monkeypatch, name: st
     assert env_grad.numel() > 0
     assert bool((env_grad == 0).all()), f"{name}: environment tokens / padding received gradient"
     model_grad = torch.cat([g[mask == 1] for g, mask in grads])
-    assert bool((model_grad != 0).any()), f"{name}: no model token received gradient (the check would be empty)"
+    assert bool((model_grad != 0).any()), (
+        f"{name}: no model token received gradient (the check would be empty)"
+    )
 
 
 def test_model_tokens_after_an_observation_are_scored_on_it(model_and_tok):

@@ -4,7 +4,6 @@ trajectories, evaluation reports success and tool calls; SUPO's segments become 
 from __future__ import annotations
 
 import pytest
-import torch
 
 from unipo.config import ConfigError, EnvConfig, load_config
 from unipo.envs import Calculator, EnvRollout, EpisodeLimits, ToolEpisode, build_env_rollout
@@ -16,7 +15,8 @@ from unipo.train.collect import collect
 
 def overrides(model_dir, out, *extra: str) -> list[str]:
     return [
-        f"model.path={model_dir}", "model.device=cpu", "task.source=env", "task.chat=false", "task.train_size=16",
+        f"model.path={model_dir}", "model.device=cpu", "task.source=env", "task.chat=false",
+        "task.train_size=16",
         "task.eval_size=4", "env.name=calculator", "rollout.prompts_per_step=2", "rollout.group_size=2",
         "rollout.sampling.max_new_tokens=6", "eval.samples=2", "eval.ks=[1]", "train.steps=1",
         f"train.output_dir={out}", "train.entropy_change=none", *extra,
@@ -40,9 +40,9 @@ def test_trainer_plays_episodes_and_reports_tool_calls(tiny_model_dir, tmp_path)
 
 
 def test_config_refuses_an_env_source_without_an_env_and_unknown_envs(tiny_model_dir, tmp_path):
-    with pytest.raises(ConfigError, match="set env.name"):
+    with pytest.raises(ConfigError, match=r"set env\.name"):
         load_config(None, [f"model.path={tiny_model_dir}", "task.source=env"])
-    with pytest.raises(ConfigError, match="env.name='nope'"):
+    with pytest.raises(ConfigError, match=r"env\.name='nope'"):
         load_config(None, overrides(tiny_model_dir, tmp_path, "env.name=nope"))
     with pytest.raises(ConfigError, match="cannot be loaded"):
         load_config(None, overrides(tiny_model_dir, tmp_path, "env.name=no_such_module:Env"))
@@ -71,8 +71,8 @@ def test_summarized_episodes_become_segments_of_their_group():
     assert [t.reward for t in gen.trajectories] == [1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]
     assert len(gen.episodes_only().completions) == 4  # evaluation sees one row per episode
 
-    from unipo.rewards import build_reward_set
     from unipo.envs import env_reward
+    from unipo.rewards import build_reward_set
 
     batch, _, _, _ = collect(
         engine=ScriptedEngine(tok, policy), reward_set=build_reward_set([], env_reward), selections=(),

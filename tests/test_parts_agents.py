@@ -29,7 +29,8 @@ def rows(turns: list[list[int]], rewards: list[float], groups: list[int], meta: 
         idx[i, : len(r)], seen[i, : len(r)] = torch.tensor(r), 1.0
     comp = torch.zeros(len(turns), t, dtype=torch.long) if ids is None else torch.tensor(ids)
     return RolloutBatch(
-        prompt_ids=torch.ones(len(turns), 2, dtype=torch.long), prompt_mask=torch.ones(len(turns), 2, dtype=torch.long),
+        prompt_ids=torch.ones(len(turns), 2, dtype=torch.long),
+        prompt_mask=torch.ones(len(turns), 2, dtype=torch.long),
         completion_ids=comp, completion_mask=(idx >= 0).float(), context_mask=seen, turn_index=idx,
         group_ids=torch.tensor(groups), truncated=torch.zeros(len(turns), dtype=torch.bool),
         rewards=torch.tensor(rewards, dtype=torch.float32), metadata=meta or [{} for _ in turns],
@@ -114,7 +115,8 @@ def test_spa_rewards_grounded_turns_and_fits_progress_to_the_outcome():
     # the fit: one gradient step of ½·(Σ_k c_k − R)² from w = 0: w ← 0 − 0.1·(0 − 1)·Σ_k φ_k
     phis = spa.turn_features(b)
     assert phis[0].shape == (3, 5) and torch.allclose(phis[0][:, -1], torch.ones(3))
-    # bigram features: turn 0 owns (1,2) (the observation token 2 follows it), turn 1 (2,3), (3,4), turn 2 (4,5)
+    # bigram features: turn 0 owns (1,2) (the observation token 2 follows it), turn 1 (2,3) and (3,4),
+    # turn 2 (4,5)
     bucket = [(p * 1_000_003 + c) % 4 for p, c in [(1, 2), (2, 3), (3, 4), (4, 5)]]
     assert float(phis[0][0, bucket[0]]) == 1.0 and float(phis[0][2, bucket[3]]) == 1.0
     spa.on_step_end({})
@@ -131,7 +133,9 @@ def test_r3l_amplifies_positives_and_trains_only_after_the_pivot():
     piv, _ = R3LAdvantage(pivotal=True)(b)
     # rows 0 and 1 share [1, 2, 3] with different rewards: only their last token is trained; rows 2 and 3
     # are the same trajectory (no divergence) and keep everything
-    assert torch.allclose(piv[0], torch.tensor([0, 0, 0, 0.5])) and torch.allclose(piv[1], torch.tensor([0, 0, 0, 0.1875]))
+    assert torch.allclose(piv[0], torch.tensor([0, 0, 0, 0.5])) and torch.allclose(
+        piv[1], torch.tensor([0, 0, 0, 0.1875])
+    )
     assert torch.allclose(piv[2], torch.full((4,), -0.1875))
 
 
@@ -151,10 +155,12 @@ def test_agentic_aepo_scales_by_entropy_and_keeps_clipped_gradients():
     a = 0.5 / (math.sqrt(0.5) + 1e-6)
     hs = [1.0, 3.0, 2.0, 2.0]  # mean 2, unbiased std √(2/3)
     z = [(h - 2.0) / (math.sqrt(2 / 3) + 1e-6) for h in hs]
-    assert torch.allclose(adv.flatten(), torch.tensor([a * (1 + 0.2 * z[0]), a * (1 + 0.2 * z[1]),
-                                                       -a * (1 + 0.2 * z[2]), -a * (1 + 0.2 * z[3])]), atol=1e-5)  # fmt: skip
+    expect = [a * (1 + 0.2 * z[0]), a * (1 + 0.2 * z[1]), -a * (1 + 0.2 * z[2]), -a * (1 + 0.2 * z[3])]
+    assert torch.allclose(adv.flatten(), torch.tensor(expect), atol=1e-5)
     logp = torch.tensor([[0.5, 0.0]], requires_grad=True)  # ρ = e^0.5 = 1.6487 > 1.28 on the first token
-    x = LossInputs(logprobs=logp, old_logprobs=torch.zeros(1, 2), advantages=torch.ones(1, 2), mask=torch.ones(1, 2))
+    x = LossInputs(
+        logprobs=logp, old_logprobs=torch.zeros(1, 2), advantages=torch.ones(1, 2), mask=torch.ones(1, 2)
+    )
     loss, _ = EntropyBalancedClip(eps_low=0.2, eps_high=0.28)(x)
     assert torch.allclose(loss.detach(), torch.tensor([[-1.28, -1.0]]))  # PPO's values
     loss.sum().backward()
@@ -190,7 +196,7 @@ def test_spear_bonus_buffer_and_recalibrated_replay():
     assert torch.allclose(out.rewards, torch.tensor([1.2, 0.3, 1.1, 0.4]))
     spear.on_step_end({})  # buffer: rows 0 and 2 (above their group means 0.75 and 0.75)
     assert len(spear._state["buffer"]) == 2 and spear._state["means"] == [0.75, 0.75]
-    out, m = spear(rows([[0]], [0.0], [7], [{"turns": 0}], ids=[[5]]))
+    out, _ = spear(rows([[0]], [0.0], [7], [{"turns": 0}], ids=[[5]]))
     # step 1: baseline = median(0.75, 0.75); A = (1.2 − 0.75, 1.1 − 0.75)·(1 − cos(π/100))/2
     ramp = (1 - math.cos(math.pi / 100)) / 2
     replayed = out.select(torch.tensor([False, True, True]))
@@ -212,6 +218,8 @@ def test_otc_tool_reward_and_product_with_correctness():
     assert otc_tool_reward(0, 2) == 0.0 and otc_tool_reward(0, None) == 1.0
     assert otc_tool_reward(1, None, c=1.0) == pytest.approx(0.5)  # cos(π/3)
     # group 0: correct episodes with 2 and 4 calls → n = 2; a wrong one scores 0 whatever its calls
-    extra = OTCReward()(["p"] * 3, ["c"] * 3, tool_calls=[2, 4, 1], env_reward=[1.0, 1.0, 0.0], group_id=[0, 0, 0])
+    extra = OTCReward()(
+        ["p"] * 3, ["c"] * 3, tool_calls=[2, 4, 1], env_reward=[1.0, 1.0, 0.0], group_id=[0, 0, 0]
+    )
     totals = [r + e for r, e in zip([1.0, 1.0, 0.0], extra)]  # the task reward plus the term: r·r_tool
     assert totals == [pytest.approx(1.0), pytest.approx(0.866025, abs=1e-6), 0.0]

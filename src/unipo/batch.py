@@ -154,7 +154,8 @@ class RolloutBatch:
                 )
         if self.metadata and len(self.metadata) != b:
             raise ValueError(f"RolloutBatch.metadata has {len(self.metadata)} items, expected {b}")
-        if self.context_mask is not None and bool((self.completion_mask.bool() & ~self.context_mask.bool()).any()):
+        seen = self.context_mask
+        if seen is not None and bool((self.completion_mask.bool() & ~seen.bool()).any()):
             raise ValueError(
                 "RolloutBatch.context_mask must be 1 wherever completion_mask is 1 (a loss token the model "
                 "does not read)"
@@ -227,7 +228,8 @@ class RolloutBatch:
                 out[name] = torch.cat(vals)
                 continue
             width = p if name.startswith("prompt") else t
-            fill = pad_token_id if name in ("prompt_ids", "completion_ids") else (-1 if name == "turn_index" else 0)
+            fill = -1 if name == "turn_index" else 0
+            fill = pad_token_id if name in ("prompt_ids", "completion_ids") else fill
             padded = []
             for v in vals:
                 extra = width - v.shape[1]

@@ -137,7 +137,9 @@ class RewardCombinerConfig(_Strict):
 
 class TurnRewardTerm(_Strict):
     name: str = Field(description="A per-turn reward computed at rollout time: igpo (information gain).")
-    params: dict[str, Any] = Field(default_factory=dict, description="Its options, e.g. {answer_column: answer}.")
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="Its options, e.g. {answer_column: answer}."
+    )
 
 
 class EnvConfig(_Strict):
@@ -155,21 +157,28 @@ class EnvConfig(_Strict):
         "character-level models) or chat (OpenAI-compatible <tool_call> JSON and role=tool messages rendered "
         "by the tokenizer's chat template).",
     )
-    max_turns: int | None = Field(None, ge=1, description="Model turns per episode (None: the class's, else 4).")
-    max_tokens: int | None = Field(
-        None, ge=1, description="Trajectory tokens after the prompt, model and environment (None: the class's, "
-        "else 256); each turn also stops at rollout.sampling.max_new_tokens.",
+    max_turns: int | None = Field(
+        None, ge=1, description="Model turns per episode (None: the class's, else 4)."
     )
-    tool_timeout_s: float = Field(5.0, gt=0, description="Seconds one tool call may run; past it the call is an "
-                                  "error observation.")  # fmt: skip
+    max_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Trajectory tokens after the prompt, model and environment (None: the class's, else "
+        "256); each turn also stops at rollout.sampling.max_new_tokens.",
+    )
+    tool_timeout_s: float = Field(
+        5.0, gt=0, description="Seconds one tool call may run; past it the call is an error observation."
+    )
     stop: list[str] = Field(
         default_factory=list, description="Gym-style environments: strings that end a model turn (an action) "
         "besides EOS (empty: the class's turn_stop).",
     )
     summary_tokens: int | None = Field(
-        None, ge=1, description="SUPO's summarization: when a segment's tokens after the prompt reach this, the "
-        "model writes a summary (after summary_prompt) and the episode goes on from the prompt and the summary "
-        "as a new row (None: never).",
+        None,
+        ge=1,
+        description="SUPO's summarization: when a segment's tokens after the prompt reach this, the model "
+        "writes a summary (after summary_prompt) and the episode goes on from the prompt and the summary as "
+        "a new row (None: never).",
     )
     summary_prompt: str = Field("\nsummary:", description="Text asking for the summary (environment tokens).")
     max_summaries: int = Field(1, ge=0, description="Summaries per episode at most.")
@@ -358,8 +367,9 @@ class Config(_Strict):
     )
     rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="Sampling.")
     env: EnvConfig | None = Field(
-        None, description="A multi-turn environment: the rollout plays episodes (tools, observations) instead "
-        "of sampling one completion per prompt; every preset trains on the trajectories.",
+        None,
+        description="A multi-turn environment: the rollout plays episodes (tools, observations) instead of "
+        "sampling one completion per prompt; every preset trains on the trajectories.",
     )
     algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig, description="Which parts.")
     optim: OptimConfig = Field(default_factory=OptimConfig, description="Optimizer.")

@@ -9,8 +9,8 @@ baselines: CISPO, SAPO, GMPO, GPG, DPPO, ReMax, OPO, GDPO, pass@k GRPO; PACS and
 from __future__ import annotations
 
 from unipo.algorithms import (
-    presets_agents,  # noqa: F401  (T3 agent methods: igpo, spa_rl, epo, spear, loop, supo, r3l, ...)
     presets_adv,  # noqa: F401  (T2 advantage estimators: bnpo, canon, riskpo, rover, ...)
+    presets_agents,  # noqa: F401  (T3 agent methods: igpo, spa_rl, epo, spear, loop, supo, r3l, ...)
     presets_peers,  # noqa: F401  (peers' baselines: cispo, sapo, gmpo, remax, ...)
     presets_t2,  # noqa: F401  (T2 seed methods: lp_reg, siren, bapo, d3s, ...)
 )

@@ -37,8 +37,10 @@ igpo = register_algorithm(
         "(joint normalization, _compute_turn_level_advantage); GuoqingWang1/IGPO@bff163b "
         "scrl/llm_agent/generation.py (information gain), policy_optimization.sh",
         deviations=(
-            "A turn whose information gain is exactly 0 takes part in the group statistics (the code skips it).",
-            "The ground truth is scored as the environment's final-answer text, not inside <answer> tags after "
+            "A turn whose information gain is exactly 0 takes part in the group statistics (the code skips "
+            "it).",
+            "The ground truth is scored as the environment's final-answer text, not inside <answer> tags "
+            "after "
             "a <think> prefix.",
             "G is the run's rollout.group_size (the script leaves verl's n).",
         ),
@@ -48,7 +50,8 @@ igpo = register_algorithm(
 spa_rl = register_algorithm(
     Algorithm(
         name="spa_rl",
-        paper="Wang et al., SPA-RL: Reinforcing LLM Agents via Stepwise Progress Attribution, arXiv 2505.20732",
+        paper="Wang et al., SPA-RL: Reinforcing LLM Agents via Stepwise Progress Attribution, "
+        "arXiv 2505.20732",
         advantage=SPAProgress(features=256, lr=0.5, epochs=20, grounding=0.5, gamma=1.0),
         surrogate=PPOClip(eps_low=0.2, eps_high=0.2),
         aggregate=TokenMean(),
@@ -59,7 +62,8 @@ spa_rl = register_algorithm(
         deviations=(
             "The progress estimator is linear over hashed token bigrams, trained online on the RL batches "
             "(the paper's is an LLM with a linear head, trained offline and frozen).",
-            "Critic-free: the turn reward-to-go is whitened; the authors run step-level PPO with a value head.",
+            "Critic-free: the turn reward-to-go is whitened; the authors run step-level PPO with a value "
+            "head.",
             "rl_data_org.py as published replaces the turn values by the outcome minus a leave-one-out mean; "
             "the paper's estimator contributions are used instead.",
         ),
@@ -80,7 +84,8 @@ epo = register_algorithm(
         "_calculate_epoch_based_entropy_weight), verl/trainer/config/ppo_trainer.yaml, "
         "examples/general_running_server.sh",
         deviations=(
-            "The smoothing term is a hinge with gradient; the authors' is a constant 0/0.1 mask (no gradient).",
+            "The smoothing term is a hinge with gradient; the authors' is a constant 0/0.1 mask (no "
+            "gradient).",
             "Smoothing applies to every turn with history (the code: only steps ≥ max_step/2).",
             "GRPO advantages; the authors run it on verl-agent's GiGPO/GRPO with their environment managers.",
         ),
@@ -113,7 +118,8 @@ spear = register_algorithm(
 loop = register_algorithm(
     Algorithm(
         name="loop",
-        paper="Chen et al., Reinforcement Learning for Long-Horizon Interactive LLM Agents (LOOP), arXiv 2502.01600",
+        paper="Chen et al., Reinforcement Learning for Long-Horizon Interactive LLM Agents (LOOP), "
+        "arXiv 2502.01600",
         advantage=RLOO(),
         selections=(LeaveOneOutFilter(threshold=0.01),),
         surrogate=PPOClip(eps_low=1 - 1 / 1.1, eps_high=0.1),
@@ -125,7 +131,8 @@ loop = register_algorithm(
         "_ppo_loss, _surrogate_loss), phi_agents/rl/conf/rl/params/default.yaml",
         deviations=(
             "Rows dropped by the |A| < 0.01 filter leave the group, so a later advantage over the rest of a "
-            "group with real-valued rewards uses fewer rows (with 0/1 rewards only equal groups are dropped).",
+            "group with real-valued rewards uses fewer rows (with 0/1 rewards only equal groups are "
+            "dropped).",
         ),
     )
 )
@@ -163,7 +170,8 @@ r3l = register_algorithm(
         "(OPMDReweightAdvGroupAdvantage), policy_loss_fn/opmd_policy_loss.py, algorithm/algorithm.py "
         "(opmd_reweight_adv), examples/R3L/alfworld/opmd_R3L_1.5B.yaml",
         deviations=(
-            "No reflect-then-retry rollout (a language reflection and a restart from the pivot); the pivot is "
+            "No reflect-then-retry rollout (a language reflection and a restart from the pivot); the pivot "
+            "is "
             "where a row departs from a differently rewarded sibling.",
             "No k2 KL loss: its coefficient in the recipe could not be read.",
         ),
@@ -180,7 +188,10 @@ poad = register_algorithm(
         aggregate=TokenMean(),
         notes="needs a critic (created by the trainer): token-level GAE with intra-action backups",
         source="arXiv 2405.15821 abstract (Bellman backup with action decomposition)",
-        deviations=("γ, λ, the backup's exact form and the PPO settings are UNVERIFIED (paper body and code not read).",),
+        deviations=(
+            "γ, λ, the backup's exact form and the PPO settings are UNVERIFIED (paper body and code not "
+            "read).",
+        ),
     )
 )
 
@@ -193,10 +204,12 @@ aepo_agentic = register_algorithm(
         aggregate=TokenMean(),
         notes="entropy-aware advantage A·(1 + 0.2·Ĥ) and a stop-gradient high clip; distinct from the "
         "Arbitrary-Entropy preset aepo",
-        source="arXiv 2510.14545 abstract; the authors' repository (RUC-NLPIR/ARPO) does not hold the AEPO code",
+        source="arXiv 2510.14545 abstract; the authors' repository (RUC-NLPIR/ARPO) does not hold the "
+        "AEPO code",
         deviations=(
-            "The dynamic entropy-balanced rollout (entropy pre-monitoring of the global/branch budget, branch "
-            "penalty on consecutive high-entropy tool calls) is not carried: rollouts are plain group samples.",
+            "The dynamic entropy-balanced rollout (entropy pre-monitoring of the global/branch budget, "
+            "branch penalty on consecutive high-entropy tool calls) is not carried: rollouts are plain "
+            "group samples.",
             "The advantage's form and α, and the clip's application to every token, are UNVERIFIED.",
         ),
     )
@@ -205,7 +218,8 @@ aepo_agentic = register_algorithm(
 otc_grpo = register_algorithm(
     Algorithm(
         name="otc_grpo",
-        paper="Wang et al., Acting Less is Reasoning More! Teaching Model to Act Efficiently (OTC-PO), arXiv 2504.14870",
+        paper="Wang et al., Acting Less is Reasoning More! Teaching Model to Act Efficiently (OTC-PO), "
+        "arXiv 2504.14870",
         advantage=GroupNorm(scale_by_std=True, eps=1e-6),
         surrogate=PPOClip(eps_low=0.2, eps_high=0.2),
         regularizers=(KLPenalty(coef=0.001, estimator="k3"),),
@@ -230,6 +244,9 @@ empg_agent = register_algorithm(
         aggregate=TokenMean(),
         notes="empg with a step = one model turn (its mean token entropy), as the paper's agents",
         source="arXiv 2509.09265 abstract; FORMULAS-rlvr §13 (PAPER-recall)",
-        deviations=("k = k' = 1, ζ = 0.1 and the final whitening are UNVERIFIED.", _VERL + " recipe, UNVERIFIED."),
+        deviations=(
+            "k = k' = 1, ζ = 0.1 and the final whitening are UNVERIFIED.",
+            _VERL + " recipe, UNVERIFIED.",
+        ),
     )
 )

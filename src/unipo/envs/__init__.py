@@ -25,11 +25,35 @@ from unipo.envs.rollout import EpisodeLimits, Trajectory, run_episodes
 from unipo.envs.tools import PythonTool, ToolCall, ToolResult, calculate, call_tool, tool_schema
 
 __all__ = [
-    "BUILTIN_ENVIRONMENTS", "Calculator", "ChatTemplateFormat", "CompactFormat", "EnvRollout", "Environment",
-    "Episode", "EpisodeGeneration", "EpisodeLimits", "GuessNumber", "GymEpisode", "PythonTool", "Step",
-    "ToolCall", "ToolEpisode", "ToolResult", "Trajectory", "build_env_rollout", "calculate", "call_tool",
-    "env_class", "env_reward", "env_rollout", "env_task", "episode_factory", "make_format", "run_episodes",
-    "trajectories_to_generation", "tool_schema",
+    "BUILTIN_ENVIRONMENTS",
+    "Calculator",
+    "ChatTemplateFormat",
+    "CompactFormat",
+    "EnvRollout",
+    "Environment",
+    "Episode",
+    "EpisodeGeneration",
+    "EpisodeLimits",
+    "GuessNumber",
+    "GymEpisode",
+    "PythonTool",
+    "Step",
+    "ToolCall",
+    "ToolEpisode",
+    "ToolResult",
+    "Trajectory",
+    "build_env_rollout",
+    "calculate",
+    "call_tool",
+    "env_class",
+    "env_reward",
+    "env_rollout",
+    "env_task",
+    "episode_factory",
+    "make_format",
+    "run_episodes",
+    "tool_schema",
+    "trajectories_to_generation",
 ]  # fmt: skip
 
 
@@ -105,7 +129,8 @@ def env_rollout(cfg: Any, tokenizer: Any, model: Any, device: Any, dist: Any = N
     if cfg.env is None:
         return None
     if cfg.env.turn_rewards and dist is not None and getattr(dist, "sharded", False):
-        raise ValueError("env.turn_rewards score with the policy on each rank's share of the episodes, which a "
+        raise ValueError("env.turn_rewards score with the policy on each rank's share of the episodes, which "
+                         "a "
                          "sharded (fsdp2) policy cannot do rank by rank; use train.parallel=ddp")  # fmt: skip
     scorer = PolicyScorer(model, device, cfg.optim.micro_batch_size, cfg.rollout.sampling.temperature)
     return build_env_rollout(cfg.env, tokenizer, scorer)
@@ -128,11 +153,14 @@ class EnvTask:
     def __init__(self, cls: type, base: Any = None) -> None:
         if base is None and not callable(getattr(cls, "examples", None)):
             raise ValueError(f"task.source=env needs {cls.__name__}.examples(n, seed, split); give a task "
-                             "(task.source=jsonl/reasoning_gym) whose rows reset() reads instead")  # fmt: skip
+                             "(task.source=jsonl/reasoning_gym) whose rows reset() reads "
+                             "instead")  # fmt: skip
         self.cls, self.base = cls, base
 
     def examples(self, n: int, seed: int, split: str = "train") -> list[dict[str, Any]]:
-        return self.base.examples(n, seed, split) if self.base is not None else self.cls.examples(n, seed, split)
+        return (
+            self.base.examples(n, seed, split) if self.base is not None else self.cls.examples(n, seed, split)
+        )
 
     def reward_fn(self) -> Callable[..., list[float | None]]:
         return env_reward

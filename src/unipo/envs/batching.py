@@ -58,7 +58,8 @@ class EpisodeGeneration(Generation):
         if self.row_prompt is None:
             return self
         last = [i for i, t in enumerate(self.trajectories)
-                if i + 1 == len(self.trajectories) or self.trajectories[i + 1].episode != t.episode]  # fmt: skip
+                if i + 1 == len(self.trajectories)
+                or self.trajectories[i + 1].episode != t.episode]  # fmt: skip
         return trajectories_to_generation([self.trajectories[i] for i in last], self._tokenizer)
 
     _tokenizer: Any = field(default=None, repr=False)
@@ -98,7 +99,8 @@ def trajectories_to_generation(trajs: list[Trajectory], tokenizer: Any, n_per: i
         "final_answer": finals,
         "env_end": [t.episode_end or t.end for t in trajs],
     }
-    meta = [{"turn_rewards": list(t.turn_rewards), "turn_terms": {k: list(v) for k, v in t.turn_terms.items()},
+    meta = [{"turn_rewards": list(t.turn_rewards),
+             "turn_terms": {k: list(v) for k, v in t.turn_terms.items()},
              "turn_ok": list(t.turn_ok), "tool_calls": t.tool_calls, "turns": t.num_turns,
              "env_end": t.episode_end or t.end, "episode": t.episode, "segment": t.segment}
             | ({"env_error": t.error} if t.error else {})
@@ -156,6 +158,8 @@ class EnvRollout:
             name = getattr(term, "name", type(term).__name__)
             for traj, extra in zip(trajs, term(trajs, rows), strict=True):
                 if len(extra) != traj.num_turns:
-                    raise ValueError(f"turn reward {name!r} gave {len(extra)} values for {traj.num_turns} turns")
+                    raise ValueError(
+                        f"turn reward {name!r} gave {len(extra)} values for {traj.num_turns} turns"
+                    )
                 traj.turn_terms[name] = [float(v) for v in extra]
         return trajectories_to_generation(trajs, self.tokenizer, n)

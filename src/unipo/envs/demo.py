@@ -44,7 +44,9 @@ BUDGETS: dict[str, dict[str, dict[str, Any]]] = {
 TRAIN_SEED, EVAL_SEED = 1, 2
 
 
-def demonstration_rows(name: str, tokenizer: Any, examples: list[dict[str, Any]]) -> list[tuple[list[int], ...]]:
+def demonstration_rows(
+    name: str, tokenizer: Any, examples: list[dict[str, Any]]
+) -> list[tuple[list[int], ...]]:
     """(prompt ids, trajectory ids, loss mask) per example: model pieces 1, environment pieces 0, and EOS
     after a tool environment's final answer (a Gym episode ends when the environment says so)."""
     cls = BUILTIN_ENVIRONMENTS[name]
@@ -65,7 +67,8 @@ def demonstration_rows(name: str, tokenizer: Any, examples: list[dict[str, Any]]
 def overrides(name: str, run_dir: Path, model_dir: Path, b: dict[str, Any]) -> list[str]:
     return [
         f"model.path={model_dir}", "model.device=cpu", "task.source=env", "task.chat=false",
-        f"task.train_size={b['train_size']}", f"task.train_seed={TRAIN_SEED}", f"task.eval_size={b['eval_size']}",
+        f"task.train_size={b['train_size']}", f"task.train_seed={TRAIN_SEED}",
+        f"task.eval_size={b['eval_size']}",
         f"task.eval_seed={EVAL_SEED}", f"env.name={name}", "algorithm.name=grpo",
         "algorithm.params={kl: {coef: 0.0}}", f"rollout.prompts_per_step={b['prompts']}",
         f"rollout.group_size={b['group']}", f"rollout.sampling.max_new_tokens={b['turn_tokens']}",
@@ -101,9 +104,13 @@ def run_env_demo(name: str, output_dir: str | None = None, quick: bool = False,
     cls = BUILTIN_ENVIRONMENTS[name]
     rows = demonstration_rows(name, tok, cls.examples(b["train_size"], TRAIN_SEED + 100))
     losses = sft(model, rows, steps=b["sft_steps"], batch_size=64, lr=1e-3, seed=0, pad_id=tok.pad_token_id)
-    console.print(f"warm start: {b['sft_steps']} steps on demonstrations, loss {losses[0]:.3f} → {losses[-1]:.3f}")
+    console.print(
+        f"warm start: {b['sft_steps']} steps on demonstrations, loss {losses[0]:.3f} → {losses[-1]:.3f}"
+    )
     model_dir = save_model(model, tok, run_dir / "warm_start")
-    summary = Trainer(load_config(None, overrides(name, run_dir / "rl", model_dir, b)), console=console).train()
+    summary = Trainer(
+        load_config(None, overrides(name, run_dir / "rl", model_dir, b)), console=console
+    ).train()
     before, after = _blocks(run_dir / "rl", b["eval_size"], b["eval_samples"])
     delta = after - before
     calls = "tool_calls" if issubclass(cls, Environment) else "turns"
@@ -127,7 +134,9 @@ def run_env_demo(name: str, output_dir: str | None = None, quick: bool = False,
 
 
 def _table(console: Console, s: dict[str, Any]) -> None:
-    table = Table(title=f"{s['env']}: held-out {s['eval_prompts']} prompts × {s['eval_samples']} episodes (T=1)")
+    table = Table(
+        title=f"{s['env']}: held-out {s['eval_prompts']} prompts × {s['eval_samples']} episodes (T=1)"
+    )
     for col in ("metric", "warm start", f"after {s['rl_steps']} GRPO steps"):
         table.add_column(col, justify="right")
     pct = "{:.1f}% ± {:.1f}"

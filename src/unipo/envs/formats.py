@@ -95,7 +95,9 @@ class ChatTemplateFormat:
 
     def __init__(self, tokenizer: Any) -> None:
         if not getattr(tokenizer, "chat_template", None):
-            raise ValueError("env format 'chat' needs a tokenizer with a chat template (tokenizer.chat_template)")
+            raise ValueError(
+                "env format 'chat' needs a tokenizer with a chat template (tokenizer.chat_template)"
+            )
         self.tokenizer = tokenizer
 
     def parse(self, text: str, tools: dict[str, Tool]) -> list[ToolCall]:
@@ -119,7 +121,8 @@ class ChatTemplateFormat:
         if not full.startswith(head):
             raise ValueError(
                 "the chat template is not prefix-preserving (rendering a tool message changed the earlier "
-                "turns), so tool results cannot be appended as tokens; use a template that is, as TRL requires"
+                "turns), so tool results cannot be appended as tokens; use a template that is, as TRL "
+                "requires"
             )
         # the model's turn ended at EOS: what the template writes after it ("\n") belongs to the suffix
         eos = getattr(self.tokenizer, "eos_token", None) or ""

@@ -30,12 +30,20 @@ def _unpack_step(out: Any) -> tuple[str, float, bool, bool, dict[str, Any]]:
             obs, reward, term, info = out
             trunc = False
         else:
-            raise ValueError(f"step() returned a {len(out)}-tuple; expected (obs, reward, terminated, truncated, info)")
+            raise ValueError(
+                f"step() returned a {len(out)}-tuple; expected (obs, reward, terminated, truncated, info)"
+            )
         return _text(obs), float(reward or 0.0), bool(term), bool(trunc), dict(info or {})
     obs = getattr(out, "observation", None)
     term = bool(getattr(out, "terminated", getattr(out, "done", False)))
     info = dict(getattr(out, "info", None) or getattr(out, "metadata", None) or {})
-    return _text(obs), float(getattr(out, "reward", 0.0) or 0.0), term, bool(getattr(out, "truncated", False)), info
+    return (
+        _text(obs),
+        float(getattr(out, "reward", 0.0) or 0.0),
+        term,
+        bool(getattr(out, "truncated", False)),
+        info,
+    )
 
 
 def _text(obs: Any) -> str:
@@ -56,7 +64,9 @@ class GymEpisode:
     def __init__(self, env: Any, fmt: ToolFormat | None = None) -> None:
         for name in ("reset", "step"):
             if not callable(getattr(env, name, None)):
-                raise ValueError(f"{type(env).__name__} has no {name}(); a Gym-style environment needs reset and step")
+                raise ValueError(
+                    f"{type(env).__name__} has no {name}(); a Gym-style environment needs reset and step"
+                )
         self.env = env
         self.fmt = fmt or CompactFormat()
         self.stop: tuple[str, ...] = ()

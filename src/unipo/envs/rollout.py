@@ -103,9 +103,13 @@ class EpisodeLimits:
 
     def __post_init__(self) -> None:
         if self.max_turns < 1 or self.max_tokens < 1:
-            raise ValueError(f"env.max_turns and env.max_tokens must be ≥ 1, got {self.max_turns}, {self.max_tokens}")
+            raise ValueError(
+                f"env.max_turns and env.max_tokens must be ≥ 1, got {self.max_turns}, {self.max_tokens}"
+            )
         if self.summary_tokens is not None and not 0 < self.summary_tokens < self.max_tokens:
-            raise ValueError(f"env.summary_tokens must be in (0, max_tokens={self.max_tokens}), got {self.summary_tokens}")
+            raise ValueError(
+                f"env.summary_tokens must be in (0, max_tokens={self.max_tokens}), got {self.summary_tokens}"
+            )
 
 
 def _groups_share_prompts(contexts: list[list[int]], n: int) -> bool:
@@ -160,7 +164,8 @@ def run_episodes(
                 t._append(ask, False, -1, None)
                 summarizing.add(r)
         room = {r: limits.max_tokens - len(trajs[r].ids) for r in live}
-        params = sampling.model_copy(update={"max_new_tokens": max(1, min(sampling.max_new_tokens, max(room.values()))),
+        budget = max(1, min(sampling.max_new_tokens, max(room.values())))
+        params = sampling.model_copy(update={"max_new_tokens": budget,
                                              "stop": stops})  # fmt: skip
         contexts = [trajs[r].prompt_ids + trajs[r].ids for r in live]
         if max(turn_of) == 0 and n > 1 and len(live) == rows and _groups_share_prompts(contexts, n):
@@ -185,7 +190,9 @@ def run_episodes(
                 traj.turn_ok.append(True)
                 traj.end = "summary"
                 done.append(traj)
-                nxt = Trajectory(prompt_ids=base[r] + _tokens(tokenizer, text), episode=r, segment=traj.segment + 1)
+                nxt = Trajectory(
+                    prompt_ids=base[r] + _tokens(tokenizer, text), episode=r, segment=traj.segment + 1
+                )
                 nxt.logprobs = [] if traj.logprobs is not None else None
                 trajs[r] = nxt
                 still.append(r)
@@ -194,7 +201,7 @@ def run_episodes(
             turn_of[r] += 1
             try:
                 step = episodes[r].act(text)
-            except Exception as e:  # noqa: BLE001 - a broken environment ends its episode, not the run
+            except Exception as e:
                 traj.error = f"{type(e).__name__}: {e}"
                 traj.turn_rewards.append(0.0)
                 traj.turn_ok.append(False)
@@ -227,7 +234,7 @@ def run_episodes(
             traj.end = "turns"
         try:
             traj.reward = float(episodes[r].score())
-        except Exception as e:  # noqa: BLE001 - the item is excluded (reward None), the run goes on
+        except Exception as e:
             traj.reward, traj.error = None, traj.error or f"score: {type(e).__name__}: {e}"
         traj.episode_end = traj.end
     for seg in done:  # a summarized episode's earlier segments share its reward and its end

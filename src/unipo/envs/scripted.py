@@ -29,7 +29,9 @@ class ScriptedEngine:
                 out, open_ended = [], True
                 for t in ids[: params.max_new_tokens]:
                     out.append(t)
-                    if t == self.tok.eos_token_id or any(self.tok.decode(out).endswith(s) for s in params.stop):
+                    if t == self.tok.eos_token_id or any(
+                        self.tok.decode(out).endswith(s) for s in params.stop
+                    ):
                         open_ended = False
                         break
                 rows.append(out)

@@ -64,7 +64,7 @@ def tool_schema(fn: Tool) -> dict[str, Any]:
     ``get_json_schema``, which refuses a function without them and says why)."""
     from transformers.utils import get_json_schema
 
-    target = fn if inspect.isfunction(fn) or inspect.ismethod(fn) else getattr(fn, "__call__", fn)
+    target = fn if inspect.isfunction(fn) or inspect.ismethod(fn) else type(fn).__call__.__get__(fn)
     schema = get_json_schema(target)
     schema["function"]["name"] = tool_name(fn)
     return schema
@@ -91,7 +91,7 @@ def call_tool(tools: dict[str, Tool], call: ToolCall, timeout_s: float) -> ToolR
     def run() -> None:
         try:
             box["value"] = fn(**call.arguments)
-        except BaseException as e:  # noqa: BLE001 - a tool's failure is the model's observation
+        except BaseException as e:
             box["error"] = f"{type(e).__name__}: {e}"
 
     worker = threading.Thread(target=run, daemon=True, name=f"tool-{call.name}")
@@ -128,7 +128,11 @@ def calculate(expression: str) -> str:
     tree = ast.parse(expression.strip(), mode="eval")
 
     def ev(node: ast.AST) -> int:
-        if isinstance(node, ast.Constant) and isinstance(node.value, int) and not isinstance(node.value, bool):
+        if (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, int)
+            and not isinstance(node.value, bool)
+        ):
             return node.value
         if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
             left, right = ev(node.left), ev(node.right)

@@ -70,10 +70,14 @@ class InformationGain:
 
     def target(self, example: dict[str, Any]) -> list[int]:
         if self.column not in example:
-            raise ValueError(f"the igpo turn reward reads the example column {self.column!r}, which is missing")
+            raise ValueError(
+                f"the igpo turn reward reads the example column {self.column!r}, which is missing"
+            )
         text = self.template.format(answer=example[self.column])
         eos = self.tokenizer.eos_token_id
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) + ([eos] if eos is not None else [])
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) + (
+            [eos] if eos is not None else []
+        )
 
     def __call__(self, trajs: list[Trajectory], examples: list[dict[str, Any]]) -> list[list[float]]:
         contexts, targets, owners = [], [], []

@@ -60,7 +60,9 @@ class SPAProgress:
 
     def __post_init__(self) -> None:
         if self.features < 1 or self.epochs < 0 or self.lr < 0:
-            raise ValueError(f"spa needs features ≥ 1, epochs ≥ 0, lr ≥ 0; got {self.features}, {self.epochs}, {self.lr}")
+            raise ValueError(
+                f"spa needs features ≥ 1, epochs ≥ 0, lr ≥ 0; got {self.features}, {self.epochs}, {self.lr}"
+            )
         self._state.update(w=torch.zeros(self.features + 1), pending=None)  # weights, then the bias
 
     def turn_features(self, batch: RolloutBatch) -> list[Tensor]:
@@ -90,7 +92,8 @@ class SPAProgress:
         return [phi @ w for phi in phis]
 
     def fit(self, phis: list[Tensor], outcomes: Tensor) -> Tensor:
-        """``epochs`` gradient steps of ½·mean_i (Σ_k c_{i,k} − R_i)² from the current weights; returns them."""
+        """``epochs`` gradient steps of ½·mean_i (Σ_k c_{i,k} − R_i)² from the current weights; returns
+        them."""
         w = self._state["w"].clone()
         sums = torch.stack([phi.sum(0) for phi in phis]) if phis else torch.zeros(0, w.numel())  # [B, D+1]
         for _ in range(self.epochs):

@@ -25,7 +25,14 @@ from unipo.parts.registry import register
 
 _STATE = dict(default_factory=dict, init=False, repr=False, compare=False, hash=False)
 REPLAY_KEY, ADV_KEY = "spear_replay", "spear_advantage"
-_ROW_TENSORS = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "context_mask", "turn_index")
+_ROW_TENSORS = (
+    "prompt_ids",
+    "prompt_mask",
+    "completion_ids",
+    "completion_mask",
+    "context_mask",
+    "turn_index",
+)
 REPLAY_GROUP_BASE = 1 << 40  # replayed rows get group ids far above any fresh group's
 
 
@@ -74,8 +81,9 @@ class SPEARReplay:
 
     def ramp(self) -> float:
         s = self._state["step"]
-        return self.replay_coef * (1 - math.cos(math.pi * s / self.replay_steps)) / 2 if s <= self.replay_steps \
-            else self.replay_coef  # fmt: skip
+        if s > self.replay_steps:
+            return self.replay_coef
+        return self.replay_coef * (1 - math.cos(math.pi * s / self.replay_steps)) / 2
 
     def _replay(self) -> tuple[list[dict[str, Any]], float]:
         step, means = self._state["step"], self._state["means"]
@@ -97,13 +105,15 @@ class SPEARReplay:
         mean, _, _ = group_stats(rewards, fresh.group_ids)
         step = self._state["step"]
         entries = [{"step": step, "reward": float(rewards[i]), "turns": meta[i].get("turns", 0),
-                    **{k: getattr(fresh, k)[i].clone() for k in _ROW_TENSORS if getattr(fresh, k) is not None}}
+                    **{k: getattr(fresh, k)[i].clone() for k in _ROW_TENSORS
+                       if getattr(fresh, k) is not None}}
                    for i in range(fresh.size) if float(rewards[i]) > float(mean[i])]  # fmt: skip
         groups = torch.unique(fresh.group_ids)
         group_means = [float(rewards[fresh.group_ids == g].mean()) for g in groups]
         replay, base = self._replay()
         self._state["pending"] = (entries, group_means)
-        metrics: Metrics = {"selection/spear_bonus_mean": scalar(rewards.mean() - batch.rewards.float().mean()),
+        bonus = rewards.mean() - batch.rewards.float().mean()
+        metrics: Metrics = {"selection/spear_bonus_mean": scalar(bonus),
                             "selection/spear_replayed": scalar(float(len(replay)))}  # fmt: skip
         if not replay:
             return fresh, metrics
@@ -130,7 +140,11 @@ class SPEARReplay:
         self._state["step"] += 1
 
     def state_dict(self) -> dict[str, Any]:
-        return {"step": self._state["step"], "buffer": list(self._state["buffer"]), "means": list(self._state["means"])}
+        return {
+            "step": self._state["step"],
+            "buffer": list(self._state["buffer"]),
+            "means": list(self._state["means"]),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._state.update(step=int(state["step"]), buffer=list(state["buffer"]), means=list(state["means"]),
@@ -173,4 +187,6 @@ class LeaveOneOutFilter:
         mean, _, count = group_stats(r, batch.group_ids)
         loo = (count / (count - 1).clamp(min=1)) * (r - mean) * (count > 1)  # r_i − mean of the others
         keep = loo.abs() >= self.threshold
-        return batch.select(keep), {"selection/loo_filtered_frac": scalar(1 - keep.float().mean() if r.numel() else 0.0)}
+        return batch.select(keep), {
+            "selection/loo_filtered_frac": scalar(1 - keep.float().mean() if r.numel() else 0.0)
+        }

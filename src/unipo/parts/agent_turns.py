@@ -78,7 +78,8 @@ def broadcast_turns(per_turn: list[list[float]], batch: RolloutBatch) -> Tensor:
 @register("advantage", "igpo")
 @dataclass(frozen=True)
 class IGPOAdvantage:
-    """IGPO: information-gain turn rewards, group-normalized jointly, discounted over turns (arXiv 2510.14967).
+    """IGPO: information-gain turn rewards, group-normalized jointly, discounted over turns
+    (arXiv 2510.14967).
 
     Row i's turn rewards are r_{i,k} = IG_{i,k} (``turn_terms["igpo"]``, ``unipo.envs.turn_rewards``) for
     k < K_i − 1 and r_{i,K−1} = R_i (the outcome). All turn rewards of a group are normalized together,
@@ -133,7 +134,8 @@ class EMPGTurns:
     """EMPG over an agent's turns (Wang et al., "Harnessing Uncertainty", arXiv 2509.09265): the
     ``empg`` modulation with a *step* = one model turn, as the paper's agents take steps.
 
-        H_k = mean token entropy of π_old over turn k        H̃ = (H − min H)/(max H − min H + ε) over the batch's turns
+        H_k = mean token entropy of π_old over turn k
+        H̃ = (H − min H)/(max H − min H + ε) over the batch's turns
         g_k = exp(−k_H·H̃_k) / mean_turns exp(−k_H·H̃)      f_k = exp(−k_f·H̃_{k+1})  (0 for the last turn)
         A_mod,k = g_k·A_i + ζ·f_k   on turn k's tokens      A = whiten(A_mod) over the batch's model tokens
 

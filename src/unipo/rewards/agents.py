@@ -45,7 +45,9 @@ class OTCReward:
     def __call__(self, prompts: list[str], completions: list[str], **columns: Any) -> list[float | None]:
         calls, outcome, groups = columns.get("tool_calls"), columns.get("env_reward"), columns.get("group_id")
         if calls is None or outcome is None:
-            raise ValueError("otc reads the tool_calls and env_reward columns: configure an environment (env:)")
+            raise ValueError(
+                "otc reads the tool_calls and env_reward columns: configure an environment (env:)"
+            )
         groups = groups if groups is not None else [0] * len(completions)
         fewest: dict[Any, int] = {}
         for g, m, r in zip(groups, calls, outcome, strict=True):

@@ -174,7 +174,9 @@ def _local_round(
             gen = rollout(engine, examples, prompt_ids, group_size, sampling)
     with meter("reward"):
         # the prompt of each row: prompt·G + j, or the rollout's own map (SUPO's segments: several rows each)
-        owner = getattr(gen, "row_prompt", None) or [g for g in range(len(examples)) for _ in range(group_size)]
+        owner = getattr(gen, "row_prompt", None) or [
+            g for g in range(len(examples)) for _ in range(group_size)
+        ]
         rows_ex = [examples[o] for o in owner]
         rows_prompt = [prompt_texts[o] for o in owner]
         lengths = gen.completion_mask.sum(1).long().tolist()
@@ -212,7 +214,9 @@ def _local_round(
             | ({SFT_TRUNCATED_KEY: True} if getattr(d, "truncated", False) else {})
             | {k: ex[k] for k in flag_columns if k in ex}  # example columns parts read as row flags
             | m  # a multi-turn rollout's per-row turn_rewards, turn_ok, tool_calls, ...
-            for p, c, ex, d, (rc, rw), m in zip(rows_prompt, gen.completions, rows_ex, rows_demo, comps, row_meta)
+            for p, c, ex, d, (rc, rw), m in zip(
+                rows_prompt, gen.completions, rows_ex, rows_demo, comps, row_meta
+            )
         ],
     )
     return batch, rmetrics, tb, demos

@@ -120,17 +120,21 @@ def evaluate(
     dist = dist or Dist()
     share = dist.share(len(data.examples))
     local = EvalSet(data.examples[share], data.prompt_ids[share], data.prompt_texts[share])
-    keys = ("rewards", "completions", "lengths", "truncated", "ent_sum", "tokens", "greedy", "turns", "tool_calls")
-    rows = _eval_rows(model, engine, reward_fn, local, samples, sampling, greedy, micro_batch, rollout) if len(
-        local.examples
-    ) else {k: [] for k in keys}
+    keys = ("rewards", "completions", "lengths", "truncated", "ent_sum", "tokens", "greedy", "turns",
+            "tool_calls")  # fmt: skip
+    rows = (
+        _eval_rows(model, engine, reward_fn, local, samples, sampling, greedy, micro_batch, rollout)
+        if len(local.examples)
+        else {k: [] for k in keys}
+    )
     if dist.enabled:
         parts = dist.all_gather_object(rows)
         rows = {k: [x for part in parts for x in part[k]] for k in rows}
     out = _eval_metrics(rows, len(data.examples), samples, ks, greedy, tag)
     for key in ("turns", "tool_calls"):  # episodes: per-sample counts, stderr over prompts
         if rows.get(key):
-            per_prompt = torch.tensor(rows[key], dtype=torch.float32).view(len(data.examples), samples).mean(1)
+            per_prompt = torch.tensor(rows[key], dtype=torch.float32).view(len(data.examples), samples)
+            per_prompt = per_prompt.mean(1)  # [N]
             out[f"{tag}/{key}"] = float(per_prompt.mean())
             n = per_prompt.numel()
             out[f"{tag}/{key}_stderr"] = float(per_prompt.std(unbiased=True) / math.sqrt(n)) if n > 1 else 0.0
@@ -190,7 +194,8 @@ def _eval_rows(
     }
     if greedy:
         g = generate(1, sampling.model_copy(update={"greedy": True}))
-        out["greedy"] = _score(reward_fn, data.examples, data.prompt_texts, g.completions, getattr(g, "columns", {}))
+        columns = getattr(g, "columns", {})
+        out["greedy"] = _score(reward_fn, data.examples, data.prompt_texts, g.completions, columns)
     return out
 
 
