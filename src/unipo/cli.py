@@ -355,8 +355,18 @@ def demo(
     output_dir: Annotated[str, typer.Option(help="Run directory.")] = "runs/demo",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing demo run directory.")] = True,
     quick: Annotated[bool, typer.Option(help="A tiny budget (smoke test), not the real demo.")] = False,
+    env: Annotated[
+        str | None,
+        typer.Option(help="An embedded environment instead: calculator (tool use) or guess (a game)."),
+    ] = None,
 ) -> None:
     """Build the tiny model, warm-start it, train it with GRPO and show before/after."""
+    if env is not None:
+        from unipo.envs.demo import run_env_demo
+
+        out = output_dir if output_dir != "runs/demo" else f"runs/demo-{env}"
+        run_env_demo(env, output_dir=out, quick=quick, console=console)
+        return
     from unipo.demo import run_demo
 
     run_demo(output_dir=output_dir, overwrite=overwrite, quick=quick, console=console)
