@@ -55,7 +55,9 @@ def test_igpo_normalizes_turn_rewards_jointly_and_accumulates_over_turns():
     half, _ = IGPOAdvantage(gamma=0.5)(b)
     assert math.isclose(float(half[0, 0]), z[0] + 0.5 * z[1], abs_tol=1e-5)  # 0.231455
     with pytest.raises(ValueError, match="turn_rewards=\\[\\{name: igpo\\}\\]"):
-        IGPOAdvantage()(rows([[0]], [1.0], [0]))
+        IGPOAdvantage()(rows([[0, E, 1]], [1.0], [0]))  # a multi-turn row without its information gain
+    single, _ = IGPOAdvantage()(rows([[0], [0]], [1.0, 0.0], [0, 0]))  # single-turn: outcome only
+    assert torch.allclose(single[:, 0], torch.tensor([1.0, -1.0]), atol=1e-5)  # population std 0.5
 
 
 def test_information_gain_is_the_rise_of_the_answer_probability(tmp_path):
@@ -223,3 +225,4 @@ def test_otc_tool_reward_and_product_with_correctness():
     )
     totals = [r + e for r, e in zip([1.0, 1.0, 0.0], extra)]  # the task reward plus the term: r·r_tool
     assert totals == [pytest.approx(1.0), pytest.approx(0.866025, abs=1e-6), 0.0]
+    assert OTCReward()(["p"], ["c"]) == [0.0]  # single-turn: no tool call, r_tool = 1, the product is r

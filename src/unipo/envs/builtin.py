@@ -85,9 +85,13 @@ class Calculator(Environment):
         return f"[{p}+{c}]" if f"[{a}*{b}]" in context else f"[{a}*{b}]"
 
     @staticmethod
-    def demonstration(example: dict[str, Any]) -> list[tuple[str, bool]]:
+    def demonstration(example: dict[str, Any], direct: bool = False) -> list[tuple[str, bool]]:
+        """The two calls and the answer; ``direct``: the answer alone, no tool (what a model that does not
+        know the tool would write)."""
         a, b, c = example["a"], example["b"], example["c"]
         p = a * b
+        if direct:
+            return [(f"{p + c}", True)]
         return [(f"[{a}*{b}]", True), (f"={p}\n", False), (f"[{p}+{c}]", True), (f"={p + c}\n", False),
                 (f"{p + c}", True)]  # fmt: skip
 

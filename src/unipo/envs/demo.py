@@ -29,13 +29,13 @@ from unipo.train.run_dir import prepare_run_dir, write_json
 MODEL = {"hidden_size": 128, "num_layers": 2, "num_heads": 4}
 BUDGETS: dict[str, dict[str, dict[str, Any]]] = {
     "calculator": {
-        "full": {"sft_steps": 220, "rl_steps": 40, "train_size": 4000, "eval_size": 128, "eval_samples": 4,
-                 "prompts": 16, "group": 8, "turn_tokens": 12, "lr": 2e-4},
+        "full": {"sft_steps": 300, "rl_steps": 40, "train_size": 4000, "eval_size": 128, "eval_samples": 4,
+                 "prompts": 16, "group": 8, "turn_tokens": 12, "lr": 2e-4, "direct_every": 2},
         "quick": {"sft_steps": 10, "rl_steps": 2, "train_size": 64, "eval_size": 8, "eval_samples": 2,
                   "prompts": 4, "group": 4, "turn_tokens": 12, "lr": 2e-4},
     },
     "guess": {
-        "full": {"sft_steps": 60, "rl_steps": 60, "train_size": 2000, "eval_size": 120, "eval_samples": 4,
+        "full": {"sft_steps": 40, "rl_steps": 40, "train_size": 2000, "eval_size": 120, "eval_samples": 4,
                  "prompts": 16, "group": 8, "turn_tokens": 4, "lr": 2e-4},
         "quick": {"sft_steps": 10, "rl_steps": 2, "train_size": 64, "eval_size": 8, "eval_samples": 2,
                   "prompts": 4, "group": 4, "turn_tokens": 4, "lr": 2e-4},
@@ -45,15 +45,18 @@ TRAIN_SEED, EVAL_SEED = 1, 2
 
 
 def demonstration_rows(
-    name: str, tokenizer: Any, examples: list[dict[str, Any]]
+    name: str, tokenizer: Any, examples: list[dict[str, Any]], direct_every: int = 0
 ) -> list[tuple[list[int], ...]]:
     """(prompt ids, trajectory ids, loss mask) per example: model pieces 1, environment pieces 0, and EOS
-    after a tool environment's final answer (a Gym episode ends when the environment says so)."""
+    after a tool environment's final answer (a Gym episode ends when the environment says so). With
+    ``direct_every`` = k, every k-th calculator demonstration answers without the tool (correct, but a
+    model cannot compute it in its head): the warm start then leaves the choice to call the tool to RL."""
     cls = BUILTIN_ENVIRONMENTS[name]
     rows = []
-    for ex in examples:
+    for n, ex in enumerate(examples):
         ids, mask = [], []
-        for text, model in cls.demonstration(ex):
+        direct = {"direct": True} if direct_every and n % direct_every == 0 else {}
+        for text, model in cls.demonstration(ex, **direct):
             toks = tokenizer(text, add_special_tokens=False)["input_ids"]
             ids += toks
             mask += [int(model)] * len(toks)
@@ -102,7 +105,8 @@ def run_env_demo(name: str, output_dir: str | None = None, quick: bool = False,
     base = build_tiny_model(run_dir / "base", seed=0, overwrite=True, **MODEL)
     model, tok = load_model(base, dtype="float32", device="cpu")
     cls = BUILTIN_ENVIRONMENTS[name]
-    rows = demonstration_rows(name, tok, cls.examples(b["train_size"], TRAIN_SEED + 100))
+    examples = cls.examples(b["train_size"], TRAIN_SEED + 100)
+    rows = demonstration_rows(name, tok, examples, b.get("direct_every", 0))
     losses = sft(model, rows, steps=b["sft_steps"], batch_size=64, lr=1e-3, seed=0, pad_id=tok.pad_token_id)
     console.print(
         f"warm start: {b['sft_steps']} steps on demonstrations, loss {losses[0]:.3f} → {losses[-1]:.3f}"

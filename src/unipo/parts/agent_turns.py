@@ -39,10 +39,14 @@ def turn_returns(batch: RolloutBatch) -> list[list[float]]:
 
 
 def turn_term(batch: RolloutBatch, name: str, part: str) -> list[list[float]]:
-    """``metadata["turn_terms"][name]`` per row, or a clear error naming the rollout option."""
+    """``metadata["turn_terms"][name]`` per row (a single-turn row without it: [0.0]: a term on the turns
+    before the last has nothing to add there), or a clear error naming the rollout option."""
     out = []
-    for meta in batch.metadata or [{}] * batch.size:
+    for k, meta in zip(row_turns(batch), batch.metadata or [{}] * batch.size, strict=True):
         terms = meta.get("turn_terms", {})
+        if name not in terms and k <= 1:
+            out.append([0.0] * k)
+            continue
         if name not in terms:
             raise ValueError(f"{part} reads the per-turn term {name!r}, which this batch lacks: add "
                              f"env.turn_rewards=[{{name: {name}}}] to the environment config")  # fmt: skip

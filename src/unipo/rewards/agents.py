@@ -33,7 +33,7 @@ class OTCReward:
                                     group (``group_id``; none correct: n unknown)
 
     As a term *added* to the task reward r_φ it returns r_φ·(α·r_tool − 1), so the total is the paper's
-    product. Source: arXiv 2504.14870 (OTC-PPO/OTC-GRPO tool rewards; the closed forms as in a public
+    product. Without an environment there are no tool calls (m = n = 0, r_tool = 1): the term is 0. Source: arXiv 2504.14870 (OTC-PPO/OTC-GRPO tool rewards; the closed forms as in a public
     verl port, third-party). Deviations: n is estimated within the step's group only (the paper also keeps
     the minimum across earlier epochs for the same question); α = 1, c = 1 (UNVERIFIED).
     """
@@ -44,6 +44,8 @@ class OTCReward:
 
     def __call__(self, prompts: list[str], completions: list[str], **columns: Any) -> list[float | None]:
         calls, outcome, groups = columns.get("tool_calls"), columns.get("env_reward"), columns.get("group_id")
+        if calls is None and self.alpha == 1.0:  # no environment, no tool call: r_tool = 1, the product is r
+            return [0.0] * len(completions)
         if calls is None or outcome is None:
             raise ValueError(
                 "otc reads the tool_calls and env_reward columns: configure an environment (env:)"
