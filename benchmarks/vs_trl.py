@@ -2,6 +2,7 @@
 
     python benchmarks/vs_trl.py                  # setups tiny and 25m (CPU)
     python benchmarks/vs_trl.py --setup h100     # Qwen2-0.5B-shaped model, bf16, one GPU
+    python benchmarks/vs_trl.py --setup h100-vllm --vllm-command .venv-vllm/bin/vllm   # both with vLLM
     python benchmarks/vs_trl.py --setup tiny --rounds 1 --warmup 1 --steps 2   # smoke run
 
 Run it with unipo's Python (the orchestrator imports unipo). It builds the model directory
@@ -52,6 +53,12 @@ SETUPS: dict[str, dict] = {
                 beta=0.04, micro=64, warmup=1, steps=2, rounds=2),
     "h100": dict(preset="qwen2-0.5b-shape", device="cuda", dtype="bfloat16", prompts=32, group=8,
                  length=256, beta=0.0, micro=64, warmup=2, steps=5, rounds=2, decode="compiled"),
+    # the same, both generating with vLLM on the one GPU: unipo's engine (a `vllm serve` it starts,
+    # weights synced through safetensors + reload_weights) vs TRL's use_vllm=True (colocate, in-process);
+    # neither corrects the sampler mismatch (TRL's IS correction off) so that both do the same work
+    "h100-vllm": dict(preset="qwen2-0.5b-shape", device="cuda", dtype="bfloat16", prompts=32, group=8,
+                      length=256, beta=0.0, micro=64, warmup=2, steps=5, rounds=2, engine="vllm",
+                      vllm_gpu_util=0.3),
 }  # fmt: skip
 # unipo's rollout.decode per setup unless --unipo-decode says otherwise: the CPU default (static
 # cache) on CPU; on the GPU the CUDA-graph decode (compiles once per shape, in the warm-up steps).
@@ -111,7 +118,7 @@ def run_unipo(spec: dict) -> dict:
         f"rollout.prompts_per_step={s['prompts']}", f"rollout.group_size={s['group']}",
         f"rollout.sampling.max_new_tokens={s['length']}", f"rollout.sampling.min_new_tokens={s['length']}",
         f"rollout.sampling.temperature={s['temperature']}", f"rollout.sampling.top_p={s['top_p']}",
-        f"rollout.decode={s.get('decode', 'auto')}",
+        f"rollout.decode={s.get('decode', 'auto')}", f"rollout.engine={s.get('engine', 'hf')}",
         "rollout.sampling.top_k=0", f"rollout.max_batch={s['prompts'] * s['group']}",
         "algorithm.name=grpo",
         f"algorithm.params={{kl: {{coef: {s['beta']}}}, ppo_clip: {{eps_low: {s['clip_eps']}, "
@@ -121,6 +128,10 @@ def run_unipo(spec: dict) -> dict:
         f"train.seed={s['seed']}", f"train.output_dir={s['scratch']}",
         "train.entropy_change=lagged",  # TRL has no post-update re-scoring pass; lagged pairing is free
     ]  # fmt: skip
+    if s.get("engine") == "vllm":  # the server starts in the first (untimed) warm-up step
+        overrides.append(f"rollout.vllm.gpu_memory_utilization={s['vllm_gpu_util']}")
+        if s.get("vllm_command"):
+            overrides.append(f"rollout.vllm.command=[{s['vllm_command']}, serve]")
     t0 = time.perf_counter()
     trainer = Trainer(load_config(None, overrides), extra_rewards=[("bench", bench_reward, 1.0)])
     startup = time.perf_counter() - t0
@@ -182,6 +193,8 @@ def run_trl(spec: dict) -> dict:
         gradient_checkpointing=s["gradient_checkpointing"], use_cpu=not on_gpu,
         logging_steps=1, report_to="none", save_strategy="no", disable_tqdm=True,
         log_completions=False, dataloader_num_workers=0,
+        **({"use_vllm": True, "vllm_mode": "colocate", "vllm_gpu_memory_utilization": s["vllm_gpu_util"],
+            "vllm_importance_sampling_correction": False} if s.get("engine") == "vllm" else {}),
     )  # fmt: skip
     steps: list[dict] = []
 
@@ -378,6 +391,8 @@ def run_setup(name: str, a: argparse.Namespace, workdir: Path) -> dict:
     setup["gradient_checkpointing"] = a.gradient_checkpointing
     if a.unipo_decode:
         setup["decode"] = a.unipo_decode
+    if a.vllm_command:
+        setup["vllm_command"] = a.vllm_command
     if setup["prompts"] * setup["group"] % setup["micro"]:
         raise SystemExit(f"{name}: P*G must be a multiple of micro")
     wd = workdir / name
@@ -471,6 +486,7 @@ def main(argv: list[str] | None = None) -> None:
         help="unipo's rollout.decode (default: the setup's; h100: compiled, CPU: auto)",
     )
     p.add_argument("--trl-python", default=str(DEFAULT_TRL_PYTHON), help="interpreter with trl installed")
+    p.add_argument("--vllm-command", help="h100-vllm: unipo's `vllm` command (default .venv-vllm/bin/vllm)")
     p.add_argument("--unipo-python", default=sys.executable, help="interpreter with unipo's dependencies")
     add_quiet_args(p, max_wait=600, retries=3, unit="worker run")
     p.add_argument("--workdir", help="where models, prompts and logs go (default: a temporary directory)")

@@ -71,9 +71,19 @@ def fixed_batch(b_groups: int = 4, g: int = 4, p: int = 4, t: int = 6) -> Rollou
     )  # fmt: skip
 
 
-def rl_step(model_dir: str, name: str, d: Dist, settings: UpdateSettings) -> tuple[dict, list, list]:
+def rl_step(
+    model_dir: str, name: str, d: Dist, settings: UpdateSettings, lora: bool = False
+) -> tuple[dict, list, list]:
+    from unipo.models import LoraSettings
+
     algo = copy.deepcopy(get_algorithm(name))
-    model, _ = load_model(model_dir, dtype="float32")
+    torch.manual_seed(0)  # the LoRA adapters start the same in every process
+    model, _ = load_model(model_dir, dtype="float32", lora=LoraSettings(r=4, alpha=8) if lora else None)
+    if lora:  # peft starts B at 0: move it, so that A gets a gradient too
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if "lora_B" in n:
+                    p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)) * 0.1)
     base = fixed_batch()
     with torch.no_grad():
         lp, ent, st = batched_logprobs_with_stats(
@@ -81,7 +91,7 @@ def rl_step(model_dir: str, name: str, d: Dist, settings: UpdateSettings) -> tup
             stats=algo.old_token_stats,
         )  # fmt: skip
     batch = base.replace(old_logprobs=lp, entropies=ent, ref_logprobs=lp - 0.1, old_stats=st,
-                         values=torch.zeros_like(lp))  # fmt: skip
+                         values=torch.zeros_like(lp), token_rewards=0.01 * lp)  # fmt: skip
     adv, _ = algo.advantage(batch)  # the whole batch, identical on every rank
     batch = batch.replace(advantages=adv)
     scorer = shard_policy(model, torch.device("cpu")) if d.sharded else model
@@ -100,14 +110,16 @@ def compare_rl(model_dir: str, d: Dist) -> dict:
     # several micro-batches, minibatches and epochs: per rank 2 rows a micro-batch (4 in one process)
     many = UpdateSettings(epochs=2, minibatches=2, micro_batch_size=2, max_grad_norm=1e9, temperature=1.0,
                           max_len=6)  # fmt: skip
-    cases = [(a.name, one) for a in list_algorithms()]
-    cases += [(n, many) for n in ("grpo", "dapo", "ppo", "hpt", "clip_cov", "lp_reg", "forking_tokens")]
-    for name, settings in cases:
+    cases = [(a.name, one, False) for a in list_algorithms()]
+    several = ("grpo", "dapo", "ppo", "hpt", "clip_cov", "lp_reg", "forking_tokens")
+    cases += [(n, many, False) for n in several]
+    cases += [(n, many, True) for n in ("grpo", "dapo")]  # LoRA (peft) adapters, replicated or sharded
+    for name, settings, lora in cases:
         single = copy.copy(settings)
         single.micro_batch_size = settings.micro_batch_size * d.world  # the same global micro-batches
-        m1, g1, p1 = rl_step(model_dir, name, Dist(), single)
-        m2, g2, p2 = rl_step(model_dir, name, d, settings)
-        key = name if settings is one else f"{name}/many"
+        m1, g1, p1 = rl_step(model_dir, name, Dist(), single, lora)
+        m2, g2, p2 = rl_step(model_dir, name, d, settings, lora)
+        key = name + ("/many" if settings is many else "") + ("/lora" if lora else "")
         out[key] = {
             "loss": abs(m1["loss/total"] - m2["loss/total"]) / max(1.0, abs(m1["loss/total"])),
             "grad": max(rel(a, b) for a, b in zip(g1, g2)),
@@ -128,7 +140,9 @@ def one_process_env():
         os.environ["WORLD_SIZE"] = saved
 
 
-def preference_step(model_dir: str, data: str, preset: str, parallel: str, out: Path) -> tuple[dict, list]:
+def preference_step(
+    model_dir: str, data: str, preset: str, parallel: str, out: Path, sft: bool = False
+) -> tuple[dict, list]:
     from unipo.preference import load_preference_config
     from unipo.preference.trainer import PreferenceTrainer
 
@@ -142,7 +156,7 @@ def preference_step(model_dir: str, data: str, preset: str, parallel: str, out: 
     examples = trainer._stages(trainer.offline)[0][:8]  # Curry-DPO: its first stage's pairs
     trainer._attach_reference(examples)
     torch.manual_seed(0)
-    metrics = trainer.optimizer_step(examples)
+    metrics = trainer.optimizer_step(examples, sft=sft)
     return metrics, trainer.optimizer.grads
 
 
@@ -151,9 +165,13 @@ def compare_preference(model_dir: str, data: str, d: Dist, root: Path) -> dict:
 
     out = {}
     for p in list_presets():
+        # a preset that builds its own on-policy pairs (OPA-DPO) is DPO's loss after an SFT alignment
+        # stage: its step on these offline pairs is DPO's, plus the SFT stage's step
+        on_policy = p.any_part("needs_on_policy")
+        name, sft = ("dpo", True) if on_policy else (p.name, False)
         with one_process_env():
-            m1, g1 = preference_step(model_dir, data, p.name, "none", root / f"{p.name}-one-{d.rank}")
-        m2, g2 = preference_step(model_dir, data, p.name, d.mode, root / f"{p.name}-dist")
+            m1, g1 = preference_step(model_dir, data, name, "none", root / f"{p.name}-one-{d.rank}", sft)
+        m2, g2 = preference_step(model_dir, data, name, d.mode, root / f"{p.name}-dist", sft)
         out[p.name] = {
             "loss": abs(m1["loss/total"] - m2["loss/total"]) / max(1.0, abs(m1["loss/total"])),
             "grad": max(rel(a, b) for a, b in zip(g1, g2)),

@@ -117,7 +117,7 @@ def _lone_completions() -> RolloutBatch:
         group_ids=torch.arange(b), truncated=torch.zeros(b, dtype=torch.bool),
         rewards=torch.tensor([1.0, 0.0, 1.0, 0.5]), old_logprobs=torch.full((b, t), -1.0),
         ref_logprobs=torch.full((b, t), -1.2), values=torch.zeros(b, t), entropies=torch.full((b, t), 0.5),
-        old_stats={"sum_pi_squared": torch.full((b, t), 0.3)},
+        old_stats={"sum_pi_squared": torch.full((b, t), 0.3)}, token_rewards=torch.zeros(b, t),
         metadata=[{"completion": f"answer {i}", "answer": str(i), "remax_baseline": 0.5} for i in range(b)],
     )  # fmt: skip
 
@@ -129,11 +129,35 @@ def test_min_group_size_matches_what_each_advantage_does_with_lone_completions()
     _load_builtin_parts()
     batch = _lone_completions()  # every completion its own group (G = 1)
     flipped = batch.replace(rewards=1.0 - batch.rewards)
+    # f-DPG's pseudo-reward has a per-sample signal, but its per-prompt normalizer needs G ≥ 2 samples
+    needs_samples_not_baseline = {"f_dpg"}
+    # SPA-RL's reward reaches the advantage through the progress estimator fitted on it, from the next
+    # step on (this step's turn rewards come from the estimator as it was): no groups, but a one-step lag
+    reward_through_its_estimator = {"spa"}
     for name, cls in PARTS["advantage"].items():
+        if name in needs_samples_not_baseline:
+            assert cls().min_group_size == 2
+            continue
         need = getattr(cls(), "min_group_size", 2 if getattr(cls(), "uses_groups", True) else 1)
+        if name in reward_through_its_estimator:
+            assert need == 1 and _next_step_differs(cls, batch, flipped), name
+            continue
         adv, _ = cls()(batch)
         adv_flipped, _ = cls()(flipped)
         assert bool(torch.equal(adv, adv_flipped)) == (need > 1), name
+
+
+def _next_step_differs(cls, batch: RolloutBatch, flipped: RolloutBatch) -> bool:
+    """The advantage of the step after one fitted on ``batch`` vs on ``flipped`` (distinct completions,
+    so the estimator can tell the rows apart)."""
+    ids = torch.arange(batch.size * batch.completion_ids.shape[1]).view_as(batch.completion_ids) + 3
+    out = []
+    for b in (batch.replace(completion_ids=ids), flipped.replace(completion_ids=ids)):
+        part = cls()
+        part(b)
+        part.on_step_end({})
+        out.append(part(b)[0])
+    return not bool(torch.equal(out[0], out[1]))
 
 
 @pytest.mark.parametrize("algo", list_algorithms(), ids=lambda a: a.name)

@@ -74,6 +74,8 @@ def episode_batch(tok, varied: bool = False, one_group: bool = False) -> Rollout
         old_logprobs=(-1.5 + noise) * mask, ref_logprobs=(-1.6 + 0.5 * noise) * mask,
         entropies=(1.0 + torch.rand(mask.shape, generator=g)) * mask,
         values=torch.randn(n, mask.shape[1]) * mask,
+        token_rewards=0.1 * torch.randn(mask.shape, generator=g) * mask,  # RTO's, as its prepare hook fills
+        rollout_logprobs=gen.logprobs, weight_version=gen.weight_version,
     )  # fmt: skip
 
 

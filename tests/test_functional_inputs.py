@@ -77,6 +77,7 @@ def _loss_and_grads(name: str, d: dict[str, torch.Tensor], pad: float | None):
         **({"stats": {k: padded(v).requires_grad_(True) for k, v in stats.items()}} if stats else {}),
         **({"old_stats": {k: padded(v) for k, v in old_stats.items()}} if old_stats else {}),
         metadata=[{"completion": f"the answer is {i % 3}", "remax_baseline": 0.5} for i in range(len(lp))],
+        token_rewards=padded(0.01 * d["old_logprobs"]),
     )  # fmt: skip
     lp_grad, ent_grad = torch.autograd.grad(loss, (lp, ent), allow_unused=True, materialize_grads=True)
     return loss.detach(), lp_grad, ent_grad, metrics

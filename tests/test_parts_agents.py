@@ -206,12 +206,32 @@ def test_spear_bonus_buffer_and_recalibrated_replay():
     assert got == [pytest.approx(0.35 * ramp), pytest.approx(0.45 * ramp)]
     adv, _ = SPEARAdvantage()(out)
     assert torch.allclose(adv[1:, 0].sort().values, torch.tensor([0.35 * ramp, 0.45 * ramp]))
+    # replayed rows carry the step's weight version (the trainer refuses rows without one)
+    tagged = rows([[0]], [0.0], [7], [{"turns": 0}], ids=[[5]]).replace(weight_version=torch.tensor([3]))
+    out, _ = spear(tagged)
+    assert out.weight_version.tolist() == [3, 3, 3]
 
 
 def test_loo_filter_drops_rows_without_signal():
     b = rows([[0]] * 8, [1, 1, 1, 1, 1, 0, 0, 0], [0, 0, 0, 0, 1, 1, 1, 1])
     kept, _ = LeaveOneOutFilter(0.01)(b)
     assert kept.group_ids.tolist() == [1, 1, 1, 1]
+
+
+def test_loop_gives_every_turn_of_an_episode_its_leave_one_out_advantage():
+    from unipo.algorithms import get_algorithm
+
+    loop = get_algorithm("loop")
+    # one group of 4 episodes with 2, 1, 3 and 1 model turns, rewards [1, 0, 0, 1]
+    b = rows([[0, E, 1], [0, 0], [0, E, 1, E, 2], [0]], [1.0, 0.0, 0.0, 1.0], [0, 0, 0, 0])
+    kept, _ = loop.selections[0](b)  # every |A| = 2/3 ≥ 0.01: nothing is dropped
+    assert kept.size == 4
+    adv, _ = loop.advantage(kept)
+    # leave-one-out: A_i = r_i − mean of the other three; r = 1: 1 − 1/3 = 2/3; r = 0: 0 − 2/3 = −2/3;
+    # every token of every model turn of an episode gets it, environment tokens and padding 0
+    p, m = 2 / 3, -2 / 3
+    expect = torch.tensor([[p, 0, p, 0, 0], [m, m, 0, 0, 0], [m, 0, m, 0, m], [p, 0, 0, 0, 0]])
+    assert torch.allclose(adv, expect, atol=1e-6)
 
 
 def test_otc_tool_reward_and_product_with_correctness():

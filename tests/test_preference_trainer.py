@@ -85,9 +85,11 @@ def test_example_runs_with_every_preset(tiny_model_dir, tmp_path, preset):
     assert summary["steps"] >= 1 and summary["preset"] == preset
     steps = [r for r in records(tmp_path / "run") if "loss/total" in r]
     assert steps and all(math.isfinite(r["loss/total"]) for r in steps)
-    assert {"pref/accuracy", "pref/margin", "logps/chosen", "logps/rejected", "pairs/examples"} <= set(
-        steps[0]
-    )
+    assert "pairs/examples" in steps[0]
+    pref = [r for r in steps if "opa/sft_nll" not in r]  # OPA-DPO's alignment (SFT) steps come first
+    assert pref and {"pref/accuracy", "pref/margin", "logps/chosen", "logps/rejected"} <= set(pref[0])
+    if trainer.preset.any_part("needs_reference"):  # the differential-information entropy, every step
+        assert all(0 <= r["did/entropy_norm"] <= 1 + 1e-6 for r in pref)
     assert {"time/update", "memory/peak_mb"} <= set(steps[0]) and steps[0]["time/update"] > 0
     if "memory/update_peak_mb" in steps[0]:  # Linux: the update's own peak, within the run's
         assert 0 < steps[0]["memory/update_peak_mb"] <= steps[0]["memory/peak_mb"]

@@ -102,7 +102,7 @@ def test_jsonl_errors(tmp_path: Path) -> None:
 def test_make_task(tmp_path: Path) -> None:
     assert isinstance(make_task("reasoning_gym", name="chain_sum"), ReasoningGymTask)
     assert make_task("jsonl", path="x.jsonl") == JsonlTask("x.jsonl")
-    allowed = r"\['code', 'jsonl', 'reasoning_gym'\]"
+    allowed = r"\['addition', 'code', 'jsonl', 'reasoning_gym'\]"
     with pytest.raises(ValueError, match=r"unknown task source 'hf'; allowed: " + allowed):
         make_task("hf", name="x")
     with pytest.raises(ValueError, match=r"unknown fields \['nme'\], missing fields \['name'\]"):

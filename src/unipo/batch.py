@@ -52,6 +52,11 @@ _PER_ITEM_TENSORS = (
     "values",
     "context_mask",
     "turn_index",
+    "token_rewards",
+    "rollout_logprobs",
+    "weight_version",
+    "correction_weights",
+    "loss_mask",
 )
 
 
@@ -81,6 +86,12 @@ class RolloutBatch:
     # index k of the model turn each completion token belongs to, −1 on environment tokens and padding;
     # None: single-turn (every completion token is turn 0)
     turn_index: Tensor | None = None  # [B, T] long
+    token_rewards: Tensor | None = None  # [B, T] dense per-token reward added to the sequence reward (RTO)
+    rollout_logprobs: Tensor | None = None  # [B, T] log μ: the sampler's processed log-probs, no grad
+    weight_version: Tensor | None = None  # [B] long: the weight version that sampled each row
+    correction_weights: Tensor | None = None  # [B, T] ≥ 0 rollout-correction IS weights (None: 1)
+    loss_mask: Tensor | None = None  # [B, T] float: tokens the loss counts (None: completion_mask);
+    # a rollout correction's rejected tokens are 0 here, so they leave the loss and its denominators
     metadata: list[dict[str, Any]] = field(default_factory=list)  # per item: texts, answer, task entry
     # name -> [B, T] per-token statistic of π_old (``TOKEN_STATS`` names an Advantage part lists in
     # ``old_token_stats``, e.g. "sum_pi_squared" for the optimal token baseline), no grad
@@ -139,6 +150,11 @@ class RolloutBatch:
             "values": (b, t),
             "context_mask": (b, t),
             "turn_index": (b, t),
+            "token_rewards": (b, t),
+            "rollout_logprobs": (b, t),
+            "weight_version": (b,),
+            "correction_weights": (b, t),
+            "loss_mask": (b, t),
         }
         for name, shape in expect.items():
             value = getattr(self, name)

@@ -111,7 +111,7 @@ def run_objective(kind: str, config: str | None, args: list[str]) -> dict:
 def _train_or_launch(kind: str, config: str | None, args: list[str]) -> None:
     """Run here, or start ``train.nproc`` processes (torchrun or Ray) that each run here."""
     from unipo.config import ConfigError, load_config
-    from unipo.launch import in_launched_process, launch_ray, launch_torchrun
+    from unipo.launch import in_launched_process, launch_ray, launch_torchrun, starts_servers
     from unipo.preference import load_preference_config
     from unipo.preference.trainer import PreferenceTrainingError
     from unipo.train.dist import DistError
@@ -122,9 +122,11 @@ def _train_or_launch(kind: str, config: str | None, args: list[str]) -> None:
     try:
         cfg = load_preference_config(config, args) if kind == "preference" else load_config(config, args)
         t = cfg.train
-        if t.nproc > 1 and not in_launched_process():
-            if t.launcher == "ray":
-                launch_ray(kind, config, args, t.nproc, t.ray_address, t.ray_use_gpu)
+        split = kind == "rl" and starts_servers(cfg) and cfg.rollout.vllm.placement == "split"
+        if (t.nproc > 1 or split) and not in_launched_process():
+            if t.launcher == "ray":  # split vLLM servers need Ray to place them, even for one trainer
+                rl_cfg = cfg if kind == "rl" else None
+                launch_ray(kind, config, args, t.nproc, t.ray_address, t.ray_use_gpu, cfg=rl_cfg)
                 return
             code = launch_torchrun(t.nproc, ["train", *([config] if config else []), *args])
             if code:
@@ -245,13 +247,23 @@ def preference(
     from unipo.preference import list_presets
 
     if presets:
+        from unipo.algorithms import get_algorithm
+        from unipo.preference.presets import RL_PRESETS
+
         table = Table(show_lines=True, title="unipo preference presets")
-        for col in ("name", "loss (defaults)", "paper / notes"):
+        for col in ("name", "loss (defaults)", "paper / notes", "source"):
             table.add_column(col, overflow="fold")
         for p in list_presets():
             d = p.describe()
-            loss = d["loss"] + (f"\nordering: {d['ordering']}" if "ordering" in d else "")
-            table.add_row(d["name"], loss, d["paper"] + (f"\n{d['notes']}" if d["notes"] else ""))
+            loss = d["loss"] + "".join(f"\n{k}: {d[k]}" for k in ("ordering", "pairing") if k in d)
+            paper = d["paper"] + (f"\n{d['notes']}" if d["notes"] else "")
+            table.add_row(d["name"], loss, paper, d["source"])
+        for name in RL_PRESETS:  # preference papers' methods that run in the RL trainer
+            a = get_algorithm(name)
+            parts = a.describe()
+            table.add_row(f"{name}\n(RL: unipo train algorithm.name={name})",
+                          f"{parts['advantage']}\n{parts['surrogate']}", f"{a.paper}\n{a.notes}",
+                          a.source)  # fmt: skip
         console.print(table)
         return
     config, args = _run_args(config, overrides, overwrite=overwrite, resume=resume)

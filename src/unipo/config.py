@@ -70,15 +70,18 @@ class ModelConfig(_Strict):
 
 
 class TaskConfig(_Strict):
-    source: Literal["reasoning_gym", "jsonl", "code", "env"] = Field(
+    source: Literal["reasoning_gym", "jsonl", "code", "addition", "env"] = Field(
         "reasoning_gym",
         description="Where prompts come from: reasoning-gym generators, a JSONL file, the generated code "
         "task (fill in a linear function's return expression; scored by running its unit tests in the "
-        "sandbox; options in task.config, e.g. {max_b: 20}), or env: the examples of the environment class "
-        "(env.name; its examples(n, seed, split)).",
+        "sandbox; options in task.config, e.g. {max_b: 20}), the demo's worked column addition "
+        "(unipo.tasks.addition; options in task.config: digits, worked, pool_weights), or env: the "
+        "examples of the environment class (env.name; its examples(n, seed, split)).",
     )
     name: str = Field("chain_sum", description="reasoning-gym dataset name (source=reasoning_gym).")
-    config: dict[str, Any] = Field(default_factory=dict, description="reasoning-gym dataset options.")
+    config: dict[str, Any] = Field(
+        default_factory=dict, description="reasoning-gym dataset options (source=addition: AdditionTask's)."
+    )
     path: str = Field("", description="JSONL file with one example per line (source=jsonl).")
     eval_path: str = Field(
         "",
@@ -138,8 +141,109 @@ class RewardCombinerConfig(_Strict):
     )
 
 
+class VLLMOptions(_Strict):
+    python: str | None = Field(
+        None,
+        description="Python of the environment that has vllm (runs `python -m vllm.entrypoints.cli.main "
+        "serve`); None: `command`, else .venv-vllm/bin/vllm if present, else `vllm` on PATH.",
+    )
+    command: list[str] | None = Field(
+        None,
+        description="Command that starts the server, e.g. ['vllm', 'serve']; model and flags follow.",
+    )
+    args: list[str] = Field(
+        default_factory=list, description="Extra `vllm serve` flags (e.g. ['--tensor-parallel-size', '2'])."
+    )
+    dtype: str = Field("auto", description="Server weight dtype; auto = the policy's dtype.")
+    max_model_len: int | None = Field(
+        None, gt=0, description="Server context length (None: the model's max_position_embeddings)."
+    )
+    gpu_memory_utilization: float | None = Field(
+        None, gt=0, le=1, description="Share of GPU memory the server may take (GPU; None: vLLM's default)."
+    )
+    enforce_eager: bool = Field(
+        False, description="Skip torch.compile / CUDA graphs in the server (faster start, slower decoding)."
+    )
+    cpu_kvcache_gb: float = Field(
+        1.0, gt=0, description="KV cache of a CPU server, GiB (VLLM_CPU_KVCACHE_SPACE)."
+    )
+    weight_sync: Literal["disk", "nccl"] = Field(
+        "disk",
+        description="disk: safetensors in sync_dir + /collective_rpc reload_weights (CPU, GPU, several nodes "
+        "with a shared sync_dir); nccl: vLLM's NCCL weight-transfer routes (GPU trainer and server only).",
+    )
+    sync_dir: str | None = Field(
+        None,
+        description="Where disk sync writes the weights (None: <run dir>/vllm_weights); shared across nodes.",
+    )
+    untie_embeddings: bool | Literal["auto"] = Field(
+        "auto",
+        description="A checkpoint with a tied LM head is served untied: an owned server serves an untied "
+        "copy, and syncs send the head on its own (auto: owned servers of a CPU trainer, where vLLM 0.32's "
+        "weight reload leaves a tied head stale; true for a server of yours that serves an untied copy).",
+    )
+    verify_tolerance: float = Field(
+        0.1,
+        ge=0,
+        description="After each weight sync the server samples a short probe; a mean |Δ log p| to the "
+        "trainer's above this stops the run (the server is not using the synced weights). 0: no check.",
+    )
+    sleep: bool = Field(
+        False, description="Colocated on one GPU: the server sleeps during the update (--enable-sleep-mode)."
+    )
+    placement: Literal["colocate", "split"] = Field(
+        "colocate",
+        description="Where the rollout.num_servers servers unipo starts run. colocate: in the training "
+        "processes' own resources (server i started by process ⌊i·W/S⌋ on its GPU; with "
+        "train.launcher=ray inside Ray Train's placement group); split (train.launcher=ray): on resources "
+        "of their own, a Ray placement group of num_servers bundles (server_cpus, server_gpus).",
+    )
+    server_cpus: int = Field(1, gt=0, description="placement=split: CPUs of each server's Ray bundle.")
+    server_gpus: int = Field(
+        1, ge=0, description="placement=split with train.ray_use_gpu: GPUs of each server's Ray bundle."
+    )
+    timeout_s: float = Field(600.0, gt=0, description="One HTTP request's limit (a generate call, a sync).")
+    startup_timeout_s: float = Field(900.0, gt=0, description="How long an owned server may take to start.")
+
+
 class RolloutConfig(_Strict):
-    engine: Literal["hf"] = Field("hf", description="Rollout engine (hf: transformers generate).")
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+    engine: Literal["hf", "vllm"] = Field(
+        "hf",
+        description="Rollout engine. hf: transformers generate on the policy itself; vllm: a `vllm serve` "
+        "process over HTTP (unipo starts one, or give rollout.url).",
+    )
+    url: list[str] | None = Field(
+        None,
+        description="engine=vllm: base URLs of servers you run (VLLM_SERVER_DEV_MODE=1 vllm serve ... "
+        "--logprobs-mode processed_logprobs); requests are balanced over them. None: unipo starts one.",
+    )
+    max_failures: int = Field(
+        3,
+        gt=0,
+        description="engine=vllm: failed attempts in a row (unreachable, slow, error) before the run stops.",
+    )
+    num_servers: int = Field(
+        1,
+        gt=0,
+        description="engine=vllm without rollout.url: how many servers unipo starts (requests are balanced "
+        "over them; rollout.vllm.placement says where they run).",
+    )
+    vllm: VLLMOptions = Field(default_factory=VLLMOptions, description="The vLLM engine's options.")
+    async_: bool = Field(
+        False,
+        alias="async",
+        description="Generate the next step's batch while this one trains (rollout.async=true): rows are "
+        "sampled with the previous weights, tagged with their version, dropped beyond max_staleness. "
+        "engine=hf then samples from a copy of the weights, synced between steps. One process only.",
+    )
+    max_staleness: int = Field(
+        1,
+        ge=0,
+        description="rollout.async: rows more than this many weight versions behind the policy are dropped; "
+        "0 makes the run synchronous.",
+    )
     prompts_per_step: int = Field(16, gt=0, description="Prompts sampled per training step.")
     group_size: int = Field(
         8,
@@ -178,6 +282,11 @@ class AlgorithmConfig(_Strict):
     selections: list[str] | None = Field(None, description="Replace the selection parts by names.")
     token_weights: list[str] | None = Field(None, description="Replace the token-weight parts by names.")
     regularizers: list[str] | None = Field(None, description="Replace the regularizers by names.")
+    corrections: list[str] | None = Field(
+        None,
+        description="Rollout–trainer mismatch corrections by name (tis, mis, geo_rs, bypass), added to any "
+        "preset: e.g. [tis] with params {tis: {level: token, cap: 2.0}}. They read the sampler's log-probs.",
+    )
     params: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="Parameters by part name, e.g. {ppo_clip: {eps_high: 0.28}, kl: {coef: 0.0}}.",
@@ -373,6 +482,24 @@ def check_run_dir_flags(train: Any) -> None:
         )
 
 
+def check_servers(cfg: Any) -> None:
+    """Server settings that only mean something together: several servers or a split placement need
+    servers unipo starts (engine=vllm, no rollout.url), and a split placement needs Ray to place them."""
+    r = cfg.rollout
+    starts = r.engine == "vllm" and not r.url
+    if r.num_servers > 1 and not starts:
+        raise ConfigError(
+            f"rollout.num_servers={r.num_servers} counts the vLLM servers unipo starts, but "
+            + ("rollout.engine=hf starts none" if r.engine != "vllm" else "rollout.url gives yours")
+        )
+    if r.vllm.placement == "split" and starts and cfg.train.launcher != "ray":
+        raise ConfigError(
+            "rollout.vllm.placement=split puts the servers on resources of their own, which the Ray launcher "
+            "places (train.launcher=ray); under torchrun start servers yourself and give rollout.url, or "
+            "use placement=colocate"
+        )
+
+
 def check_reward_terms(terms: list[RewardTerm], key: str) -> None:
     """Resolve every reward term now, so that a bad name is a one-line ``ConfigError`` before any model
     loads: an unknown built-in, a ``module:function`` / ``file.py:function`` that cannot be imported,
@@ -425,6 +552,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             env_class(cfg.env.name)
         except ValueError as e:
             raise ConfigError(str(e)) from None
+    check_servers(cfg)
     check_reward_terms(cfg.rewards, "rewards")
     if cfg.reward_combiner is not None:
         from unipo.rewards.combiners import make_combiner
@@ -457,6 +585,7 @@ def build_algorithm(cfg: AlgorithmConfig, group_size: int | None = None):  # -> 
         ("selection", "selections"),
         ("token_weight", "token_weights"),
         ("regularizer", "regularizers"),
+        ("correction", "corrections"),
     ):
         names = getattr(cfg, attr)
         if names is not None:
@@ -507,6 +636,7 @@ def build_algorithm(cfg: AlgorithmConfig, group_size: int | None = None):  # -> 
             token_weights=tuple(with_params(p) for p in algo.token_weights),
             regularizers=tuple(with_params(p) for p in algo.regularizers),
             rewards=tuple(with_params(p) for p in algo.rewards),
+            corrections=tuple(with_params(p) for p in algo.corrections),
         )
     except ValueError as e:
         raise ConfigError(str(e)) from None
@@ -517,7 +647,7 @@ def describe_fields(model: type[BaseModel] = Config, prefix: str = "") -> list[t
     rows = []
     for name, field in model.model_fields.items():
         ann = field.annotation
-        key = f"{prefix}{name}"
+        key = f"{prefix}{field.alias or name}"  # the name a user writes (rollout.async)
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             rows.extend(describe_fields(ann, key + "."))
         else:

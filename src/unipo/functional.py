@@ -18,6 +18,10 @@ surrogate + regularizers, aggregated. What it does **not** do:
 - stateful parts (``adaptive_entropy``) update only when you call
   ``algorithm.on_step_end(metrics)`` after your optimizer step.
 
+Rollout corrections (``algorithm.corrections``: tis, mis, geo_rs, bypass) read the sampler's
+log-probs: pass ``rollout_logprobs`` (log μ, e.g. vLLM's processed log-probs). They are computed
+over the tensors you pass (one call = one rollout batch); rejected tokens leave the denominators.
+
 Denominators (token_mean's token count, ...) are those of the tensors you pass: call it once
 per optimizer step on the whole batch, or build ``LossInputs`` yourself for micro-batching.
 Sequence means count only rows with at least one valid token (see ``unipo.parts.aggregate``).
@@ -38,6 +42,7 @@ from unipo.algorithms.base import Algorithm, policy_loss
 from unipo.algorithms.registry import get_algorithm
 from unipo.batch import RolloutBatch
 from unipo.parts.base import LossInputs, broadcast_to_tokens, zero_padding
+from unipo.parts.corrections import apply_corrections
 from unipo.parts.registry import part_name
 
 __all__ = ["compute_advantages", "compute_loss"]
@@ -91,6 +96,7 @@ def compute_advantages(
     old_entropies: Tensor | None = None,
     old_stats: dict[str, Tensor] | None = None,
     metadata: list[dict[str, Any]] | None = None,
+    token_rewards: Tensor | None = None,
 ) -> Tensor:
     """Per-token advantages [B, T] from scalar rewards [B] via the algorithm's advantage part.
 
@@ -102,7 +108,8 @@ def compute_advantages(
     them); ``old_stats`` ({name: [B, T]}) π_old's per-token statistics an advantage reads
     (``optimal_token_baseline``: ``"sum_pi_squared"``); ``metadata`` (one dict per row) what
     advantages read from the rollout (the completion text for answer clustering: SEED-GRPO, COPO,
-    Polychromic; ``"remax_baseline"``: ReMax's greedy reward). The result carries no gradient.
+    Polychromic; ``"remax_baseline"``: ReMax's greedy reward); ``token_rewards`` [B, T] per-token
+    rewards added to the sequence reward (RTO's DPO token reward). The result carries no gradient.
     """
     algo = _resolve(algorithm)
     adv_part = algo.advantage
@@ -113,7 +120,7 @@ def compute_advantages(
     _check_shapes(
         mask,
         {"old_logprobs": old_logprobs, "ref_logprobs": ref_logprobs, "values": values,
-         "old_entropies": old_entropies},
+         "old_entropies": old_entropies, "token_rewards": token_rewards},
         {"rewards": rewards, "group_ids": group_ids, "truncated": truncated},
     )  # fmt: skip
     b = mask.shape[0]
@@ -146,6 +153,7 @@ def compute_advantages(
         entropies=None if old_entropies is None else zero_padding(old_entropies.detach(), valid),
         old_stats={k: zero_padding(v.detach(), valid) for k, v in (old_stats or {}).items()},
         metadata=list(metadata) if metadata is not None else [],
+        token_rewards=None if token_rewards is None else zero_padding(token_rewards.detach().float(), valid),
     )
     if metadata is not None and len(metadata) != b:
         raise ValueError(f"metadata has {len(metadata)} items; expected one per row, B={b}")
@@ -171,7 +179,9 @@ def compute_loss(
     stats: dict[str, Tensor] | None = None,
     old_stats: dict[str, Tensor] | None = None,
     metadata: list[dict[str, Any]] | None = None,
+    token_rewards: Tensor | None = None,
     step: int = 0,
+    rollout_logprobs: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """The algorithm's policy loss (a scalar to minimize) and its metrics as floats.
 
@@ -194,7 +204,10 @@ def compute_loss(
             ``"topp_entropy:0.8"``; ``unipo.train.logprobs.completion_logprobs_with_stats``
             computes them).
         metadata: one dict per row of what advantages read from the rollout (``compute_advantages``).
+        token_rewards: [B, T] per-token rewards an advantage adds to the sequence reward (RTO).
         step: optimizer step (seeds Clip-Cov's random choice).
+        rollout_logprobs: [B, T] log μ of the sampler that generated the tokens (its processed
+            log-probs); required by the algorithm's corrections. With ``bypass`` it is π_old.
     """
     algo = _resolve(algorithm)
     if not isinstance(logprobs, Tensor) or logprobs.dim() != 2:
@@ -226,6 +239,16 @@ def compute_loss(
     old = logprobs.detach() if old_logprobs is None else old_logprobs.detach()
     if old_entropies is None and old_logprobs is None and entropies is not None:
         old_entropies = entropies.detach()  # on-policy: π_old is π_θ
+    if algo.corrections and rollout_logprobs is None:
+        users = [part_name(p) for p in algo.corrections]
+        raise ValueError(
+            f"algorithm {algo.name!r} corrects for the sampler ({', '.join(users)}): pass rollout_logprobs"
+        )
+    if rollout_logprobs is not None and rollout_logprobs.shape != mask.shape:
+        got = tuple(rollout_logprobs.shape)
+        raise ValueError(f"rollout_logprobs must be [B, T]={tuple(mask.shape)}, got {got}")
+    if algo.any_part("old_from_rollout"):
+        old = rollout_logprobs.detach()
     if algo.needs_reference and ref_logprobs is None:
         users = [part_name(p) for p in algo.parts() if getattr(p, "needs_reference", False)]
         raise ValueError(
@@ -254,16 +277,32 @@ def compute_loss(
             old_entropies=old_entropies,
             old_stats=old_stats,
             metadata=metadata,
+            token_rewards=token_rewards,
         )
     elif advantages.dim() == 1:
         adv = broadcast_to_tokens(advantages.detach(), mask)
     else:  # [B, T], shape checked above
         adv = zero_padding(advantages.detach(), valid)
+    weights, loss_mask, corr_metrics = None, None, {}
+    if algo.corrections:
+        b = mask.shape[0]
+        corr_batch = RolloutBatch(
+            prompt_ids=torch.zeros(b, 0, dtype=torch.long, device=mask.device),
+            prompt_mask=torch.zeros(b, 0, dtype=torch.long, device=mask.device),
+            completion_ids=torch.zeros(mask.shape, dtype=torch.long, device=mask.device),
+            completion_mask=mask, group_ids=torch.arange(b, device=mask.device),
+            truncated=torch.zeros(b, dtype=torch.bool, device=mask.device),
+            old_logprobs=old, rollout_logprobs=rollout_logprobs.detach(),
+        )  # fmt: skip
+        weights, loss_mask, corr_metrics = apply_corrections(algo.corrections, corr_batch)
     x = LossInputs(
         logprobs=logprobs,
         old_logprobs=old,
         advantages=adv.to(logprobs.dtype),
-        mask=mask,
+        mask=mask if loss_mask is None else loss_mask.to(mask.dtype),
+        num_seqs=0.0 if loss_mask is None else float((loss_mask.sum(1) > 0).sum().clamp(min=1)),
+        rollout_logprobs=rollout_logprobs,
+        correction_weights=weights,
         entropies=entropies,
         ref_logprobs=None if ref_logprobs is None else ref_logprobs.detach(),
         old_entropies=None if old_entropies is None else old_entropies.detach(),
@@ -275,4 +314,4 @@ def compute_loss(
         old_stats={k: v.detach() for k, v in (old_stats or {}).items()},
     )  # selects every [B, T] input to 0 under padding
     loss, metrics = policy_loss(algo, x)
-    return loss, {k: float(v) for k, v in metrics.items()}
+    return loss, {**corr_metrics, **{k: float(v) for k, v in metrics.items()}}

@@ -56,13 +56,29 @@ def _ray_worker(config: dict[str, Any]) -> None:
     run_objective(config["kind"], config["config_path"], config["args"])
 
 
+def starts_servers(cfg: Any) -> bool:
+    """Whether the run samples from vLLM servers unipo starts (engine=vllm without rollout.url)."""
+    return cfg is not None and cfg.rollout.engine == "vllm" and not cfg.rollout.url
+
+
+def worker_cpus(cfg: Any, nproc: int) -> int:
+    """CPUs of one Ray Train worker's bundle: 1, plus its colocated servers' (``server_owner`` gives
+    a worker at most ⌈S/W⌉ of them), so that Ray does not place other work on them."""
+    if not starts_servers(cfg) or cfg.rollout.vllm.placement != "colocate":
+        return 1
+    return 1 + -(-cfg.rollout.num_servers // nproc) * cfg.rollout.vllm.server_cpus
+
+
 def launch_ray(kind: str, config_path: str | None, args: list[str], nproc: int, address: str | None,
-               use_gpu: bool) -> dict[str, Any]:  # fmt: skip
+               use_gpu: bool, cfg: Any = None) -> dict[str, Any]:  # fmt: skip
     """Train on ``nproc`` Ray Train workers (``TorchTrainer``); returns Ray's result metrics.
 
     Connects to ``address`` (a running cluster) or starts a local one. Needs ``pip install
     unipo[ray]``. The run directory must be on a file system every worker sees (one machine, or a
-    shared disk); rank 0 writes it as under torchrun.
+    shared disk); rank 0 writes it as under torchrun. vLLM servers unipo starts (``cfg``) are
+    colocated, each inside a worker's bundle (``worker_cpus``), or with
+    ``rollout.vllm.placement=split`` started first on bundles of their own (``rollout/ray_servers.py``)
+    and handed to the workers as ``rollout.url``; they stop when training ends.
     """
     try:
         import ray
@@ -70,28 +86,43 @@ def launch_ray(kind: str, config_path: str | None, args: list[str], nproc: int, 
         from ray.train.torch import TorchConfig, TorchTrainer
     except ImportError as e:
         raise RuntimeError("train.launcher=ray needs Ray Train: pip install 'unipo[ray]'") from e
+    split = starts_servers(cfg) and cfg.rollout.vllm.placement == "split"
+    cpus = worker_cpus(cfg, nproc)
     started = False
     if not ray.is_initialized():
         if address:
             ray.init(address=address)
         else:
-            ray.init(num_cpus=max(nproc, os.cpu_count() or 1), include_dashboard=False)
+            servers_cpus = cfg.rollout.num_servers * cfg.rollout.vllm.server_cpus if split else 0
+            ray.init(num_cpus=max(nproc * cpus + servers_cpus, os.cpu_count() or 1), include_dashboard=False)
         started = True
+    servers = None
     try:
         cwd = os.getcwd()
+        storage = os.path.join(cwd, ".ray_results")
+        if split:
+            from pathlib import Path
+
+            from unipo.rollout.ray_servers import split_overrides, start_split_servers
+
+            servers = start_split_servers(cfg, use_gpu, Path(storage) / "unipo-vllm-servers")
+            args = [*args, *split_overrides(servers.urls, servers.untied)]
+        resources = {"CPU": float(cpus), **({"GPU": 1.0} if use_gpu else {})}
         trainer = TorchTrainer(
             _ray_worker,
             train_loop_config={
                 "kind": kind, "config_path": config_path, "args": args, "cwd": cwd,
             },
             torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-            scaling_config=ScalingConfig(num_workers=nproc, use_gpu=use_gpu),
-            run_config=RunConfig(storage_path=os.path.join(cwd, ".ray_results"), name="unipo"),
-        )
+            scaling_config=ScalingConfig(num_workers=nproc, use_gpu=use_gpu, resources_per_worker=resources),
+            run_config=RunConfig(storage_path=storage, name="unipo"),
+        )  # fmt: skip
         result = trainer.fit()
         if result.error is not None:
             raise result.error
         return dict(result.metrics or {})
     finally:
+        if servers is not None:
+            servers.stop()
         if started:
             ray.shutdown()

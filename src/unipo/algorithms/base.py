@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -25,6 +25,9 @@ from unipo.parts.base import (
 )
 from unipo.parts.registry import part_name
 
+if TYPE_CHECKING:
+    from unipo.batch import RolloutBatch
+
 
 @dataclass(frozen=True)
 class Algorithm:
@@ -39,6 +42,7 @@ class Algorithm:
     token_weights: tuple[TokenWeight, ...] = ()
     regularizers: tuple[Regularizer, ...] = ()
     rewards: tuple[Any, ...] = ()  # reward-shaping terms added to the task reward (RewardFn)
+    corrections: tuple[Any, ...] = ()  # rollout–trainer mismatch corrections (parts/corrections.py)
     notes: str = ""  # defaults the paper uses beyond the parts (G, lr, temperature, ...)
     # provenance: what the final form follows ("arXiv 2503.14476 Eq. 8", "owner/repo@commit
     # path:function"), and every way this preset departs from it, as plain sentences; () states
@@ -61,6 +65,7 @@ class Algorithm:
         yield from self.regularizers
         yield self.aggregate
         yield from self.rewards
+        yield from self.corrections
 
     def any_part(self, attribute: str) -> bool:
         return any(bool(getattr(p, attribute, False)) for p in self.parts())
@@ -152,6 +157,19 @@ class Algorithm:
 
         return token_temperature
 
+    def prepare(
+        self, batch: RolloutBatch, score: Callable[[torch.nn.Module], Tensor]
+    ) -> tuple[RolloutBatch, Metrics]:
+        """Every part's ``prepare(batch, score)`` hook in part order (RTO's frozen DPO model scores the
+        batch): the batch they fill and their metrics; the batch unchanged when no part has one."""
+        metrics: Metrics = {}
+        for part in self.parts():
+            hook = getattr(part, "prepare", None)
+            if hook is not None:
+                batch, more = hook(batch, score)
+                metrics.update(more)
+        return batch, metrics
+
     def replace(self, **changes: Any) -> Algorithm:
         return dataclasses.replace(self, **changes)
 
@@ -200,6 +218,7 @@ class Algorithm:
             "regularizers": [one(p) for p in self.regularizers],
             "aggregate": one(self.aggregate),
             "rewards": [one(p) for p in self.rewards],
+            **({"corrections": [one(p) for p in self.corrections]} if self.corrections else {}),
             "notes": self.notes,
             "source": self.source,
             "deviations": list(self.deviations) if self.deviations is not None else None,
@@ -211,15 +230,18 @@ def policy_loss(algorithm: Algorithm, x: LossInputs) -> tuple[Tensor, Metrics]:
 
         ℓ_{i,t} = w_{i,t} · surrogate_{i,t} + Σ_k reg^k_{i,t}        L = aggregate(ℓ, mask) + Σ_j R^j
 
-    where w is the product of every TokenWeight part (1 when there are none) and R^j the 0-dim
-    terms of regularizers marked ``aggregated`` (``parts/base.py``). Returns the scalar loss and
-    the metrics of every part. Padding never enters: the parts see ``x.without_padding()`` (every
-    [B, T] input selected to 0 where the mask is 0), and the aggregates and ``masked_mean`` select
-    rather than multiply, so NaN/±inf under padding change neither the loss nor its (finite) gradient.
+    where w is the product of every TokenWeight part and of ``x.correction_weights`` (the rollout
+    corrections' importance weights; 1 when there are none) and R^j the 0-dim terms of regularizers
+    marked ``aggregated`` (``parts/base.py``). Returns the scalar loss and the metrics of every part.
+    Padding never enters: the parts see ``x.without_padding()`` (every [B, T] input selected to 0
+    where the mask is 0), and the aggregates and ``masked_mean`` select rather than multiply, so
+    NaN/±inf under padding change neither the loss nor its (finite) gradient.
     """
     x = x.without_padding()
     metrics: Metrics = {}
     weight = torch.ones_like(x.logprobs)  # [B, T]
+    if x.correction_weights is not None:
+        weight = weight * x.correction_weights.detach().to(weight.dtype)
     for part in algorithm.token_weights:
         w, m = part(x)
         weight = weight * w.detach()

@@ -1,9 +1,11 @@
 """Built-in presets. Each is a few lines: parts, paper, and the defaults the paper uses.
 
 The presets live in small files by family and are all registered by importing this module:
-``presets_grpo`` (group/batch advantages, GSPO, PPO with a critic, REINFORCE) and
-``presets_entropy`` (Clip-Cov, KL-Cov, forking tokens), ``presets_peers`` (verl's and TRL's newer
-baselines: CISPO, SAPO, GMPO, GPG, DPPO, ReMax, OPO, GDPO, pass@k GRPO; PACS and ReMix).
+``presets_grpo`` (group/batch advantages, GSPO, PPO with a critic, REINFORCE),
+``presets_entropy`` (Clip-Cov, KL-Cov, forking tokens), ``presets_t2`` (the seeds' T2 methods),
+``presets_adv`` (the seeds' advantage estimators), ``presets_peers`` (verl's and TRL's newer
+baselines: CISPO, SAPO, GMPO, GPG, DPPO, ReMax, OPO, GDPO, pass@k GRPO; PACS and ReMix) and
+``presets_pref`` (P3O, RTO, f-DPG: the preference papers' methods that sample and read rewards).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from unipo.algorithms import (
     presets_adv,  # noqa: F401  (T2 advantage estimators: bnpo, canon, riskpo, rover, ...)
     presets_agents,  # noqa: F401  (T3 agent methods: igpo, spa_rl, epo, spear, loop, supo, r3l, ...)
     presets_peers,  # noqa: F401  (peers' baselines: cispo, sapo, gmpo, remax, ...)
+    presets_pref,  # noqa: F401  (preference papers on the RL side: p3o, rto, f_dpg_*)
     presets_t2,  # noqa: F401  (T2 seed methods: lp_reg, siren, bapo, d3s, ...)
 )
 from unipo.algorithms.presets_entropy import clip_cov, forking_tokens, kl_cov

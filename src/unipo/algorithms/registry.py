@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 from unipo.algorithms.base import Algorithm
 
 ALGORITHMS: dict[str, Algorithm] = {}
@@ -19,9 +21,11 @@ def _load_builtin() -> None:
 
 
 def get_algorithm(name: str) -> Algorithm:
+    """A fresh copy of the preset ``name``: stateful parts (adaptive coefficients, running
+    baselines, multipliers) start from their initial state in every run and every call."""
     _load_builtin()
     try:
-        return ALGORITHMS[name]
+        return copy.deepcopy(ALGORITHMS[name])
     except KeyError:
         raise ValueError(f"unknown algorithm {name!r}; allowed: {', '.join(sorted(ALGORITHMS))}") from None
 

@@ -18,7 +18,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import MaxNLocator, ScalarFormatter
 
 
 @dataclass(frozen=True)
@@ -179,3 +179,35 @@ def plot_run(run_dir: str | Path, runs: list[str | Path] | None = None) -> list[
     """Write ``run_dir/plots/<panel>.png`` for every panel with data; several ``runs`` are overlaid."""
     run_dir = Path(run_dir)
     return plot_panels(load_runs(list(runs or [run_dir])), run_dir / "plots")
+
+
+PassKCurve = dict[str, list[float]]  # {"k": [1, 2, ...], "before": [...], "after": [...]}
+
+
+def plot_passk_curves(curves: dict[str, PassKCurve], path: str | Path) -> Path:
+    """One PNG of pass@k against k (log scale) before and after training, one colour per run:
+    pass@1 rising is sharpening; pass@k rising at the largest k is widening what the model can
+    solve at all. ``curves`` maps run name → ``{"k", "before", "after"}`` lists of equal length."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (name, c) in enumerate(curves.items()):
+        if not len(c["k"]) == len(c["before"]) == len(c["after"]):
+            raise ValueError(f"pass@k curve of {name!r}: k, before and after differ in length")
+        prefix = f"{name}: " if len(curves) > 1 else ""
+        color = colors[i % len(colors)]
+        ax.plot(c["k"], c["before"], "--", color=color, label=f"{prefix}before")
+        ax.plot(c["k"], c["after"], "-", color=color, label=f"{prefix}after")
+    ax.set_xscale("log", base=2)
+    k_max = max(max(c["k"]) for c in curves.values())
+    ax.set_xticks([2**i for i in range(int(math.log2(k_max)) + 1)])
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.set_xlabel("k (samples per problem)")
+    ax.set_ylabel("pass@k (held-out)")
+    ax.set_title("pass@k before vs after training (unbiased estimator)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return out

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from unipo.diagnostics.plots import PANELS, load_runs, plot_panels, run_names
+from unipo.diagnostics.plots import PANELS, load_runs, plot_panels, plot_passk_curves, run_names
 from unipo.train.run_dir import atomic_write_text
 
 Numbers = dict[str, float]
@@ -156,6 +156,13 @@ def render_html(names: list[str], run_dirs: list[Path], rows: list[dict[str, Any
     )
 
 
+def _passk_curve(run_dir: Path) -> dict[str, list[float]] | None:
+    """``summary.json``'s ``pass_at_k`` entry ({"k", "before", "after"}), if the run has one."""
+    path = run_dir / "summary.json"
+    curve = json.loads(path.read_text()).get("pass_at_k") if path.is_file() else None
+    return curve if isinstance(curve, dict) and {"k", "before", "after"} <= set(curve) else None
+
+
 def check_run_dirs(run_dirs: list[Path]) -> None:
     """Raise a clear error for a missing directory or one without ``metrics.jsonl``."""
     if not run_dirs:
@@ -177,6 +184,9 @@ def write_report(out_dir: Path, run_dirs: list[Path]) -> Path:
     images = [f"plots/{p.name}" for p in sorted(written, key=lambda p: order.get(p.stem, len(order)))]
     names = run_names(run_dirs)
     rows = [run_numbers(p, data[n]) for n, p in zip(names, run_dirs)]
+    curves = {n: c for n, p in zip(names, run_dirs) if (c := _passk_curve(p))}
+    if curves:  # runs whose summary.json holds a pass@k curve before/after (``unipo demo``)
+        images.append(f"plots/{plot_passk_curves(curves, out_dir / 'plots' / 'pass_at_k_curve.png').name}")
     page = out_dir / "report.html"
     atomic_write_text(page, render_html(names, run_dirs, rows, images))
     return page

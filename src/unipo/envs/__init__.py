@@ -132,6 +132,10 @@ def env_rollout(cfg: Any, tokenizer: Any, model: Any, device: Any, dist: Any = N
         raise ValueError("env.turn_rewards score with the policy on each rank's share of the episodes, which "
                          "a "
                          "sharded (fsdp2) policy cannot do rank by rank; use train.parallel=ddp")  # fmt: skip
+    if cfg.env.turn_rewards and getattr(cfg.rollout, "async_", False) and cfg.rollout.max_staleness > 0:
+        raise ValueError("env.turn_rewards score with the policy while the episodes are played, which "
+                         "rollout.async does during the update (the weights change under it); use "
+                         "rollout.async=false")  # fmt: skip
     scorer = PolicyScorer(model, device, cfg.optim.micro_batch_size, cfg.rollout.sampling.temperature)
     return build_env_rollout(cfg.env, tokenizer, scorer)
 

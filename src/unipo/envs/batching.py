@@ -8,6 +8,8 @@ completion is the whole trajectory after the prompt, and
     turn_index       [B, T] long    model turn k of each token, −1 on environment tokens and padding
     logprobs         [B, T] float   the sampler's log-probs (0 on environment tokens), when the engine
                                     gave them; None otherwise
+    weight_version   [B] long       the oldest weight version that sampled one of the row's turns (None
+                                    when the engine reports none)
 
 so selections, advantages, surrogates, aggregates and their denominators see model tokens only. Per
 row, ``columns`` reach the reward functions (``env_reward``: the episode's score; ``turns``,
@@ -88,6 +90,8 @@ def trajectories_to_generation(trajs: list[Trajectory], tokenizer: Any, n_per: i
     have_lp = all(t.logprobs is not None for t in trajs)
     logps = _right([t.logprobs or [] for t in trajs], width, 0.0, torch.float32) if have_lp else None
     truncated = torch.tensor([t.truncated for t in trajs], dtype=torch.bool)
+    known = bool(trajs) and all(t.weight_version is not None for t in trajs)
+    versions = torch.tensor([t.weight_version for t in trajs], dtype=torch.long) if known else None  # [B]
     texts = [tokenizer.decode(t.ids, skip_special_tokens=True) for t in trajs]
     finals = [t.turn_texts[-1] if t.turn_texts and t.end == "answer" else "" for t in trajs]
     segmented = any(t.segment for t in trajs)
@@ -116,7 +120,8 @@ def trajectories_to_generation(trajs: list[Trajectory], tokenizer: Any, n_per: i
     }
     return EpisodeGeneration(
         prompt_ids=p_ids, prompt_mask=p_mask, completion_ids=ids, completion_mask=loss, truncated=truncated,
-        completions=texts, context_mask=seen, turn_index=turns, logprobs=logps, columns=columns,
+        completions=texts, context_mask=seen, turn_index=turns, logprobs=logps, weight_version=versions,
+        columns=columns,
         row_metadata=meta, metrics=metrics, trajectories=trajs, _tokenizer=tokenizer,
         row_prompt=[t.episode // n_per for t in trajs] if segmented and n_per else None,
     )  # fmt: skip

@@ -9,7 +9,9 @@ ids the trainer scores are the ids the sampler produced (no retokenization drift
 
 The engine is used only through the ``RolloutEngine`` protocol (``generate`` and the ``Generation`` it
 returns: ``completion_ids``, ``completion_mask``, ``truncated`` and, when the engine gives them, the
-sampler's ``logprobs`` [B, T]), so the HF engine and a vLLM one drive it alike.
+sampler's ``logprobs`` [B, T] and ``weight_version`` [B]), so the HF engine and the vLLM one
+(``rollout.engine=vllm``: the turn's context goes to the server as token ids, the sampled ids come
+back) drive it alike. A trajectory's weight version is the oldest of its turns'.
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ class Trajectory:
     episode: int = 0  # the row (prompt·n + j) this trajectory, or segment of one, belongs to
     segment: int = 0  # SUPO: the segment's place in its episode (0 without summarization)
     episode_end: str = ""  # the episode's ``end`` (a summarized segment's own end is "summary")
+    # the oldest weight version that sampled one of its turns (None: the engine reports none)
+    weight_version: int | None = None
 
     @property
     def truncated(self) -> bool:
@@ -173,6 +177,7 @@ def run_episodes(
         else:
             gen = engine.generate(contexts, 1, params)
         logps = getattr(gen, "logprobs", None)
+        versions = getattr(gen, "weight_version", None)  # [B] or None
         still: list[int] = []
         for i, r in enumerate(live):
             traj, valid = trajs[r], gen.completion_mask[i].bool()
@@ -181,6 +186,9 @@ def run_episodes(
             cut = len(toks) > room[r]
             toks, lp = toks[: room[r]], (lp[: room[r]] if lp is not None else None)
             traj._append(toks, True, traj.num_turns, lp)
+            if versions is not None:
+                v = int(versions[i])
+                traj.weight_version = v if traj.weight_version is None else min(traj.weight_version, v)
             text = tokenizer.decode(toks, skip_special_tokens=True)
             traj.turn_texts.append(text)
             if r in summarizing:  # the segment ends on its summary; the episode goes on from prompt + summary

@@ -14,12 +14,17 @@ from unipo.rollout.base import Generation, SamplingParams
 class ScriptedEngine:
     """The continuation of a context is ``policy(decoded context)``, tokenized; it stops after EOS or the
     first stop string and at ``max_new_tokens`` (``truncated`` then), and reports sampler log-probs of
-    ``logprob`` per token, as an engine that returns them (vLLM) does. ``calls`` records
-    (prompts, n) of every ``generate``."""
+    ``logprob`` per token, as an engine that returns them (vLLM) does, and every row's weight version
+    (``version``, set by ``update_weights``). ``calls`` records (prompts, n) of every ``generate``."""
+
+    shares_weights = True
+    supports_sleep = False
+    supports_pause = False
 
     def __init__(self, tokenizer: Any, policy: Callable[[str], str], logprob: float = -0.5) -> None:
         self.tok, self.policy, self.logprob = tokenizer, policy, logprob
         self.calls: list[tuple[int, int]] = []
+        self.version: int | None = 0
 
     def generate(self, prompts: list[list[int]], n: int, params: SamplingParams) -> Generation:
         rows, cut = [], []
@@ -46,7 +51,11 @@ class ScriptedEngine:
         p_ids = torch.zeros(len(rows), 1, dtype=torch.long)
         gen = Generation(p_ids, torch.ones_like(p_ids), ids, mask, torch.tensor(cut))
         gen.logprobs = self.logprob * mask  # [B, T]
+        gen.weight_version = torch.full((len(rows),), int(self.version or 0), dtype=torch.long)  # [B]
         return gen
 
-    def sync_weights(self, model: Any) -> None:
+    def update_weights(self, weights: Any, version: int) -> None:
+        self.version = version
+
+    def close(self) -> None:
         return None

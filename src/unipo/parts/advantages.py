@@ -41,10 +41,12 @@ def masked_whiten(values: Tensor, mask: Tensor, eps: float = 1e-8) -> Tensor:
 def token_rewards(
     batch: RolloutBatch, kl_coef: float = 0.0, estimator: KLEstimator = "k1"
 ) -> Tensor:  # [B, T]
-    """Per-token rewards: r_t = 1[t = last valid token]·r − β·KL_t, 0 on padding.
+    """Per-token rewards: r_t = 1[t = last valid token]·r − β·KL_t (+ d_t), 0 on padding.
 
     KL_t is estimated between the *rollout* policy and the reference, KL_t = k(log π_old,
-    log π_ref) (k1 = log π_old − log π_ref by default), as verl ``apply_kl_penalty``.
+    log π_ref) (k1 = log π_old − log π_ref by default), as verl ``apply_kl_penalty``. d_t is
+    ``batch.token_rewards`` when a part filled it (RTO's DPO token reward, OpenRLHF
+    ``compute_reward(token_reward=...)``), else 0.
     """
     r = _rewards(batch)  # [B]
     mask = batch.completion_mask.float()  # [B, T]
@@ -61,6 +63,8 @@ def token_rewards(
             )
         kl = kl_estimate(batch.old_logprobs.float(), batch.ref_logprobs.float(), estimator)  # [B, T]
         out = out - kl_coef * kl * mask
+    if batch.token_rewards is not None:
+        out = out + batch.token_rewards.float() * mask
     return out
 
 

@@ -184,6 +184,8 @@ class R3LAdvantage:
     tau: float = 1.0
     pivotal: bool = True
 
+    min_group_size = 1  # a lone row's baseline is 0: A = r (amplified) / (1 + τ) still carries the reward
+
     def __call__(self, batch: RolloutBatch) -> tuple[Tensor, Metrics]:
         from unipo.parts.base import group_stats
 

@@ -118,13 +118,18 @@ class SPEARReplay:
         if not replay:
             return fresh, metrics
         metrics["selection/spear_baseline"] = scalar(base)
-        rows = [self._row(e, k) for k, e in enumerate(replay)]
+        # a replayed row is a demonstration the update re-scores (π_old of the current weights), not a
+        # sample of an older policy: it carries the step's weight version, as its fresh rows do
+        known = fresh.weight_version is not None and fresh.size > 0
+        version = fresh.weight_version.max().reshape(1) if known else None  # [1]
+        rows = [self._row(e, k, version) for k, e in enumerate(replay)]
         return RolloutBatch.concat([fresh, *rows]), metrics
 
-    def _row(self, e: dict[str, Any], k: int) -> RolloutBatch:
+    def _row(self, e: dict[str, Any], k: int, version: torch.Tensor | None = None) -> RolloutBatch:
         tensors = {name: e[name][None] for name in _ROW_TENSORS if name in e}
         return RolloutBatch(
             **tensors, group_ids=torch.tensor([REPLAY_GROUP_BASE + k]), truncated=torch.tensor([False]),
+            weight_version=version,
             rewards=torch.tensor([e["reward"]]), metadata=[{REPLAY_KEY: True, ADV_KEY: e["advantage"],
                                                             "turns": e["turns"]}],
         )  # fmt: skip

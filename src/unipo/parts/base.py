@@ -8,8 +8,15 @@
 | Surrogate   | ``s(x: LossInputs)``              | (per-token policy loss [B, T], metrics)  |
 | Regularizer | ``r(x: LossInputs)``              | (per-token loss term [B, T], metrics)¹   |
 | Aggregate   | ``agg(loss [B, T], x: LossInputs)`` | scalar loss                            |
+| Correction  | ``corr(batch: RolloutBatch)``     | (weights [B, T] ≥ 0, keep [B, T] bool, metrics)² |
 
 ¹ a 0-dim term instead for a part marked ``aggregated`` (below).
+² rollout–trainer mismatch corrections (``parts/corrections.py``: tis, mis, geo_rs, bypass), read
+  ``batch.old_logprobs`` (π_old) and ``batch.rollout_logprobs`` (the sampler μ). The trainer runs
+  them once per rollout batch after the π_old pass: the product of their weights multiplies the
+  surrogate (``LossInputs.correction_weights``, with the token weights), and tokens any of them does
+  not keep leave the loss and its denominators (``RolloutBatch.loss_mask`` → ``LossInputs.mask``).
+  Add them to any preset with ``algorithm.corrections=[tis]`` (+ ``algorithm.params.tis``).
 
 All losses are quantities to *minimize*. Metrics are dicts of 0-dim tensors or floats,
 named ``kind/what`` (``surrogate/clip_frac_low``); the trainer averages and logs them.
@@ -17,7 +24,10 @@ named ``kind/what`` (``surrogate/clip_frac_low``); the trainer averages and logs
 Optional part attributes the trainer reads (never part names):
     needs_reference: bool      ref log-probs must be computed for the batch
     needs_entropy_grad: bool   the current policy's entropy must carry gradient
-    needs_old_logprobs: bool   old log-probs must exist before the advantage is computed
+    needs_old_logprobs: bool   old log-probs must exist before the advantage is computed (and
+                               before the corrections run)
+    old_from_rollout: bool     (Correction) π_old := μ: the trainer takes the sampler's log-probs as
+                               old log-probs and skips its π_old pass (bypass mode)
     needs_values: bool         (Advantage) a critic must fill batch.values; the part then also
                                offers value_targets(batch) -> [B, T] for the critic's loss
     uses_groups: bool          (Advantage; default True) the estimator compares the completions of
@@ -61,6 +71,15 @@ Optional part attributes the trainer reads (never part names):
     (``turn_rewards``, ``turn_ok``, ``tool_calls``, ``turns``; see ``unipo.envs.batching``).
 Optional methods:
     state_dict() / load_state_dict(d)   stateful parts (adaptive coefficients, anchors)
+    prepare(batch, score) -> (batch, metrics)
+                                        runs once per step after the π_old / π_ref passes and before
+                                        the critic and the advantage: a part that needs per-token values
+                                        of a frozen model of its own (RTO's DPO model) gets them from
+                                        ``score(model) -> log-probs [B, T]`` (no grad, on the CPU), the
+                                        trainer's own no-grad pass (its device, micro-batches, rollout
+                                        temperature, shared-prompt pass: the one that made
+                                        ``batch.ref_logprobs``), and returns the batch with what it filled
+                                        (``batch.token_rewards``); ``Algorithm.prepare`` runs every hook
     on_step_end(metrics)                update state once per optimizer step
     check(algorithm) -> str | None      reject an incompatible composition, saying why
     sampling_temperature(metrics) -> float | None
@@ -152,6 +171,8 @@ class LossInputs:
     flag_rows: dict[str, float] = field(default_factory=dict)  # key -> their rows, accumulated batch
     # multi-turn rows (unipo.envs): the model turn of each token, −1 on environment tokens and padding
     turn_index: Tensor | None = None  # [B, T] long; None: single-turn
+    rollout_logprobs: Tensor | None = None  # [B, T] log μ of the sampler (processed), no grad
+    correction_weights: Tensor | None = None  # [B, T] rollout corrections' IS weights, no grad (None: 1)
 
     def __post_init__(self) -> None:
         if self.num_tokens <= 0:

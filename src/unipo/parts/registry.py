@@ -6,7 +6,9 @@ import importlib
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-KINDS = ("advantage", "selection", "token_weight", "surrogate", "regularizer", "aggregate", "reward")
+KINDS = (
+    "advantage", "selection", "token_weight", "surrogate", "regularizer", "aggregate", "reward", "correction",
+)
 
 PARTS: dict[str, dict[str, type]] = {k: {} for k in KINDS}
 
@@ -52,7 +54,15 @@ def part_name(part: Any) -> str:
 
 def _load_builtin_parts() -> None:
     # Importing the modules runs their @register decorators.
-    from unipo.parts import advantages, aggregate, regularizers, selection, surrogates, weights  # noqa: F401
+    from unipo.parts import (  # noqa: F401
+        advantages,
+        aggregate,
+        corrections,
+        regularizers,
+        selection,
+        surrogates,
+        weights,
+    )
     from unipo.rewards import shaping  # noqa: F401
 
     for module in (
@@ -60,6 +70,7 @@ def _load_builtin_parts() -> None:
         "advantages_value", "ares_t2", "clipping_t2", "entropy_t2", "rewards_t2", "selection_t2", "tokens_t2",
         "otb", "peer_advantages", "peer_surrogates", "remax", "surrogates_t2",
         "agent_turns", "agent_credit", "agent_losses", "agent_replay",
+        "pairwise", "fdpg", "token_reward",
     ):  # fmt: skip
         importlib.import_module(f"unipo.parts.{module}")
     importlib.import_module("unipo.rewards.agents")

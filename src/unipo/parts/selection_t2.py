@@ -298,6 +298,7 @@ class HPTSwitch:
             group_ids=one.group_ids,
             truncated=torch.zeros(1, dtype=torch.bool),
             rewards=torch.tensor([self.sft_reward]),
+            weight_version=one.weight_version,  # the step's version (a demonstration is not sampled)
             metadata=[meta],
         )
 

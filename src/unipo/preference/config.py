@@ -76,6 +76,10 @@ class LossConfig(_Strict):
     ordering: dict[str, Any] = Field(
         default_factory=dict, description="Override the preset's data-ordering parameters (Curry-DPO)."
     )
+    pairing: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Override the preset's on-policy pair builder (OPA-DPO: corrector, corrector_path, ...).",
+    )
 
 
 class PairsConfig(_Strict):

@@ -17,7 +17,8 @@ Attributes a loss declares (class-level, read by the trainer; never the loss's n
                                  whose sequence log-probs are in the inputs (SPO; ``variants.py``)
 
 This file holds the T1 losses (DPO, cDPO, robust DPO, IPO, f-DPO, SimPO, ORPO); the seed papers'
-variants are in ``losses_t2.py``. Metrics: ``pref/chosen_reward``, ``pref/rejected_reward``,
+variants are in ``losses_t2.py`` and, for losses that read the responses' scores, ``losses_pg.py``.
+Metrics: ``pref/chosen_reward``, ``pref/rejected_reward``,
 ``pref/margin``, ``pref/accuracy`` (the loss's implicit reward of the best vs the worst response).
 """
 
@@ -327,7 +328,7 @@ class ORPO:
 
 def make_loss(name: str, **params: Any) -> Any:
     """The loss registered as ``name`` with ``params`` (clear errors for unknown names/params)."""
-    from unipo.preference import losses_t2  # noqa: F401  (registers the T2 losses)
+    from unipo.preference import losses_pg, losses_t2  # noqa: F401  (registers the T2 losses)
 
     if name not in PREFERENCE_LOSSES:
         raise ValueError(f"unknown preference loss {name!r}; allowed: {', '.join(sorted(PREFERENCE_LOSSES))}")

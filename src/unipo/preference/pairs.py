@@ -140,9 +140,14 @@ def sample_preferences(
     strategy: str,
     win_prob: str = "hard",
     reference_engine: RolloutEngine | None = None,
+    builder: Callable[..., tuple[list[PreferenceExample], dict[str, float]]] | None = None,
 ) -> tuple[list[PreferenceExample], dict[str, float]]:
     """Sample, score and pair: G completions per prompt from ``engine`` (plus G from
-    ``reference_engine`` when given), scored by ``reward_set``; items whose reward is None are left out."""
+    ``reference_engine`` when given), scored by ``reward_set``; items whose reward is None are left out.
+
+    ``builder(examples, prompt_ids, prompt_texts, groups)`` replaces ``strategy`` when given (OPA-DPO's
+    corrected pairs, ``opa.OPAPairing.build``): ``groups[i]`` holds prompt i's scored samples as
+    (token ids, score, from_reference, {"prompt", "completion"}); it returns (examples, metrics)."""
     t0 = time.perf_counter()
     sources = [(engine, False)] + ([(reference_engine, True)] if reference_engine is not None else [])
     gens = [(eng.generate(prompt_ids, group_size, sampling), is_ref) for eng, is_ref in sources]
@@ -171,6 +176,11 @@ def sample_preferences(
                 policy_rewards.append(float(total))
     tied = 0
     gaps: list[float] = []
+    if builder is not None:
+        out, bmetrics = builder(examples, prompt_ids, prompt_texts, per_prompt)
+        metrics.update(bmetrics)
+        gaps = [ex.scores[0] - ex.scores[-1] for ex in out]
+        per_prompt = []  # the builder made the pairs
     for p_ids, group in zip(prompt_ids, per_prompt):
         if len(group) < 2:
             tied += 1

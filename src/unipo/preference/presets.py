@@ -13,8 +13,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from unipo.preference.losses import CDPO, DPO, FDPO, IPO, ORPO, RobustDPO, SimPO
+from unipo.preference.losses_pg import CoPG
 from unipo.preference.losses_t2 import CPL, INPO, SPO, SPPO, XPO, LiPOLambda, SparsePO
+from unipo.preference.opa import OPAPairing
 from unipo.preference.pairs import CurriculumOrdering
+
+# RL presets (``unipo.algorithms.presets_pref``) that carry preference papers' methods: they sample
+# on-policy and read rewards, π_old and a critic, so they run in the RL trainer (``unipo train``);
+# ``unipo preference --presets`` lists them too
+RL_PRESETS = ("p3o", "rto", "f_dpg_kl", "f_dpg_rkl", "f_dpg_tv", "f_dpg_js")
 
 
 @dataclass(frozen=True)
@@ -25,6 +32,7 @@ class PreferencePreset:
     paper: str
     loss: Any
     ordering: Any = None  # callable examples -> stages (Curry-DPO), None: one shuffled stage
+    pairing: Any = None  # on-policy pair builder replacing pairs.strategy (OPA-DPO's corrections)
     notes: str = ""
     source: str = ""  # what the final form follows (paper equation, repository@commit path:function)
     deviations: tuple[str, ...] | None = None  # ways it departs from the source; () = none, None = unstated
@@ -33,6 +41,8 @@ class PreferencePreset:
         yield self.loss
         if self.ordering is not None:
             yield self.ordering
+        if self.pairing is not None:
+            yield self.pairing
 
     def any_part(self, attribute: str) -> bool:
         return any(bool(getattr(p, attribute, False)) for p in self.parts())
@@ -48,17 +58,20 @@ class PreferencePreset:
         return self.any_part("listwise") or self.any_part("needs_lists")
 
     def with_params(
-        self, loss: dict[str, Any] | None = None, ordering: dict[str, Any] | None = None
+        self,
+        loss: dict[str, Any] | None = None,
+        ordering: dict[str, Any] | None = None,
+        pairing: dict[str, Any] | None = None,
     ) -> PreferencePreset:
-        """This preset with loss / ordering parameters replaced (unknown names are errors)."""
+        """This preset with loss / ordering / pairing parameters replaced (unknown names are errors)."""
         changes: dict[str, Any] = {}
-        for attr, params in (("loss", loss), ("ordering", ordering)):
+        for attr, params in (("loss", loss), ("ordering", ordering), ("pairing", pairing)):
             part = getattr(self, attr)
             if not params:
                 continue
             if part is None:
                 raise ValueError(f"preset {self.name!r} has no {attr} to set {sorted(params)} on")
-            allowed = {f.name for f in dataclasses.fields(part)}
+            allowed = {f.name for f in dataclasses.fields(part) if not f.name.startswith("_")}
             bad = set(params) - allowed
             if bad:
                 raise ValueError(
@@ -72,7 +85,11 @@ class PreferencePreset:
         """Name, loss and ordering with their parameters, paper, notes, source and deviations."""
 
         def one(p: Any) -> str:
-            params = ", ".join(f"{f.name}={getattr(p, f.name)!r}" for f in dataclasses.fields(p))
+            params = ", ".join(
+                f"{f.name}={getattr(p, f.name)!r}"
+                for f in dataclasses.fields(p)
+                if not f.name.startswith("_")
+            )
             return f"{getattr(p, 'loss_name', type(p).__name__)}({params})"
 
         out: dict[str, Any] = {
@@ -82,6 +99,8 @@ class PreferencePreset:
         }  # fmt: skip
         if self.ordering is not None:
             out["ordering"] = one(self.ordering)
+        if self.pairing is not None:
+            out["pairing"] = one(self.pairing)
         return out
 
 
@@ -264,6 +283,43 @@ _add(
             "ranking, no extra parameters); the authors may train a classification head.",
             "Degree labels are the number of key phrases removed; the term is applied to the chosen and "
             "the rejected response and summed.",
+        ),
+    ),
+    PreferencePreset(
+        "copg", "Flet-Berliac et al. 2024, Contrastive Policy Gradient (CoPG), arXiv:2406.19185 (EMNLP)",
+        CoPG(0.06),
+        notes="off-policy: any pairs of scored responses (offline data with score columns, or on-policy "
+        "rounds); β = 0.06, the paper's best (IPO's was 0.01, DPO's 0.1); lr 1e-6, batch 128, 2 epochs",
+        source="arXiv:2406.19185 Eq. 7–9 (sample loss ℓ_CoPG), Eq. 17 (empirical loss), Eq. 18–19 "
+        "(gradient), Prop. 3 (IPO at R = ±1/4), §6 (β sweep; 0.06 best); no authors' code found",
+        deviations=(
+            "On-policy pairs drop tied scores (pairs.strategy), which CoPG could learn from (ΔR = 0 pulls "
+            "Δρ towards 0); the paper trains on a fixed offline set of pairs.",
+            "Offline pairs without score columns get scores 1/0 (data.py): ΔR = 1, and CoPG is then IPO with "
+            "target 1/(2τ) = 1/β; the paper scores every response with a reward model.",
+        ),
+    ),
+    PreferencePreset(
+        "opa_dpo",
+        "Yang et al. 2025, Mitigating Hallucinations in LVLMs via DPO: On-Policy Data Hold the Key "
+        "(OPA-DPO), arXiv:2501.09695 (CVPR)",
+        DPO(0.1), pairing=OPAPairing(),
+        notes="on-policy only: each sample y is corrected (verifier edit of its final answer, or a local "
+        "model: loss.pairing={corrector: model, corrector_path: DIR}); pairs (ŷ ≻ y) and (ground truth ≻ "
+        "y); 2 SFT epochs on the preferred responses (OPA), then π_ref ← π_θ and DPO β = 0.1; authors: "
+        "4.8k samples, DPO lr 1e-6 × 4 epochs after OPA (LoRA r 256, lr 2e-4, 2 epochs)",
+        source="zhyang2226/OPA-DPO@db90180ebcbdd2199f4eb643af32238dbc73b6fe base_operations/"
+        "make_opadpo_dataset.py, opadpo/dpo_models/dpo_trainer.py:DPOTrainer.compute_policy_loss "
+        "(losses1 standard ≻ original, losses2 AI_pseudo ≻ original), make_models (reference = the OPA "
+        "model), run/train_opa.sh, run/train_opa_dpo.sh; arXiv:2501.09695 Fig. 1(d)",
+        deviations=(
+            "The corrector is a verifier-guided edit or a local model; the authors ask GPT-4V for minimal "
+            "sentence-level rewrites of the hallucinations.",
+            "No token weights from the corrector's report (response_score) and no image-masking (CoPO) or "
+            "anchor (AncPO) terms: they are specific to vision-language models.",
+            "The OPA step is SFT with the preference optimizer and learning rate, on the full model or its "
+            "LoRA; the authors train a separate LoRA at lr 2e-4.",
+            "OPA and DPO repeat every on-policy round; the authors collect once and train once.",
         ),
     ),
 )  # fmt: skip

@@ -5,11 +5,15 @@ owns the run directory, checkpoints, signals, evaluation and logging; one unit i
 
     collect: the offline examples  |  on-policy: prompts → G samples (+ G from π_ref when the loss
              needs_reference_samples) → scores → pairs, or ranked lists when the preset needs lists;
-             + V key-content-removed copies of every response when a part asks for response_variants
-    update:  stages = preset.ordering(data) (Curry-DPO) or [data]; for each stage:
+             + V key-content-removed copies of every response when a part asks for response_variants;
+             a preset's ``pairing`` part builds the pairs itself (OPA-DPO: corrected responses)
+    update:  stages = preset.ordering(data) (Curry-DPO) or [data], after an alignment stage of
+             ``pairing.alignment_epochs`` SFT epochs on the preferred responses when it has one (OPA);
+             for each stage:
                π_ref ← π_θ first, if a part has iterative_reference_update (not before the first stage)
                reference values (log-probs, anchor log-probs, activation masks): once per stage, cached
-               epochs × minibatches of optimizer steps (gradient accumulation), one record each
+               epochs × minibatches of optimizer steps (gradient accumulation), one record each, with
+               the DID entropy (``did.py``) whenever the loss has reference log-probs
 
 A checkpoint can be taken after any optimizer step (a signal mid-round): it holds the round's
 position, its on-policy data and, mid-stage with an iterated reference, π_ref's weights, so a
@@ -18,11 +22,9 @@ resumed run continues at the next minibatch exactly.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 import math
-import time
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,19 +33,17 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from unipo.preference.batch import PreferenceBatch, PreferenceExample
+from unipo.preference.batch import PreferenceExample
 from unipo.preference.config import PreferenceConfig
-from unipo.preference.losses import PreferenceInputs
-from unipo.preference.pairs import expand_list, sample_preferences
+from unipo.preference.did import did_metrics
+from unipo.preference.opa import alignment_set, sft_loss
 from unipo.preference.presets import get_preset
-from unipo.preference.reference import attach_reference, batch_reference, policy_logprobs
-from unipo.preference.variants import add_variants, variant_inputs
-from unipo.rollout.hf import HFEngine
+from unipo.preference.trainer_data import PreferenceData
 from unipo.train.dist import init_dist
 from unipo.train.loop import TrainLoop
 from unipo.train.phases import PhaseMeter
-from unipo.train.policy_setup import FullParamsEngine, load_policy
-from unipo.train.sharding import average_gradients, full_params, shard_policy
+from unipo.train.policy_setup import load_policy
+from unipo.train.sharding import average_gradients, shard_policy
 from unipo.train.utils import process_device, seed_everything
 
 OPTIMIZERS = {"adamw": torch.optim.AdamW, "rmsprop": torch.optim.RMSprop}
@@ -53,7 +53,7 @@ class PreferenceTrainingError(RuntimeError):
     """The run cannot go on (repeated non-finite losses, no usable data)."""
 
 
-class PreferenceTrainer:
+class PreferenceTrainer(PreferenceData):
     """The preference objective: builds what a ``PreferenceConfig`` names; ``train()`` runs it in
     the one loop (``TrainLoop``) and returns the summary."""
 
@@ -81,11 +81,19 @@ class PreferenceTrainer:
         self.phases = PhaseMeter(self.device)  # time and peak memory of the update
         if not cfg.model.path:
             raise ValueError("model.path is empty: give a local Hugging Face causal-LM directory")
-        self.preset = get_preset(cfg.loss.preset).with_params(cfg.loss.params, cfg.loss.ordering)
+        lc = cfg.loss
+        self.preset = get_preset(lc.preset).with_params(lc.params, lc.ordering, lc.pairing)
         self.loss = self.preset.loss
         self.iterative = self.preset.any_part("iterative_reference_update")
         self.task = task_from_config(cfg.task) if cfg.task is not None else None
         self.online = not cfg.data.path
+        if self.preset.any_part("needs_on_policy") and not self.online:
+            raise ValueError(
+                f"preset {self.preset.name!r} builds its pairs from this run's own samples (on-policy "
+                f"rounds); remove data.path ({cfg.data.path!r}) and give a task"
+            )
+        # OPA-DPO's alignment stage: SFT epochs on the preferred responses before the preference stages
+        self.align_epochs = int(getattr(self.preset.pairing, "alignment_epochs", 0) or 0)
         # the policy (sharded under FSDP2: ``scorer`` is its root); π_ref and INPO's anchor: copies made
         # before sharding and sharded apart, or, with LoRA and a fixed reference, the adapter-off policy
         copies: dict[str, torch.nn.Module] = {}
@@ -155,97 +163,30 @@ class PreferenceTrainer:
         self._pending: dict[str, Any] | None = None  # the round in progress: its data and position
         self.run_dir: Path | None = None
 
-    # ------------------------------------------------------------------ models and data
-    def _engine(self, model: torch.nn.Module, root: torch.nn.Module | None) -> Any:
-        engine = HFEngine(model, self.tokenizer, max_batch=self.cfg.pairs.max_batch)
-        return FullParamsEngine(engine, root) if self.dist.sharded and root is not None else engine
-
-    @contextlib.contextmanager
-    def _ref_context(self) -> Iterator[None]:
-        """π_ref computes inside: the LoRA policy with its adapter off, the reference's FSDP2
-        parameters gathered (its no-grad passes differ in number across ranks)."""
-        off = self.model.disable_adapter() if self._ref_hf is self.model else contextlib.nullcontext()
-        with off, full_params(self.ref_root), full_params(self.anchor_model):
-            yield
-
-    def _as_needed(self, examples: list[PreferenceExample]) -> list[PreferenceExample]:
-        """Ranked lists become pairs (``data.list_pairs``) unless the preset takes lists."""
-        if not self.preset.needs_lists:
-            lists = self.cfg.data.list_pairs
-            examples = [p for ex in examples for p in (expand_list(ex, lists) if ex.size > 2 else [ex])]
-        if self.variants:  # key-content-removed copies of every response (SPO)
-            add_variants(examples, self.tokenizer, self.variants)
-        return examples
-
-    def _collect(self) -> tuple[list[PreferenceExample], dict[str, float]]:
-        """One on-policy round of data: sample, score, pair (see ``pairs.sample_preferences``)."""
-        cfg = self.cfg.pairs
-        examples = [self.train_examples[i] for i in self.sampler.take(cfg.prompts_per_round)]
-        examples = examples[self.dist.share(len(examples))]  # each rank samples its share of the prompts
-        ids, texts = self._encode(examples)
-        strategy = cfg.strategy
-        if strategy == "auto":
-            strategy = "list" if self.preset.needs_lists else "best_worst"
-            strategy = "policy_vs_reference" if self.ref_engine is not None else strategy
-        data, metrics = sample_preferences(
-            engine=self.engine, reward_set=self.reward_set, examples=examples, prompt_ids=ids,
-            prompt_texts=texts, group_size=cfg.group_size, sampling=cfg.sampling, strategy=strategy,
-            win_prob=cfg.win_prob, reference_engine=self.ref_engine,
-        )  # fmt: skip
-        if self.dist.enabled:  # every rank trains on the whole round's pairs, in rank order
-            parts = self.dist.all_gather_object((data, metrics, len(examples)))
-            data = [ex for part in parts for ex in part[0]]
-            total = max(sum(n for _, _, n in parts), 1)
-            metrics = {k: sum(m.get(k, 0.0) * n for _, m, n in parts) / total for k in parts[0][1]}
-        return self._as_needed(data), metrics
-
-    def _attach_reference(self, examples: list[PreferenceExample]) -> float:
-        """Reference values for a stage: computed once (reused, or read from the run's cache)."""
-        if not self.preset.any_part("needs_reference") or self.cfg.data.ref_logprobs == "on_the_fly":
-            return 0.0
-        t0 = time.perf_counter()
-        cache = self.run_dir / "ref_logprobs.safetensors" if self.run_dir else None
-        usable = (
-            cache is not None and self.cfg.data.cache_ref_logprobs and not (self.online or self.iterative)
-        )
-        attach_reference(
-            examples, self.ref_model, anchor=self.anchor_model, pad_id=self.pad_id, device=self.device,
-            micro_batch=self.cfg.optim.micro_batch_size, refresh=self.iterative,
-            activations=self.preset.any_part("needs_reference_activations"), cache=cache if usable else None,
-            identity=str(Path(self.cfg.model.path).resolve()), context=self._ref_context(),
-        )  # fmt: skip
-        return time.perf_counter() - t0
-
-    def _inputs(self, examples: list[PreferenceExample]) -> PreferenceInputs:
-        batch = PreferenceBatch.collate(examples, self.pad_id).to(self.device)
-        ref, weights, anchor = batch.ref_logprobs, batch.ref_weights, batch.anchor_logprobs
-        if self.preset.any_part("needs_reference") and ref is None:  # on the fly
-            with self._ref_context():
-                ref, weights = batch_reference(
-                    self.ref_model, batch, self.preset.any_part("needs_reference_activations")
-                )
-            if self.anchor_model is not None:
-                anchor, _ = batch_reference(self.anchor_model, batch)
-        extra = {} if not self.variants else variant_inputs(
-            self.scorer, self.ref_model, examples, pad_id=self.pad_id, device=self.device,
-            ref_context=self._ref_context,
-        )  # fmt: skip
-        return PreferenceInputs(
-            logprobs=policy_logprobs(self.scorer, batch), mask=batch.response_mask, ref_logprobs=ref,
-            anchor_logprobs=anchor, valid=batch.valid, scores=batch.scores, win_prob=batch.win_prob,
-            from_reference=batch.from_reference, ref_weights=weights, **extra,
-        )  # fmt: skip
-
     # ------------------------------------------------------------------ one optimizer step
-    def optimizer_step(self, examples: list[PreferenceExample]) -> dict[str, float]:
+    def optimizer_step(self, examples: list[PreferenceExample], sft: bool = False) -> dict[str, float]:
         """Mean loss over ``examples`` (accumulated over micro-batches), clip, step; returns metrics
-        (with ``time/update``, ``memory/update_peak_mb`` and ``memory/peak_mb``: ``train/phases.py``)."""
+        (with ``time/update``, ``memory/update_peak_mb`` and ``memory/peak_mb``: ``train/phases.py``).
+        ``sft``: the loss is the NLL of each example's preferred response (OPA-DPO's alignment stage)."""
         with self.phases("update"):
-            sums = self._accumulate_and_step(examples)
+            sums = self._accumulate_and_step(examples, sft)
         sums.update(self.phases.metrics())
         return sums
 
-    def _accumulate_and_step(self, examples: list[PreferenceExample]) -> dict[str, float]:
+    def _micro_loss(self, chunk: list[PreferenceExample], sft: bool) -> tuple[torch.Tensor, dict[str, Any]]:
+        """(per-example loss [n_chunk], metrics) of one micro-batch: the preset's loss, or the SFT NLL."""
+        if sft:
+            return sft_loss(self.scorer, chunk, self.pad_id, self.device)
+        x = self._inputs(chunk)
+        per_example, metrics = self.loss(x)  # [n_chunk]
+        last = x.valid.long().sum(1) - 1  # [n_chunk] index of the worst valid response
+        logps = x.logps.detach()
+        metrics["logps/chosen"] = logps[:, 0].mean()  # Σ_t log π_θ of the best response
+        metrics["logps/rejected"] = logps.gather(1, last[:, None]).mean()  # ... of the worst
+        metrics.update(did_metrics(x))  # the entropy of the differential information (did.py)
+        return per_example, metrics
+
+    def _accumulate_and_step(self, examples: list[PreferenceExample], sft: bool = False) -> dict[str, float]:
         """Σ per-example losses / n over micro-batches, clip, step. With several processes every
         rank holds the same ``examples``; each computes its share of every micro-batch (``world`` ×
         ``micro_batch_size`` examples) and backpropagates ``world`` × its part of the mean loss, the
@@ -260,18 +201,13 @@ class PreferenceTrainer:
             local = chunk[d.share(len(chunk))]
             if not local:
                 if d.sharded:  # every rank runs each FSDP unit once per micro-batch
-                    dummy = self.loss(self._inputs(chunk[:1]))[0]
+                    dummy = self._micro_loss(chunk[:1], sft)[0]
                     (0.0 * dummy.sum()).backward()
                 continue
-            x = self._inputs(local)
-            per_example, metrics = self.loss(x)  # [n_local]
+            per_example, metrics = self._micro_loss(local, sft)  # [n_local]
             loss = per_example.sum() / n
             (loss * d.world).backward()  # gradients are averaged over ranks below
             w = len(local) / n
-            last = x.valid.long().sum(1) - 1  # [n_local] index of the worst valid response
-            logps = x.logps.detach()
-            metrics["logps/chosen"] = logps[:, 0].mean()  # Σ_t log π_θ of the best response
-            metrics["logps/rejected"] = logps.gather(1, last[:, None]).mean()  # ... of the worst
             for k, v in metrics.items():
                 sums[k] += float(v) * w
             sums["loss/total"] += float(loss.detach())
@@ -349,7 +285,12 @@ class PreferenceTrainer:
         return data, metrics
 
     def _stages(self, data: list[PreferenceExample]) -> list[list[PreferenceExample]]:
-        return self.preset.ordering(data) if self.preset.ordering is not None else [data]
+        """The round's stages; with an alignment stage (OPA-DPO) it comes first (``_sft_stage``)."""
+        stages = self.preset.ordering(data) if self.preset.ordering is not None else [data]
+        return ([alignment_set(data)] if self.align_epochs else []) + stages
+
+    def _sft_stage(self, stage: int) -> bool:
+        return bool(self.align_epochs) and stage == 0
 
     def _order(self, n: int, stage: int, epoch: int) -> list[int]:
         if getattr(self.preset.ordering, "keep_order", False):
@@ -376,7 +317,8 @@ class PreferenceTrainer:
             return
         bs = cfg.optim.batch_size
         schedule = [  # (stage, epoch, first example of the minibatch), in training order
-            (s, e, b) for s, st in enumerate(stages) for e in range(cfg.optim.epochs)
+            (s, e, b) for s, st in enumerate(stages)
+            for e in range(self.align_epochs if self._sft_stage(s) else cfg.optim.epochs)
             for b in range(0, len(st), bs)
         ]
         first = schedule.index((pos["stage"], pos["epoch"], pos["start"]))
@@ -388,10 +330,12 @@ class PreferenceTrainer:
                 fresh = (epoch, start) == (0, 0)  # else resumed mid-stage: π_ref came with the checkpoint
                 if fresh and self.iterative and self._stages_done > 0:  # π_ref ← π_θ, the previous iterate
                     self._ref_hf.load_state_dict(self.model.state_dict())
-                record["time/reference"] = self._attach_reference(stages[s])
+                if not self._sft_stage(s):
+                    record["time/reference"] = self._attach_reference(stages[s])
                 prepared = s
             order = self._order(len(stages[s]), s, epoch)
-            record.update(self.optimizer_step([stages[s][j] for j in order[start : start + bs]]))
+            chunk = [stages[s][j] for j in order[start : start + bs]]
+            record.update(self.optimizer_step(chunk, sft=self._sft_stage(s)))
             record.update({"stage": float(s), "epoch": float(epoch)})
             self.step += 1
             if i + 1 < len(schedule):

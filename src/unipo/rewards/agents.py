@@ -33,7 +33,8 @@ class OTCReward:
                                     group (``group_id``; none correct: n unknown)
 
     As a term *added* to the task reward r_φ it returns r_φ·(α·r_tool − 1), so the total is the paper's
-    product. Without an environment there are no tool calls (m = n = 0, r_tool = 1): the term is 0. Source: arXiv 2504.14870 (OTC-PPO/OTC-GRPO tool rewards; the closed forms as in a public
+    product. Without an environment there are no tool calls (m = n = 0, r_tool = 1): the term is 0.
+    Source: arXiv 2504.14870 (OTC-PPO/OTC-GRPO tool rewards; the closed forms as in a public
     verl port, third-party). Deviations: n is estimated within the step's group only (the paper also keeps
     the minimum across earlier epochs for the same question); α = 1, c = 1 (UNVERIFIED).
     """

@@ -1,13 +1,29 @@
-"""The rollout-engine interface. HF transformers implements it here; vLLM can too."""
+"""The rollout-engine interface: ``hf`` (transformers ``generate`` in process, ``rollout/hf.py``) and
+``vllm`` (a ``vllm serve`` process over HTTP, ``rollout/vllm.py``) implement it; the trainer never
+knows which one it talks to.
+
+An engine generates for the prompts it is given (rank-agnostic: a data-parallel wrapper hands each
+rank its share), returns the sampler's own per-token log-probs of the *processed* distribution it
+sampled from (after temperature / top-k / top-p), and tags every row with the weight version that
+produced it. ``update_weights(weights, version)`` moves the trainer's weights into the engine.
+Capabilities the trainer reads as attributes:
+
+    shares_weights   the engine samples from the trainer's own parameters (hf): an update is a
+                     version bump, the trainer passes no tensors
+    supports_sleep   ``sleep(level)`` / ``wake_up(tags)`` free and restore the engine's accelerator
+                     memory around the training phase (a colocated vLLM on a GPU)
+    supports_pause   ``pause()`` / ``resume()`` hold in-flight generation (asynchronous rollouts)
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
-from torch import Tensor, nn
+from torch import Tensor
 
 
 class SamplingParams(BaseModel):
@@ -41,13 +57,31 @@ class Generation:
     completion_mask: Tensor  # [B, T] float, 1 up to and including EOS / the stop string
     truncated: Tensor  # [B] bool: no EOS / stop string within max_new_tokens
     completions: list[str] = field(default_factory=list)  # decoded text, special tokens removed
+    # log μ(y_t) of the sampler's processed distribution (after temperature / top-k / top-p), 0 on
+    # padding; None from an engine that cannot return them
+    logprobs: Tensor | None = None  # [B, T] float
+    weight_version: Tensor | None = None  # [B] long: the weight version that sampled each row
+
+
+# what ``update_weights`` accepts: (name, tensor) pairs in Hugging Face naming, or a directory of
+# safetensors (a ``save_pretrained`` layout)
+Weights = Iterable[tuple[str, Tensor]] | str | os.PathLike
 
 
 class RolloutEngine(Protocol):
-    """Samples ``n`` completions for each prompt from the current policy weights."""
+    """Samples ``n`` completions for each prompt from the weights of ``version``."""
+
+    shares_weights: bool  # samples from the trainer's parameters: update_weights only records the version
+    supports_sleep: bool  # sleep(level) / wake_up(tags) exist
+    supports_pause: bool  # pause() / resume() exist
+    version: int | None  # weight version it samples from now; None: unknown (generate refuses)
 
     def generate(self, prompts: list[list[int]], n: int, params: SamplingParams) -> Generation: ...
 
-    def sync_weights(self, model: nn.Module) -> None:
-        """Make the engine sample from ``model``'s current weights (no-op when it shares them)."""
+    def update_weights(self, weights: Weights, version: int) -> None:
+        """Sample from ``weights`` (all of the policy's, merged when LoRA) from now on, as ``version``."""
+        ...
+
+    def close(self) -> None:
+        """Release what the engine holds (a server it started); idempotent."""
         ...

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import inspect
 from collections import OrderedDict
-from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -13,7 +12,6 @@ from transformers import (
     Cache,
     CompileConfig,
     DynamicCache,
-    LogitsProcessor,
     LogitsProcessorList,
     PreTrainedTokenizerBase,
     StaticCache,
@@ -21,7 +19,10 @@ from transformers import (
 from transformers.cache_utils import DynamicLayer, StaticLayer
 
 from unipo.batch import position_ids_from_mask
-from unipo.rollout.base import Generation, SamplingParams
+from unipo.rollout.base import Generation, SamplingParams, Weights
+from unipo.rollout.processors import SampledLogprobs, TokenTemperature, sampling_processors
+
+__all__ = ["HFEngine", "SampledLogprobs", "TokenTemperature", "generate_groups", "sampling_processors"]
 
 Decode = Literal["auto", "dynamic", "static", "compiled"]
 DECODE_MODES: tuple[str, ...] = ("auto", "dynamic", "static", "compiled")
@@ -150,39 +151,6 @@ def completion_mask_from_ids(
     return mask.float(), truncated
 
 
-class TokenTemperature(LogitsProcessor):
-    """Per-row temperature chosen from the entropy of each row's next-token distribution.
-
-        z = s / T₀,   H = −Σ_v softmax(z)_v · log softmax(z)_v   [N],   T = f(H) [N],   out = s / T
-
-    where s [N, V] are the logits that reach the processor and f is
-    ``SamplingParams.token_temperature``. HAPO's adaptive temperature sampling (starriver030515/
-    HAPO, ``vllm/v1/sample/sampler.py``: ``compute_entropy_based_temperature`` replaces vLLM's
-    temperature step) is f(H) = T₀(1 + clamp(ĥ(H), −1, 1)·τ); see ``HAPOClip.token_temperature``.
-    Tokens already masked to −inf (e.g. EOS under ``min_new_tokens``) count 0 toward H.
-    ``last_mean`` keeps the mean temperature of the last call, for tests and diagnostics.
-    """
-
-    def __init__(self, fn: Callable[[Tensor], Tensor], base_temperature: float) -> None:
-        self.fn = fn
-        self.base_temperature = base_temperature
-        self.last_mean: float | None = None
-
-    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
-        z = scores.float() / self.base_temperature  # [N, V]
-        logp = torch.log_softmax(z, dim=-1)
-        entropy = -(logp.exp() * logp.masked_fill(torch.isinf(logp), 0.0)).sum(-1)  # [N]
-        temperature = self.fn(entropy).to(scores.device, scores.dtype)  # [N]
-        if temperature.shape != entropy.shape or not bool((temperature > 0).all()):
-            raise ValueError(
-                f"SamplingParams.token_temperature must return positive temperatures of shape "
-                f"{tuple(entropy.shape)} (one per row), got shape {tuple(temperature.shape)} "
-                f"with min {float(temperature.min()) if temperature.numel() else float('nan')}"
-            )
-        self.last_mean = float(temperature.mean())
-        return scores / temperature[:, None]  # [N, V]
-
-
 @torch.no_grad()  # for sampling only: a cache that required grad would also break compiled decode's guards
 def prefill_prefix(
     model: nn.Module,
@@ -295,7 +263,9 @@ def generate_groups(
 class HFEngine:
     """Samples with ``model.generate`` (KV cache, left padding) on the model's own device.
 
-    The engine shares the policy's weights, so ``sync_weights`` has nothing to copy.
+    The engine shares the policy's weights (``shares_weights``): ``update_weights`` only records the
+    version, and every row is tagged with it. ``Generation.logprobs`` are the sampler's processed
+    log-probs (``SampledLogprobs``), at the cost of one log-softmax per decoded token.
     ``max_batch`` bounds how many rows one ``generate`` call decodes at once; a group of n rows
     is never split, so a call holds max(max_batch // n, 1) prompts. ``prefill_once`` runs each
     prompt's prefill once and shares its KV cache among the group's n rows (``generate_groups``).
@@ -323,9 +293,18 @@ class HFEngine:
             eos_list.append(tokenizer.eos_token_id)
         self.eos_ids = sorted({e for e in eos_list if e is not None})
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
+        self.version: int | None = 0  # the trainer's weight version (shared weights: always current)
 
-    def sync_weights(self, model: nn.Module) -> None:
-        self.model = model
+    shares_weights = True
+    supports_sleep = False
+    supports_pause = False
+
+    def update_weights(self, weights: Weights, version: int) -> None:
+        """Nothing to copy (the engine samples from the trainer's own parameters): record ``version``."""
+        self.version = int(version)
+
+    def close(self) -> None:
+        self.cache_pool.caches.clear()
 
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], n: int, params: SamplingParams) -> Generation:
@@ -338,20 +317,24 @@ class HFEngine:
         cids = torch.cat(
             [nn.functional.pad(o[0], (0, width - o[0].shape[1]), value=self.pad_id) for o in outs]
         )
+        logp = torch.cat([nn.functional.pad(o[2], (0, width - o[2].shape[1])) for o in outs])  # [B, T]
         stops = torch.cat([o[1] for o in outs])
         mask, truncated = completion_mask_from_ids(
             cids, self.eos_ids, self.pad_id, stops if params.stop else None
         )
         cids = torch.where(mask.bool(), cids, torch.full_like(cids, self.pad_id))
+        logp = torch.where(mask.bool(), logp, torch.zeros_like(logp))  # no −inf of a pad token past EOS
         rows = [p for p in prompts for _ in range(n)]  # row = prompt·n + j
         p_ids, p_mask = left_pad(rows, self.pad_id, cids.device)
         texts = self.tokenizer.batch_decode(cids, skip_special_tokens=True)
-        return Generation(p_ids, p_mask, cids, mask, truncated, texts)
+        version = torch.full((cids.shape[0],), -1 if self.version is None else self.version, dtype=torch.long)
+        return Generation(p_ids, p_mask, cids, mask, truncated, texts, logprobs=logp, weight_version=version)
 
     def _generate_chunk(
         self, prompts: list[list[int]], n: int, params: SamplingParams
-    ) -> tuple[Tensor, Tensor]:
-        """→ (completion ids [len(prompts)·n, T], stopped on a stop string [len(prompts)·n] bool)."""
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """→ (completion ids [len(prompts)·n, T], stopped on a stop string [len(prompts)·n] bool,
+        sampled log-probs [len(prompts)·n, T])."""
         device = next(self.model.parameters()).device
         ids, mask = left_pad(prompts, self.pad_id, device)  # [U, P]
         was_training = self.model.training
@@ -363,23 +346,21 @@ class HFEngine:
             eos_token_id=self.eos_ids,
             use_cache=True,
         )
+        recorder = SampledLogprobs()
         if params.greedy:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        elif params.token_temperature is not None:
-            # generate() runs custom logits processors after its own (min_new_tokens, ...) and before
-            # its sampling warpers (temperature → top-k → top-p). With temperature=1.0 it adds no
-            # temperature warper, so TokenTemperature is the only temperature step and top-k/top-p
-            # act on the per-token-tempered logits: vLLM's order, where HAPO's code sets it.
             kwargs.update(
-                do_sample=True, temperature=1.0, top_p=params.top_p, top_k=params.top_k or None,
-                logits_processor=LogitsProcessorList(
-                    [TokenTemperature(params.token_temperature, params.temperature)]
-                ),
+                do_sample=False, temperature=None, top_p=None, top_k=None,
+                logits_processor=LogitsProcessorList([recorder]),
             )  # fmt: skip
         else:
+            # generate() runs custom logits processors after its own (min_new_tokens, ...); with
+            # temperature=1, top_k=0, top_p=1 it adds no sampling warper, so the transforms are
+            # exactly sampling_processors' (temperature or HAPO's TokenTemperature → top-k → top-p,
+            # vLLM's order) and the recorder after them sees the distribution that is sampled
             kwargs.update(
-                do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k or None
-            )
+                do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
+                logits_processor=LogitsProcessorList([*sampling_processors(params), recorder]),
+            )  # fmt: skip
         if params.stop:
             kwargs.update(stop_strings=params.stop, tokenizer=self.tokenizer)
         try:
@@ -389,9 +370,10 @@ class HFEngine:
         finally:
             self.model.train(was_training)
         cids = out[:, ids.shape[1] :]  # [U·n, T]
+        logp = recorder.finish(out)  # [U·n, T]
         if params.stop:
             texts = self.tokenizer.batch_decode(cids, skip_special_tokens=True)
             stopped = torch.tensor([any(s in t for s in params.stop) for t in texts], device=cids.device)
         else:
             stopped = torch.zeros(cids.shape[0], dtype=torch.bool, device=cids.device)
-        return cids, stopped
+        return cids, stopped, logp

@@ -1,5 +1,6 @@
 """Tasks: where examples come from, how they become prompts, and which reward scores them."""
 
+from unipo.tasks.addition import AdditionTask
 from unipo.tasks.sources import (
     LABEL_COLUMNS,
     TASK_SOURCES,
@@ -21,6 +22,7 @@ __all__ = [
     "LABEL_COLUMNS",
     "TASK_SOURCES",
     "TRAIN_PROMPT_OVERLAP",
+    "AdditionTask",
     "JsonlTask",
     "ReasoningGymTask",
     "Task",

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from unipo.rewards.verifiers import RewardFn, extract_answer, math_equivalence
+from unipo.tasks.addition import AdditionTask
 
 Split = Literal["train", "eval"]
 
@@ -268,7 +269,12 @@ def _code_task() -> type:
     return CodeTask
 
 
-TASK_SOURCES: dict[str, type] = {"reasoning_gym": ReasoningGymTask, "jsonl": JsonlTask, "code": _code_task()}
+TASK_SOURCES: dict[str, type] = {
+    "reasoning_gym": ReasoningGymTask,
+    "jsonl": JsonlTask,
+    "code": _code_task(),
+    "addition": AdditionTask,
+}
 """Task classes by the ``source`` name used in configs."""
 
 
@@ -291,9 +297,9 @@ def make_task(source: str, **kwargs: Any) -> Any:
 
 def task_from_config(task_cfg: Any, env_cfg: Any = None) -> Any:
     """The task a ``unipo.config.TaskConfig`` names (only the fields of its source are read; the
-    code task takes its options from ``task.config``). With an environment (``env_cfg``) the episode's
-    own reward scores the rows (``unipo.envs.env_task``): its examples come from the environment class
-    (``source=env``) or from the task named here."""
+    code and addition tasks take their options from ``task.config``). With an environment (``env_cfg``)
+    the episode's own reward scores the rows (``unipo.envs.env_task``): its examples come from the
+    environment class (``source=env``) or from the task named here."""
     if env_cfg is not None:
         from unipo.envs import env_task
 
@@ -302,8 +308,8 @@ def task_from_config(task_cfg: Any, env_cfg: Any = None) -> Any:
         raise ValueError("task.source=env takes its examples from the environment: set env.name too")
     if task_cfg.source == "reasoning_gym":
         return make_task("reasoning_gym", name=task_cfg.name, config=task_cfg.config)
-    if task_cfg.source == "code":
-        return make_task("code", **task_cfg.config)
+    if task_cfg.source in ("code", "addition"):
+        return make_task(task_cfg.source, **task_cfg.config)
     task = make_task(
         task_cfg.source,
         path=task_cfg.path,

@@ -207,6 +207,8 @@ def _local_round(
         rewards=rewards,
         context_mask=context_mask.cpu() if context_mask is not None else None,
         turn_index=turn_index.cpu() if turn_index is not None else None,
+        rollout_logprobs=gen.logprobs.cpu() if gen.logprobs is not None else None,
+        weight_version=gen.weight_version.cpu() if gen.weight_version is not None else None,
         metadata=[
             {"prompt": p, "completion": c, "answer": ex.get("answer"), "reward_components": rc}
             | ({"reward_weights": rw} if rw is not None else {})

@@ -27,8 +27,10 @@ from unipo.config import Config, build_algorithm
 from unipo.diagnostics.entropy import RunDiagnostics
 from unipo.envs import env_rollout
 from unipo.parts.base import masked_mean
-from unipo.rollout.hf import HFEngine
-from unipo.train.collect import PromptSampler, collect
+from unipo.parts.corrections import apply_corrections, mismatch_metrics
+from unipo.rollout.factory import make_engine
+from unipo.train.async_rollout import Prefetcher, snapshot_if_shared
+from unipo.train.collect import PromptSampler
 from unipo.train.critic import Critic
 from unipo.train.dist import init_dist
 from unipo.train.evaluate import EvalSet, encode_prompts, evaluate
@@ -36,20 +38,17 @@ from unipo.train.loop import TrainLoop, restore_objective, write_objective_check
 from unipo.train.nograd import rollout_batch_logprobs
 from unipo.train.phases import PhaseMeter
 from unipo.train.policy_setup import FullParamsEngine, load_policy
+from unipo.train.rl_collect import RLCollection, TrainingError
 from unipo.train.sft import demonstration_ids
 from unipo.train.update import UpdateSettings, update_policy
-from unipo.train.utils import batch_metrics, lr_schedule, process_device, seed_everything
+from unipo.train.utils import lr_schedule, process_device, seed_everything
 
 log = logging.getLogger("unipo")
 
 RewardFn = Callable[..., list[float | None]]
 
 
-class TrainingError(RuntimeError):
-    """The run cannot go on (too many reward failures, repeated non-finite losses)."""
-
-
-class Trainer:
+class Trainer(RLCollection):
     """The RL objective: builds everything a config names; ``train()`` runs it in the one loop
     (``TrainLoop``) and returns the summary; ``run_step()`` is one step (collect + update)."""
 
@@ -61,6 +60,14 @@ class Trainer:
         "train.reward_error_rate",
         "train.entropy_change",
         "rollout.max_batch",
+        "rollout.url",
+        "rollout.max_failures",
+        "rollout.vllm.timeout_s",
+        "rollout.vllm.startup_timeout_s",
+        "rollout.num_servers",  # where and how many servers sample is a resource choice, not a result one
+        "rollout.vllm.placement",
+        "rollout.vllm.server_cpus",
+        "rollout.vllm.server_gpus",
     )
 
     def __init__(
@@ -116,10 +123,18 @@ class Trainer:
                                   before_shard=make_critic if needs_critic else None)  # fmt: skip
         self.model, self.tokenizer = self.policy.model, self.policy.tokenizer
         self.reference = self.policy.reference
-        engine = HFEngine(
-            self.model, self.tokenizer, max_batch=cfg.rollout.max_batch,
-            prefill_once=cfg.rollout.prefill_once, decode=cfg.rollout.decode,
-        )  # fmt: skip
+        self.run_dir: Path | None = None
+        engine = make_engine(cfg, self.model, self.tokenizer, run_dir=lambda: self.run_dir, dist=self.dist)
+        self.prefetch: Prefetcher | None = None  # rollout.async: the next batch, generated during the update
+        if cfg.rollout.async_ and cfg.rollout.max_staleness > 0:
+            if self.dist.enabled:
+                raise ValueError(
+                    "rollout.async with several processes is not supported (each rank's collection gathers "
+                    "over the process group the update uses at the same time); use one process or "
+                    "rollout.async=false"
+                )
+            engine = snapshot_if_shared(engine, self.model, self.tokenizer, cfg.rollout)
+            self.prefetch = Prefetcher()
         self.engine = FullParamsEngine(engine, self.policy.scorer) if self.dist.sharded else engine
         # a multi-turn environment plays episodes in place of engine.generate (None: single-turn)
         self.rollout = env_rollout(cfg, self.tokenizer, self.policy.scorer, self.device, self.dist)
@@ -155,7 +170,6 @@ class Trainer:
         self.update_rng = torch.Generator().manual_seed(cfg.train.seed + 17)
         self.step = 0
         self.next_group_id = 0
-        self.run_dir: Path | None = None
         self._t_step = time.perf_counter()
         self._reported_traceback = False
         self._nonfinite_run = 0
@@ -163,11 +177,6 @@ class Trainer:
         self.diagnostics = RunDiagnostics()
 
     # ------------------------------------------------------------------ phases
-    def _prompts(self, k: int) -> tuple[list[dict[str, Any]], list[list[int]], list[str]]:
-        examples = [self.train_examples[i] for i in self.sampler.take(k)]
-        ids, texts = self._encode(examples)
-        return examples, ids, texts
-
     def _logprob_pass(
         self, model: torch.nn.Module, batch: RolloutBatch, stats: tuple[str, ...] = (),
         root: torch.nn.Module | None = None,
@@ -193,43 +202,6 @@ class Trainer:
     def log_step(self) -> int:
         return self.step
 
-    def collect(self) -> tuple[RolloutBatch, dict[str, Any]]:
-        """Prompts → G completions each → rewards → selections (with refill): the step's batch."""
-        cfg = self.cfg
-        self._t_step = time.perf_counter()
-        examples, ids, texts = self._prompts(cfg.rollout.prompts_per_step)
-        sampling = cfg.rollout.sampling  # a part may steer the rollout temperature (sampling_temperature)
-        if (temperature := self.algorithm.sampling_temperature(self._last_metrics)) is not None:
-            sampling = sampling.model_copy(update={"temperature": temperature})
-        if (token_temp := self.algorithm.token_temperature_fn(sampling.temperature)) is not None:
-            sampling = sampling.model_copy(update={"token_temperature": token_temp})  # HAPO; training only
-        batch, metrics, _, traceback = collect(
-            engine=self.engine,
-            reward_set=self.reward_set,
-            selections=self.algorithm.selections,
-            examples=examples,
-            prompt_ids=ids,
-            prompt_texts=texts,
-            group_size=cfg.rollout.group_size,
-            sampling=sampling,
-            max_refill_rounds=cfg.rollout.max_refill_rounds,
-            more=self._prompts,
-            next_group_id=self.next_group_id,
-            demonstrations=self._demonstrations,
-            meter=self.phases,
-            extra=self.algorithm.extra_rollout(self._last_metrics),  # a part's second rollout (AEPO)
-            dist=self.dist,
-            flag_columns=self.algorithm.row_flags,  # example columns parts read as row flags (AdaCoT)
-            rollout=self.rollout,
-        )
-        self.next_group_id = (
-            int(batch.group_ids.max()) + 1 if batch.size else self.next_group_id + len(examples)
-        )
-        self._check_reward_failures(metrics, traceback)
-        metrics["rollout/temperature"] = sampling.temperature
-        metrics.update(batch_metrics(batch))
-        return batch, metrics
-
     def update(self, batch: RolloutBatch) -> Iterator[dict[str, Any]]:
         """Old/ref log-probs → advantage → μ epochs × minibatches; yields the step's one record
         (after ``step`` has advanced, so a stop right after it leaves a complete step)."""
@@ -254,8 +226,15 @@ class Trainer:
             return metrics
         off_policy = cfg.optim.epochs > 1 or cfg.optim.minibatches > 1
         old_stats = None
+        bypass = self.algorithm.any_part("old_from_rollout")  # a correction sets π_old := μ
+        if bypass and batch.rollout_logprobs is None:
+            raise TrainingError(
+                "the bypass correction sets π_old := μ, but the rollout engine returned no log-probs"
+            )
         with meter("logprobs"):  # π_old and π_ref passes (none when on-policy and β = 0)
-            if off_policy or self.algorithm.any_part("needs_old_logprobs"):  # else π_old = sg(π_θ)
+            if bypass:
+                batch = batch.replace(old_logprobs=batch.rollout_logprobs)
+            elif off_policy or self.algorithm.any_part("needs_old_logprobs"):  # else π_old = sg(π_θ)
                 stat_names = self.algorithm.old_token_stats
                 old_lp, old_ent, old_stats = self._logprob_pass(self.policy.scorer, batch, stat_names)
                 batch = batch.replace(old_logprobs=old_lp, entropies=old_ent, old_stats=old_stats)
@@ -263,6 +242,18 @@ class Trainer:
                 with self.policy.reference_model() as (ref_model, ref_root):
                     ref_lp, _, _ = self._logprob_pass(ref_model, batch, root=ref_root)
                 batch = batch.replace(ref_logprobs=ref_lp)
+            # parts that score the batch with a frozen model of their own (RTO's DPO model): same pass
+            batch, prepared = self.algorithm.prepare(
+                batch, lambda model: self._logprob_pass(model.to(self.device), batch)[0]
+            )
+        metrics.update({k: float(v) for k, v in prepared.items()})
+        if batch.rollout_logprobs is not None and batch.old_logprobs is not None and not bypass:
+            mask = batch.completion_mask
+            metrics.update(mismatch_metrics(batch.old_logprobs, batch.rollout_logprobs, mask))
+        if self.algorithm.corrections:  # IS weights, rejections; fixed over the update (parts/corrections.py)
+            weights, loss_mask, corr_metrics = apply_corrections(self.algorithm.corrections, batch)
+            batch = batch.replace(correction_weights=weights, loss_mask=loss_mask)
+            metrics.update(corr_metrics)
         if self.critic is not None:
             with meter("critic"):
                 batch = batch.replace(values=self.critic.values(batch))
@@ -313,23 +304,11 @@ class Trainer:
         self._last_metrics = metrics
         return metrics
 
-    def _check_reward_failures(self, metrics: dict[str, float], traceback: str | None) -> None:
-        if traceback and not self._reported_traceback:
-            self._reported_traceback = True
-            self.console.print(f"[red]a reward function failed (shown once; items excluded):[/]\n{traceback}")
-        errors = metrics.get("rewards/errors", 0.0)
-        total = max(metrics.get("rollout/completions", 1.0), 1.0)
-        if errors / total > self.cfg.train.reward_error_rate:
-            raise TrainingError(
-                f"{errors:.0f} of {total:.0f} rewards failed this step, above "
-                f"train.reward_error_rate={self.cfg.train.reward_error_rate}"
-                + (f"; first failure:\n{traceback}" if traceback else "")
-            )
-
     def evaluate(self, tag: str = "eval") -> dict[str, float]:
         if self.eval_set is None:
             return {}
         cfg = self.cfg
+        self._sync_engine()
         sampling = cfg.rollout.sampling.model_copy(update={"temperature": cfg.eval.temperature})
         path = self.run_dir / "samples.jsonl" if self.run_dir else None
         n = len(self.eval_set.examples)
@@ -397,6 +376,17 @@ class Trainer:
         r, h = (metrics.get(k, float("nan")) for k in ("reward/mean", "policy/entropy"))
         return f"reward {r:.3f}  entropy {h:.3f}"
 
+    def close(self) -> None:
+        """Stop what the rollout engine holds (a vLLM server unipo started, the rollout in flight)."""
+        if self.prefetch is not None:
+            self.prefetch.close()
+            self.prefetch = None
+        self.engine.close()
+
     def train(self) -> dict[str, Any]:
-        """Run (or resume) the loop; returns the summary also written to ``summary.json``."""
-        return TrainLoop(self).run()
+        """Run (or resume) the loop; returns the summary also written to ``summary.json``.
+        The rollout engine is closed when the loop ends, however it ends."""
+        try:
+            return TrainLoop(self).run()
+        finally:
+            self.close()

@@ -31,6 +31,7 @@ from unipo.algorithms.base import Algorithm, policy_loss
 from unipo.batch import RolloutBatch
 from unipo.diagnostics.entropy import entropy_diagnostics, ratio_stats
 from unipo.parts.base import LossInputs, count_sequences
+from unipo.parts.corrections import mismatch_from_log_ratio
 from unipo.train.dist import Dist
 from unipo.train.logprobs import completion_logprobs_with_stats
 from unipo.train.nograd import length_grouped_micro_batches
@@ -198,14 +199,22 @@ def update_policy(
     # part computes a statistic across the rows it is given (top-k, quantiles): only then keep order
     by_length = settings.length_grouped and not algorithm.any_part("micro_batch_statistics")
     flag_keys = algorithm.row_flags  # row subsets parts read, counted over each whole minibatch
+    # sampler–trainer mismatch when the trainer ran no π_old pass of its own (one on-policy step,
+    # bypass): from the first minibatch's forward pass, before any optimizer step changes π_θ
+    mismatch: list[Tensor] | None = [] if batch.rollout_logprobs is not None and (
+        batch.old_logprobs is None or algorithm.any_part("old_from_rollout")
+    ) else None
     for _epoch in range(settings.epochs):
         parts = minibatch_rows(
             batch.group_ids, settings.minibatches, generator, by_group=settings.shared_prompt
         )
-        for mb_idx in parts:
+        for mb_i, mb_idx in enumerate(parts):
             minibatch = batch.select(mb_idx)
-            num_tokens = float(minibatch.completion_mask.sum().clamp(min=1))
-            num_seqs = float(count_sequences(minibatch.completion_mask))  # rows with ≥ 1 token
+            # a rollout correction's rejected tokens (loss_mask 0) leave the denominators; rows with
+            # no token left leave the row count (verl's agg_loss excludes fully masked sequences)
+            loss_mask = minibatch.loss_mask if minibatch.loss_mask is not None else minibatch.completion_mask
+            num_tokens = float(loss_mask.sum().clamp(min=1))
+            num_seqs = float(count_sequences(loss_mask))  # rows with ≥ 1 token
             flags = {k: minibatch.flags(k) for k in flag_keys}  # [b] bool each
             lengths = minibatch.completion_mask.sum(1)  # [b]
             flag_tokens = {k: float(lengths[f.to(lengths.device)].sum()) for k, f in flags.items()}
@@ -224,11 +233,14 @@ def update_policy(
                     }
                 else:
                     micro_old = {k: stats[k].detach() for k in old_names}
+                if mismatch is not None and _epoch == 0 and mb_i == 0:
+                    valid = micro.completion_mask.bool()
+                    mismatch.append((logp.detach() - micro.rollout_logprobs)[valid].float().cpu())
                 x = LossInputs(
                     logprobs=logp,
                     old_logprobs=micro.old_logprobs if micro.old_logprobs is not None else logp.detach(),
                     advantages=micro.advantages,
-                    mask=micro.completion_mask,
+                    mask=micro.loss_mask if micro.loss_mask is not None else micro.completion_mask,
                     entropies=ent,
                     ref_logprobs=micro.ref_logprobs,
                     old_entropies=micro.entropies,
@@ -245,6 +257,8 @@ def update_policy(
                     flag_tokens=flag_tokens,
                     flag_rows=flag_rows,
                     turn_index=micro.turn_index,
+                    rollout_logprobs=micro.rollout_logprobs,
+                    correction_weights=micro.correction_weights,
                 )
                 loss, metrics = policy_loss(algorithm, x)
                 if not torch.isfinite(loss):
@@ -284,5 +298,7 @@ def update_policy(
                 scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     out = _mean_metrics(acc)
+    if mismatch:
+        out.update(mismatch_from_log_ratio(torch.cat(mismatch)))
     out["optim/skipped_steps"] = float(skipped)
     return out, skipped

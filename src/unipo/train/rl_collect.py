@@ -1,0 +1,141 @@
+"""The collect stage of the RL objective (a mixin of ``Trainer``): prompts → G completions each →
+rewards → selections (with refill), with the engine synced to the policy's weights and every row's
+weight version checked; with ``rollout.async`` the next batch is generated during the update
+(``async_rollout.py``).
+
+It reads the trainer's attributes (``cfg``, ``engine``, ``model``, ``policy``, ``dist``, ``phases``,
+``algorithm``, ``reward_set``, ``sampler``, ``train_examples``, ``step``, ``prefetch``, ...).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from unipo.batch import RolloutBatch
+from unipo.rollout.weights import policy_weights
+from unipo.train.async_rollout import drop_stale
+from unipo.train.collect import collect
+from unipo.train.phases import PhaseMeter
+from unipo.train.sharding import full_params
+from unipo.train.utils import batch_metrics
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (too many reward failures, repeated non-finite losses, foreign rows)."""
+
+
+class RLCollection:
+    """``collect()`` and what it needs, for ``Trainer``."""
+
+    def _prompts(self, k: int) -> tuple[list[dict[str, Any]], list[list[int]], list[str]]:
+        examples = [self.train_examples[i] for i in self.sampler.take(k)]
+        ids, texts = self._encode(examples)
+        return examples, ids, texts
+
+    def _sync_engine(self) -> None:
+        """Make the engine sample from the policy's current weights, version = the step count."""
+        if self.engine.version == self.step:
+            return
+        if self.engine.shares_weights:
+            self.engine.update_weights((), self.step)
+            return
+        with self.phases("weight_sync"), full_params(self.policy.scorer if self.dist.sharded else None):
+            untie = getattr(self.engine, "untied_head", False)  # the server serves an untied copy
+            self.engine.update_weights(policy_weights(self.model, untie=untie), self.step)
+
+    def collect(self) -> tuple[RolloutBatch, dict[str, Any]]:
+        """Prompts → G completions each → rewards → selections (with refill): the step's batch.
+
+        With ``rollout.async`` it was generated during the previous step's update (the first step
+        generates its own), and the next one starts now, in the background (``async_rollout.py``)."""
+        self._t_step = time.perf_counter()
+        if self.prefetch is None:
+            self._sync_engine()
+            batch, metrics = self._collect_rows(self.phases)
+            return self._accept(batch, metrics, staleness=0)
+        if self.prefetch.future is None:  # the first step (or the first after a resume): no batch ahead
+            self._sync_engine()
+        (batch, metrics), waited = self.prefetch.take(lambda: self._collect_rows(PhaseMeter(self.device)))
+        metrics["time/rollout_wait"] = waited  # how long the update waited for the rollout in flight
+        self._sync_engine()  # the background batch samples with the weights this step starts from
+        self.prefetch.start(lambda: self._collect_rows(PhaseMeter(self.device)))
+        return self._accept(batch, metrics, staleness=self.cfg.rollout.max_staleness)
+
+    def _collect_rows(self, meter: PhaseMeter) -> tuple[RolloutBatch, dict[str, Any]]:
+        cfg = self.cfg
+        examples, ids, texts = self._prompts(cfg.rollout.prompts_per_step)
+        sampling = cfg.rollout.sampling  # a part may steer the rollout temperature (sampling_temperature)
+        if (temperature := self.algorithm.sampling_temperature(self._last_metrics)) is not None:
+            sampling = sampling.model_copy(update={"temperature": temperature})
+        if (token_temp := self.algorithm.token_temperature_fn(sampling.temperature)) is not None:
+            sampling = sampling.model_copy(update={"token_temperature": token_temp})  # HAPO; training only
+        batch, metrics, _, traceback = collect(
+            engine=self.engine,
+            reward_set=self.reward_set,
+            selections=self.algorithm.selections,
+            examples=examples,
+            prompt_ids=ids,
+            prompt_texts=texts,
+            group_size=cfg.rollout.group_size,
+            sampling=sampling,
+            max_refill_rounds=cfg.rollout.max_refill_rounds,
+            more=self._prompts,
+            next_group_id=self.next_group_id,
+            demonstrations=self._demonstrations,
+            meter=meter,
+            extra=self.algorithm.extra_rollout(self._last_metrics),  # a part's second rollout (AEPO)
+            dist=self.dist,
+            flag_columns=self.algorithm.row_flags,  # example columns parts read as row flags (AdaCoT)
+            rollout=self.rollout,  # an environment's multi-turn episodes (None: engine.generate)
+        )
+        self.next_group_id = (
+            int(batch.group_ids.max()) + 1 if batch.size else self.next_group_id + len(examples)
+        )
+        self._check_reward_failures(metrics, traceback)
+        metrics["rollout/temperature"] = sampling.temperature
+        return batch, metrics
+
+    def _accept(
+        self, batch: RolloutBatch, metrics: dict[str, Any], staleness: int
+    ) -> tuple[RolloutBatch, dict[str, Any]]:
+        """Refuse rows of an unknown or newer weight version; drop those more than ``staleness``
+        versions behind the policy (asynchronous rollouts)."""
+        versions = batch.weight_version
+        if batch.size and versions is None:
+            raise TrainingError(
+                f"step {self.step}: the rollout engine did not say which weights sampled the rows"
+            )
+        try:
+            batch, dropped = drop_stale(batch, self.step, staleness)
+        except ValueError as e:
+            raise TrainingError(f"step {self.step}: {e}; refusing to train on them") from None
+        if dropped and not staleness:
+            raise TrainingError(
+                f"step {self.step}: rows were sampled with weight version(s) "
+                f"{sorted(set(versions.tolist()))}, the policy's is {self.step}; refusing to train on them"
+            )
+        if self.prefetch is not None:
+            lag = (self.step - batch.weight_version).float() if batch.size else torch.zeros(1)
+            metrics["rollout/stale_dropped"] = float(dropped)
+            metrics["rollout/staleness_mean"] = float(lag.mean())
+        elif getattr(self.engine, "supports_sleep", False):  # free the colocated server's memory (sync only)
+            self.engine.sleep()
+        metrics.update(batch_metrics(batch))
+        return batch, metrics
+
+    def _check_reward_failures(self, metrics: dict[str, float], traceback: str | None) -> None:
+        if traceback and not self._reported_traceback:
+            self._reported_traceback = True
+            self.console.print(f"[red]a reward function failed (shown once; items excluded):[/]\n{traceback}")
+        errors = metrics.get("rewards/errors", 0.0)
+        total = max(metrics.get("rollout/completions", 1.0), 1.0)
+        if errors / total > self.cfg.train.reward_error_rate:
+            raise TrainingError(
+                f"{errors:.0f} of {total:.0f} rewards failed this step, above "
+                f"train.reward_error_rate={self.cfg.train.reward_error_rate}"
+                + (f"; first failure:\n{traceback}" if traceback else "")
+            )
+
