@@ -14,8 +14,10 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# --overwrite: a second `make demo` replaces the previous runs/demo (and says so); `unipo demo`
+# alone refuses a non-empty demo directory.
 demo: $(STAMP)
-	$(VENV)/bin/unipo demo
+	$(VENV)/bin/unipo demo --overwrite
 
 test: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks examples

@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 from unipo.config import load_config
 from unipo.train.checkpoint import complete_checkpoints, latest_checkpoint
+from unipo.train.run_dir import DiskFullError
 from unipo.train.trainer import Trainer
 
 pytestmark = pytest.mark.slow
@@ -98,7 +99,15 @@ def test_checkpoint_write_failure_keeps_previous(tiny_model_dir, tmp_path, monke
 
     monkeypatch.setattr(sio, "save_file", disk_full)
     trainer.step = 2
-    assert trainer.save_checkpoint() is None  # reported, not raised
+    # a full disk stops the run (the CLI says so in one line), naming what it was writing
+    with pytest.raises(DiskFullError, match=r"no space left on device while writing .*step_00000002"):
+        trainer.save_checkpoint()
+    assert latest_checkpoint(tmp_path / "run") == first
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "denied")
+
+    monkeypatch.setattr(sio, "save_file", denied)
+    assert trainer.save_checkpoint() is None  # another write failure: reported, the run goes on
     assert latest_checkpoint(tmp_path / "run") == first
     assert (first / "model.safetensors").read_bytes() == before
     assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir() if ".tmp-" in p.name] == []

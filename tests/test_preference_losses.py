@@ -50,7 +50,8 @@ def test_dpo_sigmoid():
     # β·h = 0.1 → L = −log σ(0.1) = log(1 + e^−0.1) = log(1.904837) = 0.644397
     assert value(DPO(0.1), std_pair()) == pytest.approx(0.644397, abs=1e-6)
     _, m = DPO(0.1)(std_pair())
-    assert float(m["pref/margin"]) == pytest.approx(0.1) and float(m["pref/accuracy"]) == 1.0
+    assert float(m["pref/margin"]) == pytest.approx(0.1) and float(m["pref/reward_accuracy"]) == 1.0
+    assert "pref/accuracy" not in m  # pair-ranking accuracy is named so; "accuracy" is the task's
 
 
 def test_dpo_gradient_raises_chosen_and_lowers_rejected():

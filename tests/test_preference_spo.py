@@ -110,7 +110,7 @@ def test_spo_loss_hand_computed():
     assert m["spo/align_loss"] == pytest.approx(align, abs=1e-6)
     assert m["spo/degree_loss"] == pytest.approx(deg_w + deg_l, abs=1e-6)
     assert m["spo/degree_accuracy"] == pytest.approx(2 / 3)  # 0 < 0.5, −1 < 0.5, but 1 > −0.5
-    assert m["spo/variants_per_response"] == pytest.approx(1.5) and m["pref/accuracy"] == 1.0
+    assert m["spo/variants_per_response"] == pytest.approx(1.5) and m["pref/reward_accuracy"] == 1.0
     loss.backward()
     assert vl.grad[0, 1, 1] == 0.0 and vl.grad[0, 0, 0] != 0.0  # no gradient through a missing copy
 

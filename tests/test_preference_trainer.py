@@ -87,10 +87,11 @@ def test_example_runs_with_every_preset(tiny_model_dir, tmp_path, preset):
     assert steps and all(math.isfinite(r["loss/total"]) for r in steps)
     assert "pairs/examples" in steps[0]
     pref = [r for r in steps if "opa/sft_nll" not in r]  # OPA-DPO's alignment (SFT) steps come first
-    assert pref and {"pref/accuracy", "pref/margin", "logps/chosen", "logps/rejected"} <= set(pref[0])
+    assert pref and {"pref/reward_accuracy", "pref/margin", "logps/chosen", "logps/rejected"} <= set(pref[0])
     if trainer.preset.any_part("needs_reference"):  # the differential-information entropy, every step
         assert all(0 <= r["did/entropy_norm"] <= 1 + 1e-6 for r in pref)
     assert {"time/update", "memory/peak_mb"} <= set(steps[0]) and steps[0]["time/update"] > 0
+    assert not any(k == "pref/accuracy" for r in steps for k in r)  # the old name is gone
     if "memory/update_peak_mb" in steps[0]:  # Linux: the update's own peak, within the run's
         assert 0 < steps[0]["memory/update_peak_mb"] <= steps[0]["memory/peak_mb"]
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))

@@ -1,20 +1,34 @@
 """Command line: ``unipo train | preference | eval | report | compare | algorithms | rewards | demo |
-config-help``."""
+config-help``.
+
+Help texts are Markdown (typer's ``rich_markup_mode="markdown"``): write code as `x`, not ``x``.
+Errors a user can fix are one line, ``error: ...``, and exit code 2 (``cli_output.user_errors``).
+"""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from unipo.cli_output import console, err_console, print_summary, quiet_third_party, user_errors
+
 app = typer.Typer(
-    add_completion=False, no_args_is_help=True, help="unipo: policy optimization for language models."
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+    help="unipo: policy optimization for language models.",
 )
-console = Console()
+MODEL_COMMANDS = {"train", "eval", "preference", "demo"}  # commands that load transformers models
+
+
+@app.callback()
+def _entry(ctx: typer.Context) -> None:
+    quiet_third_party(load_models=ctx.invoked_subcommand in MODEL_COMMANDS)
 
 
 def _run_args(
@@ -30,11 +44,6 @@ def _run_args(
     if resume:
         args.append("train.resume=true")
     return config, args
-
-
-def _fail(msg: str) -> None:
-    console.print(f"[bold red]error:[/] {msg}")
-    raise typer.Exit(code=2)
 
 
 PREFERENCE_SECTIONS = {"data", "loss", "pairs"}  # top-level sections only a preference config has
@@ -110,37 +119,33 @@ def run_objective(kind: str, config: str | None, args: list[str]) -> dict:
 
 def _train_or_launch(kind: str, config: str | None, args: list[str]) -> None:
     """Run here, or start ``train.nproc`` processes (torchrun or Ray) that each run here."""
-    from unipo.config import ConfigError, load_config
+    from unipo.config import load_config
     from unipo.launch import in_launched_process, launch_ray, launch_torchrun, starts_servers
     from unipo.preference import load_preference_config
-    from unipo.preference.trainer import PreferenceTrainingError
-    from unipo.train.dist import DistError
-    from unipo.train.run_dir import RunDirError
+    from unipo.train.loggers import check_loggers
     from unipo.train.signals import Interrupted
-    from unipo.train.trainer import TrainingError
 
+    cfg: Any = None
     try:
-        cfg = load_preference_config(config, args) if kind == "preference" else load_config(config, args)
-        t = cfg.train
-        split = kind == "rl" and starts_servers(cfg) and cfg.rollout.vllm.placement == "split"
-        if (t.nproc > 1 or split) and not in_launched_process():
-            if t.launcher == "ray":  # split vLLM servers need Ray to place them, even for one trainer
-                rl_cfg = cfg if kind == "rl" else None
-                launch_ray(kind, config, args, t.nproc, t.ray_address, t.ray_use_gpu, cfg=rl_cfg)
+        with user_errors(lambda: cfg.train.output_dir):
+            cfg = load_preference_config(config, args) if kind == "preference" else load_config(config, args)
+            t = cfg.train
+            check_loggers(t.loggers)  # before the run directory is made
+            split = kind == "rl" and starts_servers(cfg) and cfg.rollout.vllm.placement == "split"
+            if (t.nproc > 1 or split) and not in_launched_process():
+                if t.launcher == "ray":  # split vLLM servers need Ray to place them, even for one trainer
+                    rl_cfg = cfg if kind == "rl" else None
+                    launch_ray(kind, config, args, t.nproc, t.ray_address, t.ray_use_gpu, cfg=rl_cfg)
+                    return
+                code = launch_torchrun(t.nproc, ["train", *([config] if config else []), *args])
+                if code:
+                    raise typer.Exit(code=code)
                 return
-            code = launch_torchrun(t.nproc, ["train", *([config] if config else []), *args])
-            if code:
-                raise typer.Exit(code=code)
-            return
-        summary = run_objective(kind, config, args)
+            summary = run_objective(kind, config, args)
     except Interrupted as e:
-        console.print(f"[yellow]{e}[/]")
+        console.print(f"[yellow]{escape(str(e))}[/]")
         raise typer.Exit(code=130) from None
-    except (ConfigError, RunDirError, TrainingError, PreferenceTrainingError, DistError, FileNotFoundError,
-            ValueError) as e:  # fmt: skip
-        _fail(str(e))
-        return
-    console.print({k: round(v, 4) if isinstance(v, float) else v for k, v in summary.items() if k != "last"})
+    print_summary(summary, cfg.train.output_dir)
 
 
 def _run_preference(config: str | None, args: list[str]) -> None:
@@ -156,21 +161,21 @@ def train(
         bool, typer.Option(help="Continue from the newest checkpoint in the run directory.")
     ] = False,
 ) -> None:
-    """Train a policy: ``unipo train CONFIG.yaml model.path=DIR algorithm.name=dapo``.
+    """Train a policy: `unipo train CONFIG.yaml model.path=DIR algorithm.name=dapo`.
 
-    A preference preset as ``algorithm.name`` (or a preference config: sections data / loss /
-    pairs) runs the preference trainer, offline or in on-policy rounds, as ``unipo preference``.
-    ``train.nproc=N`` trains on N processes (torchrun; ``train.launcher=ray`` for Ray), data
-    parallel (``train.parallel=ddp|fsdp2``).
+    A preference preset as `algorithm.name` (or a preference config: sections data / loss /
+    pairs) runs the preference trainer, offline or in on-policy rounds, as `unipo preference`.
+
+    The run directory (`train.output_dir`) is refused when it is not empty, unless `--resume` or
+    `--overwrite`. A run on a model saved by unipo warns when its prompt format (template, chat
+    template, system prompt) differs from the one the model was trained with (`unipo_task.json`).
+    `train.nproc=N` trains on N processes (torchrun; `train.launcher=ray` for Ray), data
+    parallel (`train.parallel=ddp|fsdp2`).
     """
-    from unipo.config import ConfigError
 
     config, args = _run_args(config, overrides, overwrite=overwrite, resume=resume)
-    try:
+    with user_errors():
         kind, args = route_train(config, args)
-    except ConfigError as e:
-        _fail(str(e))
-        return
     _train_or_launch(kind, config, args)
 
 
@@ -178,48 +183,90 @@ def train(
 def eval_cmd(
     model_dir: Annotated[str, typer.Argument(help="Local HF model directory to evaluate.")],
     overrides: Annotated[
-        list[str] | None, typer.Argument(help="dotted key=value (task.*, eval.*, rollout.*)")
+        list[str] | None, typer.Argument(help="dotted key=value (`task.*`, `eval.*`, `rollout.*`)")
     ] = None,
     config: Annotated[str | None, typer.Option(help="YAML config to take task/eval settings from.")] = None,
-    out: Annotated[str | None, typer.Option(help="Output directory (default MODEL_DIR/eval).")] = None,
+    out: Annotated[
+        str | None, typer.Option(help="Output directory (default: `evals/<model name>-<date-time>` here).")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Write into a non-empty `--out` directory.")] = False,
 ) -> None:
-    """Accuracy, mean reward, pass@k / maj@k, length and entropy on held-out prompts.
+    """Accuracy, mean reward, pass@k / maj@k, length and entropy on the task's evaluation prompts.
 
-    ``unipo eval runs/demo/final task.name=chain_sum eval.samples=8 eval.ks=[1,4,8]``
+    `unipo eval runs/demo/final task.name=chain_sum eval.samples=8 eval.ks=[1,4,8]`
+
+    A model saved by unipo carries the prompt format and task it was trained with
+    (`unipo_task.json`: template, chat template on or off, system prompt, max_new_tokens, the
+    task and its options, the evaluation seed and size); they are used for every key you do not
+    set, and each key you set to another value is printed. Results go to `--out`, by default a
+    new `evals/<model name>-<date-time>` directory under the current one (never into the model
+    directory): `eval.json` and `samples.jsonl`.
     """
-    from unipo.config import ConfigError, load_config
-    from unipo.train.evaluate import run_eval
+    from unipo.train.evaluate import default_eval_dir, eval_config, run_eval
+    from unipo.train.run_dir import RunDirError, ensure_writable_dir
+    from unipo.train.utils import resolve_device
 
-    try:
-        cfg = load_config(config, [f"model.path={model_dir}", *(overrides or [])])
-        metrics = run_eval(cfg, out or f"{model_dir.rstrip('/')}/eval")
-    except (ConfigError, FileNotFoundError, ValueError) as e:
-        _fail(str(e))
-        return
+    with user_errors():
+        cfg, saved, differ = eval_config(model_dir, config, list(overrides or []))
+        resolve_device(cfg.model.device)  # a missing GPU is refused before anything is written
+        if not Path(model_dir).is_dir():
+            raise FileNotFoundError(f"model directory {model_dir} does not exist")
+        place = Path(out) if out else default_eval_dir(model_dir)
+        if out and place.is_dir() and any(place.iterdir()) and not overwrite:
+            raise RunDirError(f"{place} is not empty; pass --overwrite to replace its eval.json and "
+                              "samples.jsonl, or give another --out")  # fmt: skip
+        ensure_writable_dir(place, "give another --out", "eval output directory")
+        _print_eval_settings(model_dir, cfg, saved, differ)
+        record = {"settings_from": f"{model_dir}/unipo_task.json" if saved else None,
+                  "differ_from_saved": differ}  # fmt: skip
+        metrics = run_eval(cfg, place, console=console, record=record)
     table = Table(title=f"eval of {model_dir}")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for k, v in metrics.items():
         table.add_row(k, f"{v:.4f}")
     console.print(table)
+    console.print(f"written to [bold]{escape(str(place))}[/] (eval.json, samples.jsonl)")
+
+
+def _print_eval_settings(model_dir: str, cfg: Any, saved: dict[str, Any] | None, differ: list[str]) -> None:
+    t = cfg.task
+    chat = {True: "on", False: "off", None: "if the tokenizer has one"}[t.chat]
+    name = t.name if t.source == "reasoning_gym" else t.path
+    what = (f"task {name} {t.config or ''}, template {t.template!r}, "
+            f"chat template {chat}, {cfg.rollout.sampling.max_new_tokens} new tokens, "
+            f"{t.eval_size} prompts (seed {t.eval_seed})")  # fmt: skip
+    if saved is None:
+        console.print(f"{escape(model_dir)} has no unipo_task.json (not saved by unipo); evaluating with "
+                      f"{escape(what)}", soft_wrap=True)  # fmt: skip
+        return
+    console.print(f"settings the model was trained with ({escape(model_dir)}/unipo_task.json): "
+                  f"{escape(what)}", soft_wrap=True)  # fmt: skip
+    for line in differ:
+        err_console.print(f"[yellow]warning:[/] not as trained: {escape(line)}", soft_wrap=True)
 
 
 @app.command()
 def report(
     run_dirs: Annotated[list[str], typer.Argument(help="Run directories (several are overlaid).")],
     out: Annotated[
-        str | None, typer.Option(help="Where to write report.html and plots/ (default: first run).")
+        str | None,
+        typer.Option(help="Where to write report.html and plots/ (default: the run itself for one run, "
+                     "`reports/<name>-vs-<name>` for several)."),
     ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a report already in `--out`.")] = False,
 ) -> None:
-    """PNG plots and an HTML page for one or several runs."""
+    """PNG plots and an HTML page for one or several runs.
+
+    One run: written into its run directory (`report.html`, `plots/`), as the trainer writes it.
+    Several runs: a new `reports/<name>-vs-<name>` directory (or `--out`); never into a run
+    directory, and an existing report is replaced only with `--overwrite`.
+    """
     from unipo.diagnostics.report import report_main
 
-    try:
-        path = report_main(run_dirs, out)
-    except (FileNotFoundError, ValueError) as e:
-        _fail(str(e))
-        return
-    console.print(f"report: {path}")
+    with user_errors():
+        path = report_main(run_dirs, out, overwrite)
+    console.print(f"report: {escape(str(path))}")
 
 
 @app.command()
@@ -227,12 +274,10 @@ def compare(
     spec: Annotated[str, typer.Argument(help="Spec YAML: base, variants, seeds, output_dir.")],
 ) -> None:
     """Run each (variant, seed) as a run directory; write compare.html/.json with 95% intervals."""
-    from unipo.diagnostics.compare import CompareError, compare_main
+    from unipo.diagnostics.compare import compare_main
 
-    try:
-        console.print(f"comparison report: {compare_main(spec, console=console)}")
-    except (CompareError, FileNotFoundError) as e:
-        _fail(str(e))
+    with user_errors():
+        console.print(f"comparison report: {escape(str(compare_main(spec, console=console)))}")
 
 
 @app.command()
@@ -243,7 +288,7 @@ def preference(
     resume: Annotated[bool, typer.Option(help="Continue from the newest checkpoint (round ends).")] = False,
     presets: Annotated[bool, typer.Option("--presets", help="List the preference presets and exit.")] = False,
 ) -> None:
-    """Preference optimization: ``unipo preference CONFIG.yaml model.path=DIR loss.preset=ipo``."""
+    """Preference optimization: `unipo preference CONFIG.yaml model.path=DIR loss.preset=ipo`."""
     from unipo.preference import list_presets
 
     if presets:
@@ -364,24 +409,33 @@ def config_help() -> None:
 
 @app.command()
 def demo(
-    output_dir: Annotated[str, typer.Option(help="Run directory.")] = "runs/demo",
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing demo run directory.")] = True,
+    output_dir: Annotated[str, typer.Option(help="Demo directory.")] = "runs/demo",
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace a previous demo run in the demo directory (`make demo` passes it).")
+    ] = False,
     quick: Annotated[bool, typer.Option(help="A tiny budget (smoke test), not the real demo.")] = False,
     env: Annotated[
         str | None,
         typer.Option(help="An embedded environment instead: calculator (tool use) or guess (a game)."),
     ] = None,
 ) -> None:
-    """Build the tiny model, warm-start it, train it with GRPO and show before/after."""
+    """Build the tiny model, warm-start it, train it with GRPO and show before/after.
+
+    A non-empty demo directory is refused unless `--overwrite` is given (then the previous demo
+    run is replaced, and the output says so). `--env calculator|guess` runs an embedded
+    environment's demo instead (its own directory, runs/demo-ENV by default, always replaced).
+    """
     if env is not None:
         from unipo.envs.demo import run_env_demo
 
         out = output_dir if output_dir != "runs/demo" else f"runs/demo-{env}"
-        run_env_demo(env, output_dir=out, quick=quick, console=console)
+        with user_errors(lambda: out):
+            run_env_demo(env, output_dir=out, quick=quick, console=console)
         return
     from unipo.demo import run_demo
 
-    run_demo(output_dir=output_dir, overwrite=overwrite, quick=quick, console=console)
+    with user_errors(lambda: output_dir):
+        run_demo(output_dir=output_dir, overwrite=overwrite, quick=quick, console=console)
 
 
 @app.command()

@@ -13,6 +13,11 @@ shows on problems it never saw.
 
 ``python -m unipo.demo --size large`` runs the same testbed with a ~25M-parameter model and
 five-digit problems, for a GPU.
+
+A non-empty demo directory is refused unless ``overwrite`` (``unipo demo --overwrite``; ``make
+demo`` passes it and says that it replaces the previous demo run). Both saved models (``warm_start/``
+and ``final/``) carry ``unipo_task.json``: the task and prompt format they were trained with (no
+chat template), which ``unipo eval`` uses.
 """
 
 from __future__ import annotations
@@ -29,10 +34,12 @@ from typing import Any
 import torch
 from rich.console import Console
 from rich.table import Table
+from transformers import AutoTokenizer
 
 from unipo.config import load_config
+from unipo.models.task_file import task_settings, write_task_file
 from unipo.tasks.testbed import WarmStart, WarmStartRecipe, cached_warm_start, warm_start_problems
-from unipo.train.run_dir import prepare_run_dir, read_metrics, write_json
+from unipo.train.run_dir import RunDirError, prepare_run_dir, read_metrics, write_json
 
 
 @dataclass(frozen=True)
@@ -139,6 +146,19 @@ def warm_start(tb: Testbed, device: str, console: Console, cache: Path | None = 
     return ws
 
 
+def check_demo_dir(output_dir: str | Path, overwrite: bool) -> bool:
+    """Refuse a non-empty demo directory without ``overwrite`` (``RunDirError``); returns whether
+    there is a previous demo run to replace."""
+    p = Path(output_dir)
+    previous = p.is_dir() and any(p.iterdir())
+    if previous and not overwrite:
+        raise RunDirError(
+            f"demo directory {p} is not empty (a previous demo run?); pass --overwrite to replace it, "
+            "or --output-dir DIR to keep it"
+        )
+    return previous
+
+
 def before_after(run_dir: Path, n_prompts: int, samples: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-prompt sampled accuracy [N] of the first and the last evaluation in samples.jsonl."""
     before, after = correct_before_after(run_dir, n_prompts, samples)
@@ -173,7 +193,7 @@ def passk_curves(c_before: torch.Tensor, c_after: torch.Tensor) -> dict[str, lis
 
 def run_demo(
     output_dir: str = "runs/demo",
-    overwrite: bool = True,
+    overwrite: bool = False,
     quick: bool = False,
     console: Console | None = None,
     size: str = "small",
@@ -188,6 +208,8 @@ def run_demo(
     console = console or Console()
     tb = globals()["quick"](SIZES[size]) if quick else SIZES[size]
     torch.set_num_threads(tb.budget.threads or max(1, min(torch.get_num_threads(), 4)))
+    if check_demo_dir(output_dir, overwrite):
+        console.print(f"replacing the previous demo run in {output_dir} (--overwrite)")
     t_start = time.perf_counter()
     run_dir = prepare_run_dir(output_dir, overwrite=overwrite)
     device = str(resolve_device(tb.budget.device))
@@ -196,6 +218,9 @@ def run_demo(
     shutil.rmtree(model_dir, ignore_errors=True)
     shutil.copytree(ws.path, model_dir)
     cfg = load_config(None, demo_overrides(run_dir, model_dir, tb))
+    # the copy records the task and prompt format it was trained with, as final/ will (unipo eval)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    write_task_file(model_dir, task_settings(cfg.task, tok, cfg.rollout.sampling.max_new_tokens))
     trainer = Trainer(cfg, console=console)
     summary = trainer.train()
     # disjointness by text: the problems evaluated against every warm-start and RL-training problem
@@ -290,8 +315,11 @@ def main() -> None:
 
 
 def _print_table(console: Console, s: dict[str, Any]) -> None:
+    from unipo.diagnostics.evalset import eval_set_label
+
+    label = eval_set_label([s.get("train_prompt_overlap")])  # "held-out set" only at 0 overlap
     table = Table(
-        title=f"held-out {s['eval_prompts']} prompts × {s['eval_samples_per_prompt']} samples (T=1.0)"
+        title=f"{label}: {s['eval_prompts']} prompts × {s['eval_samples_per_prompt']} samples (T=1.0)"
     )
     for col in ("metric", "before GRPO", "after GRPO", "change"):
         table.add_column(col, justify="right")
@@ -308,14 +336,14 @@ def _print_table(console: Console, s: dict[str, Any]) -> None:
     console.print(table)
     if s["accuracy_after_unseen"] is not None and s["accuracy_after_seen"] is not None:
         console.print(
-            f"held-out prompts also in the training pool ({100 * s['train_prompt_overlap']:.0f}%): "
+            f"evaluation prompts also in the training pool ({100 * s['train_prompt_overlap']:.0f}%): "
             f"{100 * s['accuracy_before_seen']:.1f}% → {100 * s['accuracy_after_seen']:.1f}%; "
             f"never seen in training: {100 * s['accuracy_before_unseen']:.1f}% → "
             f"{100 * s['accuracy_after_unseen']:.1f}%"
         )
     console.print(
         f"sampled accuracy change: {100 * (s['accuracy_after'] - s['accuracy_before']):+.1f} pts "
-        f"± {100 * s['accuracy_delta_stderr']:.1f} (paired s.e.); held-out/train overlap "
+        f"± {100 * s['accuracy_delta_stderr']:.1f} (paired s.e.); evaluation/training prompt overlap "
         f"{100 * s['train_prompt_overlap']:.1f}%; {s['steps']} GRPO steps; total {s['wall_seconds']:.0f}s"
     )
 

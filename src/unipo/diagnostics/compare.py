@@ -40,6 +40,7 @@ from rich.console import Console
 from unipo.config import build_algorithm, format_validation_error, load_config
 from unipo.diagnostics.children import spawn_child
 from unipo.diagnostics.compare_report import CURVES, plots, render_html, render_markdown, report_tables
+from unipo.diagnostics.evalset import eval_set_label, run_overlap
 from unipo.diagnostics.findings import baseline_gaps, variant_dynamics
 from unipo.diagnostics.law import fit_entropy_law
 from unipo.diagnostics.plots import load_metrics
@@ -47,7 +48,7 @@ from unipo.diagnostics.stats import bootstrap_ci, mean_band
 from unipo.train.checkpoint import latest_checkpoint
 from unipo.train.run_dir import atomic_write_text, run_dir_state, write_json
 
-FINALS = {  # table column → summary.json key (held-out eval after training) or last:<training metric>
+FINALS = {  # table column → summary.json key (evaluation after training) or last:<training metric>
     "accuracy": "after/accuracy",
     "greedy_accuracy": "after/greedy_accuracy",  # the after/pass@k columns follow this one
     "entropy_eval": "after/entropy",
@@ -278,7 +279,10 @@ def write_compare_report(spec: CompareSpec, cells: list[Cell]) -> Path:
     for variant in spec.variants:
         dirs = [Path(c.run_dir) for c in cells if c.variant == variant]
         numbers[variant] = variant_numbers([p for p in dirs if (p / "metrics.jsonl").exists()])
-    images = plots(numbers, root / "plots")
+    label = eval_set_label(
+        run_overlap(Path(c.run_dir)) for c in cells if (Path(c.run_dir) / "metrics.jsonl").exists()
+    )
+    images = plots(numbers, root / "plots", label)
     gaps = baseline_gaps({v: n["values"] for v, n in numbers.items()}, spec.baseline) if spec.baseline else {}
     summary = {
         "spec": spec.model_dump(),
@@ -290,9 +294,9 @@ def write_compare_report(spec: CompareSpec, cells: list[Cell]) -> Path:
     strict = json.loads(json.dumps(summary, default=str), parse_constant=lambda _: None)  # NaN → null
     write_json(root / "compare.json", strict)
     tables = report_tables(numbers, gaps, spec.baseline)
-    atomic_write_text(root / "compare.md", render_markdown(spec, tables))
+    atomic_write_text(root / "compare.md", render_markdown(spec, tables, label))
     page = root / "compare.html"
-    atomic_write_text(page, render_html(spec, cells, tables, images))
+    atomic_write_text(page, render_html(spec, cells, tables, images, label))
     return page
 
 

@@ -18,11 +18,11 @@ from unipo.diagnostics.plots import plt
 if TYPE_CHECKING:
     from unipo.diagnostics.compare import Cell, CompareSpec
 
-CURVES = {  # plot name → (metric key, y label)
+CURVES = {  # plot name → (metric key, y label; {eval}: the evaluation set's name, evalset.eval_set_label)
     "reward": ("reward/mean", "training reward (all samples)"),
-    "accuracy": ("eval/accuracy", "held-out accuracy"),
+    "accuracy": ("eval/accuracy", "accuracy on the {eval}"),
     "entropy": ("policy/entropy", "token entropy of the trained batch (nats)"),
-    "eval_entropy": ("eval/entropy", "held-out token entropy (nats)"),
+    "eval_entropy": ("eval/entropy", "token entropy on the {eval} (nats)"),
     "length": ("response/length_mean", "response length (tokens)"),
 }
 
@@ -34,9 +34,10 @@ def _save(fig: Any, ax: Any, path: Path, **labels: str) -> None:
     fig.savefig(path, dpi=110, bbox_inches="tight")
 
 
-def plots(numbers: dict[str, dict[str, Any]], out: Path) -> list[str]:
+def plots(numbers: dict[str, dict[str, Any]], out: Path, eval_label: str = "evaluation set") -> list[str]:
     """plots/<curve>.png (mean over seeds with its 95% band, one colour per variant) and
-    plots/entropy_law.png (the (H, R) points and each variant's fitted law)."""
+    plots/entropy_law.png (the (H, R) points and each variant's fitted law); ``eval_label`` names
+    the evaluation prompts ("held-out set" only when none is a training prompt)."""
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for name, (_, ylabel) in CURVES.items():
@@ -49,7 +50,8 @@ def plots(numbers: dict[str, dict[str, Any]], out: Path) -> list[str]:
                 ax.fill_between(c["steps"], c["lo"], c["hi"], color=line.get_color(), alpha=0.2, lw=0)
         if ax.lines:
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            _save(fig, ax, out / f"{name}.png", xlabel="step", ylabel=ylabel, title="seed mean, 95% band")
+            _save(fig, ax, out / f"{name}.png", xlabel="step", ylabel=ylabel.replace("{eval}", eval_label),
+                  title="seed mean, 95% band")  # fmt: skip
             written.append(f"plots/{name}.png")
         plt.close(fig)
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -79,7 +81,8 @@ def _ci(e: dict[str, float]) -> str:
 Table = tuple[list[str], list[list[str]]]  # (header, rows) of plain text
 DYNAMICS = ("entropy_start", "entropy_end", "entropy_change", "dyn_r", "dyn_sign_agree")
 NOTES = {
-    "finals": "accuracy, greedy_accuracy, pass@k, entropy_eval, length: held-out evaluation after training "
+    "finals": "accuracy, greedy_accuracy, pass@k, entropy_eval, length: evaluation on the {eval} after "
+    "training "
     "(summary.json); entropy_last, reward_last: the last training step. With few seeds the interval is "
     "narrow and itself uncertain.",
     "entropy dynamics": "entropy_start/end: mean policy/entropy of the first/last 5 steps; dyn_r: Pearson "
@@ -129,8 +132,9 @@ def _html_table(table: Table) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>\n{body}</tbody></table>\n"
 
 
-def _note(title: str) -> str:
-    return NOTES["finals"] if title.startswith("Final") else NOTES.get(title.split(":")[0].lower(), "")
+def _note(title: str, eval_label: str = "evaluation set") -> str:
+    note = NOTES["finals"] if title.startswith("Final") else NOTES.get(title.split(":")[0].lower(), "")
+    return note.replace("{eval}", eval_label)
 
 
 _CSS = """body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
@@ -141,11 +145,14 @@ th:first-child, td:first-child { text-align: left; } th { background: #f3f3f3; }
 .note { color: #666; font-size: 0.85em; }"""
 
 
-def render_html(spec: CompareSpec, cells: list[Cell], tables: dict[str, Table], images: list[str]) -> str:
+def render_html(
+    spec: CompareSpec, cells: list[Cell], tables: dict[str, Table], images: list[str],
+    eval_label: str = "evaluation set",
+) -> str:  # fmt: skip
     esc = html.escape
     sections = "".join(
         f"<h2>{esc(title)}</h2>\n{_html_table(t)}"
-        + (f"<p class='note'>{esc(n)}</p>\n" if (n := _note(title)) else "")
+        + (f"<p class='note'>{esc(n)}</p>\n" if (n := _note(title, eval_label)) else "")
         for title, t in tables.items()
     )
     links = "<a href='{0}/seed{1}/report.html'>report</a> · <a href='logs/{0}-seed{1}.log'>log</a>"
@@ -168,7 +175,7 @@ def render_html(spec: CompareSpec, cells: list[Cell], tables: dict[str, Table], 
     )
 
 
-def render_markdown(spec: CompareSpec, tables: dict[str, Table]) -> str:
+def render_markdown(spec: CompareSpec, tables: dict[str, Table], eval_label: str = "evaluation set") -> str:
     """compare.md: the same tables as GitHub Markdown, ready to paste into a results page."""
 
     def md(table: Table) -> str:
@@ -179,5 +186,5 @@ def render_markdown(spec: CompareSpec, tables: dict[str, Table]) -> str:
 
     parts = [f"# unipo compare: {spec.output_dir}\n", f"Seeds {spec.seeds}.\n"]
     for title, t in tables.items():
-        parts.append(f"## {title}\n\n{md(t)}" + (f"\n{n}\n" if (n := _note(title)) else ""))
+        parts.append(f"## {title}\n\n{md(t)}" + (f"\n{n}\n" if (n := _note(title, eval_label)) else ""))
     return "\n".join(parts)

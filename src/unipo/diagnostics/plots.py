@@ -2,7 +2,8 @@
 
 Each panel is a list of metric keys (``fnmatch`` patterns, so ``eval/pass@*`` picks up every k).
 Several runs are overlaid: one colour per run, one line style per key. The step-time panel is a
-stacked area per phase for a single run and lines for several.
+stacked area per phase for a single run and lines for several. Evaluation panels name their prompt
+set "held-out" only when no evaluation prompt is a training prompt (``diagnostics/evalset.py``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class Panel:
     """One PNG: ``keys`` are fnmatch patterns over metric names; ``stacked`` stacks a single run."""
 
     title: str
+    """``{eval}`` in it is replaced by the evaluation set's name (``evalset.eval_set_label``)."""
     keys: tuple[str, ...]
     ylabel: str = ""
     stacked: bool = False
@@ -33,8 +35,8 @@ class Panel:
 
 PANELS: dict[str, Panel] = {
     "reward": Panel("reward", ("reward/mean", "eval/reward_mean"), "mean reward"),
-    "accuracy": Panel("accuracy (held-out)", ("eval/accuracy", "eval/greedy_accuracy"), "accuracy"),
-    "pass_at_k": Panel("pass@k / maj@k (held-out)", ("eval/pass@*", "eval/maj@*"), "fraction"),
+    "accuracy": Panel("accuracy on the {eval}", ("eval/accuracy", "eval/greedy_accuracy"), "accuracy"),
+    "pass_at_k": Panel("pass@k / maj@k on the {eval}", ("eval/pass@*", "eval/maj@*"), "fraction"),
     "entropy": Panel("token entropy", ("policy/entropy", "eval/entropy"), "nats / token"),
     "kl": Panel("KL", ("regularizer/kl_ref", "policy/approx_kl_old"), "KL"),
     "clip": Panel("clip fraction", ("surrogate/clip_frac_low", "surrogate/clip_frac_high"), "fraction"),
@@ -138,8 +140,18 @@ def _draw(ax: Any, lines: list[Series], names: list[str]) -> None:
         ax.plot(xs, ys, style, color=color, marker="o" if len(xs) < 12 else None, ms=3, label=label)
 
 
-def plot_panels(data: dict[str, list[dict]], out_dir: str | Path) -> list[Path]:
-    """Write ``out_dir/<panel>.png`` for each panel with data; ``data`` maps run name → records."""
+def plot_panels(
+    data: dict[str, list[dict]], out_dir: str | Path, eval_label: str | None = None
+) -> list[Path]:
+    """Write ``out_dir/<panel>.png`` for each panel with data; ``data`` maps run name → records.
+
+    ``eval_label`` names the evaluation set in titles (default: from the records' step-0
+    ``eval/train_prompt_overlap``; "evaluation set" when they have none).
+    """
+    from unipo.diagnostics.evalset import eval_set_label, overlap_of
+
+    if eval_label is None:
+        eval_label = eval_set_label(overlap_of(None, recs) for recs in data.values())
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -155,7 +167,7 @@ def plot_panels(data: dict[str, list[dict]], out_dir: str | Path) -> list[Path]:
             _draw(ax, lines, names)
         ax.set_xlabel("step")
         ax.set_ylabel(panel.ylabel)
-        ax.set_title(panel.title)
+        ax.set_title(panel.title.replace("{eval}", eval_label))
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if len(names) > 1 or len(lines) > 3:  # many lines: keep the legend off the data
@@ -177,8 +189,13 @@ def load_runs(run_dirs: list[str | Path]) -> dict[str, list[dict]]:
 
 def plot_run(run_dir: str | Path, runs: list[str | Path] | None = None) -> list[Path]:
     """Write ``run_dir/plots/<panel>.png`` for every panel with data; several ``runs`` are overlaid."""
+    from unipo.diagnostics.evalset import eval_set_label, run_overlap
+
     run_dir = Path(run_dir)
-    return plot_panels(load_runs(list(runs or [run_dir])), run_dir / "plots")
+    paths = [Path(r) for r in (runs or [run_dir])]
+    data = load_runs(paths)
+    label = eval_set_label(run_overlap(p, recs) for p, recs in zip(paths, data.values()))
+    return plot_panels(data, run_dir / "plots", label)
 
 
 PassKCurve = dict[str, list[float]]  # {"k": [1, 2, ...], "before": [...], "after": [...]}

@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from unipo.diagnostics.evalset import eval_set_label, run_overlap
 from unipo.diagnostics.plots import PANELS, load_runs, plot_panels, plot_passk_curves, run_names
 from unipo.train.run_dir import atomic_write_text
 
@@ -126,8 +127,12 @@ def _details(summary: str, path: Path) -> str:
     return f"<details><summary>{html.escape(summary)}</summary><pre>{html.escape(body)}</pre></details>"
 
 
-def render_html(names: list[str], run_dirs: list[Path], rows: list[dict[str, Any]], images: list[str]) -> str:
-    """The report page; ``images`` are paths relative to the page."""
+def render_html(
+    names: list[str], run_dirs: list[Path], rows: list[dict[str, Any]], images: list[str],
+    eval_label: str = "evaluation set",
+) -> str:  # fmt: skip
+    """The report page; ``images`` are paths relative to the page; ``eval_label`` names the
+    evaluation prompts ("held-out set" only when none is a training prompt: ``evalset.py``)."""
     esc = html.escape
     header, cells = table_rows(names, rows)
     thead = "".join(f"<th>{esc(h)}</th>" for h in header)
@@ -149,7 +154,8 @@ def render_html(names: list[str], run_dirs: list[Path], rows: list[dict[str, Any
         f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>{esc(title)}</title>"
         f"<style>{_CSS}</style></head><body>\n<h1>{esc(title)}</h1>\n<ul>{runs}</ul>\n"
         f"<h2>Final numbers</h2>\n<table><thead><tr>{thead}</tr></thead><tbody>\n{tbody}</tbody></table>\n"
-        "<p class='path'>before/after: held-out eval at step 0 and after the last step; "
+        f"<p class='path'>before/after: evaluation on the {esc(eval_label)} at step 0 and after the last "
+        "step; "
         "(last): the last training step. wall time without summary.json sums training steps only.</p>\n"
         f"<h2>Plots</h2>\n<div class='plots'>\n{figures or '<p>no metrics to plot</p>'}</div>\n"
         f"<h2>Configurations</h2>\n{configs}</body></html>\n"
@@ -179,21 +185,61 @@ def write_report(out_dir: Path, run_dirs: list[Path]) -> Path:
     out_dir, run_dirs = Path(out_dir), [Path(p) for p in run_dirs]
     check_run_dirs(run_dirs)
     data = load_runs(run_dirs)
-    written = plot_panels(data, out_dir / "plots")
+    names = run_names(run_dirs)
+    label = eval_set_label(run_overlap(p, data[n]) for n, p in zip(names, run_dirs))
+    written = plot_panels(data, out_dir / "plots", label)
     order = {name: i for i, name in enumerate(PANELS)}
     images = [f"plots/{p.name}" for p in sorted(written, key=lambda p: order.get(p.stem, len(order)))]
-    names = run_names(run_dirs)
     rows = [run_numbers(p, data[n]) for n, p in zip(names, run_dirs)]
     curves = {n: c for n, p in zip(names, run_dirs) if (c := _passk_curve(p))}
     if curves:  # runs whose summary.json holds a pass@k curve before/after (``unipo demo``)
         images.append(f"plots/{plot_passk_curves(curves, out_dir / 'plots' / 'pass_at_k_curve.png').name}")
     page = out_dir / "report.html"
-    atomic_write_text(page, render_html(names, run_dirs, rows, images))
+    atomic_write_text(page, render_html(names, run_dirs, rows, images, label))
     return page
 
 
-def report_main(run_dirs: list[str], out: str | None = None) -> Path:
-    """CLI entry: ``unipo report RUN_DIR [RUN_DIR ...] [--out DIR]`` (default: the first run dir)."""
+class ReportPlaceError(ValueError):
+    """The report's output place is refused (it would overwrite something)."""
+
+
+def _is_run_dir(p: Path) -> bool:
+    return (p / "metrics.jsonl").is_file() or (p / "config.yaml").is_file()
+
+
+def report_dir(
+    run_dirs: list[Path], out: str | Path | None, overwrite: bool = False, root: str | Path = "reports"
+) -> Path:
+    """Where ``unipo report`` writes: ``out``, else the run directory for one run, else
+    ``reports/<run names joined by -vs->`` (under the current directory).
+
+    Refused (``ReportPlaceError``): a run directory other than the only run reported on (its own
+    report would be replaced), and a place that already holds a report (``report.html``) unless
+    ``overwrite``. One run's report in its own directory is regenerated (as the trainer writes it).
+    """
+    runs = [Path(p).resolve() for p in run_dirs]
+    if out is None and len(runs) == 1:
+        return Path(run_dirs[0])
+    place = Path(out) if out is not None else Path(root) / "-vs-".join(run_names(run_dirs))
+    own = len(runs) == 1 and place.resolve() == runs[0]
+    if own:
+        return place
+    if _is_run_dir(place):
+        raise ReportPlaceError(
+            f"{place} is a run directory; this report would replace its own report. Give another --out "
+            "(default for several runs: reports/<names>)"
+        )
+    if (place / "report.html").exists() and not overwrite:
+        raise ReportPlaceError(
+            f"{place} already holds a report; pass --overwrite to replace it, or give another --out"
+        )
+    return place
+
+
+def report_main(run_dirs: list[str], out: str | None = None, overwrite: bool = False) -> Path:
+    """CLI entry: ``unipo report RUN_DIR [RUN_DIR ...] [--out DIR] [--overwrite]`` (``report_dir``)."""
     if not run_dirs:
         raise ValueError("no run directories given")
-    return write_report(Path(out) if out else Path(run_dirs[0]), [Path(p) for p in run_dirs])
+    paths = [Path(p) for p in run_dirs]
+    check_run_dirs(paths)
+    return write_report(report_dir(paths, out, overwrite), paths)

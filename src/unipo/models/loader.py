@@ -35,6 +35,9 @@ from transformers import (
 )
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
+from unipo.models.task_file import write_task_file
+from unipo.train.run_dir import raise_if_disk_full
+
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 
 
@@ -205,8 +208,16 @@ def is_peft_model(model: nn.Module) -> bool:
     return isinstance(model, PeftModel)
 
 
-def save_model(model: nn.Module, tokenizer: PreTrainedTokenizerBase, out_dir: str | Path) -> Path:
+def save_model(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    out_dir: str | Path,
+    task: dict[str, Any] | None = None,
+) -> Path:
     """Save ``model`` + ``tokenizer`` as a directory plain ``AutoModelForCausalLM`` can load.
+
+    ``task``: the prompt format and task the model was trained with (``task_file.task_settings``),
+    written as ``unipo_task.json`` beside the weights; ``unipo eval`` reads it back.
 
     LoRA adapters are merged into a deep copy first (the live model is untouched; this
     briefly needs a second copy of the weights). The write is atomic: files go to a sibling
@@ -222,8 +233,12 @@ def save_model(model: nn.Module, tokenizer: PreTrainedTokenizerBase, out_dir: st
         to_save.config.use_cache = True  # a saved checkpoint is for inference too
         to_save.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-    except BaseException:
+        if task is not None:
+            write_task_file(tmp, task)
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):
+            raise_if_disk_full(e, out)
         raise
     finally:
         to_save.config.use_cache = use_cache

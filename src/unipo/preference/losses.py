@@ -18,8 +18,10 @@ Attributes a loss declares (class-level, read by the trainer; never the loss's n
 
 This file holds the T1 losses (DPO, cDPO, robust DPO, IPO, f-DPO, SimPO, ORPO); the seed papers'
 variants are in ``losses_t2.py`` and, for losses that read the responses' scores, ``losses_pg.py``.
-Metrics: ``pref/chosen_reward``, ``pref/rejected_reward``,
-``pref/margin``, ``pref/accuracy`` (the loss's implicit reward of the best vs the worst response).
+Metrics: ``pref/chosen_reward``, ``pref/rejected_reward``, ``pref/margin``, ``pref/reward_accuracy``
+(the share of examples whose best response gets a higher implicit reward than the worst: pair-ranking
+accuracy, TRL's ``rewards/accuracies``; not a task accuracy, which the evaluation reports as
+``eval/accuracy``).
 """
 
 from __future__ import annotations
@@ -120,7 +122,7 @@ def reward_metrics(chosen: Tensor, rejected: Tensor) -> Metrics:
         "pref/chosen_reward": scalar(chosen.mean()),
         "pref/rejected_reward": scalar(rejected.mean()),
         "pref/margin": scalar((chosen - rejected).mean()),
-        "pref/accuracy": scalar((chosen > rejected).float().mean()),
+        "pref/reward_accuracy": scalar((chosen > rejected).float().mean()),
     }
 
 

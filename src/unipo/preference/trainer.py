@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from rich.console import Console
 
+from unipo.models.task_file import prompt_format_warning
 from unipo.preference.batch import PreferenceExample
 from unipo.preference.config import PreferenceConfig
 from unipo.preference.did import did_metrics
@@ -162,6 +163,20 @@ class PreferenceTrainer(PreferenceData):
         self.step, self.round, self._nonfinite_run, self._stages_done = 0, 0, 0, 0
         self._pending: dict[str, Any] | None = None  # the round in progress: its data and position
         self.run_dir: Path | None = None
+        self.task_settings = self._task_settings()
+        prompt_format_warning(cfg.model.path, self.task_settings)  # vs the model's unipo_task.json
+
+    def _task_settings(self) -> dict[str, Any]:
+        """What ``final/unipo_task.json`` records: the task and its prompt format (with the on-policy
+        rounds' max_new_tokens), else, offline without a task, the data's prompt format."""
+        from unipo.models.task_file import format_settings, task_settings
+
+        cfg = self.cfg
+        if cfg.task is not None:
+            max_new = cfg.pairs.sampling.max_new_tokens if self.online else None
+            return task_settings(cfg.task, self.tokenizer, max_new)
+        d = cfg.data
+        return format_settings(d.template, d.chat, d.system_prompt, self.tokenizer)
 
     # ------------------------------------------------------------------ one optimizer step
     def optimizer_step(self, examples: list[PreferenceExample], sft: bool = False) -> dict[str, float]:
@@ -392,7 +407,7 @@ class PreferenceTrainer(PreferenceData):
             self._pending = {**pending, "data": data}
 
     def save_final(self, out_dir: Path) -> None:
-        self.policy.save(out_dir)
+        self.policy.save(out_dir, self.task_settings)
 
     def initial_metrics(self) -> dict[str, Any]:
         return {**self.data_stats, **self.overlap}  # eval/train_prompt_overlap: is the evaluation held out
@@ -401,7 +416,7 @@ class PreferenceTrainer(PreferenceData):
         return {"rounds": self.round, "preset": self.preset.name, **self.overlap}
 
     def describe(self, metrics: dict[str, Any]) -> str:
-        loss, acc = (metrics.get(k, float("nan")) for k in ("loss/total", "pref/accuracy"))
+        loss, acc = (metrics.get(k, float("nan")) for k in ("loss/total", "pref/reward_accuracy"))
         return f"step {self.step}  loss {loss:.4f}  pair accuracy {acc:.2f}"
 
     def train(self) -> dict[str, Any]:

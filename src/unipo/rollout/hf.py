@@ -20,6 +20,7 @@ from transformers.cache_utils import DynamicLayer, StaticLayer
 
 from unipo.batch import position_ids_from_mask
 from unipo.rollout.base import Generation, SamplingParams, Weights
+from unipo.rollout.memory import check_kv_cache, rows_per_call
 from unipo.rollout.processors import SampledLogprobs, TokenTemperature, sampling_processors
 
 __all__ = ["HFEngine", "SampledLogprobs", "TokenTemperature", "generate_groups", "sampling_processors"]
@@ -308,6 +309,10 @@ class HFEngine:
 
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], n: int, params: SamplingParams) -> Generation:
+        if prompts:  # refuse, with the numbers, a KV cache that cannot fit (rollout/memory.py)
+            longest = max(len(p) for p in prompts)
+            rows = rows_per_call(self.max_batch, len(prompts), n)
+            check_kv_cache(self.model, rows, longest, params.max_new_tokens)
         per_call = max(self.max_batch // n, 1)  # prompts per generate call
         outs = [
             self._generate_chunk(prompts[i : i + per_call], n, params)

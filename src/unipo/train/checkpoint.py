@@ -12,7 +12,9 @@ A checkpoint directory ``checkpoints/step_00000012/`` holds:
 It is written into ``step_….tmp-XXXX`` and renamed into place, then ``checkpoints/latest``
 (a one-line text file) is replaced atomically. A failure mid-write (disk full) removes the
 temporary directory and leaves every earlier checkpoint and ``latest`` untouched; with several
-processes every rank learns of it and the run goes on (a checkpoint is all ranks' or none).
+processes every rank learns of it and the run goes on (a checkpoint is all ranks' or none). A full
+disk is raised as ``run_dir.DiskFullError`` naming the checkpoint (``disk_full_message`` adds which
+checkpoint a ``--resume`` would continue from).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import numpy as np
 import torch
 
 from unipo.train.dist import Dist
-from unipo.train.run_dir import atomic_write_text
+from unipo.train.run_dir import DiskFullError, atomic_write_text, is_disk_full
 from unipo.train.state_io import Trainables, load, save_dcp, save_single
 
 CKPT_DIR = "checkpoints"
@@ -94,8 +96,8 @@ def save_checkpoint(
             save_single(tmp, trainables)
         if dist.is_main:
             torch.save({**state, "rng": rng_state(), "world": dist.world}, tmp / "state.pt")
-    except OSError as e:
-        error = e
+    except Exception as e:
+        error = DiskFullError(final) if is_disk_full(e, where=root) else e
     errors = [e for e in dist.all_gather_object(error) if e is not None]
     if errors:
         if dist.is_main:
@@ -114,7 +116,7 @@ def save_checkpoint(
             _fsync_dir(root)
         except BaseException as e:
             shutil.rmtree(tmp, ignore_errors=True)
-            error = e
+            error = DiskFullError(final) if is_disk_full(e, where=root) else e
         if error is None:
             atomic_write_text(root / "latest", final.name + "\n")
             for old in complete_checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []:
@@ -170,3 +172,20 @@ def remove_orphans(run_dir: Path) -> list[str]:
     for p in orphans:
         shutil.rmtree(p, ignore_errors=True)
     return sorted(p.name for p in orphans)
+
+
+def disk_full_message(err: DiskFullError, run_dir: str | Path | None) -> str:
+    """The one-line report of a run stopped by a full disk: what failed, what is kept, what to do."""
+    msg = str(err)
+    if run_dir is None:
+        return msg + "; free some space and run again"
+    ckpt = latest_checkpoint(Path(run_dir))
+    if ckpt is None:
+        return msg + (
+            "; no checkpoint had been written (train.save_every=0, or too early); free some space and "
+            "run again"
+        )
+    return (
+        f"{msg}; the last checkpoint, {ckpt}, is complete and kept; free some space, then continue "
+        "with --resume"
+    )

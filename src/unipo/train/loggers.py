@@ -9,14 +9,18 @@ run directory or offline by default, so a run needs no network and no account:
 - ``mlflow``: file store ``run_dir/mlruns`` (``mlflow ui --backend-store-uri run_dir/mlruns``).
 - ``trackio``: trackio's local store (``$TRACKIO_DIR``, default under the HF cache; ``trackio show``).
 
-The optional ones import their package only when asked for.
+The optional ones import their package only when asked for. ``check_loggers`` finds an unknown
+name or a missing package before a run starts (the CLI calls it before the run directory is made);
+both are ``ValueError``s (the missing package a ``LoggerUnavailable``, also an ``ImportError``).
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import re
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -42,12 +46,52 @@ def numeric(metrics: dict[str, Any]) -> dict[str, float]:
     }
 
 
+class LoggerUnavailable(ImportError, ValueError):
+    """An optional logger's package is not installed (the message says what to install)."""
+
+
+REQUIRES: dict[str, tuple[str, str]] = {  # logger → (module it imports, pip install argument)
+    "tensorboard": ("tensorboard", "tensorboard"),
+    "wandb": ("wandb", "unipo[wandb]"),
+    "mlflow": ("mlflow", "unipo[mlflow]"),
+    "trackio": ("trackio", "unipo[trackio]"),
+}
+
+
+def _missing_message(logger: str, module: str, install: str) -> str:
+    return (
+        f"train.loggers has {logger!r}, which needs the '{module}' package, not installed here: "
+        f"pip install {install} (or remove {logger} from train.loggers)"
+    )
+
+
 def _require(module: str, install: str) -> ModuleType:
     """Import ``module`` or say how to install it (``install``: the pip argument)."""
     try:
         return importlib.import_module(module)
     except ImportError as e:
-        raise ImportError(f"this logger needs the '{module}' package: pip install {install}") from e
+        logger = next((k for k, (m, _) in REQUIRES.items() if m == module), module)
+        raise LoggerUnavailable(_missing_message(logger, module, install)) from e
+
+
+def _installed(module: str) -> bool:
+    if module in sys.modules:
+        return sys.modules[module] is not None
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def check_loggers(names: list[str]) -> None:
+    """Raise for an unknown logger name (``ValueError``) or a missing package (``LoggerUnavailable``)
+    without importing or creating anything: call it before a run directory is made."""
+    unknown = [n for n in names if n not in FACTORIES]
+    if unknown:
+        raise ValueError(f"unknown logger(s) {unknown}; choose from {list(FACTORIES)}")
+    for name in names:
+        if name in REQUIRES and not _installed(REQUIRES[name][0]):
+            raise LoggerUnavailable(_missing_message(name, *REQUIRES[name]))
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -235,9 +279,7 @@ def make_loggers(names: list[str], run_dir: str | Path, config: dict[str, Any]) 
     Raises ``ValueError`` for an unknown name and ``ImportError`` (with the pip command) for an
     optional logger whose package is missing; nothing is left open when either happens.
     """
-    unknown = [n for n in names if n not in FACTORIES]
-    if unknown:
-        raise ValueError(f"unknown logger(s) {unknown}; choose from {list(FACTORIES)}")
+    check_loggers(names)
     run_dir = Path(run_dir)
     wanted = ["jsonl", *dict.fromkeys(n for n in names if n != "jsonl")]
     built: list[Logger] = []

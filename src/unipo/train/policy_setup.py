@@ -49,8 +49,9 @@ class Policy:
         with self.reference.active() as ref:
             yield ref, self.ref_root
 
-    def save(self, out_dir: Path) -> None:
-        """The model as a Hugging Face directory (rank 0 writes; collective when sharded)."""
+    def save(self, out_dir: Path, task: dict[str, Any] | None = None) -> None:
+        """The model as a Hugging Face directory (rank 0 writes; collective when sharded), with
+        ``task`` (its task and prompt format) as ``unipo_task.json``."""
         from unipo.models import save_model
 
         if self.dist.sharded:
@@ -58,9 +59,9 @@ class Policy:
             if self.dist.is_main:
                 fresh = self.rebuild()
                 fresh.load_state_dict(weights)
-                save_model(fresh, self.tokenizer, out_dir)
+                save_model(fresh, self.tokenizer, out_dir, task=task)
         elif self.dist.is_main:
-            save_model(self.model, self.tokenizer, out_dir)
+            save_model(self.model, self.tokenizer, out_dir, task=task)
         self.dist.barrier()
 
 

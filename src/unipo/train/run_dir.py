@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 from importlib import metadata
@@ -18,8 +20,48 @@ class RunDirError(RuntimeError):
     """The run directory cannot be used as asked."""
 
 
+class DiskFullError(RunDirError):
+    """No space left on the device (ENOSPC, or a quota: EDQUOT) while writing ``path``.
+
+    Not an ``OSError`` on purpose: a failed checkpoint of another kind is reported and the run goes
+    on, but a full disk stops the run at once, with every complete checkpoint left in place.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        super().__init__(f"no space left on device while writing {self.path}")
+
+
+_DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+_DISK_FULL_TEXT = ("no space left on device", "storagefull", "disk quota exceeded")
+_LOW_SPACE = 64 * 2**20  # bytes: below this, a failed write of an unknown kind counts as disk full
+
+
+def is_disk_full(err: BaseException, where: str | Path | None = None) -> bool:
+    """Whether ``err`` comes from a full disk: its errno, the text libraries put in their own
+    errors (safetensors: ``IoError(... StorageFull ...)``), or, for a write error that says
+    neither (torch.save: "file write failed"), under 64 MiB left where it wrote (``where``)."""
+    if isinstance(err, OSError) and err.errno in _DISK_FULL_ERRNOS:
+        return True
+    if any(t in str(err).lower() for t in _DISK_FULL_TEXT):
+        return True
+    if where is not None and "write" in str(err).lower():
+        try:
+            return shutil.disk_usage(Path(where)).free < _LOW_SPACE
+        except OSError:
+            return False
+    return False
+
+
+def raise_if_disk_full(err: BaseException, path: str | Path) -> None:
+    """Raise ``DiskFullError(path)`` from ``err`` when it comes from a full disk; else return."""
+    if is_disk_full(err):
+        raise DiskFullError(path) from err
+
+
 def prepare_run_dir(path: str | Path, overwrite: bool = False, resume: bool = False) -> Path:
-    """Create ``path``; refuse a non-empty one unless ``overwrite`` or ``resume`` is set.
+    """Create ``path``; refuse a non-empty one unless ``overwrite`` or ``resume`` is set, and one
+    unipo cannot write into (read-only, no permission, a file in the way) with a ``RunDirError``.
 
     A directory that holds only what a run writes but no completed step (an earlier start that
     failed before its first step: bad logger, out of memory) counts as empty: it is not a run.
@@ -30,7 +72,15 @@ def prepare_run_dir(path: str | Path, overwrite: bool = False, resume: bool = Fa
             f"--resume and --overwrite contradict each other for {p}: --resume continues the run in it, "
             "--overwrite starts a new one over it; give one of them"
         )
-    state = run_dir_state(p)
+    try:
+        if p.exists() and not p.is_dir():
+            raise RunDirError(
+                f"run directory {p} exists and is not a directory; choose another train.output_dir"
+            )
+        state = run_dir_state(p)
+    except OSError as e:
+        raise_if_disk_full(e, p)
+        raise RunDirError(f"cannot read run directory {p} ({e.strerror or e})") from None
     if state in ("started", "foreign") and not (overwrite or resume):
         raise RunDirError(
             f"run directory {p} is not empty; pass --resume to continue it or --overwrite "
@@ -38,7 +88,21 @@ def prepare_run_dir(path: str | Path, overwrite: bool = False, resume: bool = Fa
         )
     if state == "foreign" and resume:
         raise RunDirError(f"run directory {p} is not a unipo run directory: nothing to resume")
-    p.mkdir(parents=True, exist_ok=True)
+    return ensure_writable_dir(p, "choose another train.output_dir or make it writable", "run directory")
+
+
+def ensure_writable_dir(path: str | Path, fix: str, what: str = "directory") -> Path:
+    """Create ``path`` (with parents) and check that a file can be written in it; otherwise a
+    ``RunDirError`` naming the path, the reason (read-only file system, permission denied, a file
+    in the way, ...) and ``fix`` (``DiskFullError`` when the disk is full)."""
+    p = Path(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=p, prefix=".unipo-write-test-"):
+            pass
+    except OSError as e:
+        raise_if_disk_full(e, p)
+        raise RunDirError(f"cannot write to {what} {p} ({e.strerror or e}); {fix}") from None
     return p
 
 
@@ -61,9 +125,17 @@ RUN_FILES = (
 RUN_CACHES = ("ref_logprobs.safetensors",)  # kept by an overwrite: keyed by what they were computed from
 
 
+def _is_result(record: dict[str, Any]) -> bool:
+    """A metrics record worth keeping: a training step, or an evaluation (the one before step 1
+    can take minutes); not the data statistics a run logs as it starts."""
+    evals = (k for k in record if k.startswith("eval/") and k != "eval/train_prompt_overlap")
+    return record.get("step", 0) >= 1 or any(evals)
+
+
 def run_dir_state(path: str | Path) -> str:
-    """"empty" (missing or empty), "unstarted" (only run files, no completed step: a failed start),
-    "started" (a completed step, a checkpoint or a summary), or "foreign" (other files)."""
+    """"empty" (missing or empty), "unstarted" (only run files, no result: a failed start),
+    "started" (a completed step or evaluation, a checkpoint or a summary), or "foreign" (other
+    files)."""
     p = Path(path)
     if not p.exists() or not any(p.iterdir()):
         return "empty"
@@ -75,24 +147,28 @@ def run_dir_state(path: str | Path) -> str:
         return "started"
     if ckpts.is_dir() and any(c.is_dir() and (c / "COMPLETE").exists() for c in ckpts.iterdir()):
         return "started"
-    if any(r.get("step", 0) >= 1 for r in read_metrics(p / "metrics.jsonl", tolerant=True)):
+    if any(_is_result(r) for r in read_metrics(p / "metrics.jsonl", tolerant=True)):
         return "started"
     return "unstarted"
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write via a temporary file in the same directory, fsync, then rename."""
+    """Write via a temporary file in the same directory, fsync, then rename (``DiskFullError`` when
+    the disk is full; the previous file is then untouched)."""
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    tmp = None
     try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise_if_disk_full(e, p)
         raise
 
 
@@ -108,9 +184,13 @@ class MetricsLog:
         self._f = open(self.path, "a")  # noqa: SIM115 (kept open for the run)
 
     def write(self, record: dict[str, Any]) -> None:
-        self._f.write(json.dumps(record, sort_keys=True, default=float) + "\n")
-        self._f.flush()
-        os.fsync(self._f.fileno())
+        try:
+            self._f.write(json.dumps(record, sort_keys=True, default=float) + "\n")
+            self._f.flush()
+            os.fsync(self._f.fileno())
+        except OSError as e:
+            raise_if_disk_full(e, self.path)
+            raise
 
     def close(self) -> None:
         self._f.close()

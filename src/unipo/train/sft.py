@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from rich.console import Console
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
@@ -104,8 +105,39 @@ def sft(
     pad_id: int = 0,
     warmup: int = 10,
     on_step: Callable[[int, float], None] | None = None,
+    console: Console | None = None,
+    label: str = "warm start",
 ) -> list[float]:
-    """AdamW on the answer-token NLL for ``steps`` minibatches; returns the loss per step."""
+    """AdamW on the answer-token NLL for ``steps`` minibatches; returns the loss per step.
+
+    ``console``: show a progress bar (``label``, steps done, time left, the last loss);
+    ``on_step(step, loss)`` is called after every step.
+    """
+    from unipo.train.progress import progress_bar
+
+    with progress_bar(console, label, steps) as update:
+
+        def report(step: int, loss: float) -> None:
+            update(1, f"loss {loss:.3f}")
+            if on_step is not None:
+                on_step(step, loss)
+
+        return _sft(model, rows, steps=steps, batch_size=batch_size, lr=lr, seed=seed, pad_id=pad_id,
+                    warmup=warmup, on_step=report)  # fmt: skip
+
+
+def _sft(
+    model: nn.Module,
+    rows: list[tuple[list[int], list[int]]],
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    pad_id: int,
+    warmup: int,
+    on_step: Callable[[int, float], None],
+) -> list[float]:
     device = next(model.parameters()).device
     rng = random.Random(seed)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
@@ -135,6 +167,5 @@ def sft(
         opt.step()
         sched.step()
         losses.append(float(loss.detach()))
-        if on_step is not None:
-            on_step(step, losses[-1])
+        on_step(step, losses[-1])
     return losses

@@ -26,9 +26,11 @@ from unipo.batch import RolloutBatch
 from unipo.config import Config, build_algorithm
 from unipo.diagnostics.entropy import RunDiagnostics
 from unipo.envs import env_rollout
+from unipo.models.task_file import prompt_format_warning, task_settings
 from unipo.parts.base import masked_mean
 from unipo.parts.corrections import apply_corrections, mismatch_metrics
 from unipo.rollout.factory import make_engine
+from unipo.rollout.memory import check_generation_memory
 from unipo.train.async_rollout import Prefetcher, snapshot_if_shared
 from unipo.train.collect import PromptSampler
 from unipo.train.critic import Critic
@@ -38,6 +40,7 @@ from unipo.train.loop import TrainLoop, restore_objective, write_objective_check
 from unipo.train.nograd import rollout_batch_logprobs
 from unipo.train.phases import PhaseMeter
 from unipo.train.policy_setup import FullParamsEngine, load_policy
+from unipo.train.progress import progress_bar
 from unipo.train.rl_collect import RLCollection, TrainingError
 from unipo.train.sft import demonstration_ids
 from unipo.train.update import UpdateSettings, update_policy
@@ -158,6 +161,11 @@ class Trainer(RLCollection):
         self.overlap = overlap_record(self.train_examples, eval_examples)  # {eval/train_prompt_overlap: x}
         self.eval_set = EvalSet(eval_examples, *self._encode(eval_examples)) if eval_examples else None
         self.sampler = PromptSampler(len(self.train_examples), seed=cfg.train.seed)
+        self.task_settings = task_settings(cfg.task, self.tokenizer, cfg.rollout.sampling.max_new_tokens)
+        prompt_format_warning(cfg.model.path, self.task_settings)  # saved with the model: unipo_task.json
+        check_generation_memory(self.engine, self._encode(self.train_examples[:64])[0], [  # KV cache fits?
+            (cfg.rollout.prompts_per_step, cfg.rollout.group_size), (cfg.task.eval_size, cfg.eval.samples)
+        ], cfg.rollout.sampling.max_new_tokens)  # fmt: skip
         # -- optimization
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
@@ -312,12 +320,13 @@ class Trainer(RLCollection):
         sampling = cfg.rollout.sampling.model_copy(update={"temperature": cfg.eval.temperature})
         path = self.run_dir / "samples.jsonl" if self.run_dir else None
         n = len(self.eval_set.examples)
-        with self.console.status(f"[bold]evaluating[/] {n} held-out prompts × {cfg.eval.samples} samples"):
+        with progress_bar(self.console, "evaluate", n * (2 if cfg.eval.greedy else 1)) as progress:
             return evaluate(
                 self.policy.scorer, self.engine, self.task_reward, self.eval_set,
                 samples=cfg.eval.samples, sampling=sampling, ks=cfg.eval.ks, greedy=cfg.eval.greedy,
                 micro_batch=cfg.optim.micro_batch_size, samples_path=path, tag=tag, dist=self.dist,
                 rollout=self.rollout,
+                progress=progress,
             )  # fmt: skip
 
     # ------------------------------------------------------------------ state and the loop
@@ -357,7 +366,7 @@ class Trainer(RLCollection):
         self.reward_set.load_state_dict(state.get("rewards", {}))  # absent in checkpoints before it existed
 
     def save_final(self, out_dir: Path) -> None:
-        self.policy.save(out_dir)
+        self.policy.save(out_dir, self.task_settings)
 
     def save_checkpoint(self) -> Path | None:
         """Write a checkpoint now (the loop does this on its cadence); None when the write failed."""

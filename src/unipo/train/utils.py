@@ -19,10 +19,50 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+class DeviceError(ValueError):
+    """``model.device`` names a device this machine does not have."""
+
+
 def resolve_device(name: str) -> torch.device:
+    """``model.device`` → a ``torch.device``; ``auto``: cuda if available, else cpu.
+
+    A device that does not exist here (``cuda`` without a GPU or a CUDA build of torch, ``cuda:3``
+    on a machine with two GPUs, ``mps`` off Apple silicon, a misspelt name) is a ``DeviceError``
+    naming ``model.device`` and what this machine has, raised before any model is loaded.
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise DeviceError(
+            f"model.device={name!r} is not a device name ({e}); use auto, cpu, cuda or cuda:N"
+        ) from None
+    have = _available_devices()
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            why = "torch was built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise DeviceError(
+                f"model.device={name!r} but {why} on this machine (available: {have}); "
+                "use model.device=cpu (or auto)"
+            )
+        if device.index is not None and device.index >= count:
+            raise DeviceError(
+                f"model.device={name!r} but this machine has {count} CUDA GPU(s) (available: {have})"
+            )
+    elif device.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise DeviceError(f"model.device={name!r} but MPS is not available here (available: {have})")
+    return device
+
+
+def _available_devices() -> str:
+    names = ["cpu"]
+    if torch.cuda.is_available():
+        names += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if hasattr(torch.backends, "mps") and torch.backends.mps.is_available():
+        names.append("mps")
+    return ", ".join(names)
 
 
 def process_device(name: str, dist: Any) -> torch.device:
