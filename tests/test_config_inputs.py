@@ -132,14 +132,33 @@ def test_min_group_size_matches_what_each_advantage_does_with_lone_completions()
     flipped = batch.replace(rewards=1.0 - batch.rewards)
     # f-DPG's pseudo-reward has a per-sample signal, but its per-prompt normalizer needs G ≥ 2 samples
     needs_samples_not_baseline = {"f_dpg"}
+    # SPA-RL's reward reaches the advantage through the progress estimator fitted on it, from the next
+    # step on (this step's turn rewards come from the estimator as it was): no groups, but a one-step lag
+    reward_through_its_estimator = {"spa"}
     for name, cls in PARTS["advantage"].items():
         if name in needs_samples_not_baseline:
             assert cls().min_group_size == 2
             continue
         need = getattr(cls(), "min_group_size", 2 if getattr(cls(), "uses_groups", True) else 1)
+        if name in reward_through_its_estimator:
+            assert need == 1 and _next_step_differs(cls, batch, flipped), name
+            continue
         adv, _ = cls()(batch)
         adv_flipped, _ = cls()(flipped)
         assert bool(torch.equal(adv, adv_flipped)) == (need > 1), name
+
+
+def _next_step_differs(cls, batch: RolloutBatch, flipped: RolloutBatch) -> bool:
+    """The advantage of the step after one fitted on ``batch`` vs on ``flipped`` (distinct completions,
+    so the estimator can tell the rows apart)."""
+    ids = torch.arange(batch.size * batch.completion_ids.shape[1]).view_as(batch.completion_ids) + 3
+    out = []
+    for b in (batch.replace(completion_ids=ids), flipped.replace(completion_ids=ids)):
+        part = cls()
+        part(b)
+        part.on_step_end({})
+        out.append(part(b)[0])
+    return not bool(torch.equal(out[0], out[1]))
 
 
 @pytest.mark.parametrize("algo", list_algorithms(), ids=lambda a: a.name)

@@ -79,6 +79,7 @@ def _loss_and_grads(name: str, d: dict[str, torch.Tensor], pad: float | None):
         **({"old_stats": {k: padded(v) for k, v in old_stats.items()}} if old_stats else {}),
         metadata=[{"completion": f"the answer is {i % 3}", "remax_baseline": 0.5} for i in range(len(lp))],
         token_rewards=padded(0.01 * d["old_logprobs"]),
+        rollout_logprobs=padded(d["old_logprobs"] - 0.05),  # the sampler's μ (decoupled corrections, replay)
         **({"old_sequence_stats": features} if features else {}),
     )  # fmt: skip
     lp_grad, ent_grad = torch.autograd.grad(loss, (lp, ent), allow_unused=True, materialize_grads=True)

@@ -4,6 +4,13 @@ Shape letters used throughout unipo:
     B  completions in the batch (prompts × G samples per prompt)
     P  prompt length (left-padded)
     T  completion length (right-padded)
+
+Multi-turn trajectories (``unipo.envs``) are rows like any other: the completion is the whole
+trajectory after the prompt, model turns and environment tokens (tool results, observations)
+interleaved as the sampler saw them. ``completion_mask`` is the *loss* mask (1 on the model's own
+tokens, 0 on environment tokens and padding), so every part, aggregate and denominator sees model
+tokens only and environment tokens never get gradient; ``context_mask`` is 1 on every real token of
+the trajectory (the attention mask of the completion); ``turn_index`` numbers the model turns.
 """
 
 from __future__ import annotations
@@ -44,6 +51,8 @@ _PER_ITEM_TENSORS = (
     "entropies",
     "advantages",
     "values",
+    "context_mask",
+    "turn_index",
     "token_rewards",
     "rollout_logprobs",
     "weight_version",
@@ -72,6 +81,12 @@ class RolloutBatch:
     entropies: Tensor | None = None  # [B, T] full-vocabulary entropy of π_old at each token
     advantages: Tensor | None = None  # [B, T] per-token advantage
     values: Tensor | None = None  # [B, T] critic values (PPO) when a value head exists
+    # multi-turn rows (unipo.envs): 1 on every real completion token the model reads (its own and the
+    # environment's); None: completion_mask (single-turn rows, where the two are the same)
+    context_mask: Tensor | None = None  # [B, T] float
+    # index k of the model turn each completion token belongs to, −1 on environment tokens and padding;
+    # None: single-turn (every completion token is turn 0)
+    turn_index: Tensor | None = None  # [B, T] long
     token_rewards: Tensor | None = None  # [B, T] dense per-token reward added to the sequence reward (RTO)
     rollout_logprobs: Tensor | None = None  # [B, T] log μ: the sampler's processed log-probs, no grad
     weight_version: Tensor | None = None  # [B] long: the weight version that sampled each row
@@ -102,8 +117,15 @@ class RolloutBatch:
         return torch.cat([self.prompt_ids, self.completion_ids], dim=1)
 
     @property
-    def attention_mask(self) -> Tensor:  # [B, P+T]
-        return torch.cat([self.prompt_mask.long(), self.completion_mask.long()], dim=1)
+    def attention_mask(self) -> Tensor:  # [B, P+T]: the prompt, and every completion token the model reads
+        seen = self.context_mask if self.context_mask is not None else self.completion_mask
+        return torch.cat([self.prompt_mask.long(), seen.long()], dim=1)
+
+    def turns(self) -> Tensor:  # [B, T] long
+        """``turn_index``, or for single-turn rows 0 on completion tokens and −1 elsewhere."""
+        if self.turn_index is not None:
+            return self.turn_index
+        return torch.where(self.completion_mask.bool(), 0, -1).long()
 
     @property
     def completion_lengths(self) -> Tensor:  # [B] long
@@ -130,6 +152,8 @@ class RolloutBatch:
             "entropies": (b, t),
             "advantages": (b, t),
             "values": (b, t),
+            "context_mask": (b, t),
+            "turn_index": (b, t),
             "token_rewards": (b, t),
             "rollout_logprobs": (b, t),
             "weight_version": (b,),
@@ -156,6 +180,12 @@ class RolloutBatch:
                 )
         if self.metadata and len(self.metadata) != b:
             raise ValueError(f"RolloutBatch.metadata has {len(self.metadata)} items, expected {b}")
+        seen = self.context_mask
+        if seen is not None and bool((self.completion_mask.bool() & ~seen.bool()).any()):
+            raise ValueError(
+                "RolloutBatch.context_mask must be 1 wherever completion_mask is 1 (a loss token the model "
+                "does not read)"
+            )
 
     # ---------------------------------------------------------------- transforms
     def select(self, index: Tensor | list[int]) -> RolloutBatch:
@@ -215,8 +245,11 @@ class RolloutBatch:
         p = max(b.prompt_ids.shape[1] for b in batches)
         t = max(b.completion_ids.shape[1] for b in batches)
         out: dict[str, Any] = {}
+        multi = {"context_mask": lambda b: b.completion_mask.float(), "turn_index": lambda b: b.turns()}
         for name in _PER_ITEM_TENSORS:
             vals = [getattr(b, name) for b in batches]
+            if name in multi and any(v is not None for v in vals):  # single-turn rows among multi-turn ones
+                vals = [v if v is not None else multi[name](b) for v, b in zip(vals, batches)]
             if any(v is None for v in vals):
                 out[name] = None
                 continue
@@ -224,7 +257,8 @@ class RolloutBatch:
                 out[name] = torch.cat(vals)
                 continue
             width = p if name.startswith("prompt") else t
-            fill = pad_token_id if name in ("prompt_ids", "completion_ids") else 0
+            fill = -1 if name == "turn_index" else 0
+            fill = pad_token_id if name in ("prompt_ids", "completion_ids") else fill
             padded = []
             for v in vals:
                 extra = width - v.shape[1]

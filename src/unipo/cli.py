@@ -418,12 +418,24 @@ def demo(
         bool, typer.Option(help="Replace a previous demo run in the demo directory (`make demo` passes it).")
     ] = False,
     quick: Annotated[bool, typer.Option(help="A tiny budget (smoke test), not the real demo.")] = False,
+    env: Annotated[
+        str | None,
+        typer.Option(help="An embedded environment instead: calculator (tool use) or guess (a game)."),
+    ] = None,
 ) -> None:
     """Build the tiny model, warm-start it, train it with GRPO and show before/after.
 
     A non-empty demo directory is refused unless `--overwrite` is given (then the previous demo
-    run is replaced, and the output says so).
+    run is replaced, and the output says so). `--env calculator|guess` runs an embedded
+    environment's demo instead (its own directory, runs/demo-ENV by default, always replaced).
     """
+    if env is not None:
+        from unipo.envs.demo import run_env_demo
+
+        out = output_dir if output_dir != "runs/demo" else f"runs/demo-{env}"
+        with user_errors(lambda: out):
+            run_env_demo(env, output_dir=out, quick=quick, console=console)
+        return
     from unipo.demo import run_demo
 
     with user_errors(lambda: output_dir):

@@ -13,12 +13,15 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from unipo.config_env import EnvConfig, TurnRewardTerm
 from unipo.config_io import ConfigError, apply_override, parse_yaml, read_config_file
 from unipo.rollout.base import SamplingParams
 
 __all__ = [  # the loading helpers live in unipo.config_io and are re-exported here
     "Config",
     "ConfigError",
+    "EnvConfig",
+    "TurnRewardTerm",
     "apply_override",
     "build_algorithm",
     "describe_fields",
@@ -67,12 +70,13 @@ class ModelConfig(_Strict):
 
 
 class TaskConfig(_Strict):
-    source: Literal["reasoning_gym", "jsonl", "code", "addition"] = Field(
+    source: Literal["reasoning_gym", "jsonl", "code", "addition", "env"] = Field(
         "reasoning_gym",
         description="Where prompts come from: reasoning-gym generators, a JSONL file, the generated code "
         "task (fill in a linear function's return expression; scored by running its unit tests in the "
-        "sandbox; options in task.config, e.g. {max_b: 20}), or the demo's worked column addition "
-        "(unipo.tasks.addition; options in task.config: digits, worked, pool_weights).",
+        "sandbox; options in task.config, e.g. {max_b: 20}), the demo's worked column addition "
+        "(unipo.tasks.addition; options in task.config: digits, worked, pool_weights), or env: the "
+        "examples of the environment class (env.name; its examples(n, seed, split)).",
     )
     name: str = Field("chain_sum", description="reasoning-gym dataset name (source=reasoning_gym).")
     config: dict[str, Any] = Field(
@@ -431,6 +435,11 @@ class Config(_Strict):
         None, description="Replaces the weighted sum of the reward terms (stateful; checkpointed)."
     )
     rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="Sampling.")
+    env: EnvConfig | None = Field(
+        None,
+        description="A multi-turn environment: the rollout plays episodes (tools, observations) instead of "
+        "sampling one completion per prompt; every preset trains on the trajectories.",
+    )
     algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig, description="Which parts.")
     optim: OptimConfig = Field(default_factory=OptimConfig, description="Optimizer.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation.")
@@ -544,6 +553,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             "task.eval_seed must differ from task.train_seed (held-out prompts need another seed)"
         )
     check_run_dir_flags(cfg.train)
+    if cfg.task.source == "env" and cfg.env is None:
+        raise ConfigError("task.source=env takes its examples from the environment: set env.name too")
+    if cfg.env is not None:
+        from unipo.envs import env_class
+
+        try:
+            env_class(cfg.env.name)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     check_servers(cfg)
     check_reward_terms(cfg.rewards, "rewards")
     if cfg.reward_combiner is not None:

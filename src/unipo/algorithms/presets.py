@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from unipo.algorithms import (
     presets_adv,  # noqa: F401  (T2 advantage estimators: bnpo, canon, riskpo, rover, ...)
+    presets_agents,  # noqa: F401  (T3 agent methods: igpo, spa_rl, epo, spear, loop, supo, r3l, ...)
     presets_explore,  # noqa: F401  (G2RL's gradient-guided scaling, ETTRL's tree rollouts)
     presets_peers,  # noqa: F401  (peers' baselines: cispo, sapo, gmpo, remax, ...)
     presets_pref,  # noqa: F401  (preference papers on the RL side: p3o, rto, f_dpg_*)

@@ -99,6 +99,10 @@ Optional part attributes the trainer reads (never part names):
                                       is cut into micro-batches (``flagged`` reads them); a task
                                       example column of that name is copied into its rows' metadata
                                       by collect (AdaCoT's ``adacot_slm``)
+    Multi-turn batches (``unipo.envs``): ``RolloutBatch.turn_index`` [B, T] (the model turn of each
+    completion token, −1 on environment tokens) reaches loss parts as ``LossInputs.turn_index``; the
+    per-turn rewards, tool calls and validity flags are per-row lists in ``metadata``
+    (``turn_rewards``, ``turn_ok``, ``tool_calls``, ``turns``; see ``unipo.envs.batching``).
 Optional methods:
     state_dict() / load_state_dict(d)   stateful parts (adaptive coefficients, anchors)
     prepare(batch, score) -> (batch, metrics)
@@ -205,6 +209,8 @@ class LossInputs:
     row_flags: dict[str, Tensor] = field(default_factory=dict)  # key -> [B] bool, rows marked (row_flags)
     flag_tokens: dict[str, float] = field(default_factory=dict)  # key -> their tokens, accumulated batch
     flag_rows: dict[str, float] = field(default_factory=dict)  # key -> their rows, accumulated batch
+    # multi-turn rows (unipo.envs): the model turn of each token, −1 on environment tokens and padding
+    turn_index: Tensor | None = None  # [B, T] long; None: single-turn
     rollout_logprobs: Tensor | None = None  # [B, T] log μ of the sampler (processed), no grad
     correction_weights: Tensor | None = None  # [B, T] rollout corrections' IS weights, no grad (None: 1)
 

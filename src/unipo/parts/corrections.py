@@ -324,7 +324,7 @@ class Decoupled(_NeedsOld):
         log_ratio, mask = _inputs(batch, "decoupled")
         w = log_ratio.exp()  # [B, T] π_prox / μ
         over = mask.bool() & (w > self.cap) if self.cap is not None else torch.zeros_like(mask.bool())
-        w = torch.where(over, torch.zeros_like(w), w) * mask
+        w = torch.where(over | ~mask.bool(), torch.zeros_like(w), w)  # padding: 0, also where it holds NaN
         return w, mask.bool(), {
             "rollout_corr/decoupled_capped_frac": scalar(_frac(over, mask)),
             "rollout_corr/decoupled_weight_mean": scalar(w.sum() / mask.sum().clamp(min=1)),

@@ -72,6 +72,8 @@ def _load_builtin_parts() -> None:
         "advantages_t2", "advantages_norm", "advantages_semantic", "advantages_entropy", "advantages_risk",
         "advantages_value", "ares_t2", "clipping_t2", "entropy_t2", "rewards_t2", "selection_t2", "tokens_t2",
         "otb", "peer_advantages", "peer_surrogates", "remax", "surrogates_t2",
+        "agent_turns", "agent_credit", "agent_losses", "agent_replay",
         "pairwise", "fdpg", "token_reward", "g2rl", "schedulers", "scheduler_pcl", "buffers",
     ):  # fmt: skip
         importlib.import_module(f"unipo.parts.{module}")
+    importlib.import_module("unipo.rewards.agents")

@@ -40,6 +40,7 @@ REWARD_FACTORIES: dict[str, Callable[[], Any]] = {
     "adacot": _factory("unipo.rewards.efficiency", "adacot_penalty"),
     "reward_model": _factory("unipo.rewards.models", "ClassifierReward"),
     "polar": _factory("unipo.rewards.models", "PolicyDiscriminatorReward"),
+    "otc": _factory("unipo.rewards.agents", "OTCReward"),
 }
 
 REWARD_CATALOG: tuple[RewardInfo, ...] = (
@@ -134,6 +135,13 @@ REWARD_CATALOG: tuple[RewardInfo, ...] = (
         "semantic-entropy minimization: r = share of the answer's cluster",
         "EMPO arXiv 2504.05812; QingyangZhang/EMPO@c5eccd40 trl/src/open_r1/rewards.py",
         ("Answers from extract_answer; the free-form (verifier-model) clustering is not carried.",),
+    ),
+    RewardInfo(
+        "otc",
+        "reward",
+        "OTC-GRPO tool-call efficiency: correct × r_tool(calls, fewest correct calls in the group)",
+        "OTC-PO arXiv 2504.14870 (tool reward closed forms as in a public verl port)",
+        ("n from the step's group only (the paper also tracks it across epochs); alpha = c = 1 UNVERIFIED.",),
     ),
     RewardInfo(
         "lagrange",

@@ -295,9 +295,17 @@ def make_task(source: str, **kwargs: Any) -> Any:
     return cls(**kwargs)
 
 
-def task_from_config(task_cfg: Any) -> Any:
+def task_from_config(task_cfg: Any, env_cfg: Any = None) -> Any:
     """The task a ``unipo.config.TaskConfig`` names (only the fields of its source are read; the
-    code and addition tasks take their options from ``task.config``)."""
+    code and addition tasks take their options from ``task.config``). With an environment (``env_cfg``)
+    the episode's own reward scores the rows (``unipo.envs.env_task``): its examples come from the
+    environment class (``source=env``) or from the task named here."""
+    if env_cfg is not None:
+        from unipo.envs import env_task
+
+        return env_task(env_cfg, None if task_cfg.source == "env" else task_from_config(task_cfg))
+    if task_cfg.source == "env":
+        raise ValueError("task.source=env takes its examples from the environment: set env.name too")
     if task_cfg.source == "reasoning_gym":
         return make_task("reasoning_gym", name=task_cfg.name, config=task_cfg.config)
     if task_cfg.source in ("code", "addition"):

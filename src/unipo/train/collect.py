@@ -12,7 +12,7 @@ import torch
 
 from unipo.batch import EXAMPLE_KEY, EXTRA_ROW_KEY, SFT_KEY, SFT_TRUNCATED_KEY, RolloutBatch
 from unipo.parts.base import ExtraRollout
-from unipo.rollout.base import RolloutEngine, SamplingParams
+from unipo.rollout.base import Generation, RolloutEngine, SamplingParams
 from unipo.train.dist import Dist
 from unipo.train.phases import PhaseMeter
 from unipo.train.prompts import Prompts, PromptSampler
@@ -20,6 +20,13 @@ from unipo.train.prompts import Prompts, PromptSampler
 log = logging.getLogger("unipo")
 
 __all__ = ["PromptSampler", "Prompts", "collect", "score", "score_result"]
+
+RolloutFn = Callable[[RolloutEngine, list[dict[str, Any]], list[list[int]], int, SamplingParams], Generation]
+"""What produces a round's rows instead of ``engine.generate(prompt_ids, n, sampling)``:
+``rollout(engine, examples, prompt_ids, n, sampling)`` (an environment's multi-turn rollout,
+``unipo.envs.EnvRollout``). Its ``Generation`` may carry, besides the usual fields, ``context_mask`` and
+``turn_index`` [B, T] (onto the batch), ``columns`` (per-row reward columns), ``row_metadata`` (per-row
+metadata) and ``metrics`` (logged with the step's)."""
 
 
 def score_result(
@@ -64,6 +71,22 @@ def _combine_reward_metrics(parts: list[tuple[dict[str, float], int]]) -> dict[s
     return out
 
 
+def training_rollout(env: RolloutFn | None, algorithm: Any) -> RolloutFn | None:
+    """What samples the training groups: the environment's episodes (``env``), or the algorithm's
+    rollout part (``part.generate(engine, prompt_ids, G, sampling)``, ETMR's trees), or None
+    (``engine.generate``). A rollout part cannot play environment episodes: both is a ``ValueError``."""
+    part = getattr(algorithm, "rollout", None)
+    if part is None:
+        return env
+    if env is not None:
+        raise ValueError(
+            f"algorithm {algorithm.name!r} samples its groups with the {type(part).__name__} rollout part, "
+            "which cannot run multi-turn environment episodes (env.name is set); use a preset without a "
+            "rollout part with environments"
+        )
+    return lambda engine, _examples, ids, n, sampling: part.generate(engine, ids, n, sampling)
+
+
 def row_components(
     reward_set: Any, result: Any
 ) -> list[tuple[dict[str, Any] | None, dict[str, float] | None]]:
@@ -87,7 +110,7 @@ def _round(
     meter: PhaseMeter,
     dist: Dist | None = None,
     flag_columns: tuple[str, ...] = (),
-    rollout: Any = None,
+    rollout: RolloutFn | None = None,
 ) -> tuple[RolloutBatch, dict[str, float], str | None, list[Any]]:
     """``_local_round`` on this rank's share of the prompts (whole groups, whatever their sizes), every
     rank's rows then gathered in prompt order, so each rank returns the whole round (one process: the
@@ -121,7 +144,7 @@ def _local_round(
     demonstrations: Callable[[list[dict[str, Any]]], list[list[int] | None]] | None,
     meter: PhaseMeter,
     flag_columns: tuple[str, ...] = (),
-    rollout: Any = None,
+    rollout: RolloutFn | None = None,
 ) -> tuple[RolloutBatch, dict[str, float], str | None, list[Any]]:
     """Generate and score one round in this process: (batch, reward metrics, traceback, demonstrations).
 
@@ -156,37 +179,45 @@ def _generate_and_score(
     demonstrations: Callable[[list[dict[str, Any]]], list[list[int] | None]] | None,
     meter: PhaseMeter,
     flag_columns: tuple[str, ...] = (),
-    rollout: Any = None,
+    rollout: RolloutFn | None = None,
 ) -> tuple[RolloutBatch, dict[str, float], str | None, list[Any]]:
-    """``group_size`` completions of each prompt, scored; prompt i's rows get group id ``group_ids_of[i]``.
-    ``rollout``: the algorithm's rollout part, whose ``generate(engine, ...)`` samples the groups."""
+    """``group_size`` completions of each prompt (or the rollout's rows), scored; prompt i's rows get
+    group id ``group_ids_of[i]``."""
     examples, prompt_texts = prompts.examples, prompts.texts
     with meter("generate"):
-        if rollout is not None:  # a structured rollout (ETMR's trees): G rows per prompt all the same
-            gen = rollout.generate(engine, prompts.ids, group_size, sampling)
-        else:
+        if rollout is None:
             gen = engine.generate(prompts.ids, group_size, sampling)
+        else:  # an environment's episodes, a rollout part's trees (ETMR)
+            gen = rollout(engine, examples, prompts.ids, group_size, sampling)
     with meter("reward"):
-        rows_ex = [ex for ex in examples for _ in range(group_size)]
-        rows_prompt = [p for p in prompt_texts for _ in range(group_size)]
+        # the prompt of each row: prompt·G + j, or the rollout's own map (SUPO's segments: several rows each)
+        owner = getattr(gen, "row_prompt", None) or [
+            g for g in range(len(examples)) for _ in range(group_size)
+        ]
+        rows_ex = [examples[o] for o in owner]
+        rows_prompt = [prompt_texts[o] for o in owner]
         lengths = gen.completion_mask.sum(1).long().tolist()
-        group_ids = torch.tensor(group_ids_of, dtype=torch.long).repeat_interleave(group_size)
+        group_ids = torch.tensor([group_ids_of[o] for o in owner], dtype=torch.long)
         extra = {
             "completion_length": lengths,
             "truncated": gen.truncated.tolist(),
             "max_new_tokens": [sampling.max_new_tokens] * len(lengths),
             "group_id": group_ids.tolist(),  # rows of one prompt share it: group rewards (TTRL, EMPO)
+            **getattr(gen, "columns", {}),  # a multi-turn rollout's env_reward, tool_calls, turns, ...
         }
         result = score_result(reward_set, rows_ex, rows_prompt, gen.completions, extra)
         totals, rmetrics, tb = result.total, result.metrics(), result.first_traceback
+        rmetrics.update(getattr(gen, "metrics", {}))
         comps = row_components(reward_set, result)
-    if gen.shared_prefix is not None:  # tokens branches took over from another row instead of sampling
-        rmetrics["rollout/shared_prefix_frac"] = float(gen.shared_prefix.sum()) / max(sum(lengths), 1)
-    row_meta = gen.row_metadata or [{} for _ in lengths]
+    shared = getattr(gen, "shared_prefix", None)  # tokens tree branches took over instead of sampling
+    if shared is not None:
+        rmetrics["rollout/shared_prefix_frac"] = float(shared.sum()) / max(sum(lengths), 1)
+    row_meta = getattr(gen, "row_metadata", None) or [{} for _ in lengths]
     rewards = torch.tensor([math.nan if r is None else float(r) for r in totals], dtype=torch.float32)
     demos = demonstrations(examples) if demonstrations is not None else [None] * len(examples)
-    rows_demo = [d for d in demos for _ in range(group_size)]
-    rows_eid = [e for e in prompts.example_ids for _ in range(group_size)] if prompts.example_ids else None
+    rows_demo = [demos[o] for o in owner]
+    rows_eid = [prompts.example_ids[o] for o in owner] if prompts.example_ids else None
+    context_mask, turn_index = getattr(gen, "context_mask", None), getattr(gen, "turn_index", None)
     batch = RolloutBatch(
         prompt_ids=gen.prompt_ids.cpu(),
         prompt_mask=gen.prompt_mask.cpu(),
@@ -195,6 +226,8 @@ def _generate_and_score(
         group_ids=group_ids,
         truncated=gen.truncated.cpu(),
         rewards=rewards,
+        context_mask=context_mask.cpu() if context_mask is not None else None,
+        turn_index=turn_index.cpu() if turn_index is not None else None,
         rollout_logprobs=gen.logprobs.cpu() if gen.logprobs is not None else None,
         weight_version=gen.weight_version.cpu() if gen.weight_version is not None else None,
         metadata=[
@@ -204,8 +237,8 @@ def _generate_and_score(
             | ({SFT_TRUNCATED_KEY: True} if getattr(d, "truncated", False) else {})
             | {k: ex[k] for k in flag_columns if k in ex}  # example columns parts read as row flags
             | ({EXAMPLE_KEY: rows_eid[i]} if rows_eid is not None else {})  # the scheduler's prompt index
-            | rm  # what the rollout part says of the row (ETMR: its tree and fork)
-            for i, (p, c, ex, d, (rc, rw), rm) in enumerate(
+            | m  # the rollout's per-row metadata: ETMR's tree and fork; an episode's turn_rewards, tool_calls
+            for i, (p, c, ex, d, (rc, rw), m) in enumerate(
                 zip(rows_prompt, gen.completions, rows_ex, rows_demo, comps, row_meta)
             )
         ],
@@ -231,7 +264,7 @@ def collect(
     extra: ExtraRollout | None = None,
     dist: Dist | None = None,
     flag_columns: tuple[str, ...] = (),
-    rollout: Any = None,
+    rollout: RolloutFn | None = None,
     group_sizes: list[int] | None = None,
     example_ids: list[int] | None = None,
     observe: Callable[[RolloutBatch], Any] | None = None,
@@ -269,14 +302,10 @@ def collect(
     ``flag_columns`` (the algorithm's ``row_flags``) are example columns copied into each row's
     metadata, so that a part reads them as row flags (AdaCoT's ``adacot_slm``).
 
-    ``rollout`` (the algorithm's rollout part, ETMR) samples the main rounds' groups with its
-    ``generate(engine, prompt_ids, group_size, sampling)`` instead of ``engine.generate``; the rows'
-    ``row_metadata`` join their metadata, and ``rollout/shared_prefix_frac`` counts the completion
-    tokens branches share with the row they forked from. The extra rollout stays flat.
-
-    With several processes (``dist``) every rank is given the same prompts; each generates and
-    scores its share of them (whole groups) and the rows are gathered, so the selections, the
-    refill decision and everything after run on the whole batch, identically on every rank.
+    ``rollout`` (``RolloutFn``: an environment's multi-turn episodes, or a rollout part's trees, ETMR)
+    replaces ``engine.generate`` in every round, extra rollout included; None samples one completion
+    per row. Its rows' ``row_metadata`` join their metadata, and ``rollout/shared_prefix_frac`` counts
+    the completion tokens tree branches share with the row they forked from.
     """
     prompts = Prompts(examples, prompt_ids, prompt_texts, group_sizes, example_ids)
     target_groups = len(prompts)
@@ -342,7 +371,7 @@ def collect(
         firsts = dataclasses.replace(own.take(slice(0, n_extra)), group_sizes=None)  # n_samples each
         rows, rmetrics, tb, _ = _round(
             engine, reward_set, firsts, n_samples, at_t, next_group_id, demonstrations, meter, dist,
-            flag_columns,
+            flag_columns, rollout,
         )  # fmt: skip
         traceback = traceback or tb
         _add_failures(metrics, rmetrics)

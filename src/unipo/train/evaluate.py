@@ -105,6 +105,7 @@ def run_eval(
     progress. The caller resolves the settings (``eval_config``: the model's saved ones, then the
     user's) and the output place (``unipo eval`` never writes into the model directory).
     """
+    from unipo.envs import build_env_rollout
     from unipo.models import load_model
     from unipo.rollout.hf import HFEngine
     from unipo.rollout.memory import check_generation_memory
@@ -117,7 +118,7 @@ def run_eval(
     if cfg.task.eval_size <= 0:
         raise ValueError("task.eval_size must be > 0 for evaluation")
     device = resolve_device(cfg.model.device)
-    task = task_from_config(cfg.task)
+    task = task_from_config(cfg.task, getattr(cfg, "env", None))
     out = Path(out_dir)
     model, tok = load_model(cfg.model.path, dtype=cfg.model.dtype, device=str(device),
                             trust_remote_code=cfg.model.trust_remote_code)  # fmt: skip
@@ -138,6 +139,7 @@ def run_eval(
             model, engine, task.reward_fn(), data,
             samples=cfg.eval.samples, sampling=sampling, ks=cfg.eval.ks, greedy=cfg.eval.greedy,
             micro_batch=cfg.optim.micro_batch_size, samples_path=out / "samples.jsonl", progress=update,
+            rollout=build_env_rollout(cfg.env, tok) if getattr(cfg, "env", None) is not None else None,
         )  # fmt: skip
     write_json(out / "eval.json", {"model": cfg.model.path, "task": cfg.task.model_dump(),
                                    "max_new_tokens": sampling.max_new_tokens, **(record or {}),
@@ -215,6 +217,7 @@ def evaluate(
     tag: str = "eval",
     dist: Dist | None = None,
     progress: Update | None = None,
+    rollout: Any = None,
 ) -> dict[str, float]:
     """Metrics on the evaluation prompts (``reward_fn`` is the task verifier: 1 = correct).
 
@@ -226,19 +229,33 @@ def evaluate(
     samples. ``model`` may be an FSDP2 root (its parameters are gathered for the entropy pass).
     ``progress(advance, description)`` hears of every prompt sampled, then of every prompt decoded
     greedily (``train.progress.progress_bar``); the numbers are the same with or without it.
+
+    ``rollout`` (``collect.RolloutFn``, an environment's multi-turn rollout) plays episodes instead of
+    sampling one completion; ``reward_fn`` then reads the episode's columns (``env_reward``), the entropy
+    is over the model's tokens, and ``{tag}/turns``, ``{tag}/tool_calls`` (means over samples, with
+    ``*_stderr`` over prompts) are added.
     """
     dist = dist or Dist()
     share = dist.share(len(data.examples))
     local = EvalSet(data.examples[share], data.prompt_ids[share], data.prompt_texts[share])
     if len(local.examples):
-        rows = _eval_rows(model, engine, reward_fn, local, samples, sampling, greedy, micro_batch, progress)
+        rows = _eval_rows(model, engine, reward_fn, local, samples, sampling, greedy, micro_batch, progress,
+                          rollout)  # fmt: skip
     else:
-        keys = ("rewards", "completions", "lengths", "truncated", "ent_sum", "tokens", "greedy")
+        keys = ("rewards", "completions", "lengths", "truncated", "ent_sum", "tokens", "greedy", "turns",
+                "tool_calls")  # fmt: skip
         rows = {k: [] for k in keys}
     if dist.enabled:
         parts = dist.all_gather_object(rows)
         rows = {k: [x for part in parts for x in part[k]] for k in rows}
     out = _eval_metrics(rows, len(data.examples), samples, ks, greedy, tag)
+    for key in ("turns", "tool_calls"):  # episodes: per-sample counts, stderr over prompts
+        if rows.get(key):
+            per_prompt = torch.tensor(rows[key], dtype=torch.float32).view(len(data.examples), samples)
+            per_prompt = per_prompt.mean(1)  # [N]
+            out[f"{tag}/{key}"] = float(per_prompt.mean())
+            n = per_prompt.numel()
+            out[f"{tag}/{key}_stderr"] = float(per_prompt.std(unbiased=True) / math.sqrt(n)) if n > 1 else 0.0
     if (pop := getattr(reward_fn, "pop_metrics", None)) is not None:  # e.g. the sandbox's code/<reason>
         counts: dict[str, float] = {}
         for part in dist.all_gather_object(pop()):
@@ -258,18 +275,29 @@ def evaluate(
 def _eval_rows(
     model: nn.Module, engine: RolloutEngine, reward_fn: Any, data: EvalSet, samples: int,
     sampling: SamplingParams, greedy: bool, micro_batch: int, progress: Update | None = None,
+    rollout: Any = None,
 ) -> dict[str, list[Any]]:  # fmt: skip
     """Per sampled row (prompt-major): reward, completion, length, truncation, entropy sum and
-    token count; per prompt: greedy reward."""
-    gen = _generate(engine, data.prompt_ids, samples, sampling, progress, f"sampling {samples} per prompt")
+    token count (and, for episodes, turns and tool calls); per prompt: greedy reward."""
+
+    def generate(n: int, params: SamplingParams, what: str) -> Any:
+        if rollout is None:
+            return _generate(engine, data.prompt_ids, n, params, progress, what)
+        gen = rollout(engine, data.examples, data.prompt_ids, n, params)
+        if progress is not None:
+            progress(len(data.prompt_ids), what)
+        return gen.episodes_only() if hasattr(gen, "episodes_only") else gen  # one row per episode
+
+    gen = generate(samples, sampling, f"sampling {samples} per prompt")
     rows_ex = [ex for ex in data.examples for _ in range(samples)]
     rows_prompt = [p for p in data.prompt_texts for _ in range(samples)]
-    rewards = _score(reward_fn, rows_ex, rows_prompt, gen.completions)
-    # token entropy of the sampled completions under the evaluated policy
+    rewards = _score(reward_fn, rows_ex, rows_prompt, gen.completions, getattr(gen, "columns", {}))
+    # token entropy of the sampled completions under the evaluated policy (the model's tokens)
     if progress is not None:
         progress(0, "token entropy")
     input_ids = torch.cat([gen.prompt_ids, gen.completion_ids], 1)
-    attn = torch.cat([gen.prompt_mask, gen.completion_mask.long()], 1)
+    seen = getattr(gen, "context_mask", None)
+    attn = torch.cat([gen.prompt_mask, (seen if seen is not None else gen.completion_mask).long()], 1)
     with full_params(model):
         _, ent = batched_logprobs(
             model, input_ids, attn, gen.completion_mask, micro_batch=micro_batch,
@@ -284,11 +312,13 @@ def _eval_rows(
         "ent_sum": (ent * mask).sum(1).tolist(),
         "tokens": mask.sum(1).tolist(),
         "greedy": [],
+        "turns": list(getattr(gen, "columns", {}).get("turns", [])),
+        "tool_calls": list(getattr(gen, "columns", {}).get("tool_calls", [])),
     }
     if greedy:
-        greedy_params = sampling.model_copy(update={"greedy": True})
-        g = _generate(engine, data.prompt_ids, 1, greedy_params, progress, "greedy")
-        out["greedy"] = _score(reward_fn, data.examples, data.prompt_texts, g.completions)
+        g = generate(1, sampling.model_copy(update={"greedy": True}), "greedy")
+        columns = getattr(g, "columns", {})
+        out["greedy"] = _score(reward_fn, data.examples, data.prompt_texts, g.completions, columns)
     return out
 
 
@@ -325,9 +355,10 @@ def _eval_metrics(
 
 
 def _score(
-    reward_fn: Any, examples: list[dict[str, Any]], prompts: list[str], completions: list[str]
+    reward_fn: Any, examples: list[dict[str, Any]], prompts: list[str], completions: list[str],
+    extra: dict[str, list[Any]] | None = None,
 ) -> list[float]:
     keys = {k for ex in examples for k in ex if k != "question"}
-    columns = {k: [ex.get(k) for ex in examples] for k in keys}
+    columns = {k: [ex.get(k) for ex in examples] for k in keys} | dict(extra or {})
     raw = reward_fn(prompts, completions, **columns)
     return [0.0 if (r is None or not math.isfinite(float(r))) else float(r) for r in raw]

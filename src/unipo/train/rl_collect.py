@@ -135,7 +135,7 @@ class RLCollection:
             extra=self.algorithm.extra_rollout(self._last_metrics),  # a part's second rollout (AEPO)
             dist=self.dist,
             flag_columns=self.algorithm.row_flags,  # example columns parts read as row flags (AdaCoT)
-            rollout=self.algorithm.rollout,  # a rollout part samples the groups (ETMR's trees); None: flat
+            rollout=self.train_rollout,  # env episodes or a rollout part's trees (None: engine.generate)
             group_sizes=prompts.group_sizes,
             example_ids=prompts.example_ids,
             observe=self._observe,

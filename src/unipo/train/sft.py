@@ -2,7 +2,9 @@
 targets (demonstrations) that HPT trains on when a prompt's rollouts all fail.
 
 Loss: mean cross-entropy of the answer tokens (and EOS) given the prompt; prompt tokens
-are not trained on.
+are not trained on. A row may carry a third element, a 0/1 loss mask over its target tokens: the
+target is then a multi-turn trajectory whose environment tokens (tool results, observations) are
+read but not trained on (the warm start of ``unipo.envs.demo``).
 """
 
 from __future__ import annotations
@@ -94,7 +96,7 @@ def demonstration_ids(
 
 def sft(
     model: nn.Module,
-    rows: list[tuple[list[int], list[int]]],
+    rows: list[tuple[list[int], list[int]]] | list[tuple[list[int], list[int], list[int]]],
     *,
     steps: int,
     batch_size: int,
@@ -144,18 +146,21 @@ def _sft(
     losses = []
     for step in range(steps):
         picked = [rows[rng.randrange(len(rows))] for _ in range(batch_size)]
-        p_ids, p_mask = left_pad([p for p, _ in picked], pad_id, device)  # [b, P]
-        width = max(len(t) for _, t in picked)
+        p_ids, p_mask = left_pad([row[0] for row in picked], pad_id, device)  # [b, P]
+        width = max(len(row[1]) for row in picked)
         c_ids = torch.full((batch_size, width), pad_id, dtype=torch.long)
-        c_mask = torch.zeros((batch_size, width))
-        for i, (_, t) in enumerate(picked):
+        c_mask = torch.zeros((batch_size, width))  # read (attention)
+        c_loss = torch.zeros((batch_size, width))  # trained on
+        for i, row in enumerate(picked):
+            t = row[1]
             c_ids[i, : len(t)] = torch.tensor(t)
             c_mask[i, : len(t)] = 1
-        c_ids, c_mask = c_ids.to(device), c_mask.to(device)
+            c_loss[i, : len(t)] = torch.tensor(row[2], dtype=torch.float32) if len(row) > 2 else 1.0
+        c_ids, c_mask, c_loss = c_ids.to(device), c_mask.to(device), c_loss.to(device)
         logp, _ = completion_logprobs(
-            model, torch.cat([p_ids, c_ids], 1), torch.cat([p_mask, c_mask.long()], 1), c_mask
+            model, torch.cat([p_ids, c_ids], 1), torch.cat([p_mask, c_mask.long()], 1), c_loss
         )  # [b, T]
-        loss = -(logp * c_mask).sum() / c_mask.sum()
+        loss = -(logp * c_loss).sum() / c_loss.sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

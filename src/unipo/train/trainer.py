@@ -25,6 +25,7 @@ from unipo.algorithms.base import Algorithm
 from unipo.batch import RolloutBatch
 from unipo.config import Config, build_algorithm
 from unipo.diagnostics.entropy import RunDiagnostics
+from unipo.envs import env_rollout
 from unipo.models.task_file import prompt_format_warning, task_settings
 from unipo.parts.base import masked_mean
 from unipo.parts.corrections import apply_corrections, mismatch_metrics
@@ -32,6 +33,7 @@ from unipo.parts.schedulers import UniformScheduler
 from unipo.rollout.factory import make_engine
 from unipo.rollout.memory import check_generation_memory
 from unipo.train.async_rollout import Prefetcher, snapshot_if_shared
+from unipo.train.collect import training_rollout
 from unipo.train.critic import Critic
 from unipo.train.dist import init_dist
 from unipo.train.evaluate import EvalSet, encode_prompts, evaluate
@@ -97,7 +99,7 @@ class Trainer(RLCollection):
         r = cfg.rollout  # the group size and engine: parts refuse what they cannot run with
         self.algorithm: Algorithm = copy.deepcopy(build_algorithm(cfg.algorithm, r.group_size, r.engine))
         # -- task and rewards (errors surface here, before any model is loaded)
-        self.task = task_from_config(cfg.task)
+        self.task = task_from_config(cfg.task, cfg.env)  # with an env: its examples or the task's, its reward
         self.task_reward = self.task.reward_fn()
         self.reward_set = build_reward_set(
             cfg.rewards, self.task_reward, self.algorithm.rewards, extra_rewards, t.reward_timeout_s,
@@ -139,6 +141,9 @@ class Trainer(RLCollection):
             engine = snapshot_if_shared(engine, self.model, self.tokenizer, cfg.rollout)
             self.prefetch = Prefetcher()
         self.engine = FullParamsEngine(engine, self.policy.scorer) if self.dist.sharded else engine
+        # a multi-turn environment plays episodes in place of engine.generate (None: single-turn)
+        self.rollout = env_rollout(cfg, self.tokenizer, self.policy.scorer, self.device, self.dist)
+        self.train_rollout = training_rollout(self.rollout, self.algorithm)  # + a rollout part (ETMR)
         self._demonstrations = (  # SFT targets in the batch metadata, only when a part reads them (HPT)
             functools.partial(
                 demonstration_ids, self.tokenizer, max_tokens=cfg.rollout.sampling.max_new_tokens
@@ -333,6 +338,7 @@ class Trainer(RLCollection):
                 self.policy.scorer, self.engine, self.task_reward, self.eval_set,
                 samples=cfg.eval.samples, sampling=sampling, ks=cfg.eval.ks, greedy=cfg.eval.greedy,
                 micro_batch=cfg.optim.micro_batch_size, samples_path=path, tag=tag, dist=self.dist,
+                rollout=self.rollout,
                 progress=progress,
             )  # fmt: skip
 

@@ -256,6 +256,7 @@ def update_policy(
                     row_flags={k: f[sel].to(device) for k, f in flags.items()},
                     flag_tokens=flag_tokens,
                     flag_rows=flag_rows,
+                    turn_index=micro.turn_index,
                     rollout_logprobs=micro.rollout_logprobs,
                     correction_weights=micro.correction_weights,
                 )
