@@ -99,16 +99,17 @@ def fake_cell(
     run = root / variant / f"seed{seed}"
     run.mkdir(parents=True)
     a, b = law
-    recs = [{"step": 0, "eval/accuracy": 0.1}]
+    recs = [{"step": 0, "eval/accuracy": 0.1, "eval/entropy": math.log(2)}]  # a checkpoint at e^H = 2
     for s in range(1, 7):
         h = 1.0 - 0.1 * s - 0.03 * seed
         r = -a * math.exp(h) + b
         rewards = {"rollout/reward_mean_all": r, "reward/mean": 0.5} if selected else {"reward/mean": r}
         recs.append({"step": s, "policy/entropy": h, "response/length_mean": 5.0 + s, **rewards})
-    recs.append({"step": 6, "event": "final_eval", "eval/accuracy": acc})
+    recs.append({"step": 6, "event": "final_eval", "eval/accuracy": acc, "eval/entropy": 0.0})  # e^H = 1
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
     summary = {"steps": 6, "wall_seconds": 10.0 + seed, "after/accuracy": acc, "after/pass@2": acc + 0.1,
-               "after/entropy": 0.4, "after/length_mean": 6.0, "last": {}}  # fmt: skip
+               "after/entropy": 0.0, "after/length_mean": 6.0, "last": {}, "before/accuracy": 0.1,
+               "before/pass@2": 0.15, "before/entropy": math.log(2)}  # fmt: skip
     (run / "summary.json").write_text(json.dumps(summary))
     return Cell(variant, seed, str(run), [], status="finished")
 
@@ -149,6 +150,21 @@ def test_report_table_law_and_plots(tmp_path, monkeypatch):
     # kl_cov's one seed (0.5) minus grpo's mean accuracy (0.3): +0.2, no interval from one seed
     gap = data["baseline_gaps"]["kl_cov"]["accuracy"]
     assert gap["diff"] == pytest.approx(0.2) and gap["lo"] is None and "Difference from grpo" in text
+    # before/after, paired by run: grpo's accuracy 0.1 → 0.2 and 0.1 → 0.4, pass@2 0.15 → 0.3 and 0.5
+    table = data["table"]["grpo"]
+    assert table["accuracy_before"]["mean"] == pytest.approx(0.1)
+    assert table["accuracy_change"] == pytest.approx({"mean": 0.2, "lo": 0.1, "hi": 0.3, "n": 2})
+    assert table["pass@2_before"]["mean"] == pytest.approx(0.15)
+    assert table["pass@2_change"]["mean"] == pytest.approx(0.25)
+    assert table["entropy_eval_change"]["mean"] == pytest.approx(-math.log(2))
+    assert data["baseline_gaps"]["kl_cov"]["pass@2"]["diff"] == pytest.approx(0.6 - 0.4)
+    # the law on checkpoints: grpo's (e^H, accuracy) points (2, 0.1), (1, 0.2), (2, 0.1), (1, 0.4);
+    # by hand x̄ = 1.5, R̄ = 0.2, Sxx = 1, Sxy = −0.05 − 0.05 − 0.1 = −0.2: a = 0.2, b = 0.2 + 0.2·1.5 = 0.5
+    ck = data["checkpoint_law"]["grpo"]
+    assert ck["a"] == pytest.approx(0.2) and ck["b"] == pytest.approx(0.5)
+    assert ck["n"] == 4 and ck["runs"] == 2
+    assert data["checkpoint_points"]["grpo"][1] == [[math.log(2), 0.0], [0.1, 0.4]]
+    assert "Entropy–performance law on checkpoints" in text
     # entropy falls 0.1 per step over 6 steps: the last 3 steps' mean is 0.3 below the first 3's
     assert data["dynamics"]["grpo"]["entropy_change"]["mean"] == pytest.approx(-0.3)
     with pytest.raises(ValueError, match="baseline 'ppo' is not a variant"):
@@ -194,9 +210,10 @@ def test_tiny_comparison_runs_resumes_and_reports(tmp_path, tiny_model_dir):
 def test_example_spec_is_valid(tiny_model_dir):
     root = Path(__file__).resolve().parents[1]
     spec = load_spec(root / "examples" / "compare" / "entropy.yaml")
-    assert list(spec.variants) == ["grpo", "clip_cov", "kl_cov", "forking_tokens"] and spec.seeds == [0, 1, 2]
+    assert list(spec.variants) == ["grpo", "clip_cov", "kl_cov", "forking_tokens"]
+    assert spec.seeds == [0, 1, 2, 3, 4]
     assert spec.base["model"]["path"] == "runs/demo/warm_start"
     # every cell passes `unipo train`'s checks once the model exists (here: the tiny test model)
     base = {**spec.base, "model": {**spec.base["model"], "path": str(tiny_model_dir)}}
     cells = plan_cells(spec.model_copy(update={"base": base}))
-    assert len(cells) == 12 and all("train.steps=120" in c.args for c in cells)
+    assert len(cells) == 20 and all("train.steps=120" in c.args for c in cells)

@@ -76,3 +76,29 @@ def test_baseline_gaps_and_unknown_baseline():
         ValueError, match=r"baseline 'ppo' is not a variant; variants: \['clip_cov', 'grpo'\]"
     ):
         baseline_gaps(values, "ppo")
+
+
+def test_law_over_seeds_pooled_fit_and_seed_bootstrap():
+    from unipo.diagnostics.law import fit_law_over_seeds
+
+    ln = math.log
+    # run 0: (x = e^H, R) = (1, 1), (2, 0): slope −1, so a = 1, b = 2; run 1: (1, 1), (3, 0): a = 0.5, b = 1.5
+    runs = [([ln(1), ln(2)], [1.0, 0.0]), ([ln(1), ln(3)], [1.0, 0.0])]
+    fit = fit_law_over_seeds(runs)
+    # pooled by hand: x̄ = 7/4, R̄ = 1/2, Sxx = 9/16 + 1/16 + 9/16 + 25/16 = 11/4,
+    # Sxy = −3/8 − 1/8 − 3/8 − 5/8 = −3/2, so a = (3/2)/(11/4) = 6/11, b = 1/2 + (6/11)(7/4) = 16/11
+    assert fit["a"] == pytest.approx(6 / 11) and fit["b"] == pytest.approx(16 / 11)
+    assert fit["ceiling"] == pytest.approx(10 / 11) and fit["n"] == 4 and fit["runs"] == 2
+    x, r = np.array([1, 2, 1, 3.0]), np.array([1, 0, 1, 0.0])
+    r2 = np.corrcoef(x, r)[0, 1] ** 2  # one-regressor least squares: R² = Pearson r²
+    assert fit["r2"] == pytest.approx(r2)
+    # resampling the 2 runs gives {0,0} (a = 1), {1,1} (a = 0.5) or {0,1} (a = 6/11), each of the
+    # first two with probability 1/4 > 2.5%, so the 95% interval of a is exactly [0.5, 1]
+    assert fit["a_lo"] == pytest.approx(0.5) and fit["a_hi"] == pytest.approx(1.0)
+    # b of the three resamples: 2, 1.5, 16/11 (half of the resamples): not monotone in a
+    assert fit["b_lo"] == pytest.approx(16 / 11) and fit["b_hi"] == pytest.approx(2.0)
+    # every resample of a run alone fits its 2 points exactly: R² = 1; the pooled fit's is lower
+    assert fit["r2_hi"] == pytest.approx(1.0) and fit["r2_lo"] == pytest.approx(r2)
+    # one run (a run without points does not count) on R = 2 − x: exact, and no interval
+    one = fit_law_over_seeds([([ln(1), ln(2), ln(3)], [1.0, 0.0, -1.0]), ([], [])])
+    assert one["runs"] == 1 and one["a"] == pytest.approx(1.0) and math.isnan(one["a_lo"])

@@ -12,7 +12,10 @@ Relative paths (model.path, output_dir) are read from the directory you run it i
 
 The report (``compare.html``, ``compare.json``, ``plots/``) shows, per variant, curves averaged
 over seeds with a 95% t-band, a table of final numbers with 95% bootstrap intervals across seeds,
-and the entropy–performance law R = −a·exp(H) + b fitted on (policy/entropy, reward/mean) pairs.
+and the entropy–performance law R = −a·exp(H) + b fitted twice: on the (policy/entropy, reward/mean)
+pairs of every training step, and on the checkpoints (held-out entropy and accuracy at each
+evaluation; pooled over seeds, 95% interval by resampling seeds). Held-out numbers are also given
+before training and as each run's change (``<metric>_before``, ``<metric>_change``).
 The training reward is ``rollout/reward_mean_all`` where logged (every sampled completion, before
 selections such as dynamic sampling, which bias ``reward/mean`` towards 0.5), else ``reward/mean``.
 """
@@ -41,8 +44,8 @@ from unipo.config import build_algorithm, format_validation_error, load_config
 from unipo.diagnostics.children import spawn_child
 from unipo.diagnostics.compare_report import CURVES, plots, render_html, render_markdown, report_tables
 from unipo.diagnostics.evalset import eval_set_label, run_overlap
-from unipo.diagnostics.findings import baseline_gaps, variant_dynamics
-from unipo.diagnostics.law import fit_entropy_law
+from unipo.diagnostics.findings import GAP_METRICS, baseline_gaps, variant_dynamics
+from unipo.diagnostics.law import fit_entropy_law, fit_law_over_seeds
 from unipo.diagnostics.plots import load_metrics
 from unipo.diagnostics.stats import bootstrap_ci, mean_band
 from unipo.train.checkpoint import latest_checkpoint
@@ -58,6 +61,7 @@ FINALS = {  # table column → summary.json key (evaluation after training) or l
     "wall_seconds": "wall_seconds",
 }
 RESERVED = {"logs", "plots"}
+CHANGES = ("accuracy", "entropy_eval")  # also reported as <name>_before and <name>_change (after − before)
 LAW_WINDOW = 10  # steps per averaged point of the second law fit (one batch's reward is noisy)
 ALIASES = {"reward/mean": ("rollout/reward_mean_all", "reward/mean")}  # first one logged wins
 
@@ -236,6 +240,18 @@ def _last(records: list[dict[str, Any]], key: str) -> float | None:
     return next((v for r in reversed(records) if "event" not in r and (v := _get(r, key)) is not None), None)
 
 
+def checkpoint_points(records: list[dict[str, Any]]) -> tuple[list[float], list[float]]:
+    """(H, R) at each held-out evaluation of one run, in step order: ``eval/entropy`` and
+    ``eval/accuracy`` of the step-0 evaluation, of every ``eval.every`` one and of the final one."""
+    H, R = [], []
+    for r in records:
+        h, acc = _num(r.get("eval/entropy")), _num(r.get("eval/accuracy"))
+        if h is not None and acc is not None:
+            H.append(h)
+            R.append(acc)
+    return H, R
+
+
 def variant_numbers(run_dirs: list[Path]) -> dict[str, Any]:
     """Curves, final-number intervals and the entropy-law fit of one variant's seed runs."""
     recs = [_records(p) for p in run_dirs]
@@ -252,6 +268,13 @@ def variant_numbers(run_dirs: list[Path]) -> dict[str, Any]:
     cols[2:2] = [(k.split("/")[1], k) for k in ks]
     finals = {m: [_last(rs, k[5:]) for rs in recs] if k.startswith("last:") else [s.get(k) for s in sums]
               for m, k in cols}  # fmt: skip
+    # the same numbers before training, and each run's change (after − before, paired by run)
+    for name, key in [(k.split("/")[1], k) for k in ks] + [(m, FINALS[m]) for m in CHANGES]:
+        before = [_num(s.get("before/" + key.split("/", 1)[1])) for s in sums]
+        after = [_num(s.get(key)) for s in sums]
+        finals[f"{name}_before"] = before
+        finals[f"{name}_change"] = [a - b if a is not None and b is not None else None
+                                    for a, b in zip(after, before)]  # fmt: skip
     table = {}
     for metric, vals in finals.items():
         clean = [v for v in map(_num, vals) if v is not None]
@@ -268,7 +291,9 @@ def variant_numbers(run_dirs: list[Path]) -> dict[str, Any]:
             Hb.append(sum(h for h, _ in pairs[i : i + LAW_WINDOW]) / LAW_WINDOW)
             Rb.append(sum(rw for _, rw in pairs[i : i + LAW_WINDOW]) / LAW_WINDOW)
     law = {**fit_entropy_law(H, R), **{f"{k}_binned": v for k, v in fit_entropy_law(Hb, Rb).items()}}
+    ckpt = [checkpoint_points(rs) for rs in recs]
     return {"curves": curves, "table": table, "law": law, "points": [H, R],
+            "checkpoint_law": fit_law_over_seeds(ckpt), "checkpoint_points": ckpt,
             "values": finals, "dynamics": variant_dynamics(recs)}  # fmt: skip
 
 
@@ -283,11 +308,15 @@ def write_compare_report(spec: CompareSpec, cells: list[Cell]) -> Path:
         run_overlap(Path(c.run_dir)) for c in cells if (Path(c.run_dir) / "metrics.jsonl").exists()
     )
     images = plots(numbers, root / "plots", label)
-    gaps = baseline_gaps({v: n["values"] for v, n in numbers.items()}, spec.baseline) if spec.baseline else {}
+    values = {v: n["values"] for v, n in numbers.items()}
+    metrics = dict.fromkeys(m for vals in values.values() for m in vals)
+    passk = [m for m in metrics if re.fullmatch(r"pass@\d+", m)]
+    gaps = baseline_gaps(values, spec.baseline, (*GAP_METRICS, *passk)) if spec.baseline else {}
     summary = {
         "spec": spec.model_dump(),
         "cells": [asdict(c) for c in cells],
-        **{k: {v: n[k] for v, n in numbers.items()} for k in ("table", "law", "curves", "values")},
+        **{k: {v: n[k] for v, n in numbers.items()}
+           for k in ("table", "law", "checkpoint_law", "checkpoint_points", "curves", "values")},
         "dynamics": {v: n["dynamics"] for v, n in numbers.items()},
         "baseline_gaps": gaps,
     }

@@ -78,13 +78,21 @@ def _ci(e: dict[str, float]) -> str:
     return f"{e['mean']:.3f} [{e['lo']:.3f}, {e['hi']:.3f}] (n={e['n']})"
 
 
+def _fit(law: dict[str, float], k: str) -> str:
+    lo, hi = law[f"{k}_lo"], law[f"{k}_hi"]
+    return f"{law[k]:.4g}" + (f" [{lo:.4g}, {hi:.4g}]" if math.isfinite(lo) else "")
+
+
 Table = tuple[list[str], list[list[str]]]  # (header, rows) of plain text
 DYNAMICS = ("entropy_start", "entropy_end", "entropy_change", "dyn_r", "dyn_sign_agree")
 NOTES = {
     "finals": "accuracy, greedy_accuracy, pass@k, entropy_eval, length: evaluation on the {eval} after "
-    "training "
-    "(summary.json); entropy_last, reward_last: the last training step. With few seeds the interval is "
+    "training (summary.json); <name>_before: the same evaluation before training; <name>_change: after − "
+    "before, per run; entropy_last, reward_last: the last training step. With few seeds the interval is "
     "narrow and itself uncertain.",
+    "entropy–performance law on checkpoints": "R = held-out accuracy, H = held-out token entropy at "
+    "every evaluation of every seed run (step 0, every eval.every steps, the end), fitted once on all "
+    "points; [95% interval] from refits on seed runs resampled with replacement.",
     "entropy dynamics": "entropy_start/end: mean policy/entropy of the first/last 5 steps; dyn_r: Pearson "
     "r of the predicted (−Cov(log π, A)) and the measured entropy change, per run; pooled r: all runs' "
     "pairs, centred per run.",
@@ -106,6 +114,12 @@ def report_tables(numbers: dict[str, Any], gaps: dict[str, Any], baseline: str |
             [[v, *(f"{n['law'][k]:.4g}" for k in ("a", "b", "r2", "ceiling")), str(int(n["law"]["n"])),
               *(f"{n['law'][k + '_binned']:.4g}" for k in ("a", "b", "r2", "ceiling")),
               str(int(n["law"]["n_binned"]))] for v, n in numbers.items()],
+        ),
+        "Entropy–performance law on checkpoints": (
+            ["variant", "a", "b", "R²", "ceiling −a+b", "points (runs)"],
+            [[v, *(_fit(n["checkpoint_law"], k) for k in ("a", "b", "r2", "ceiling")),
+              f"{int(n['checkpoint_law']['n'])} ({int(n['checkpoint_law']['runs'])})"]
+             for v, n in numbers.items()],
         ),
         "Entropy dynamics": (
             ["variant", *DYNAMICS, "pooled r (points)"],

@@ -14,6 +14,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
+
 NAN = float("nan")
 
 
@@ -68,3 +70,42 @@ class EntropyLawTracker:
     def load_state_dict(self, state: dict[str, list[float]]) -> None:
         self.H = [float(v) for v in state["H"]]
         self.R = [float(v) for v in state["R"]]
+
+
+def fit_law_over_seeds(
+    per_seed: Sequence[tuple[Sequence[float], Sequence[float]]],
+    n_boot: int = 2000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> dict[str, float]:
+    """The law fitted on checkpoints of several seed runs, with a seed-bootstrap interval.
+
+    ``per_seed`` holds one (H, R) pair of lists per run, e.g. the held-out entropy and accuracy
+    at each evaluation (checkpoint) of the run: Cui et al. fit the law on the checkpoints of their
+    runs, validation performance against policy entropy (arXiv 2505.22617). The point estimate is one
+    least-squares fit on all runs' points pooled (``fit_entropy_law``). Its interval resamples
+    the runs (not the points: a run's checkpoints are correlated) with replacement ``n_boot``
+    times, refits on the pooled points of each resample, and takes the alpha/2 and 1 − alpha/2
+    quantiles of the finite refits of a, b, r2 and ceiling (``{k}_lo``, ``{k}_hi``; NaN with
+    fewer than 2 runs). ``runs`` counts the runs with at least one point.
+    """
+    runs = [(list(h), list(r)) for h, r in per_seed if len(h)]
+    H = [h for hs, _ in runs for h in hs]
+    R = [r for _, rs in runs for r in rs]
+    out = {**fit_entropy_law(H, R), "runs": float(len(runs))}
+    keys = ("a", "b", "r2", "ceiling")
+    out.update({f"{k}_{e}": NAN for k in keys for e in ("lo", "hi")})
+    if len(runs) < 2:
+        return out
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[float]] = {k: [] for k in keys}
+    for idx in rng.integers(0, len(runs), size=(n_boot, len(runs))):  # [n_boot, runs]
+        fit = fit_entropy_law([h for i in idx for h in runs[i][0]], [r for i in idx for r in runs[i][1]])
+        for k in keys:
+            if math.isfinite(fit[k]):
+                draws[k].append(fit[k])
+    for k in keys:
+        if draws[k]:
+            lo, hi = np.quantile(draws[k], [alpha / 2, 1 - alpha / 2])
+            out[f"{k}_lo"], out[f"{k}_hi"] = float(lo), float(hi)
+    return out
