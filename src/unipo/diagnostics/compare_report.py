@@ -90,7 +90,7 @@ NOTES = {
     "training (summary.json); <name>_before: the same evaluation before training; <name>_change: after − "
     "before, per run; entropy_last, reward_last: the last training step. With few seeds the interval is "
     "narrow and itself uncertain.",
-    "entropy–performance law on checkpoints": "R = held-out accuracy, H = held-out token entropy at "
+    "entropy–performance law on checkpoints": "R = accuracy, H = token entropy on the {eval} at "
     "every evaluation of every seed run (step 0, every eval.every steps, the end), fitted once on all "
     "points; [95% interval] from refits on seed runs resampled with replacement.",
     "entropy dynamics": "entropy_start/end: mean policy/entropy of the first/last 5 steps; dyn_r: Pearson "
