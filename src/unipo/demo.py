@@ -34,10 +34,9 @@ from typing import Any
 import torch
 from rich.console import Console
 from rich.table import Table
-from transformers import AutoTokenizer
 
 from unipo.config import load_config
-from unipo.models.task_file import task_settings, write_task_file
+from unipo.models.task_file import write_task_file
 from unipo.tasks.testbed import WarmStart, WarmStartRecipe, cached_warm_start, warm_start_problems
 from unipo.train.run_dir import RunDirError, prepare_run_dir, read_metrics, write_json
 
@@ -218,10 +217,9 @@ def run_demo(
     shutil.rmtree(model_dir, ignore_errors=True)
     shutil.copytree(ws.path, model_dir)
     cfg = load_config(None, demo_overrides(run_dir, model_dir, tb))
-    # the copy records the task and prompt format it was trained with, as final/ will (unipo eval)
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    write_task_file(model_dir, task_settings(cfg.task, tok, cfg.rollout.sampling.max_new_tokens))
     trainer = Trainer(cfg, console=console)
+    # the copy records the task and prompt format it was trained with, as final/ will (unipo eval)
+    write_task_file(model_dir, trainer.task_settings)
     summary = trainer.train()
     # disjointness by text: the problems evaluated against every warm-start and RL-training problem
     assert trainer.eval_set is not None

@@ -97,7 +97,7 @@ def save_checkpoint(
         if dist.is_main:
             torch.save({**state, "rng": rng_state(), "world": dist.world}, tmp / "state.pt")
     except Exception as e:
-        error = DiskFullError(final) if is_disk_full(e, where=root) else e
+        error = _named(e, final, root)
     errors = [e for e in dist.all_gather_object(error) if e is not None]
     if errors:
         if dist.is_main:
@@ -116,7 +116,7 @@ def save_checkpoint(
             _fsync_dir(root)
         except BaseException as e:
             shutil.rmtree(tmp, ignore_errors=True)
-            error = DiskFullError(final) if is_disk_full(e, where=root) else e
+            error = _named(e, final, root)
         if error is None:
             atomic_write_text(root / "latest", final.name + "\n")
             for old in complete_checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []:
@@ -125,6 +125,11 @@ def save_checkpoint(
     if error is not None:
         raise error
     return final
+
+
+def _named(err: BaseException, final: Path, root: Path) -> BaseException:
+    """A write failure as raised to every rank: ``DiskFullError(final)`` when the disk is full."""
+    return DiskFullError(final) if is_disk_full(err, where=root) else err
 
 
 def load_checkpoint(path: Path, trainables: Trainables, dist: Dist | None = None) -> dict[str, Any]:
