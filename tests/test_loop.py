@@ -141,6 +141,37 @@ def test_rl_stop_during_evaluation_checkpoints_the_last_step_and_resumes_exactly
         assert torch.equal(a, b)
 
 
+def test_stop_during_a_periodic_evaluation_keeps_the_step_record(tiny_model_dir, tmp_path, monkeypatch):
+    # evaluate calls: 1 before training, 2 after step 1, 3 after step 2 (cut by the signal)
+    args = ("task.eval_size=2", "eval.every=1", "train.steps=3")
+    full = Trainer(rl_cfg(tiny_model_dir, tmp_path / "full", *args))
+    full.train()
+    real, calls = Trainer.evaluate, {"n": 0}
+
+    def evaluate(self, tag="eval"):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.kill(os.getpid(), signal.SIGTERM)  # inside the abortable evaluation: Interrupted at once
+        return real(self, tag)
+
+    monkeypatch.setattr(Trainer, "evaluate", evaluate)
+    with pytest.raises(Interrupted, match="step 2"):
+        Trainer(rl_cfg(tiny_model_dir, tmp_path / "cut", *args)).train()
+    monkeypatch.undo()
+    assert latest_checkpoint(tmp_path / "cut").name == "step_00000002"
+    steps = [r["step"] for r in stream(tmp_path / "cut") if "loss/total" in r]
+    assert steps == [1, 2]  # step 2's training record was written before the stop
+    resumed = Trainer(rl_cfg(tiny_model_dir, tmp_path / "cut", *args, "train.resume=true"))
+    resumed.train()
+    for a, b in zip(final_params(full.model), final_params(resumed.model)):
+        assert torch.equal(a, b)
+
+    def training(run: Path) -> list[dict]:  # step 2's evaluation is the one record the stop dropped
+        return [{k: v for k, v in r.items() if not k.startswith("eval/")} for r in stream(run) if "loss/total" in r]
+
+    assert training(tmp_path / "full") == training(tmp_path / "cut")
+
+
 def test_evaluation_does_not_move_the_training_random_stream(tiny_model_dir, tmp_path):
     # evaluation samples on its own stream: evaluating every step trains exactly as never evaluating
     a = Trainer(rl_cfg(tiny_model_dir, tmp_path / "a", "task.eval_size=2", "eval.every=1"))

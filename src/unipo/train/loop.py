@@ -282,7 +282,11 @@ class TrainLoop:
                     final = obj.units_done >= obj.units_total
                     stopping = dist.any(stop.requested)  # every rank stops after the same record
                     if every and obj.log_step % every == 0 and not final and not stopping:
-                        record.update(self._evaluate(stop))
+                        try:
+                            record.update(self._evaluate(stop))
+                        except Interrupted:  # the step is done and will be checkpointed: keep its record
+                            log.log(record, obj.log_step)
+                            raise
                     log.log(record, obj.log_step)
                     last = record
                     if stopping:
