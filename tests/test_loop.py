@@ -167,7 +167,8 @@ def test_stop_during_a_periodic_evaluation_keeps_the_step_record(tiny_model_dir,
         assert torch.equal(a, b)
 
     def training(run: Path) -> list[dict]:  # step 2's evaluation is the one record the stop dropped
-        return [{k: v for k, v in r.items() if not k.startswith("eval/")} for r in stream(run) if "loss/total" in r]
+        rows = [r for r in stream(run) if "loss/total" in r]
+        return [{k: v for k, v in r.items() if not k.startswith("eval/")} for r in rows]
 
     assert training(tmp_path / "full") == training(tmp_path / "cut")
 
