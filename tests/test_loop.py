@@ -161,8 +161,12 @@ def test_stop_during_a_periodic_evaluation_keeps_the_step_record(tiny_model_dir,
     assert latest_checkpoint(tmp_path / "cut").name == "step_00000002"
     steps = [r["step"] for r in stream(tmp_path / "cut") if "loss/total" in r]
     assert steps == [1, 2]  # step 2's training record was written before the stop
+    state = torch.load(latest_checkpoint(tmp_path / "cut") / "state.pt", weights_only=True)
+    spent = state["loop_wall_seconds"]
+    assert spent > 0  # the first start's wall time travels in the checkpoint...
     resumed = Trainer(rl_cfg(tiny_model_dir, tmp_path / "cut", *args, "train.resume=true"))
-    resumed.train()
+    summary = resumed.train()
+    assert summary["wall_seconds"] > spent  # ...and the summary counts both starts
     for a, b in zip(final_params(full.model), final_params(resumed.model)):
         assert torch.equal(a, b)
 

@@ -133,7 +133,7 @@ def rng_isolated(seed: int) -> Iterator[None]:
 
 
 def write_objective_checkpoint(
-    obj: Objective, keep_last: int, stop: StopOnSignal | None = None
+    obj: Objective, keep_last: int, stop: StopOnSignal | None = None, wall_seconds: float = 0.0
 ) -> Path | None:
     """Checkpoint ``obj`` at its log step (every rank together). A failed write (disk full,
     read-only) is reported with the path and the previous complete checkpoint, which stays
@@ -141,11 +141,10 @@ def write_objective_checkpoint(
     assert obj.run_dir is not None
     guard = stop.critical() if stop is not None else contextlib.nullcontext()
     status = obj.console.status(f"[bold]checkpointing[/] {obj.unit} {obj.units_done}")
+    state = {**obj.state(), "loop_wall_seconds": wall_seconds}
     try:
         with status, guard:
-            return save_checkpoint(
-                obj.run_dir, obj.log_step, obj.trainables(), obj.state(), keep_last, obj.dist
-            )
+            return save_checkpoint(obj.run_dir, obj.log_step, obj.trainables(), state, keep_last, obj.dist)
     except OSError as e:
         why = "no space left on device" if e.errno == 28 else (e.strerror or str(e))
         prev = latest_checkpoint(obj.run_dir)
@@ -155,11 +154,13 @@ def write_objective_checkpoint(
         return None
 
 
-def restore_objective(obj: Objective, path: Path) -> None:
-    """Load a checkpoint written by ``write_objective_checkpoint`` into ``obj``."""
+def restore_objective(obj: Objective, path: Path) -> float:
+    """Load a checkpoint written by ``write_objective_checkpoint`` into ``obj``; returns the wall
+    seconds the run had spent up to it (0 for checkpoints written before they were recorded)."""
     state = load_checkpoint(path, obj.trainables(), obj.dist)
     obj.load_state(state)
     set_rng_state(state["rng"])
+    return float(state.get("loop_wall_seconds", 0.0))
 
 
 class TrainLoop:
@@ -170,6 +171,8 @@ class TrainLoop:
         self.cfg = objective.cfg
         self.console = objective.console
         self._saved_step = -1  # log step of the last checkpoint written by this process
+        self._wall_before = 0.0  # seconds spent by earlier starts of a resumed run
+        self._t_start = time.perf_counter()
 
     # ------------------------------------------------------------------ pieces
     def _open(self) -> OpenedRun:
@@ -200,8 +203,12 @@ class TrainLoop:
         with cut, rng_isolated(self.cfg.train.seed * 1_000_003 + 7919 + 104_729 * dist.rank):
             return self.obj.evaluate(tag)
 
+    def _wall(self) -> float:
+        """Wall seconds of the whole run: earlier starts (from the checkpoint) and this one."""
+        return self._wall_before + time.perf_counter() - self._t_start
+
     def _checkpoint(self, stop: StopOnSignal) -> None:
-        if write_objective_checkpoint(self.obj, self.cfg.train.keep_last, stop) is not None:
+        if write_objective_checkpoint(self.obj, self.cfg.train.keep_last, stop, self._wall()) is not None:
             self._saved_step = self.obj.log_step
 
     # ------------------------------------------------------------------ the run
@@ -211,10 +218,10 @@ class TrainLoop:
         obj, cfg, dist = self.obj, self.cfg, self.obj.dist
         opened = self._open()
         run_dir = opened.run_dir
-        t_start = time.perf_counter()
+        self._t_start = time.perf_counter()
         before: dict[str, Any] = {}
         if opened.checkpoint is not None:  # metrics.jsonl is cut back before the sinks open it
-            restore_objective(obj, opened.checkpoint)
+            self._wall_before = restore_objective(obj, opened.checkpoint)
             self._saved_step = obj.log_step
             if dist.is_main:
                 truncate_metrics(run_dir, obj.log_step)
@@ -248,9 +255,9 @@ class TrainLoop:
         if after:
             log.log({"event": "final_eval", **after}, obj.log_step)
         log.close()
-        wall = time.perf_counter() - t_start
+        wall = self._wall()
         if cfg.train.save_every and self._saved_step != obj.log_step:
-            write_objective_checkpoint(obj, cfg.train.keep_last)
+            write_objective_checkpoint(obj, cfg.train.keep_last, wall_seconds=wall)
         if cfg.train.save_final:
             obj.save_final(run_dir / "final")  # collective when the model is sharded
         summary: dict[str, Any] = {"steps": obj.log_step, "wall_seconds": wall, "last": last, **obj.summary()}
