@@ -119,23 +119,49 @@ def cfg_overrides(model_dir, out):
 def test_pear_advantage_by_hand():
     from unipo.parts.rewards_t2 import PEARAdvantage
 
-    # completions (ids): row 0 "5 9 7 1" with delimiter (9) at 1; row 1 "5 5 5 0" with no delimiter (0 = pad)
-    batch = _batch([1.0, 1.0], ["", ""], [0, 0])
+    # The old form (r - a H_think + g H_answer on every row) gave other values: row 0 would be
+    # 1 - 2.0 = -1.0 (a = 1, g = 0) and the wrong row 2 would be 0 - 3.0 = -3.0; the old constructor had
+    # no alpha / format_score. Delimiter (</think>) id 9; 0 = padding.
+    batch = _batch([1.0, 1.0, 0.0, 1.0, 1.2], [""] * 5, [0, 0, 0, 0, 1])
     batch = batch.replace(
-        completion_ids=torch.tensor([[5, 9, 7, 1], [5, 5, 5, 0]]),
-        completion_mask=torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 0.0]]),
-        entropies=torch.tensor([[2.0, 9.0, 1.0, 3.0], [1.0, 2.0, 3.0, 50.0]]),
+        completion_ids=torch.tensor(
+            [[5, 9, 7, 7, 0], [5, 5, 9, 7, 7], [5, 9, 7, 0, 0], [5, 5, 5, 5, 5], [5, 9, 7, 0, 0]]
+        ),
+        completion_mask=torch.tensor(
+            [[1, 1, 1, 1, 0], [1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]
+        ).float(),
+        entropies=torch.tensor([
+            [2.0, 8.0, 0.5, 0.5, 50.0],  # think [2.0] -> 2.0; answer [0.5, 0.5] -> 0.5 (delimiter, pad out)
+            [0.2, 0.4, 8.0, 0.6, 0.6],  # think (0.2 + 0.4)/2 = 0.3 < answer 0.6
+            [3.0, 8.0, 1.0, 0.0, 0.0],  # a wrong answer: its entropies do not matter
+            [0.4, 0.4, 0.4, 0.4, 0.4],  # no delimiter: all thinking, H_answer = 0
+            [0.1, 8.0, 0.9, 0.0, 0.0],  # think 0.1 < answer 0.9, reward 1.2 (a lone group)
+        ]),
+    )  # fmt: skip
+    part = PEARAdvantage(delimiter_ids=(9,), format_score=0.1)
+    assert (PEARAdvantage().alpha, PEARAdvantage().format_score) == (1.0, 0.0)  # α = 1, README format_score 0
+    shaped, penalty, h_think, h_answer = part.shaped_rewards(batch)
+    assert h_think.tolist() == pytest.approx([2.0, 0.3, 3.0, 0.4, 0.1])
+    assert h_answer.tolist() == pytest.approx([0.5, 0.6, 1.0, 0.0, 0.9])
+    # P = max(0, H_think - 1 * H_answer): 1.5, max(0, -0.3) = 0, (row 2: 2.0, unused), 0.4, 0
+    assert penalty.tolist() == pytest.approx([1.5, 0.0, 2.0, 0.4, 0.0])
+    # correct rows: min(1, s - P) = min(1, 1 - 1.5) = -0.5, 1, min(1, 1 - 0.4) = 0.6, min(1, 1.2 - 0) = 1;
+    # the wrong row gets the fixed format score 0.1
+    assert shaped.tolist() == pytest.approx([-0.5, 1.0, 0.1, 0.6, 1.0])
+    adv, metrics = part(batch)
+    # group 0: r~ = [-0.5, 1, 0.1, 0.6], mean 0.3, deviations [-0.8, 0.7, -0.2, 0.3], squares sum 1.26,
+    # unbiased std sqrt(1.26 / 3) = sqrt(0.42); the lone row 4 gets 0
+    std = math.sqrt(0.42) + 1e-6
+    assert adv[:, 0].tolist() == pytest.approx([-0.8 / std, 0.7 / std, -0.2 / std, 0.3 / std, 0.0], abs=1e-5)
+    assert float(adv[0, 4]) == 0.0 and float(adv[0, 3]) == pytest.approx(-0.8 / std, abs=1e-5)  # padding 0
+    assert float(metrics["pear/penalty_correct"]) == pytest.approx((1.5 + 0.0 + 0.4 + 0.0) / 4)
+    assert float(metrics["pear/correct_frac"]) == pytest.approx(4 / 5)
+    # α = 0 (the paper's ablation: the thinking phase alone): P = H_think -> 1 - 2 = -1, 1 - 0.3 = 0.7,
+    # format score 0 (default), 1 - 0.4 = 0.6, min(1, 1.2 - 0.1) = 1
+    assert PEARAdvantage(alpha=0.0, delimiter_ids=(9,)).shaped_rewards(batch)[0].tolist() == pytest.approx(
+        [-1.0, 0.7, 0.0, 0.6, 1.0]
     )
-    adv, metrics = PEARAdvantage(think_coef=0.5, answer_coef=0.25, delimiter_ids=(9,))(batch)
-    # row 0: think = [0] -> H = 2; answer = [2, 3] -> H = (1+3)/2 = 2; r~ = 1 - 0.5*2 + 0.25*2 = 0.5
-    # row 1: no delimiter: think = [0, 1, 2] -> H = 2 (padding 50 ignored); r~ = 1 - 0.5*2 = 0.0
-    # group of 2: mean 0.25, unbiased std = sqrt(2 * 0.25^2) = 0.35355 -> A = ±0.25 / 0.35355 = ±0.7071
-    a = 0.25 / (math.sqrt(2 * 0.25**2) + 1e-6)
-    assert adv[:, 0].tolist() == pytest.approx([a, -a], abs=1e-5)
-    assert float(adv[1, 3]) == 0.0  # padding
-    assert float(metrics["pear/think_entropy"]) == pytest.approx(2.0)
-    assert float(metrics["pear/answer_entropy"]) == pytest.approx(
-        1.0
-    )  # (2 + 0) / 2: row 1 has no answer phase
     with pytest.raises(ValueError, match="entropies"):
         PEARAdvantage()(_batch([1.0, 0.0], ["", ""], [0, 0]))
+    with pytest.raises(ValueError, match="delimiter_ids"):
+        PEARAdvantage(delimiter_ids=(-1,))

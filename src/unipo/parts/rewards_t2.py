@@ -1,5 +1,6 @@
-"""The parts of reward methods that act where rewards cannot: HBPO's budget-aware advantage and
-AdaCoT's selective loss masking (the rewards themselves are in ``unipo.rewards.efficiency``)."""
+"""The parts of reward methods that act where rewards cannot: HBPO's budget-aware advantage,
+AdaCoT's selective loss masking and PEAR's phase entropy reward (the rewards themselves are in
+``unipo.rewards.efficiency``)."""
 
 from __future__ import annotations
 
@@ -118,38 +119,52 @@ class PEARAdvantage:
     """PEAR, the phase entropy aware reward (Huang, Lu & Zhang, arXiv 2510.08026), carried as an
     advantage: the reward needs the policy's token entropies, which rewards never see.
 
-        r̃_i = r_i − α · H̄_think(i) + γ · H̄_answer(i)          (α = think_coef, γ = answer_coef)
-        A_i = (r̃_i − mean_G(r̃)) / (std_G(r̃) + ε)              (GRPO, unbiased std, ε = 1e-6)
+        P_i = max(0, H̄_think(i) − α · H̄_answer(i))                          (α = ``alpha``, 1)
+        r̃_i = min(1, s_i − P_i)   if s_i > correct_above  (a correct answer; s_i = its reward)
+        r̃_i = r_fmt               otherwise                (r_fmt = ``format_score``, 0)
+        A_i = (r̃_i − mean_G(r̃)) / (std_G(r̃) + ε)                (GRPO, unbiased std, ε = 1e-6)
 
-    H̄_think / H̄_answer: mean entropy of π_old (at rollout, ``batch.entropies``; the part asks for
-    the pass with ``needs_old_logprobs``) over the completion tokens before / after the first
-    ``delimiter_ids`` (the token ids of ``</think>``; the delimiter itself counts in neither);
-    without a delimiter (or with ``delimiter_ids=()``) the whole completion is the thinking phase.
-    Entropy in the thinking phase is penalized; γ = 0 leaves the answer phase free ("moderate
-    exploration at the final answer phase"). UNVERIFIED: the authors' code (iNLP-Lab/PEAR,
-    ``entropy.py:compute_score``) and the paper's equation could not be retrieved here; this form
-    follows the abstract and the README (the reward reads ``entropys`` split at ``</think>``).
+    H̄_think / H̄_answer: mean entropy of π_old (``batch.entropies``, the trainer's no-grad pass
+    before the update; the part asks for it with ``needs_old_logprobs``) over the completion tokens
+    before / after the first ``delimiter_ids`` (the token ids of ``</think>``; the delimiter itself
+    counts in neither phase). Without the delimiter (or with ``delimiter_ids=()``) the whole
+    completion is the thinking phase and H̄_answer = 0, so P = H̄_think. Only correct answers are
+    shaped: the entropy penalty ranks correct answers among themselves and never lifts a wrong one.
+    α = 0 penalizes the thinking phase alone, α = −1 both phases (the ablation the note reports); s_i is
+    the row's total reward (1 for a correct answer of a 0/1 correctness reward such as ``exact_match``).
 
-    Verification tried (this session): ``fetch github:iNLP-Lab/PEAR`` has no snapshot, the file index
-    lists no file of that repository, and the pages corpus holds arxiv/themoonlight/liner/papernotes
-    pages on the paper only as their opening. Two secondary sources in the file index describe a
-    *different* form, UNVERIFIED against the paper but consistent with each other: the ICLR 2026
-    reviews (a max in Eq. 7, a coefficient α on H_answer, entropies of π_old in Eq. 5, k = T and
-    H_answer = 0 without ``</think>``) and a paper note (papernotes, ICLR2026/llm_reasoning) that
-    gives P = max(0, H̄_think − α·H̄_answer), r = min(1, s − P) for a correct answer and a fixed
-    format score r_fmt otherwise (no entropy term on wrong answers), then GRPO; α = 1 (its ablation:
-    α = 0 penalizes thinking only, α = −1 both phases), GSM8K train set, batch 128, lr 1e-6, verl.
-    This part's r − α·H̄_think + γ·H̄_answer on every row has neither the max, the min nor the
-    correct-only gate.
+    Sources (the paper body and the authors' code were not read): the paper note "[Paper Note]
+    PEAR" (papernotes, ICLR2026/llm_reasoning; file index id 61631175090) gives this P, r̃, the
+    split at the ``</think>`` position k (H̄_think over t < k, H̄_answer over t > k), entropies of
+    π_old, k = T and H̄_answer = 0 without ``</think>``, α = 1, and the recipe (verl, GSM8K train set
+    of 7,473 problems, batch 128, lr 1e-6, GRPO with KL); the ICLR 2026 reviews (id 62072902640)
+    agree on a max in Eq. 7, π_old's entropies in Eq. 5, a coefficient α on H_answer and k = T,
+    H_answer = 0 without the think tag; the iNLP-Lab/PEAR README (seen through a proxied copy of the
+    GitHub page in the pages corpus) calls ``entropy.py:compute_score(solution_str, ground_truth,
+    old_log_prob={"old_log_probs", "entropys"}, valid_response_ids, tokenizer, method="strict",
+    score=1.0, format_score=0.0)``, a verl GSM8K-style scorer: hence s = 1 and r_fmt = 0.
+    UNVERIFIED (not read in the paper or in ``entropy.py``): the exact text of Eqs. 5–7; whether
+    r_fmt is given to every wrong answer or, as in verl's gsm8k scorer, only to a parsed wrong answer
+    (an unparsed one 0; equal at the README's format_score = 0); whether the cap 1 is min(1, ·) or
+    min(s, ·); how the code finds ``</think>`` (token ids or text) and whether it excludes the
+    delimiter token; the KL coefficient, G and clip range of the recipe. Deviations: correctness is
+    read from the reward (r > ``correct_above``), not from the answer parser; the split needs the
+    delimiter's token ids (parts never see text).
     """
 
-    think_coef: float = 1.0
-    answer_coef: float = 0.0
+    alpha: float = 1.0
     delimiter_ids: tuple[int, ...] = ()
+    correct_above: float = 0.5
+    format_score: float = 0.0
     eps: float = 1e-6
 
     needs_old_logprobs = True  # π_old's entropies at the sampled tokens must be in the batch
     min_group_size = 2
+
+    def __post_init__(self) -> None:
+        bad = [i for i in self.delimiter_ids if not isinstance(i, int) or i < 0]
+        if bad:
+            raise ValueError(f"pear delimiter_ids must be token ids (ints >= 0), got {self.delimiter_ids}")
 
     def phases(self, ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """([B, T] thinking-phase mask, [B, T] answer-phase mask) from the completion ids."""
@@ -168,20 +183,32 @@ class PEARAdvantage:
                 answer[i, start + k :] = mask[i, start + k :].bool()
         return think, answer
 
-    def __call__(self, batch: RolloutBatch) -> tuple[Tensor, Metrics]:
+    def shaped_rewards(self, batch: RolloutBatch) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(r̃ [B], P [B], H̄_think [B], H̄_answer [B]) of the formula above."""
         if batch.entropies is None:
             raise ValueError("the pear advantage reads batch.entropies (π_old's); none were computed")
         mask = batch.completion_mask
         think, answer = self.phases(batch.completion_ids, mask)  # [B, T] each
         ent = torch.where(mask.bool(), batch.entropies.float(), torch.zeros_like(batch.entropies.float()))
         h_think = (ent * think).sum(1) / think.sum(1).clamp(min=1)  # [B]
-        h_answer = (ent * answer).sum(1) / answer.sum(1).clamp(min=1)  # [B]
-        r = torch.nan_to_num(batch.rewards.float(), nan=0.0) - self.think_coef * h_think
-        r = r + self.answer_coef * h_answer  # [B]
+        h_answer = (ent * answer).sum(1) / answer.sum(1).clamp(min=1)  # [B], 0 without an answer phase
+        penalty = (h_think - self.alpha * h_answer).clamp(min=0.0)  # [B]
+        s = torch.nan_to_num(batch.rewards.float(), nan=0.0)  # [B]
+        shaped = torch.where(
+            s > self.correct_above, (s - penalty).clamp(max=1.0), torch.full_like(s, self.format_score)
+        )  # [B]
+        return shaped, penalty, h_think, h_answer
+
+    def __call__(self, batch: RolloutBatch) -> tuple[Tensor, Metrics]:
+        r, penalty, h_think, h_answer = self.shaped_rewards(batch)  # [B] each
+        correct = torch.nan_to_num(batch.rewards.float(), nan=0.0) > self.correct_above  # [B]
         mean, std, count = group_stats(r, batch.group_ids, unbiased=True)
-        adv = (r - mean) / (std + self.eps) * (count > 1)
-        return broadcast_to_tokens(adv, mask), {
+        adv = (r - mean) / (std + self.eps) * (count > 1)  # [B]
+        n_correct = int(correct.sum())
+        return broadcast_to_tokens(adv, batch.completion_mask), {
             "advantage/abs_mean": scalar(adv.abs().mean()),
             "pear/think_entropy": scalar(h_think.mean()),
             "pear/answer_entropy": scalar(h_answer.mean()),
+            "pear/correct_frac": scalar(correct.float().mean()),
+            "pear/penalty_correct": scalar(penalty[correct].mean() if n_correct else 0.0),
         }

@@ -112,12 +112,16 @@ REWARD_CATALOG: tuple[RewardInfo, ...] = (
     RewardInfo(
         "pear",
         "advantage",
-        "phase entropy aware reward r - a H_think + g H_answer, then GRPO (needs token entropies)",
-        "PEAR arXiv 2510.08026 (abstract, README); UNVERIFIED: code and equation not retrievable "
-        "(secondary notes give max(0, H_think - a H_answer) on correct answers only: parts/rewards_t2.py)",
+        "phase entropy aware reward: correct r~ = min(1, s - max(0, H_think - a H_answer)), a = 1; "
+        "wrong r~ = format score (0); then GRPO (needs token entropies)",
+        "PEAR arXiv 2510.08026 via the ICLR 2026 reviews (Eqs. 5, 7), a paper note (papernotes ICLR2026) "
+        "and the iNLP-Lab/PEAR README (compute_score score=1, format_score=0); UNVERIFIED: the paper "
+        "body and entropy.py were not read (parts/rewards_t2.py lists what remains open)",
         (
             "Carried as an advantage part: rewards never see token entropies.",
-            "Entropies are pi_old's at rollout; the phase split needs the delimiter's token ids.",
+            "Entropies are pi_old's (the trainer's pass before the update); the phase split needs the "
+            "delimiter's token ids.",
+            "Correctness is read from the reward (r > correct_above), not from the answer parser.",
         ),
     ),
     RewardInfo(
