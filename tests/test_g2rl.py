@@ -9,8 +9,11 @@ import statistics
 import pytest
 import torch
 
+from unipo.algorithms import get_algorithm
+from unipo.algorithms.base import policy_loss
 from unipo.batch import RolloutBatch
 from unipo.functional import compute_loss
+from unipo.parts.base import LossInputs
 from unipo.parts.g2rl import G2RL, SENSITIVITY, exploration_scores, group_min_max
 from unipo.train.logprobs import position_ids_from_mask
 from unipo.train.nograd import batched_logprobs_with_stats
@@ -142,3 +145,18 @@ def test_batch_keeps_sequence_stats_through_select_concat_trim():
     assert picked.trim().old_sequence_stats[SENSITIVITY].tolist() == feat[[2, 0]].tolist()
     with pytest.raises(ValueError, match="old_sequence_stats"):
         batch.replace(old_sequence_stats={SENSITIVITY: torch.zeros(2, 2)})
+
+
+def test_preset_keeps_the_papers_kl_loss():
+    # arXiv 2512.15687 A.2 Table 3: "Use KL Loss True, KL Loss Coefficient 0.001" (verl's KL loss, whose
+    # default estimator is low_var_kl = k3). Hand case: ratio 1 and A = 0 leave only the KL term;
+    # log π_ref − log π = ln 2 on every token → k3 = e^{ln 2} − ln 2 − 1 = 1 − ln 2, token mean × 0.001.
+    algo = get_algorithm("g2rl")
+    assert algo.needs_reference
+    lp = torch.zeros(2, 3, requires_grad=True)
+    mask = torch.tensor([[1.0, 1, 1], [1, 1, 0]])
+    x = LossInputs(logprobs=lp, old_logprobs=torch.zeros(2, 3), advantages=torch.zeros(2, 3), mask=mask,
+                   ref_logprobs=torch.full((2, 3), math.log(2.0)), num_tokens=5.0, num_seqs=2.0)  # fmt: skip
+    loss, metrics = policy_loss(algo, x)
+    assert loss.item() == pytest.approx(0.001 * (1 - math.log(2.0)), rel=1e-5)
+    assert metrics["regularizer/kl_ref"] == pytest.approx(1 - math.log(2.0), rel=1e-5)

@@ -50,7 +50,7 @@ def launch_torchrun(nproc: int, argv: list[str]) -> int:
 
 def _ray_worker(config: dict[str, Any]) -> None:
     """One Ray Train worker: the ordinary objective and loop (Ray set up the process group)."""
-    from unipo.cli import run_objective
+    from unipo.cli_train import run_objective
 
     os.chdir(config["cwd"])  # Ray starts workers elsewhere; the config's relative paths are the user's
     run_objective(config["kind"], config["config_path"], config["args"])

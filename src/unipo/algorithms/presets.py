@@ -2,7 +2,8 @@
 
 The presets live in small files by family and are all registered by importing this module:
 ``presets_grpo`` (group/batch advantages, GSPO, PPO with a critic, REINFORCE),
-``presets_entropy`` (Clip-Cov, KL-Cov, forking tokens), ``presets_t2`` (the seeds' T2 methods),
+``presets_entropy`` (Clip-Cov, KL-Cov, forking tokens), ``presets_t2`` and ``presets_t2_select`` (the
+seeds' T2 entropy-control, clipping and selection methods),
 ``presets_adv`` (the seeds' advantage estimators), ``presets_peers`` (verl's and TRL's newer
 baselines: CISPO, SAPO, GMPO, GPG, DPPO, ReMax, OPO, GDPO, pass@k GRPO; PACS and ReMix),
 ``presets_pref`` (P3O, RTO, f-DPG: the preference papers' methods that sample and read rewards),
@@ -19,7 +20,8 @@ from unipo.algorithms import (
     presets_peers,  # noqa: F401  (peers' baselines: cispo, sapo, gmpo, remax, ...)
     presets_pref,  # noqa: F401  (preference papers on the RL side: p3o, rto, f_dpg_*)
     presets_sched,  # noqa: F401  (schedulers and buffers: mmr1, pcl, rollout_gdro, rorecomp, grpo_replay)
-    presets_t2,  # noqa: F401  (T2 seed methods: lp_reg, siren, bapo, d3s, ...)
+    presets_t2,  # noqa: F401  (T2 entropy control: lp_reg, siren, aepo, steer, spine, light_if)
+    presets_t2_select,  # noqa: F401  (T2 clipping and selection: hpt, bapo, hapo, d3s, capo, ares, ...)
 )
 from unipo.algorithms.presets_entropy import clip_cov, forking_tokens, kl_cov
 from unipo.algorithms.presets_grpo import (

@@ -109,6 +109,15 @@ class EntropyAdvantageReshaping:
     so every confident (low-entropy) response's advantage grows and every uncertain one's shrinks,
     whatever its sign (Y_i = 1 when H̄ = 0). The formula's Y is ≤ 2 and < 0 for H_i > 2H̄ (a flipped
     advantage); the ``ettrl`` preset clamps it to [0, 2].
+
+    Verification tried (this session) and failed to reach the paper's body or code: the stored pages
+    corpus holds arxiv.org/html/2508.11356v1 and chatpaper.com/paper/180862 only as their opening
+    (title, authors, abstract); the file index has no text of the paper (exact-string look-ups of
+    "Entropy-based Advantage Reshaping", "Tree Majority Rollout", "Adv-Clip", "ETMR" find only the
+    abstract and three secondary notes, no code), and no repository named like ETTRL or ETMR is
+    stored. The secondary notes agree with ``rule="relative"`` (Y_i = 1 + (avg H − H_i)/avg H with H_i
+    the response's mean token entropy, Â_{i,t} = Y_i·Â_{i,t}; one says the average is the group's) and
+    add, unverified, an alternative Adv-Clip (clip Â to [−β, β], β = 2); none mentions a clamp of Y_i.
     """
 
     alpha: float = 0.5

@@ -63,7 +63,7 @@ class G2RL:
     """G2RL gradient-guided reward scaling (arXiv 2512.15687 §2.2–2.6), then GRPO's group normalization.
 
     Each response's sequence feature is the mean over its tokens of φ_t = W(e_{y_t} − π_t), the exact
-    sensitivity of log π(y_t) to the final hidden state up to 1/T (Eq. 6–8, 14; α_t ≡ 1):
+    sensitivity of log π(y_t) to the final hidden state up to 1/T (Eq. 6–8, 14; the default α_t ≡ 1):
     Φ_i = (1/L_i) Σ_t φ_t. With ν_i the exploration score of Eq. 9–11 (``exploration_scores``,
     reward-weighted by the other responses' exp(r_j)), ν̄_i its min–max normalization within the
     group, and r_i the base reward (mapped to {−1, 1} from a {0, 1} verifier when ``signed``):
@@ -73,11 +73,20 @@ class G2RL:
         r̃_i = clip(r_i·f_i, −c, c)                        (Eq. 13, §2.5: c = 3)
         A_i = (r̃_i − mean_G r̃) / (std_G r̃ + ε)          on every token of o_i (``group_norm``)
 
-    Source: the paper (arXiv 2512.15687v1, Eq. 2, 6–14 and §2.5; "applied as reward shaping within
-    the groupwise standardization", §3); no code was released. Eq. 12 gives a wrong response (r = −1)
-    r̃ = −1 + λν̄ ≥ −1, while §2.4's text says a high score amplifies its penalty (r̃ < −1) and a low one
-    mitigates it (r̃ > −1); ``mode="centered"`` has the text's signs for both classes. λ is not given
-    (λ ∈ [0, λ_max]); 1.0 here is UNVERIFIED. A group whose ν are all equal gets ν̄ = 0 (no scaling).
+    Source: checked equation by equation against the paper's full text (arXiv 2512.15687v1 §2.1–2.6,
+    Eq. 5–14, §3 "applied as reward shaping within the groupwise standardization", Appendix A.2
+    Table 3); no code was released. Every formula above is the paper's, including both ε's and the
+    min–max ν̄ (§2.4 names it as its example of a bounded monotone transform), with T the sampling
+    temperature of Eq. 5 (``lm_head_sensitivity``). What the paper leaves open or contradicts:
+    - Eq. 12 gives a wrong response (r = −1) r̃ = −1 + λν̄ ≥ −1: a high score *softens* its penalty,
+      while §2.4's text (and §6) says a high score amplifies it (r̃ < −1) and a low one mitigates it
+      (r̃ > −1). The two cannot both hold; ``mode="eq12"`` is the equation as printed, ``mode="centered"``
+      has the text's signs for both classes.
+    - λ has no value anywhere in the paper (only λ ∈ [0, λ_max], Eq. 12; Table 3 lists none): 1.0 is
+      this library's choice. With eq12, r ∈ {−1, 1} and λ ≤ 2 the clip c = 3 never binds.
+    - Eq. 2 standardizes with the population std and ε under the root, sqrt(mean (r − r̄)² + ε); this
+      part uses GRPO's ``group_norm`` (unbiased std + ε, as verl, whose settings Table 3 lists).
+    - A group whose ν are all equal gets ν̄ = 0 (no scaling): min–max is undefined there.
     """
 
     lam: float = 1.0

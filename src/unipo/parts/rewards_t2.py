@@ -129,6 +129,18 @@ class PEARAdvantage:
     exploration at the final answer phase"). UNVERIFIED: the authors' code (iNLP-Lab/PEAR,
     ``entropy.py:compute_score``) and the paper's equation could not be retrieved here; this form
     follows the abstract and the README (the reward reads ``entropys`` split at ``</think>``).
+
+    Verification tried (this session): ``fetch github:iNLP-Lab/PEAR`` has no snapshot, the file index
+    lists no file of that repository, and the pages corpus holds arxiv/themoonlight/liner/papernotes
+    pages on the paper only as their opening. Two secondary sources in the file index describe a
+    *different* form, UNVERIFIED against the paper but consistent with each other: the ICLR 2026
+    reviews (a max in Eq. 7, a coefficient α on H_answer, entropies of π_old in Eq. 5, k = T and
+    H_answer = 0 without ``</think>``) and a paper note (papernotes, ICLR2026/llm_reasoning) that
+    gives P = max(0, H̄_think − α·H̄_answer), r = min(1, s − P) for a correct answer and a fixed
+    format score r_fmt otherwise (no entropy term on wrong answers), then GRPO; α = 1 (its ablation:
+    α = 0 penalizes thinking only, α = −1 both phases), GSM8K train set, batch 128, lr 1e-6, verl.
+    This part's r − α·H̄_think + γ·H̄_answer on every row has neither the max, the min nor the
+    correct-only gate.
     """
 
     think_coef: float = 1.0

@@ -113,7 +113,8 @@ REWARD_CATALOG: tuple[RewardInfo, ...] = (
         "pear",
         "advantage",
         "phase entropy aware reward r - a H_think + g H_answer, then GRPO (needs token entropies)",
-        "PEAR arXiv 2510.08026 (abstract, README); UNVERIFIED: code and equation not retrievable",
+        "PEAR arXiv 2510.08026 (abstract, README); UNVERIFIED: code and equation not retrievable "
+        "(secondary notes give max(0, H_think - a H_answer) on correct answers only: parts/rewards_t2.py)",
         (
             "Carried as an advantage part: rewards never see token entropies.",
             "Entropies are pi_old's at rollout; the phase split needs the delimiter's token ids.",

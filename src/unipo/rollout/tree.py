@@ -15,7 +15,11 @@ t tokens (with the root's sampler log-probs and entropies) followed by the conti
 
 Source: Liu et al., ETTRL (arXiv 2508.11356) §ETMR as a survey note gives it (FORMULAS-preference.md
 §ETTRL: M trees from a full sample each, top-N entropy fork points, B branches each, R = M(1 + B·N)
-leaves, majority vote over all leaves, N = 3, B = 2); the paper body and code could not be read.
+leaves, majority vote over all leaves, N = 3, B = 2); the paper body and code could not be read
+(tried: the arXiv html page and chatpaper.com/paper/180862 are stored only as their opening; the file
+index holds no text of the paper and no ETTRL repository). A third secondary note (a paper wiki page)
+gives the paper's runs as M = 12, N = 2, B = 2 (60 leaves against TTRL's 64) and a token ratio
+(1 + 0.5·B·N)/(1 + B·N) for uniformly placed forks; UNVERIFIED, like N = 3, B = 2 here.
 Deviations: the entropy is that of the processed sampling distribution (after temperature / top-k /
 top-p, as ``SampledLogprobs`` records it); the fork token is resampled (the branch shares t tokens,
 not t + 1); a root shorter than N tokens forks at its positions again in entropy order (an empty root
