@@ -70,11 +70,12 @@ $(VLLM_STAMP):
 setup-vllm: $(VLLM_STAMP)
 
 # The vLLM engine's tests against a real `vllm serve` of the tiny model on 127.0.0.1 (marker vllm).
-# Not in .ci/run: from scratch it takes ~7 min to install .venv-vllm and ~2.5 min to test on two
+# Not in .ci/run: from scratch it takes ~7 min to install .venv-vllm and ~3.5 min to test on two
 # cores, on top of `make test`, past CI's budget; `make test` covers the client against stand-in
 # servers (tests/test_vllm_client.py). Run it before changing rollout/vllm*.py.
 test-vllm: $(STAMP) $(VLLM_STAMP)
-	UNIPO_VLLM=$(abspath $(VLLM_VENV))/bin/vllm $(PY) -m pytest -q -m vllm -p no:xdist tests/test_vllm_engine.py tests/test_vllm_scale.py
+	UNIPO_VLLM=$(abspath $(VLLM_VENV))/bin/vllm $(PY) -m pytest -q -m vllm -p no:xdist tests/test_vllm_engine.py tests/test_envs_vllm_real.py \
+	  tests/test_vllm_scale.py
 
 clean:
 	rm -rf $(VENV) $(TRL_VENV) $(VLLM_VENV) runs .pytest_cache

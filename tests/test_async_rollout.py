@@ -88,3 +88,35 @@ def test_async_at_staleness_zero_is_the_synchronous_run(tiny_model_dir, tmp_path
     assert losses_a == losses_b
     for (n, p), (_, q) in zip(a.model.named_parameters(), b.model.named_parameters()):
         assert torch.equal(p, q), n
+
+
+def test_spear_trains_on_replayed_rows_with_their_sampler_logprobs(tiny_model_dir, tmp_path):
+    # SPEAR (a selection) replays step 0's and 1's wins at step 2: they keep the log μ and the weight
+    # version they were sampled with, pass the synchronous staleness check, and TIS reads their μ
+    from unipo.batch import REPLAYED_ROW_KEY
+
+    cfg = cfg_for(tiny_model_dir, tmp_path / "run", "algorithm.name=spear", "algorithm.corrections=[tis]",
+                  "train.steps=3", "train.save_final=false", "train.entropy_change=none")  # fmt: skip
+    trainer = Trainer(cfg)
+    seen: list = []
+    collect = trainer.collect
+
+    def recording():
+        batch, metrics = collect()
+        seen.append(batch)
+        return batch, metrics
+
+    trainer.collect = recording
+    trainer.train()
+    last = seen[-1]
+    replayed = last.flags(REPLAYED_ROW_KEY)  # [B]
+    assert bool(replayed.any()) and last.rollout_logprobs is not None
+    assert all(v < 2 for v in last.weight_version[replayed].tolist())
+    for i in replayed.nonzero().flatten().tolist():  # each is a row of the step that sampled it, as it was
+        src = seen[int(last.weight_version[i])]
+        n = int(last.completion_mask[i].sum())
+        ids = last.completion_ids[i, :n].tolist()
+        lengths = src.completion_mask.sum(1).long().tolist()
+        match = [j for j in range(src.size) if src.completion_ids[j, :n].tolist() == ids and lengths[j] == n]
+        assert match and any(torch.equal(src.rollout_logprobs[j, :n], last.rollout_logprobs[i, :n])
+                             for j in match)  # fmt: skip

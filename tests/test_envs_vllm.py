@@ -1,7 +1,8 @@
 """Multi-turn episodes through the vLLM engine (``rollout.engine=vllm``) against a stand-in server (stdlib
 HTTP, no vllm needed): every turn's context goes out as token ids, all live episodes of a turn in one
 request (the first turn of a group as one prompt × n), and the trajectory (ids, loss mask, turn index,
-sampler log-probs, weight version) is the one the in-process scripted engine gives."""
+sampler log-probs, weight version) is the one the in-process scripted engine gives. The same rollout
+against a real ``vllm serve``: tests/test_envs_vllm_real.py (marker ``vllm``)."""
 
 from __future__ import annotations
 

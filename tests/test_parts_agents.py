@@ -206,10 +206,53 @@ def test_spear_bonus_buffer_and_recalibrated_replay():
     assert got == [pytest.approx(0.35 * ramp), pytest.approx(0.45 * ramp)]
     adv, _ = SPEARAdvantage()(out)
     assert torch.allclose(adv[1:, 0].sort().values, torch.tensor([0.35 * ramp, 0.45 * ramp]))
-    # replayed rows carry the step's weight version (the trainer refuses rows without one)
+    # rows stored without a weight version (a checkpoint written before rows kept theirs) take the step's
     tagged = rows([[0]], [0.0], [7], [{"turns": 0}], ids=[[5]]).replace(weight_version=torch.tensor([3]))
     out, _ = spear(tagged)
     assert out.weight_version.tolist() == [3, 3, 3]
+
+
+def test_spear_replays_a_row_with_its_sampler_logprobs_and_weight_version():
+    import io
+
+    from unipo.batch import REPLAYED_ROW_KEY
+    from unipo.train.async_rollout import drop_stale
+
+    def sampled(version: int) -> RolloutBatch:  # step 0's rows, sampled by weight version `version`
+        b = rows([[0, 0]] * 4, [1.0, 0.0, 1.0, 0.0], [0, 0, 1, 1], [{"turns": 0} for _ in range(4)],
+                 ids=[[5, 6], [7, 8], [9, 10], [11, 12]])  # fmt: skip
+        mu = torch.tensor([[-0.1, -0.2], [-0.3, -0.4], [-0.5, -0.6], [-0.7, -0.8]])  # log μ [B, T]
+        return b.replace(rollout_logprobs=mu, weight_version=torch.full((4,), version),
+                         truncated=torch.tensor([False, False, True, False]))  # fmt: skip
+
+    spear = SPEARReplay(buffer_size=8, tolerate_steps=5, tool_steps=200, replay_steps=100)
+    spear(sampled(0))
+    spear.on_step_end({})  # rows 0 and 2 (reward 1 > their group means 0.5) are kept
+    raw = io.BytesIO()
+    torch.save(spear.state_dict(), raw)  # the checkpoint's way
+    resumed = SPEARReplay(buffer_size=8, tolerate_steps=5, tool_steps=200, replay_steps=100)
+    resumed.load_state_dict(torch.load(io.BytesIO(raw.getvalue()), weights_only=False))
+    fresh = rows([[0]], [0.0], [7], [{"turns": 0}], ids=[[13]]).replace(
+        rollout_logprobs=torch.tensor([[-0.9]]), weight_version=torch.tensor([1])
+    )
+    out, metrics = spear(fresh)  # step 1, policy version 1: both kept rows come back as they were sampled
+    order = out.completion_ids[1:, 0].argsort() + 1  # replay order is random: sort by the first id
+    assert out.completion_ids[order].tolist() == [[5, 6], [9, 10]]
+    # μ of the replayed rows is step 0's, the fresh row keeps its own (padded with 0 to T = 2)
+    assert torch.equal(out.rollout_logprobs[0], torch.tensor([-0.9, 0.0]))
+    assert torch.equal(out.rollout_logprobs[order], torch.tensor([[-0.1, -0.2], [-0.5, -0.6]]))
+    assert out.weight_version.tolist() == [1, 0, 0] and out.truncated[order].tolist() == [False, True]
+    assert out.flags(REPLAYED_ROW_KEY).tolist() == [False, True, True]
+    assert float(metrics["selection/spear_replay_age_mean"]) == 1.0
+    # synchronous training (staleness 0) keeps the replayed rows of version 0 and would drop a fresh one
+    kept, dropped = drop_stale(out, version=1, max_staleness=0)
+    assert kept is out and dropped == 0
+    assert drop_stale(out.select([0]).replace(weight_version=torch.tensor([0])), 1, 0)[1] == 1
+    # the resumed part replays exactly the same rows (the same draw, μ and versions)
+    again, _ = resumed(fresh)
+    for name in ("completion_ids", "rollout_logprobs", "weight_version", "truncated", "rewards"):
+        assert torch.equal(getattr(again, name), getattr(out, name)), name
+    assert again.metadata == out.metadata
 
 
 def test_loo_filter_drops_rows_without_signal():

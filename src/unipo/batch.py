@@ -25,6 +25,9 @@ SFT_KEY = "sft_target_ids"  # metadata key: an item's demonstration token ids (c
 SFT_TRUNCATED_KEY = "sft_target_truncated"  # metadata key: True when those ids were cut at max_new_tokens
 SFT_ROW_KEY = "hpt_sft"  # metadata key: True on a row whose completion is a demonstration, not a sample
 EXTRA_ROW_KEY = "extra_rollout"  # metadata key: True on a row of a part's extra rollout (collect.py, AEPO)
+# metadata key: True on a row a part took from an earlier step (a buffer's or SPEAR's replay), kept with its
+# sampler log-probs and weight version; the staleness check of freshly sampled rows leaves it alone
+REPLAYED_ROW_KEY = "replayed"
 EXAMPLE_KEY = "example_id"  # metadata key: the row's prompt, an index into the training examples (schedulers)
 
 

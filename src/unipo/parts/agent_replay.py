@@ -7,6 +7,12 @@ Two parts cooperate through the rows' metadata: the ``spear_replay`` selection (
 history of group reward means, the step) adds the bonus to every row's reward and appends replayed rows
 marked ``metadata["spear_replay"]`` with their advantage in ``metadata["spear_advantage"]``; the
 ``spear`` advantage gives fresh rows the group-mean advantage and replayed rows theirs.
+
+A replayed row keeps what it was sampled with: the sampler's log-probs μ (``rollout_logprobs``) and the
+weight version that sampled it (``weight_version``), so the trainer's π_old pass at the current weights
+and the corrections (π_old/μ) see it as the off-policy sample it is; it is marked
+``metadata["replayed"]`` (``unipo.batch.REPLAYED_ROW_KEY``), which exempts it from the staleness check
+of freshly sampled rows (its age is bounded by ``tolerate_steps``).
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from unipo.batch import RolloutBatch
+from unipo.batch import REPLAYED_ROW_KEY, RolloutBatch
 from unipo.parts.advantages import GroupNorm
 from unipo.parts.base import Metrics, broadcast_to_tokens, group_stats, scalar
 from unipo.parts.registry import register
@@ -32,6 +38,7 @@ _ROW_TENSORS = (
     "completion_mask",
     "context_mask",
     "turn_index",
+    "rollout_logprobs",
 )
 REPLAY_GROUP_BASE = 1 << 40  # replayed rows get group ids far above any fresh group's
 
@@ -57,6 +64,8 @@ class SPEARReplay:
     ``prepare_for_selection`` with ``weight_decay_trajectory_replay = −1``), agent_system/reward_manager/
     episode.py (cosine tool-call reward), verl/workers/actor/dp_actor.py (replay loss ramp), and
     examples/gigpo_trainer/run_alfworld_spear.sh (S_tool = 200, S_replay = 100, tolerate 5, coef 1).
+    A replayed row keeps its sampler log-probs and weight version (module docstring); the code keeps the
+    stored batch's ``old_log_probs`` (π_old at the step that stored it) as its replay loss's π_old.
     Deviations: the replay rows join the step's batch (one optimizer pass) instead of a separate replay
     loss pass; their loss is the preset's surrogate (the script uses clip-cov for replay); the current
     step's successes are replayed from the next step on; the baseline is the median over recorded group
@@ -104,7 +113,9 @@ class SPEARReplay:
         fresh = batch.replace(rewards=rewards)
         mean, _, _ = group_stats(rewards, fresh.group_ids)
         step = self._state["step"]
+        versions = fresh.weight_version.tolist() if fresh.weight_version is not None else [None] * fresh.size
         entries = [{"step": step, "reward": float(rewards[i]), "turns": meta[i].get("turns", 0),
+                    "weight_version": versions[i], "truncated": bool(fresh.truncated[i]),
                     **{k: getattr(fresh, k)[i].clone() for k in _ROW_TENSORS
                        if getattr(fresh, k) is not None}}
                    for i in range(fresh.size) if float(rewards[i]) > float(mean[i])]  # fmt: skip
@@ -118,20 +129,25 @@ class SPEARReplay:
         if not replay:
             return fresh, metrics
         metrics["selection/spear_baseline"] = scalar(base)
-        # a replayed row is a demonstration the update re-scores (π_old of the current weights), not a
-        # sample of an older policy: it carries the step's weight version, as its fresh rows do
+        age = sum(step - e["step"] for e in replay) / len(replay)
+        metrics["selection/spear_replay_age_mean"] = scalar(age)
+        # an entry of a checkpoint written before rows kept their version: the step's (as it was then)
         known = fresh.weight_version is not None and fresh.size > 0
-        version = fresh.weight_version.max().reshape(1) if known else None  # [1]
-        rows = [self._row(e, k, version) for k, e in enumerate(replay)]
+        fallback = int(fresh.weight_version.max()) if known else None
+        rows = [self._row(e, k, fallback) for k, e in enumerate(replay)]
         return RolloutBatch.concat([fresh, *rows]), metrics
 
-    def _row(self, e: dict[str, Any], k: int, version: torch.Tensor | None = None) -> RolloutBatch:
+    def _row(self, e: dict[str, Any], k: int, fallback: int | None = None) -> RolloutBatch:
+        """The stored row as it was sampled (ids, masks, sampler log-probs, weight version)."""
         tensors = {name: e[name][None] for name in _ROW_TENSORS if name in e}
+        v = e["weight_version"] if e.get("weight_version") is not None else fallback
         return RolloutBatch(
-            **tensors, group_ids=torch.tensor([REPLAY_GROUP_BASE + k]), truncated=torch.tensor([False]),
-            weight_version=version,
-            rewards=torch.tensor([e["reward"]]), metadata=[{REPLAY_KEY: True, ADV_KEY: e["advantage"],
-                                                            "turns": e["turns"]}],
+            **tensors, group_ids=torch.tensor([REPLAY_GROUP_BASE + k]),
+            truncated=torch.tensor([bool(e.get("truncated", False))]),
+            weight_version=torch.tensor([v], dtype=torch.long) if v is not None else None,  # [1]
+            rewards=torch.tensor([e["reward"]]),
+            metadata=[{REPLAY_KEY: True, REPLAYED_ROW_KEY: True, ADV_KEY: e["advantage"],
+                       "turns": e["turns"]}],
         )  # fmt: skip
 
     def on_step_end(self, metrics: dict[str, Any]) -> None:

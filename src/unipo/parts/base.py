@@ -37,7 +37,9 @@
   per step, after collection (selections, refills) and before the π_old pass: they may hold fresh rows
   back and add stored ones, which keep their behaviour log-probs (``rollout_logprobs``) and
   ``weight_version``, so the corrections and the staleness metrics apply to them. Their contents are
-  part state (``state_dict``), saved in the checkpoint.
+  part state (``state_dict``), saved in the checkpoint. A selection that replays stored rows (SPEAR)
+  keeps them the same way and marks them ``metadata["replayed"]`` (``unipo.batch.REPLAYED_ROW_KEY``):
+  the trainer's staleness check of freshly sampled rows (``rollout.max_staleness``) leaves them alone.
 
 All losses are quantities to *minimize*. Metrics are dicts of 0-dim tensors or floats,
 named ``kind/what`` (``surrogate/clip_frac_low``); the trainer averages and logs them.

@@ -20,13 +20,13 @@ from typing import Any
 
 import torch
 
-from unipo.batch import RolloutBatch
+from unipo.batch import REPLAYED_ROW_KEY, RolloutBatch
 from unipo.parts.advantages_risk import groups_in_order
 from unipo.parts.base import Metrics
 from unipo.parts.corrections import mismatch_from_log_ratio
 from unipo.parts.registry import part_name, register
 
-REPLAY_KEY = "replayed"  # metadata key: True on a row a buffer took from an earlier step
+REPLAY_KEY = REPLAYED_ROW_KEY  # metadata key: True on a row a buffer took from an earlier step
 _STATE = dict(default_factory=dict, init=False, repr=False, compare=False, hash=False)
 _KEEP = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "group_ids", "truncated",
          "rewards", "rollout_logprobs", "weight_version")  # fmt: skip

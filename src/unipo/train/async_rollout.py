@@ -29,19 +29,20 @@ from typing import Any
 
 import torch
 
-from unipo.batch import RolloutBatch
+from unipo.batch import REPLAYED_ROW_KEY, RolloutBatch
 
 
 def drop_stale(batch: RolloutBatch, version: int, max_staleness: int) -> tuple[RolloutBatch, int]:
     """(rows sampled at most ``max_staleness`` versions before ``version``, how many were dropped);
-    rows from a version newer than the policy's are an error (they cannot exist)."""
+    rows from a version newer than the policy's are an error (they cannot exist). Rows a part replays
+    from an earlier step (``metadata["replayed"]``) are kept whatever their age: their part bounds it."""
     if batch.size == 0 or batch.weight_version is None:
         return batch, 0
     lag = version - batch.weight_version  # [B]
     if bool((lag < 0).any()):
         seen = batch.weight_version.tolist()
         raise ValueError(f"rows sampled with weight versions {seen} > the policy's {version}")
-    keep = lag <= max_staleness
+    keep = (lag <= max_staleness) | batch.flags(REPLAYED_ROW_KEY).to(lag.device)  # [B]
     dropped = int((~keep).sum())
     return (batch if dropped == 0 else batch.select(keep)), dropped
 

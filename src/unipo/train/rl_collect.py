@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from unipo.batch import RolloutBatch
+from unipo.batch import REPLAYED_ROW_KEY, RolloutBatch
 from unipo.parts.base import PromptPlan
 from unipo.rollout.weights import policy_weights
 from unipo.train.async_rollout import drop_stale
@@ -170,7 +170,8 @@ class RLCollection:
                 f"{sorted(set(versions.tolist()))}, the policy's is {self.step}; refusing to train on them"
             )
         if self.prefetch is not None:
-            lag = (self.step - batch.weight_version).float() if batch.size else torch.zeros(1)
+            fresh = ~batch.flags(REPLAYED_ROW_KEY)  # [B] a part's replayed rows are not the rollout's lag
+            lag = (self.step - batch.weight_version[fresh]).float() if bool(fresh.any()) else torch.zeros(1)
             metrics["rollout/stale_dropped"] = float(dropped)
             metrics["rollout/staleness_mean"] = float(lag.mean())
         elif getattr(self.engine, "supports_sleep", False):  # free the colocated server's memory (sync only)
