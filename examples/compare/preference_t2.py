@@ -9,7 +9,9 @@ script runs both kinds of cell with ``unipo train`` (which routes a preference p
 preference trainer), each in its own process, ``--parallel`` at a time:
 
     preference cells  examples/preference/dpo_demo.yaml, ``loss.preset=NAME``: 60 on-policy rounds of
-                      64 prompts × 8 samples (DPO's demo recipe: lr 1e-4, 2 epochs, batch 32)
+                      64 prompts × 8 samples (DPO's demo recipe: lr 1e-4, 2 epochs, batch 32), with the
+                      RL cells' task and sampling (the addition testbed, 40 new tokens): the demo file's own
+                      task is chain_sum, for the chain_sum model its script warm-starts
     RL cells          the same task, model and held-out set as an RL config (examples/compare/t2.yaml's
                       base): 60 steps of 64 prompts × 8 samples (P3O: 256 × 2, its pairs), lr 3e-4
     rto               needs a DPO-trained model: seed k's token reward is dpo/seed<k>/final, so each rto
@@ -82,10 +84,13 @@ def base_yaml(where: Path, kind: str, model: str) -> Path:
     import yaml
 
     path = where / f"base_{kind}.yaml"
-    if kind == "preference":
+    rl = yaml.safe_load(RL_BASE.read_text())["base"]
+    if kind == "preference":  # DPO's demo recipe (loss, pairs, optimizer) on the RL cells' task
         data = yaml.safe_load(PREF_BASE.read_text())
+        data["task"] = rl["task"]  # dpo_demo.yaml's own task is chain_sum, for its own warm start
+        data["pairs"]["sampling"] = rl["rollout"]["sampling"]
     else:
-        data = yaml.safe_load(RL_BASE.read_text())["base"]
+        data = rl
     data["model"]["path"] = model
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(data, sort_keys=False))
