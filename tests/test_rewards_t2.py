@@ -16,7 +16,7 @@ from unipo.rewards.efficiency import (
     hbpo_reward,
     parse_budget,
 )
-from unipo.rewards.label_free import MajorityVote, SemanticEntropy, TTRLVote, clusters
+from unipo.rewards.label_free import MajorityVote, SemanticEntropy, TTRLVote, answers_of, clusters
 
 # ------------------------------------------------------------------ TTRL
 
@@ -89,6 +89,31 @@ def test_empo_empty_answer_scores_zero_and_clusters_are_greedy():
     got = SemanticEntropy()(["q"] * 4, texts, group_id=[0] * 4)
     # clusters: "" (1/4), "c" (2/4), "d" (1/4); H = 1.0397 < ln 4 = 1.386 -> r = [0 (empty), .5, .5, .25]
     assert got == [0.0, 0.5, 0.5, 0.25]
+
+
+def test_answer_pattern_votes_on_the_answer_and_a_completion_without_one_scores_zero():
+    # the addition testbed's worked format: the answer is the text after ">"
+    pattern = r">\s*(\d+)\s*$"
+    texts = ["1+2+0=03,...>33", "1+2+0=04,...>33", "7+1+0=08>33", "4", "4", "4", ">", "x>18"]
+    # answers by pattern: 33, 33, 33, "", "", "", "" (">" alone: no digits), 18
+    assert answers_of(texts, pattern) == ["33", "33", "33", "", "", "", "", "18"]
+    # whole-text voting makes the three "4" the majority (3 votes against 1 for each other text);
+    # by pattern "33" has 3 votes, the rows without an answer neither vote nor score
+    got = MajorityVote()(["q"] * 8, texts, group_id=[0] * 8, answer_pattern=pattern)
+    assert got == [1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    assert MajorityVote()(["q"] * 8, texts, group_id=[0] * 8)[3:6] == [1.0, 1.0, 1.0]
+    # EMPO by pattern: clusters 33 (3/8), "" ×4 (each its own, reward 0), 18 (1/8);
+    # H = -(3/8 ln 3/8 + 5·1/8 ln 1/8) = 0.3678 + 1.2997 = 1.667 < ln 8 = 2.079
+    got = SemanticEntropy()(["q"] * 8, texts, group_id=[0] * 8, answer_pattern=pattern)
+    assert got == [0.375, 0.375, 0.375, 0.0, 0.0, 0.0, 0.0, 0.125]
+    # without a group in the pattern the whole match is the answer (stripped); the last match counts
+    assert answers_of(["a=1; a=2 "], r"a=\d") == ["a=2"]
+    vote = TTRLVote(answer_pattern=pattern)
+    assert vote(["q"] * 3, ["x>5", "y>5", "5"], group_id=[0] * 3) == [1.0, 1.0, 0.0]
+    with pytest.raises(ValueError, match="answer_pattern '\\(' is not a regular expression"):
+        TTRLVote(answer_pattern="(")
+    with pytest.raises(ValueError, match="answer_pattern"):
+        MajorityVote()(["q"], ["x"], group_id=[0], answer_pattern="[")
 
 
 # ------------------------------------------------------------------ HAPO

@@ -131,7 +131,9 @@ REWARD_CATALOG: tuple[RewardInfo, ...] = (
         "TTRL arXiv 2504.16084; PRIME-RL/TTRL@3e2cc937 ttrl/ttt_metrics.py:test_time_train_metrics",
         (
             "Votes over the trained group (no separate n_votes); empty answers do not vote.",
-            "ETTRL's entropy-fork tree rollouts and advantage reshaping are not carried.",
+            "Answers from extract_answer (the whole text when no tag), or the last match of "
+            "params.answer_pattern.",
+            "ETTRL (tree rollouts, advantage reshaping, this vote) is the ettrl preset, not this reward.",
         ),
     ),
     RewardInfo(
@@ -139,7 +141,10 @@ REWARD_CATALOG: tuple[RewardInfo, ...] = (
         "reward",
         "semantic-entropy minimization: r = share of the answer's cluster",
         "EMPO arXiv 2504.05812; QingyangZhang/EMPO@c5eccd40 trl/src/open_r1/rewards.py",
-        ("Answers from extract_answer; the free-form (verifier-model) clustering is not carried.",),
+        (
+            "Answers from extract_answer, or the last match of params.answer_pattern (no match: no answer).",
+            "The free-form (verifier-model) clustering is not carried.",
+        ),
     ),
     RewardInfo(
         "otc",

@@ -1,9 +1,12 @@
 """Test-time RL without labels: rewards computed from a prompt's group of completions alone.
 
 Both read the ``group_id`` column (rows of one prompt share it; ``collect`` passes it) and an
-answer per completion (``extract_answer``: the last ``<answer>`` tag, else the last ``\\boxed{}``,
-else the whole text). Answers are compared by ``match``: ``"exact"`` (equal stripped strings) or
-``"math"`` (math-verify equivalence, as the authors' graders). An empty answer never votes and
+answer per completion: ``extract_answer`` (the last ``<answer>`` tag, else the last ``\\boxed{}``,
+else the whole text), or, with ``answer_pattern`` (a regular expression), its last match in the
+completion (group 1 when the pattern has a group) and no answer when it does not match (for a
+worked format whose answer follows a mark, so that a completion without one cannot vote). Answers
+are compared by ``match``: ``"exact"`` (equal stripped strings) or ``"math"`` (math-verify
+equivalence, as the authors' graders). An empty answer never votes and
 scores 0. Called item by item (``RewardSet``'s retry after a raising batch call) each item is its
 own group: these rewards do not raise on well-formed input, so that path is not expected.
 Run them with ``task.hide_labels=true``: the training rows then carry no label at all.
@@ -16,6 +19,7 @@ reshaping (EAR, ``unipo.parts.advantages_entropy``) change the rollout and the a
 from __future__ import annotations
 
 import math
+import re
 import threading
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
@@ -40,6 +44,25 @@ def _matcher(match: str) -> Callable[[str, str], bool]:
 
         return same
     raise ValueError(f"match must be 'exact' or 'math', got {match!r}")
+
+
+def answers_of(completions: Sequence[str], pattern: str | None) -> list[str]:
+    """The answer of each completion: ``extract_answer`` when ``pattern`` is None; else the stripped
+    last match of the regular expression ``pattern`` (its group 1 when it has groups), "" (no
+    answer: no vote, reward 0) when it does not match."""
+    if pattern is None:
+        return [extract_answer(c) for c in completions]
+    try:
+        rx = re.compile(pattern)
+    except re.error as e:
+        raise ValueError(f"answer_pattern {pattern!r} is not a regular expression: {e}") from None
+    out = []
+    for c in completions:
+        last = None
+        for last in rx.finditer(c):  # noqa: B007 (the last match is the answer)
+            pass
+        out.append("" if last is None else (last.group(1) if rx.groups else last.group(0)).strip())
+    return out
 
 
 def _groups(group_id: Sequence[Any] | None, n: int, who: str) -> dict[Any, list[int]]:
@@ -110,10 +133,10 @@ class MajorityVote(_Counted):
 
     def __call__(
         self, prompts: list[str], completions: list[str], group_id: Sequence[Any] | None = None, *,
-        match: str = "exact", **columns: Any,
+        match: str = "exact", answer_pattern: str | None = None, **columns: Any,
     ) -> list[float | None]:  # fmt: skip
         same = _matcher(match)
-        answers = [extract_answer(c) for c in completions]
+        answers = answers_of(completions, answer_pattern)
         out: list[float | None] = [0.0] * len(completions)
         ratio = 0.0
         groups = _groups(group_id, len(completions), "the ttrl reward")
@@ -150,10 +173,11 @@ class SemanticEntropy(_Counted):
 
     def __call__(
         self, prompts: list[str], completions: list[str], group_id: Sequence[Any] | None = None, *,
-        match: str = "exact", max_entropy: float | None = None, **columns: Any,
+        match: str = "exact", max_entropy: float | None = None, answer_pattern: str | None = None,
+        **columns: Any,
     ) -> list[float | None]:  # fmt: skip
         same = _matcher(match)
-        answers = [extract_answer(c) for c in completions]
+        answers = answers_of(completions, answer_pattern)
         out: list[float | None] = [0.0] * len(completions)
         total_h = 0.0
         groups = _groups(group_id, len(completions), "the empo reward")
@@ -179,23 +203,26 @@ class TTRLVote:
 
     ``label_free``: an algorithm with this part trains without labels (the trainer hides them from the
     training rows as ``task.hide_labels`` does) and without the task verifier as a reward term, unless
-    rewards are configured. ``match``: ``"exact"`` or ``"math"``. Logs ``ttrl/majority_ratio``.
+    rewards are configured. ``match``: ``"exact"`` or ``"math"``; ``answer_pattern``: a regular
+    expression whose last match is the answer (None: ``extract_answer``). Logs ``ttrl/majority_ratio``.
     """
 
     match: str = "exact"
+    answer_pattern: str | None = None
     _sums: dict[str, float] = field(default_factory=dict, init=False, repr=False, compare=False, hash=False)
 
     label_free = True
 
     def __post_init__(self) -> None:
-        _matcher(self.match)  # a bad ``match`` fails when the part is built
+        _matcher(self.match)  # a bad ``match`` or ``answer_pattern`` fails when the part is built
+        answers_of([], self.answer_pattern)
 
     def __call__(
         self, prompts: list[str], completions: list[str], group_id: Sequence[Any] | None = None,
         **columns: Any,
     ) -> list[float | None]:  # fmt: skip
         vote = MajorityVote()
-        out = vote(prompts, completions, group_id, match=self.match)
+        out = vote(prompts, completions, group_id, match=self.match, answer_pattern=self.answer_pattern)
         groups = len(set(group_id or ()))
         for key, value in vote.pop_metrics().items():  # per-call means → sums weighted by groups
             self._sums[key] = self._sums.get(key, 0.0) + value * groups
