@@ -135,3 +135,19 @@ def test_schedulers_and_buffers_resume_exactly(tiny_model_dir, tmp_path, case):
     assert same(full.algorithm.state_dict(), resumed.algorithm.state_dict())
     for x, y in zip(full.model.parameters(), resumed.model.parameters()):
         assert torch.equal(x, y)
+
+
+# ------------------------------------------------------------------ pre-run KV-cache check
+def test_the_kv_check_sizes_a_schedulers_sweeps_and_largest_groups(tiny_model_dir, tmp_path, monkeypatch):
+    import unipo.train.trainer as trainer_mod
+
+    seen: list[list[tuple[int, int]]] = []
+    monkeypatch.setattr(trainer_mod, "check_generation_memory", lambda e, i, calls, n: seen.append(calls))
+    # the plan (3 prompts × G = 4) and an MMR1 sweep round (probe_batch 5 × probe_samples 6)
+    sweeps = "algorithm.params={mmr1_vas: {refresh_every: 2, probe_batch: 5, probe_samples: 6}}"
+    Trainer(cfg(tiny_model_dir, tmp_path / "a", "algorithm.name=mmr1", sweeps))
+    # GDRO: n_max = 3·G = 12, budget 3·4 = 12 samples → at most 12 // 12 = 1 prompt of 12 in one call
+    Trainer(cfg(tiny_model_dir, tmp_path / "b", "algorithm.scheduler=rollout_gdro"))
+    Trainer(cfg(tiny_model_dir, tmp_path / "c"))  # the default scheduler: the plan only
+    # the last call is the evaluation (task.eval_size = 0 × eval.samples = 4: nothing to size)
+    assert seen == [[(3, 4), (5, 6), (0, 4)], [(3, 4), (1, 12), (0, 4)], [(3, 4), (0, 4)]]

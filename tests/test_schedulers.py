@@ -283,3 +283,16 @@ def test_every_rank_trains_rank_zeros_plan():
     prompts = Rank1()._plan(PromptPlan((1, 2), (4, 4)))
     assert prompts.example_ids == [2, 0] and prompts.group_sizes == [6, 2] and prompts.texts == ["c", "a"]
     assert prompts.ids == [[ord("c")], [ord("a")]]
+
+
+def test_generation_calls_name_the_largest_generate_calls():
+    assert UniformScheduler().generation_calls(16, 8) == [(16, 8)]
+    assert MMR1VAS().generation_calls(16, 8) == [(16, 8)]  # refresh_every = 0: online scores only
+    # sweeps: a round of probe_batch prompts × probe_samples (None: G)
+    assert MMR1VAS(refresh_every=5, probe_batch=64).generation_calls(16, 8) == [(16, 8), (64, 8)]
+    assert MMR1VAS(refresh_every=5, probe_samples=16).generation_calls(16, 8) == [(16, 8), (64, 16)]
+    # GDRO keeps the budget 16·8 = 128 samples; n_max = 3·8 = 24 → 128 // 24 = 5 prompts of 24
+    assert GDRORollout().generation_calls(16, 8) == [(16, 8), (5, 24)]
+    assert GDRORollout(n_max=64).generation_calls(4, 8) == [(4, 8), (1, 64)]  # 32 // 64 = 0 → at least 1
+    # PCL chooses prompts by a value model, with no generation of its own: the plan only
+    assert PCL().generation_calls(16, 8) == [(16, 8)]

@@ -124,6 +124,9 @@ Optional methods:
                                         ETMR needs the hf engine's entropies and G a multiple of a tree)
     probe(step) -> PromptPlan | None    (Scheduler) prompts to roll out and observe before the step's
                                         plan, never trained on (MMR1's VPS sweeps); called until None
+    generation_calls(k, group_size) -> list[(prompts, samples)]
+                                        (Scheduler) the largest generate calls its plans and probes
+                                        make, for the pre-run KV-cache check (default: [(k, G)])
     sampling_temperature(metrics) -> float | None
                                         the rollout temperature for the next step (None: keep the
                                         configured one); ``metrics`` are the previous step's

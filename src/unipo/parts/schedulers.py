@@ -95,6 +95,11 @@ class SchedulerBase:
     def observe(self, batch: RolloutBatch) -> Metrics:
         return {}
 
+    def generation_calls(self, k: int, group_size: int) -> list[tuple[int, int]]:
+        """(prompts, samples per prompt) of the largest ``generate`` calls a step can make: the
+        trainer's pre-run KV-cache check sizes each. A plan of ``k`` prompts × G by default."""
+        return [(k, group_size)]
+
     def base_state(self) -> dict[str, Any]:
         s = self._bound()
         return {"sampler": s["sampler"].state_dict(), "gen": s["gen"].get_state()}
@@ -215,6 +220,11 @@ class MMR1VAS(SchedulerBase):
         size = self.probe_samples or s["group_size"]
         return PromptPlan(tuple(range(start, stop)), (size,) * (stop - start))
 
+    def generation_calls(self, k: int, group_size: int) -> list[tuple[int, int]]:
+        """The step's plan and, with sweeps on, a sweep round: ``probe_batch`` prompts × N."""
+        sweep = [(self.probe_batch, self.probe_samples or group_size)] if self.refresh_every > 0 else []
+        return [(k, group_size), *sweep]
+
     def observe(self, batch: RolloutBatch) -> Metrics:
         vps, ovs_all, tds_all = self._bound()["vps"], [], []
         for g in group_outcomes(batch):
@@ -326,6 +336,12 @@ class GDRORollout(SchedulerBase):
                 f"[n_min, n_max] = [{self.n_min}, {n_max}]"
             )
         self._state["n_max"] = n_max
+
+    def generation_calls(self, k: int, group_size: int) -> list[tuple[int, int]]:
+        """Equal groups before any bin is known; later up to k·G/n_max prompts of n_max samples each
+        (the budget k·G is kept), generated in one call per size."""
+        n_max = self.n_max if self.n_max is not None else 3 * group_size
+        return [(k, group_size), (max(1, k * group_size // n_max), n_max)]
 
     def bin_of(self, example_id: int) -> int | None:
         h = self._bound()["hist"].get(example_id)
