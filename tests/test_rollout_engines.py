@@ -57,6 +57,22 @@ def test_hf_engine_update_is_a_version_bump(tiny):
     assert gen.weight_version.tolist() == [7] * 4
 
 
+def test_under_fsdp2_only_an_engine_sharing_the_weights_generates_in_full_params(tiny):
+    from unipo.rollout.vllm import VLLMEngine
+    from unipo.train.policy_setup import FullParamsEngine, engine_for_sharding
+
+    model, tok = tiny
+    hf = HFEngine(model, tok)
+    wrapped = engine_for_sharding(hf, model, sharded=True)  # HF samples from the (sharded) policy
+    assert isinstance(wrapped, FullParamsEngine) and wrapped.engine is hf and wrapped.shares_weights
+    assert engine_for_sharding(hf, model, sharded=False) is hf  # ddp / one process: nothing to gather
+    # a vLLM server holds its own copy, synced from gathered parameters: no gather around generate
+    # (built on a given URL, so nothing is started or contacted here)
+    vllm = VLLMEngine(tok, eos_ids=[tok.eos_token_id], urls=["http://127.0.0.1:9"])
+    assert not vllm.shares_weights
+    assert engine_for_sharding(vllm, model, sharded=True) is vllm
+
+
 def test_policy_weights_merge_lora_like_save_model(tiny_model_dir, tmp_path):
     model, tok = load_model(tiny_model_dir, dtype="float32", lora=LoraSettings(r=4, alpha=8))
     with torch.no_grad():  # a trained adapter: B ≠ 0, so the merge changes the weights

@@ -56,10 +56,11 @@ def no_server_left(marker: str) -> bool:
     return not [line for line in ps.splitlines() if "serve" in line and marker in line]
 
 
-def test_colocated_servers_one_per_torchrun_process(vllm_model, tmp_path):
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp2"])  # fsdp2: the servers sync from gathered shards
+def test_colocated_servers_one_per_torchrun_process(vllm_model, tmp_path, parallel):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "unipo.cli", "train", *run_args(vllm_model, out, "train.nproc=2",
-           "train.parallel=ddp", "rollout.num_servers=2")]  # fmt: skip
+           f"train.parallel={parallel}", "rollout.num_servers=2")]  # fmt: skip
     proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     rows = steps(out)

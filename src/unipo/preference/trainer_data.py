@@ -27,7 +27,7 @@ from unipo.preference.pairs import expand_list, sample_preferences
 from unipo.preference.reference import attach_reference, batch_reference, policy_logprobs
 from unipo.preference.variants import add_variants, variant_inputs
 from unipo.rollout.hf import HFEngine
-from unipo.train.policy_setup import FullParamsEngine
+from unipo.train.policy_setup import engine_for_sharding
 from unipo.train.sharding import full_params
 
 
@@ -43,7 +43,7 @@ class PreferenceData:
 
     def _engine(self, model: torch.nn.Module, root: torch.nn.Module | None) -> Any:
         engine = HFEngine(model, self.tokenizer, max_batch=self.cfg.pairs.max_batch)
-        return FullParamsEngine(engine, root) if self.dist.sharded and root is not None else engine
+        return engine_for_sharding(engine, root, self.dist.sharded)
 
     @contextlib.contextmanager
     def _ref_context(self) -> Iterator[None]:

@@ -106,6 +106,16 @@ def load_policy(
     )  # fmt: skip
 
 
+def engine_for_sharding(engine: Any, root: nn.Module | None, sharded: bool) -> Any:
+    """The rollout engine a run uses: under FSDP2 (``sharded``) an engine that samples from the
+    trainer's own parameters (``shares_weights``: HF generate) is wrapped to generate inside
+    ``full_params(root)``; an engine with its own copy of the weights (a vLLM server, synced from
+    gathered full parameters in ``RLCollect._sync_engine``) is used as it is, with no gather per step."""
+    if sharded and root is not None and getattr(engine, "shares_weights", True):
+        return FullParamsEngine(engine, root)
+    return engine
+
+
 class FullParamsEngine:
     """A rollout engine whose ``generate`` runs inside ``full_params(root)``: under FSDP2 every rank
     then decodes on its own, however many tokens its rows take. Everything else is the engine's."""

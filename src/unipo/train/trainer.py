@@ -40,7 +40,7 @@ from unipo.train.evaluate import EvalSet, encode_prompts, evaluate
 from unipo.train.loop import TrainLoop, restore_objective, write_objective_checkpoint
 from unipo.train.nograd import rollout_batch_logprobs
 from unipo.train.phases import PhaseMeter
-from unipo.train.policy_setup import FullParamsEngine, load_policy
+from unipo.train.policy_setup import engine_for_sharding, load_policy
 from unipo.train.progress import progress_bar
 from unipo.train.rl_collect import RLCollection, TrainingError
 from unipo.train.sft import demonstration_ids
@@ -140,7 +140,7 @@ class Trainer(RLCollection):
                 )
             engine = snapshot_if_shared(engine, self.model, self.tokenizer, cfg.rollout)
             self.prefetch = Prefetcher()
-        self.engine = FullParamsEngine(engine, self.policy.scorer) if self.dist.sharded else engine
+        self.engine = engine_for_sharding(engine, self.policy.scorer, self.dist.sharded)
         # a multi-turn environment plays episodes in place of engine.generate (None: single-turn)
         self.rollout = env_rollout(cfg, self.tokenizer, self.policy.scorer, self.device, self.dist)
         self.train_rollout = training_rollout(self.rollout, self.algorithm)  # + a rollout part (ETMR)
