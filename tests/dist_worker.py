@@ -1,7 +1,7 @@
 """Worker of tests/test_distributed.py, run under torchrun with 2 processes (not a test module).
 
     python -m torch.distributed.run --standalone --nproc-per-node 2 tests/dist_worker.py \
-        MODE MODEL_DIR OUT.json {rl|preference} [DATA.jsonl]
+        MODE MODEL_DIR OUT.json {rl|preference|weights} [DATA.jsonl]
 
 For every registered preset it computes one optimizer step twice on the same fixed global batch:
 once as one process on the whole batch (``Dist()``), once data-parallel under MODE (``ddp`` |
@@ -182,12 +182,31 @@ def compare_preference(model_dir: str, data: str, d: Dist, root: Path) -> dict:
     return out
 
 
+def write_sharded_weights(model_dir: str, d: Dist, out_dir: Path) -> dict:
+    """Under FSDP2 (``d.sharded``): the weights a vLLM sync writes (``policy_weights`` inside
+    ``full_params``, then ``write_safetensors``) against the unsharded model's, largest difference."""
+    from safetensors.torch import load_file
+
+    from unipo.rollout.weights import policy_weights, write_safetensors
+    from unipo.train.sharding import full_params
+
+    model, _ = load_model(model_dir, dtype="float32")
+    want = {k: v.detach().clone() for k, v in policy_weights(model, untie=True)}
+    root = shard_policy(model, torch.device("cpu")) if d.sharded else model
+    with full_params(root):
+        written = write_safetensors(policy_weights(model, untie=True), out_dir / f"rank{d.rank}")
+    got = load_file(str(written / "model.safetensors"))
+    return {"names": sorted(got) == sorted(want), "diff": max(rel(got[k], want[k]) for k in want)}
+
+
 def main() -> None:
     mode, model_dir, out_path, part = sys.argv[1:5]
     d = init_dist(mode)
     torch.manual_seed(0)
     if part == "rl":
         result = compare_rl(model_dir, d)
+    elif part == "weights":
+        result = write_sharded_weights(model_dir, d, Path(out_path).parent / "weights")
     else:
         result = compare_preference(model_dir, sys.argv[5], d, Path(out_path).parent / "runs")
     if d.is_main:

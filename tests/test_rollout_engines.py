@@ -73,6 +73,18 @@ def test_under_fsdp2_only_an_engine_sharing_the_weights_generates_in_full_params
     assert engine_for_sharding(vllm, model, sharded=True) is vllm
 
 
+def test_state_tensors_are_the_state_dict_read_from_the_modules(tiny_model_dir):
+    from unipo.rollout.weights import state_tensors
+
+    for lora in (None, LoraSettings(r=4, alpha=8)):  # the plain model and a peft model around it
+        model, _ = load_model(tiny_model_dir, dtype="float32", lora=lora)
+        want = model.state_dict()
+        got = list(state_tensors(model))
+        assert [n for n, _ in got] == list(want)  # the same names in the same order (tied ones too)
+        for name, t in got:
+            assert torch.equal(t, want[name])
+
+
 def test_policy_weights_merge_lora_like_save_model(tiny_model_dir, tmp_path):
     model, tok = load_model(tiny_model_dir, dtype="float32", lora=LoraSettings(r=4, alpha=8))
     with torch.no_grad():  # a trained adapter: B ≠ 0, so the merge changes the weights

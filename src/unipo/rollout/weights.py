@@ -19,6 +19,21 @@ from torch import Tensor, nn
 from unipo.models.loader import is_peft_model
 
 
+def state_tensors(module: nn.Module) -> Iterator[tuple[str, Tensor]]:
+    """(name, tensor) in ``module.state_dict()``'s names and order, read from the modules' registered
+    parameters and persistent buffers. Inside ``full_params`` those are FSDP2's unsharded tensors,
+    where ``state_dict()`` would run FSDP2's hooks: return the shards (DTensors) and register the
+    shards on the modules again in the middle of the block."""
+    for mod_name, mod in module.named_modules(remove_duplicate=False):
+        prefix = f"{mod_name}." if mod_name else ""
+        for name, p in mod._parameters.items():
+            if p is not None:
+                yield prefix + name, p
+        for name, b in mod._buffers.items():
+            if b is not None and name not in mod._non_persistent_buffers_set:
+                yield prefix + name, b
+
+
 def policy_weights(model: nn.Module, untie: bool = False) -> Iterator[tuple[str, Tensor]]:
     """(name, tensor) of every weight of ``model`` in its base model's naming, LoRA adapters merged.
 
@@ -42,7 +57,7 @@ def policy_weights(model: nn.Module, untie: bool = False) -> Iterator[tuple[str,
                             key = f"{mod_name}.weight"
                             deltas[key] = deltas[key] + d if key in deltas else d
     seen: set[int] = set()
-    for name, tensor in base.state_dict(keep_vars=False).items():
+    for name, tensor in state_tensors(base):
         if ".lora_" in name or "lora_embedding" in name:
             continue
         name = name.replace(".base_layer.", ".")
@@ -66,13 +81,11 @@ def write_safetensors(weights: Iterable[tuple[str, Tensor]], out_dir: str | os.P
         shutil.rmtree(out)
     out.mkdir(parents=True)
     state: dict[str, Tensor] = {}
-    ptrs: set[int] = set()
     for name, t in weights:
-        t = t.detach().to("cpu").contiguous()
-        if t.data_ptr() in ptrs:  # a tied tensor written under a second name: its own copy
-            t = t.clone()
-        ptrs.add(t.data_ptr())
-        state[name] = t
+        # each tensor a CPU copy with a storage of its own: FSDP2's unsharded parameters are views
+        # into one all-gather buffer, and tied names share one tensor (safetensors refuses both)
+        t = t.detach()
+        state[name] = (t.clone() if t.device.type == "cpu" else t.to("cpu")).contiguous()
     tmp = out / "model.safetensors.partial"
     save_file(state, str(tmp), metadata={"format": "pt"})
     tmp.rename(out / "model.safetensors")
