@@ -83,9 +83,9 @@ def test_every_rl_preset_gives_the_one_process_update(tiny_model_dir, tmp_path, 
 
 
 def test_fsdp2_writes_the_full_weights_a_vllm_sync_reads(tiny_model_dir, tmp_path):
-    # a sync to a vLLM server writes policy_weights inside full_params; on the CPU the unsharded
-    # parameters live in storage FSDP2 manages, which safetensors could not read before each tensor
-    # was copied (found by tests/test_vllm_scale.py under fsdp2)
+    # a sync to a vLLM server writes policy_weights inside full_params: state_dict() there gave
+    # FSDP2's shards (DTensors), and the unsharded parameters are views of one all-gather buffer that
+    # safetensors refuses to write as they are (found by tests/test_vllm_scale.py under fsdp2)
     out = tmp_path / "weights.json"
     ok(torchrun(str(ROOT / "tests" / "dist_worker.py"), "fsdp2", str(tiny_model_dir), str(out), "weights"))
     result = json.loads(out.read_text())

@@ -329,7 +329,7 @@ class GDRORollout(SchedulerBase):
 
     def bind(self, examples: Sequence[Mapping[str, Any]], seed: int, group_size: int) -> None:
         super().bind(examples, seed, group_size)
-        n_max = self.n_max if self.n_max is not None else 3 * group_size
+        n_max = self._n_max(group_size)
         if not self.n_min <= group_size <= n_max:
             raise ValueError(
                 f"rollout_gdro keeps the mean at rollout.group_size={group_size}, which must lie in "
@@ -337,10 +337,13 @@ class GDRORollout(SchedulerBase):
             )
         self._state["n_max"] = n_max
 
+    def _n_max(self, group_size: int) -> int:
+        return self.n_max if self.n_max is not None else 3 * group_size  # the script's 3·G default
+
     def generation_calls(self, k: int, group_size: int) -> list[tuple[int, int]]:
         """Equal groups before any bin is known; later up to k·G/n_max prompts of n_max samples each
         (the budget k·G is kept), generated in one call per size."""
-        n_max = self.n_max if self.n_max is not None else 3 * group_size
+        n_max = self._n_max(group_size)
         return [(k, group_size), (max(1, k * group_size // n_max), n_max)]
 
     def bin_of(self, example_id: int) -> int | None:

@@ -58,10 +58,9 @@ def answers_of(completions: Sequence[str], pattern: str | None) -> list[str]:
         raise ValueError(f"answer_pattern {pattern!r} is not a regular expression: {e}") from None
     out = []
     for c in completions:
-        last = None
-        for last in rx.finditer(c):  # noqa: B007 (the last match is the answer)
-            pass
-        out.append("" if last is None else (last.group(1) if rx.groups else last.group(0)).strip())
+        matches = list(rx.finditer(c))
+        last = matches[-1] if matches else None
+        out.append("" if last is None else last.group(1 if rx.groups else 0).strip())
     return out
 
 

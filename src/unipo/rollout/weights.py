@@ -81,11 +81,15 @@ def write_safetensors(weights: Iterable[tuple[str, Tensor]], out_dir: str | os.P
         shutil.rmtree(out)
     out.mkdir(parents=True)
     state: dict[str, Tensor] = {}
+    storages: set[int] = set()
     for name, t in weights:
-        # each tensor a CPU copy with a storage of its own: FSDP2's unsharded parameters are views
-        # into one all-gather buffer, and tied names share one tensor (safetensors refuses both)
-        t = t.detach()
-        state[name] = (t.clone() if t.device.type == "cpu" else t.to("cpu")).contiguous()
+        t = t.detach().to("cpu").contiguous()
+        # a storage already written (a tied name; FSDP2's unsharded parameters are views of one
+        # all-gather buffer) is refused by safetensors: that tensor gets a copy of its own
+        if t.untyped_storage().data_ptr() in storages:
+            t = t.clone()
+        storages.add(t.untyped_storage().data_ptr())
+        state[name] = t
     tmp = out / "model.safetensors.partial"
     save_file(state, str(tmp), metadata={"format": "pt"})
     tmp.rename(out / "model.safetensors")

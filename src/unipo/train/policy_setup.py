@@ -111,7 +111,7 @@ def engine_for_sharding(engine: Any, root: nn.Module | None, sharded: bool) -> A
     trainer's own parameters (``shares_weights``: HF generate) is wrapped to generate inside
     ``full_params(root)``; an engine with its own copy of the weights (a vLLM server, synced from
     gathered full parameters in ``RLCollect._sync_engine``) is used as it is, with no gather per step."""
-    if sharded and root is not None and getattr(engine, "shares_weights", True):
+    if sharded and root is not None and engine.shares_weights:
         return FullParamsEngine(engine, root)
     return engine
 

@@ -169,8 +169,9 @@ class Trainer(RLCollection):
         self._sched_metrics: dict[str, float] = {}
         self.task_settings = task_settings(cfg.task, self.tokenizer, cfg.rollout.sampling.max_new_tokens)
         prompt_format_warning(cfg.model.path, self.task_settings)  # saved with the model: unipo_task.json
-        plan_calls = getattr(self.sampler, "generation_calls", None)  # a scheduler's largest generate calls
-        calls = (plan_calls or (lambda k, g: [(k, g)]))(cfg.rollout.prompts_per_step, cfg.rollout.group_size)
+        k, g = cfg.rollout.prompts_per_step, cfg.rollout.group_size
+        sized = getattr(self.sampler, "generation_calls", None)  # optional: a scheduler's largest calls
+        calls = sized(k, g) if sized is not None else [(k, g)]
         check_generation_memory(self.engine, self._encode(self.train_examples[:64])[0], [  # KV cache fits?
             *calls, (cfg.task.eval_size, cfg.eval.samples)], cfg.rollout.sampling.max_new_tokens)  # fmt: skip
         # -- optimization
